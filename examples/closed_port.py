@@ -1,0 +1,25 @@
+"""A client connects to a port where nothing listens.
+
+The server's kernel finds no socket for the SYN's port and answers at once with
+a RST that acknowledges the SYN (`[R.]`, seq 0, ack = the client's ISN + 1,
+window 0). The client's `connect()` raises ConnectionRefusedError (ECONNREFUSED).
+"""
+
+TITLE = "Connection refused: nothing listens on the port"
+PHASE = "opening"
+HOSTS = ("client", "server")
+
+
+def run(client, server):
+    sock = client.socket()
+    try:
+        sock.connect((server.ip, 8080))  # nothing listens on server port 8080
+    except ConnectionRefusedError:
+        pass
+    sock.close()
+
+
+def claims(trace):
+    syn = trace.next("client", "S")
+    trace.next("server", "R.", seq=0, ack=syn.seq + 1, win=0)
+    trace.raised("client", "connect", "ECONNREFUSED")

@@ -1,0 +1,43 @@
+"""The server reads everything the client sent, then closes: no RST anywhere.
+
+This is the baseline the reset scenarios differ from. With an empty receive
+queue, `close()` sends a FIN; the client reads end-of-stream (`b""`), closes in
+turn, and the four-way FIN/ACK exchange ends the connection.
+"""
+
+TITLE = "Graceful close: FIN, not RST"
+PHASE = "closing"
+HOSTS = ("client", "server")
+
+
+def run(client, server):
+    listener = server.socket()
+    listener.bind((server.ip, 8888))
+    listener.listen()
+
+    sock = client.socket()
+    sock.connect((server.ip, 8888))
+    sock.sendall(b"hello")
+
+    conn, _ = listener.accept()
+    conn.recv(1024)  # the server reads all 5 bytes
+    conn.close()  # empty receive queue: FIN
+
+    sock.recv(1024)  # b"": the server's FIN is end-of-stream
+    with client.receives(".", source=server):  # the server acknowledges the client's FIN
+        sock.close()
+
+
+def claims(trace):
+    trace.next("client", "S")
+    trace.next("server", "S.")
+    trace.next("client", ".")
+    trace.next("client", "P.", payload=5)
+    trace.next("server", ".")
+    fin = trace.next("server", "F.", what="the server's close() sends a FIN")
+    client_fin = trace.next("client", "F.", ack=fin.seq + 1,
+                            what="the client's FIN also acknowledges the server's FIN")
+    trace.next("server", ".", ack=client_fin.seq + 1, what="the server acknowledges the client's FIN")
+    trace.no("server", "R", what="no RST from the server")
+    trace.no("client", "R", what="no RST from the client")
+    trace.returned("client", "recv", "b''")

@@ -1,0 +1,80 @@
+"""Command line of the lab.
+
+    python -m lab run [--repeat N] [--jobs J] [SLUG ...]   record scenarios (default: all)
+    python -m lab list                                     the known slugs
+    python -m lab bench                                    timing figures (build/bench/)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .runner import LabUnavailable, Result, Runner, format_shapes
+from .scenarios import UnknownScenario, all_slugs, check
+
+
+def _print_result(result: Result) -> None:
+    mark = "ok  " if result.ok else "FAIL"
+    print(f"{mark} {result.slug:<24} {result.seconds:6.2f} s", flush=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    slugs = check(args.slugs) if args.slugs else all_slugs()
+    runner = Runner(jobs=args.jobs)
+    started = time.monotonic()
+    results = runner.run(slugs, repeat=args.repeat, on_result=_print_result if args.repeat == 1 else None)
+    failed = [r for r in results if not r.ok]
+    if args.repeat > 1:
+        for slug in slugs:
+            mine = [r for r in results if r.slug == slug]
+            bad = [r for r in mine if not r.ok]
+            print(f"{'ok  ' if not bad else 'FAIL'} {slug:<24} {len(mine) - len(bad)}/{len(mine)} runs,"
+                  f" {len({str(r.shape) for r in mine})} shape(s)")
+            if len({str(r.shape) for r in mine}) > 1:
+                print(format_shapes(mine))
+    seen: set[str] = set()
+    for r in failed:
+        if r.slug in seen:
+            continue
+        seen.add(r.slug)
+        print(f"\n--- {r.slug} failed ---\n{r.problem.rstrip()}", file=sys.stderr)
+    print(f"{len(results) - len(failed)}/{len(results)} runs passed in {time.monotonic() - started:.2f} s")
+    if failed:
+        print("failed: " + ", ".join(sorted({r.slug for r in failed})), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lab", description="Record TCP reset scenarios.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="record scenarios and check their claims")
+    run.add_argument("--repeat", type=int, default=1, help="record each N times; shapes must agree")
+    run.add_argument("--jobs", type=int, default=None, help="scenarios run at once")
+    run.add_argument("slugs", nargs="*")
+    sub.add_parser("list", help="the known scenario slugs")
+    bench = sub.add_parser("bench", help="measure the lab's own cost and the catalogue's")
+    bench.add_argument("--rounds", type=int, default=20)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            print("\n".join(all_slugs()))
+            return 0
+        if args.command == "bench":
+            from .bench import main as bench_main
+            return bench_main(args)
+        return cmd_run(args)
+    except UnknownScenario as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except LabUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("interrupted: every worker was stopped and its files removed", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

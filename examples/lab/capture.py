@@ -1,0 +1,134 @@
+"""Real tcpdump on a lab interface, started and stopped on events, never on sleeps.
+
+Start: wait for tcpdump's own "listening on" line. Stop: a packet socket of our
+own counts what crossed the interface; once the pcap file holds as many packets,
+tcpdump gets SIGINT and is waited for. The pcap is then complete.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+from . import netns
+
+# TCP and ICMP over IPv4: what the scenarios are about. ARP and (disabled)
+# IPv6 chatter are left out so a trace is the same from run to run.
+FILTER = "ip and (tcp or icmp)"
+ETH_P_ALL = 0x0003
+SO_RCVBUFFORCE = 33
+SOL_PACKET, PACKET_STATISTICS = 263, 6
+_IP_PROTOCOLS = {1, 6}
+
+
+class CaptureError(RuntimeError):
+    """tcpdump could not start, or did not deliver a complete capture."""
+
+
+def tcpdump_argv(iface: str, pcap: Path) -> list[str]:
+    argv = ["tcpdump", "-i", iface, "-w", str(pcap), "-U", "--immediate-mode", "-s", "262144"]
+    if os.geteuid() == 0:
+        argv += ["-Z", "root"]  # as real root, tcpdump would switch user and lose the file
+    return argv + [FILTER]
+
+
+def _count_packets(pcap: Path) -> int:
+    """Whole records in a pcap file that tcpdump is still writing."""
+    try:
+        data = pcap.read_bytes()
+    except FileNotFoundError:
+        return 0
+    count, offset = 0, 24
+    while offset + 16 <= len(data):
+        (caplen,) = struct.unpack_from("=I", data, offset + 8)
+        if offset + 16 + caplen > len(data):
+            break
+        offset += 16 + caplen
+        count += 1
+    return count
+
+
+class Capture:
+    def __init__(self, ns_fd: int, iface: str, pcap: Path) -> None:
+        self.pcap = pcap
+        self._tap = self._open_tap(ns_fd, iface)
+        self._seen = 0
+        self.proc = subprocess.Popen(
+            netns.command(ns_fd, tcpdump_argv(iface, pcap)),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            pass_fds=(ns_fd,),
+        )
+        self._wait_listening(timeout=10)
+
+    @staticmethod
+    def _open_tap(ns_fd: int, iface: str) -> socket.socket:
+        with netns.inside(ns_fd):
+            tap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+            tap.bind((iface, 0))
+        # room for a whole scenario's packets: they are only counted at the end
+        tap.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 32 << 20)
+        tap.setblocking(False)
+        return tap
+
+    def _wait_listening(self, timeout: float) -> None:
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + timeout
+        text = b""
+        while b"listening on" not in text:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.proc.stderr], [], [], max(0.0, left))
+            chunk = os.read(self.proc.stderr.fileno(), 4096) if ready else b""
+            if not chunk:
+                self.proc.kill()
+                self.proc.wait()
+                why = "timed out" if not ready else f"exited {self.proc.returncode}"
+                raise CaptureError(f"tcpdump {why} before capturing: {text.decode().strip()}")
+            text += chunk
+        self.stderr = text
+
+    def _drain_tap(self) -> None:
+        while True:
+            try:
+                frame = self._tap.recv(65535)
+            except BlockingIOError:
+                return
+            if len(frame) >= 24 and frame[12:14] == b"\x08\x00" and frame[23] in _IP_PROTOCOLS:
+                self._seen += 1
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """Wait until tcpdump has written every packet our tap saw, then stop it."""
+        self._drain_tap()
+        _, dropped = struct.unpack("II", self._tap.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+        if dropped:
+            self.kill()
+            raise CaptureError(f"the packet counter dropped {dropped} packets")
+        deadline = time.monotonic() + timeout
+        while _count_packets(self.pcap) < self._seen:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.kill()
+                raise CaptureError(
+                    f"tcpdump wrote {_count_packets(self.pcap)} of {self._seen} packets")
+            time.sleep(0.001)  # polling the file tcpdump is writing; it has no event to wait on
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            _, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise CaptureError("tcpdump did not stop on SIGINT") from None
+        self.stderr += err
+        self._tap.close()
+        if self.proc.returncode != 0:
+            raise CaptureError(f"tcpdump failed: {self.stderr.decode().strip()}")
+        return self._seen
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._tap.close()

@@ -1,0 +1,197 @@
+"""Lab hosts: one network namespace each, joined in a line by veth links.
+
+    hosts("client", "server")            client 192.0.2.1 ---- 192.0.2.2 server
+    hosts("client", "router", "server")  client 192.0.2.1 ---- 192.0.2.254 router
+                                         198.51.100.254 ---- 198.51.100.2 server
+
+Every address is from the documentation ranges and no host has a default
+route or any link to the machine's own interfaces: lab traffic cannot leave.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import netns
+from .peer import DROP_KERNEL_RSTS, RawPeer
+from .recording import RecordedSocket, Transcript
+from .wire import Inbox
+
+SUBNETS = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
+MTU = 1500  # a veth link gives the MSS 1460 of real Ethernet
+
+
+class Host:
+    """A machine of the lab: its own network stack, addresses and processes."""
+
+    def __init__(self, name: str, transcript: Transcript) -> None:
+        self.name = name
+        self.fd = netns.new_namespace()
+        self.addresses: list[str] = []
+        self._transcript = transcript
+        self._threads: list[_HostThread] = []
+        self.sockets: list[socket.socket] = []
+        self._peers: list[RawPeer] = []
+        self._inbox = Inbox(self.fd)  # opened now: nothing that arrives later is missed
+
+    @property
+    def ip(self) -> str:
+        """The host's first address (the one its peers use)."""
+        return self.addresses[0]
+
+    def __repr__(self) -> str:
+        return f"<host {self.name} {' '.join(self.addresses)}>"
+
+    # -- what an application on this host does ------------------------------
+
+    def socket(self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM) -> RecordedSocket:
+        """A socket on this host; every call on it is recorded with its outcome."""
+        with netns.inside(self.fd):
+            sock = socket.socket(family, type)
+        self.sockets.append(sock)
+        return RecordedSocket(sock, self.name, self._transcript, self.sockets)
+
+    def __enter__(self) -> Host:
+        """`with host:` runs library code (http.client, ...) on this host."""
+        self._ctx = netns.inside(self.fd)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._ctx.__exit__(*exc)
+
+    def record(self, call: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call `fn` on this host and record what it returned or raised as `call`."""
+        with netns.inside(self.fd):
+            return self._transcript.call(self.name, call, fn, *args, **kwargs)
+
+    def note(self, what: str, value: Any) -> None:
+        """Record something the application observed (a log line, a status...)."""
+        self._transcript.note(self.name, what, value)
+
+    def receives(self, flags: str, source: Host | None = None, timeout: float = 5.0) -> Any:
+        """`with host.receives(flags):` waits, after its body, for such a segment to arrive."""
+        return self._inbox.receives(flags, source.ip if source else None, timeout)
+
+    def start(self, fn: Callable[..., Any], *args: Any) -> _HostThread:
+        """Run `fn(*args)` in a thread of this host (a second process, in effect)."""
+        thread = _HostThread(self, fn, args)
+        self._threads.append(thread)
+        thread.start()
+        return thread
+
+    def raw_peer(self) -> RawPeer:
+        """Play this host's TCP by hand (scapy): its kernel's own RSTs are dropped."""
+        self.nft(DROP_KERNEL_RSTS)
+        peer = RawPeer(self.fd)
+        self._peers.append(peer)
+        return peer
+
+    # -- what an operator does on this host ---------------------------------
+
+    def sh(self, *argv: str, input: str | None = None) -> str:
+        """Run a command (ss, nft, ip...) on this host and return its output."""
+        return netns.run(self.fd, list(argv), input=input)
+
+    def nft(self, ruleset: str) -> None:
+        """Load an nftables ruleset on this host."""
+        self.sh("nft", "-f", "-", input=ruleset)
+
+    def sysctl(self, key: str, value: object) -> None:
+        """Set a per-namespace sysctl on this host (net.* keys)."""
+        path = "/proc/sys/" + key.replace(".", "/")
+        with netns.inside(self.fd), open(path, "w") as f:
+            f.write(str(value))
+
+    def counters(self) -> dict[str, int]:
+        """The kernel's SNMP/netstat counters of this host, named as nstat names them."""
+        values: dict[str, int] = {}
+        with netns.inside(self.fd):
+            for table in ("snmp", "netstat"):
+                with open(f"/proc/thread-self/net/{table}") as f:
+                    lines = f.read().splitlines()
+                for head, row in zip(lines[::2], lines[1::2]):
+                    prefix, names = head.split(":", 1)
+                    _, numbers = row.split(":", 1)
+                    for name, number in zip(names.split(), numbers.split()):
+                        values[prefix + name] = int(number)
+        return values
+
+    def join_threads(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                raise TimeoutError(f"{self.name}: thread {thread.fn.__name__} still running")
+            if thread.error is not None:
+                raise thread.error
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        for peer in self._peers:
+            peer.close()
+        self._inbox.close()
+        os.close(self.fd)
+
+
+class _HostThread(threading.Thread):
+    def __init__(self, host: Host, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        super().__init__(name=f"{host.name}:{fn.__name__}", daemon=True)
+        self.host, self.fn, self.args = host, fn, args
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        netns.enter_for_good(self.host.fd)
+        try:
+            self.result = self.fn(*self.args)
+        except BaseException as exc:  # reported by join_threads
+            self.error = exc
+
+
+def build(names: tuple[str, ...], transcript: Transcript) -> list[Host]:
+    """Make the hosts and join consecutive ones with a veth link each."""
+    if not 1 <= len(names) <= len(SUBNETS) + 1:
+        raise ValueError(f"a lab line has 1 to {len(SUBNETS) + 1} hosts, not {len(names)}")
+    from pyroute2 import IPRoute  # imported here: only workers build labs
+
+    hosts = [Host(name, transcript) for name in names]
+    for host in hosts:
+        host.sysctl("net.ipv6.conf.all.disable_ipv6", 1)  # no IPv6 chatter on the wire
+        host.sysctl("net.ipv6.conf.default.disable_ipv6", 1)
+        with netns.inside(host.fd), IPRoute() as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+    for i, (left, right) in enumerate(zip(hosts, hosts[1:])):
+        net = ipaddress.ip_network(SUBNETS[i])
+        # the first link's left end is .1; a router's ends are .254; the last host is .2
+        left_ip = net[1] if i == 0 else net[254]
+        right_ip = net[2] if i == len(hosts) - 2 else net[254]
+        left_if, right_if = f"eth{1 if i else 0}", "eth0"
+        with netns.inside(left.fd), IPRoute() as ipr:
+            ipr.link("add", ifname=left_if, kind="veth", mtu=MTU,
+                     peer={"ifname": right_if, "net_ns_fd": right.fd, "mtu": MTU})
+        for host, ifname, ip in ((left, left_if, left_ip), (right, right_if, right_ip)):
+            with netns.inside(host.fd), IPRoute() as ipr:
+                idx = ipr.link_lookup(ifname=ifname)[0]
+                ipr.addr("add", index=idx, address=str(ip), prefixlen=net.prefixlen)
+                ipr.link("set", index=idx, state="up")
+            host.addresses.append(str(ip))
+    # routes: every host reaches every lab subnet through its neighbours
+    for i, host in enumerate(hosts):
+        if 0 < i < len(hosts) - 1:
+            host.sysctl("net.ipv4.ip_forward", 1)
+        with netns.inside(host.fd), IPRoute() as ipr:
+            for j in range(len(hosts) - 1):
+                if j < i - 1:
+                    ipr.route("add", dst=SUBNETS[j], gateway=hosts[i - 1].addresses[-1])
+                elif j > i:
+                    gw = hosts[i + 1].addresses[0]
+                    ipr.route("add", dst=SUBNETS[j], gateway=gw)
+    return hosts

@@ -1,0 +1,61 @@
+"""What arrives at a host, for examples that must wait for a packet, not a sleep.
+
+    with client.receives("."):    # the mark is set before the body acts
+        sock.close()              # ...and the body's effect is waited for after it
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import time
+from collections.abc import Iterator
+
+from . import netns
+from .trace import tcpdump_flags
+
+ETH_P_IP = 0x0800
+PACKET_OUTGOING = 4
+
+
+class Inbox:
+    """A packet socket on every interface of a host, opened before anything happens."""
+
+    def __init__(self, ns_fd: int) -> None:
+        with netns.inside(ns_fd):
+            self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+        self._sock.setblocking(False)
+
+    def _segments(self, timeout: float) -> Iterator[tuple[str, str]]:
+        """(source address, tcpdump flags) of arriving TCP segments, until timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                data, addr = self._sock.recvfrom(65535)
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self._sock], [], [], left)[0]:
+                    return
+                continue
+            if addr[2] == PACKET_OUTGOING or len(data) < 20 or data[9] != socket.IPPROTO_TCP:
+                continue
+            tcp = (data[0] & 0x0F) * 4
+            yield socket.inet_ntoa(data[12:16]), tcpdump_flags(data[tcp + 13])
+
+    def discard(self) -> None:
+        for _ in self._segments(timeout=0):
+            pass
+
+    @contextlib.contextmanager
+    def receives(self, flags: str, source: str | None, timeout: float) -> Iterator[None]:
+        self.discard()
+        yield
+        for src, got in self._segments(timeout):
+            if got == flags and source in (None, src):
+                return
+        raise TimeoutError(f"no [{flags}] segment{' from ' + source if source else ''} arrived"
+                           f" within {timeout:g} s")
+
+    def close(self) -> None:
+        self._sock.close()

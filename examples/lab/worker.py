@@ -1,0 +1,85 @@
+"""Run one scenario in this process: build its hosts, capture, run it, report.
+
+    python -m lab.worker SLUG OUTDIR
+
+Writes OUTDIR/SLUG.pcap and OUTDIR/worker.json. Started by the runner in a
+process group of its own, so a timeout or Ctrl-C kills it with everything it
+started; its namespaces die with it.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from . import hosts as lab_hosts
+from .capture import Capture
+from .recording import Transcript
+from .scenarios import load
+
+
+def counter_deltas(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in sorted(after) if after[k] != before.get(k, 0)}
+
+
+def run(slug: str, outdir: Path) -> dict:
+    timings: dict[str, float] = {}
+    report: dict = {"slug": slug, "kernel": platform.release(), "error": None}
+    mark = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        timings[name] = round(now - mark, 4)
+        mark = now
+
+    scenario = load(slug)
+    lap("import")
+    transcript = Transcript()
+    built = lab_hosts.build(scenario.hosts, transcript)
+    by_name = {h.name: h for h in built}
+    report["hosts"] = {h.name: h.addresses for h in built}
+    capture_host = by_name[scenario.capture_on]
+    lap("hosts")
+    capture = Capture(capture_host.fd, "eth0", outdir / f"{slug}.pcap")
+    report["captured_on"] = f"{capture_host.name} eth0"
+    lap("capture_start")
+    before = {h.name: h.counters() for h in built}
+    transcript.start = time.monotonic()
+    try:
+        try:
+            scenario.module.run(*built)
+            for h in built:
+                h.join_threads(timeout=scenario.timeout)
+        except BaseException as exc:
+            report["error"] = "".join(traceback.format_exception(exc))
+        lap("scenario")
+        report["counters"] = {h.name: counter_deltas(before[h.name], h.counters()) for h in built}
+        report["packets_seen"] = capture.stop()
+        lap("capture_stop")
+    finally:
+        capture.kill()
+        for h in built:
+            h.close()
+    lap("teardown")
+    report["outcomes"] = transcript.entries
+    report["timings"] = timings
+    return report
+
+
+def main() -> int:
+    slug, outdir = sys.argv[1], Path(sys.argv[2])
+    # a hung example: print where every host's thread is stuck, then exit
+    faulthandler.dump_traceback_later(load(slug).timeout, exit=True)
+    report = run(slug, outdir)
+    (outdir / "worker.json").write_text(json.dumps(report, indent=1))
+    return 1 if report["error"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""One side sets SO_LINGER to {on, 0 s} and closes: an abortive close.
+
+With a zero linger time, `close()` does not send a FIN and wait: the kernel
+drops the connection at once and sends a RST (`[R.]`). Nothing unread is
+needed for it. Unlike the RST for a closed port, this one comes from a live
+socket: it carries the socket's window and timestamp option. The peer's next `recv()` raises ConnectionResetError (ECONNRESET).
+"""
+
+import socket
+import struct
+
+TITLE = "SO_LINGER 0: close() sends RST"
+PHASE = "closing"
+HOSTS = ("client", "server")
+
+
+def run(client, server):
+    listener = server.socket()
+    listener.bind((server.ip, 8888))
+    listener.listen()
+
+    sock = client.socket()
+    sock.connect((server.ip, 8888))
+    conn, _ = listener.accept()
+
+    # struct linger {l_onoff = 1, l_linger = 0}: abort on close
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # RST, no FIN
+
+    try:
+        conn.recv(1024)
+    except ConnectionResetError:
+        pass
+
+
+def claims(trace):
+    trace.next("client", "S")
+    trace.next("server", "S.")
+    hs = trace.next("client", ".")
+    trace.next("client", "R.", seq=hs.seq, ack=hs.ack,
+               what="the client's close() sends [R.] at its next sequence number")
+    trace.no("client", "F", what="the client never sends a FIN")
+    trace.no("server", "F", what="nor does the server")
+    trace.raised("server", "recv", "ECONNRESET")

@@ -1,0 +1,44 @@
+"""The server closes a connection without reading what the client sent.
+
+Closing a socket whose receive queue still holds data tells the peer that data
+was lost: instead of a FIN, the server's kernel sends a RST (`[R.]`) that
+acknowledges the unread bytes (RFC 2525, section 2.17). The client's next
+`recv()` raises ConnectionResetError (ECONNRESET).
+"""
+
+import select
+
+TITLE = "Close with unread data: RST instead of FIN"
+PHASE = "closing"
+HOSTS = ("client", "server")
+
+
+def run(client, server):
+    listener = server.socket()
+    listener.bind((server.ip, 8888))
+    listener.listen()
+
+    sock = client.socket()
+    sock.connect((server.ip, 8888))
+    sock.sendall(b"hello")  # 5 bytes the server will never read
+
+    conn, _ = listener.accept()
+    select.select([conn], [], [])  # the 5 bytes are waiting in the server's queue
+    conn.close()  # close without reading them: RST, not FIN
+
+    try:
+        sock.recv(1024)
+    except ConnectionResetError:
+        pass
+
+
+def claims(trace):
+    trace.next("client", "S")
+    trace.next("server", "S.")
+    trace.next("client", ".")
+    data = trace.next("client", "P.", payload=5, what="the client sends 5 bytes")
+    trace.next("server", ".", ack=data.seq + 5, what="the server's kernel acknowledges them")
+    trace.next("server", "R.", ack=data.seq + 5,
+               what="on close() the server sends [R.], acking the unread bytes")
+    trace.no("server", "F", what="the server never sends a FIN")
+    trace.raised("client", "recv", "ECONNRESET")
