@@ -116,7 +116,7 @@ class Runner:
             [*self.prefix, sys.executable, "-m", "lab.worker", slug, str(tmp)],
             cwd=EXAMPLES, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: killed as one
-            env={**os.environ, "PYTHONPATH": str(EXAMPLES), "PYTHONDONTWRITEBYTECODE": "1"},
+            env={**os.environ, "PYTHONPATH": str(EXAMPLES)},
         )
         with self._lock:
             self._workers[proc.pid] = proc

@@ -1,0 +1,22 @@
+"""The lab: isolated hosts, a real tcpdump capture, and claims checked against it.
+
+An example in `examples/` is one file:
+
+    TITLE = "..."                  # the page title
+    PHASE = "opening"              # opening | established | closing | middleboxes
+    HOSTS = ("client", "server")   # hosts in a line, joined by veth links
+
+    def run(client, server):       # the socket calls of each host, in order
+        ...
+
+    def claims(trace):             # what the capture and the applications must show
+        ...
+
+Optional: CAPTURE_ON (host whose eth0 is captured, default the first),
+TIMEOUT (seconds, default 20), TRACE_OPTIONS (extra tcpdump -r options, e.g. ["-v"]).
+
+Host API (examples/lab/hosts.py): host.ip, host.socket(), `with host:`,
+host.record(label, fn, ...), host.note(what, value), host.start(fn, ...),
+host.receives(flags, source=...), host.raw_peer(), host.sh(...), host.nft(...),
+host.sysctl(key, value).  Claims API: examples/lab/trace.py.
+"""
