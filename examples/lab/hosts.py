@@ -123,6 +123,17 @@ class Host:
                         values[prefix + name] = int(number)
         return values
 
+    def counter_reaches(self, name: str, value: int, timeout: float = 5.0) -> None:
+        """Wait until the nstat counter `name` (e.g. "TcpExtListenOverflows") is at least `value`.
+
+        For kernel events that send nothing on the wire (a drop, an overflow).
+        """
+        deadline = time.monotonic() + timeout
+        while self.counters().get(name, 0) < value:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: {name} did not reach {value} within {timeout:g} s")
+            time.sleep(0.001)  # the kernel offers no event for a counter: poll it
+
     def join_threads(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         for thread in self._threads:

@@ -97,6 +97,7 @@ class Trace:
 
     packets: list[Packet]
     outcomes: list[dict[str, Any]]
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> nstat name -> delta
     claims: list[dict[str, Any]] = field(default_factory=list)
     cursor: int = 0  # packets before this index are behind the timeline
 
@@ -158,6 +159,12 @@ class Trace:
     def check(self, what: str, ok: bool, detail: str = "") -> bool:
         """Any other claim, stated in words."""
         return self._claim(what, ok, detail)
+
+    # -- kernel counters -----------------------------------------------------------
+    def counted(self, host: str, name: str, expected: int, what: str = "") -> None:
+        """The host's nstat counter `name` (e.g. "TcpExtListenOverflows") rose by exactly `expected`."""
+        got = self.counters.get(host, {}).get(name, 0)
+        self._claim(what or f"{host}'s {name} rises by {expected}", got == expected, f"rose by {got}")
 
     # -- applications ------------------------------------------------------------
     def calls(self, host: str, call: str) -> list[dict[str, Any]]:
