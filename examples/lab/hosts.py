@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -123,16 +124,25 @@ class Host:
                         values[prefix + name] = int(number)
         return values
 
-    def counter_reaches(self, name: str, value: int, timeout: float = 5.0) -> None:
-        """Wait until the nstat counter `name` (e.g. "TcpExtListenOverflows") is at least `value`.
-
-        For kernel events that send nothing on the wire (a drop, an overflow).
-        """
+    def until(self, what: str, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until `condition()` holds: for kernel state that sends nothing on the wire
+        and offers no event (a counter, a queue length)."""
         deadline = time.monotonic() + timeout
-        while self.counters().get(name, 0) < value:
+        while not condition():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name}: {name} did not reach {value} within {timeout:g} s")
-            time.sleep(0.001)  # the kernel offers no event for a counter: poll it
+                raise TimeoutError(f"{self.name}: not within {timeout:g} s: {what}")
+            time.sleep(0.001)  # no event to wait on: poll
+
+    def counter_reaches(self, name: str, value: int, timeout: float = 5.0) -> None:
+        """Wait until the nstat counter `name` (e.g. "TcpExtListenOverflows") is at least `value`."""
+        self.until(f"{name} reaches {value}", lambda: self.counters().get(name, 0) >= value, timeout)
+
+    @staticmethod
+    def accept_queue(listener: Any) -> int:
+        """How many finished connections wait in a listening socket's accept queue."""
+        # for a listener, tcp_info's tcpi_unacked is the accept queue's length (tcp_get_info)
+        info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+        return struct.unpack_from("I", info, 24)[0]
 
     def join_threads(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
