@@ -137,6 +137,16 @@ class Host:
         """Wait until the nstat counter `name` (e.g. "TcpExtListenOverflows") is at least `value`."""
         self.until(f"{name} reaches {value}", lambda: self.counters().get(name, 0) >= value, timeout)
 
+    def conntrack(self) -> list[str]:
+        """This host's connection tracking table, one entry a line, as `conntrack -L` shows it.
+
+        The kernel leaves expired entries out of the listing: an entry that is gone
+        here is one the host has forgotten.
+        """
+        with netns.inside(self.fd), open("/proc/thread-self/net/nf_conntrack") as f:
+            # drop the "ipv4     2 " columns (family) that conntrack -L does not show
+            return [line.split(None, 2)[2] for line in f.read().splitlines()]
+
     @staticmethod
     def accept_queue(listener: Any) -> int:
         """How many finished connections wait in a listening socket's accept queue."""
