@@ -24,14 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .scenarios import EXAMPLES, load
+from .scenarios import EXAMPLES, LAB_HOME, load
 from .trace import Trace, read_packets, shape
 
-ROOT = EXAMPLES.parent
-TRACES = ROOT / "build" / "traces"
+TRACES = LAB_HOME.parent / "build" / "traces"
 TOOLS = {"tcpdump": "tcpdump", "nsenter": "util-linux", "nft": "nftables", "ss": "iproute2"}
 ARTIFACTS = (".pcap", ".txt", ".json")
-TIMED_OUT = 1
 
 
 class LabUnavailable(RuntimeError):
@@ -114,9 +112,9 @@ class Runner:
         started = time.monotonic()
         proc = subprocess.Popen(
             [*self.prefix, sys.executable, "-m", "lab.worker", slug, str(tmp)],
-            cwd=EXAMPLES, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            cwd=LAB_HOME, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: killed as one
-            env={**os.environ, "PYTHONPATH": str(EXAMPLES)},
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(LAB_HOME), os.environ.get("PYTHONPATH")])), "LAB_EXAMPLES": str(EXAMPLES)},
         )
         with self._lock:
             self._workers[proc.pid] = proc
@@ -135,7 +133,7 @@ class Runner:
                 self._workers.pop(proc.pid, None)
         seconds = time.monotonic() - started
         log = output.decode(errors="replace")
-        if proc.returncode == TIMED_OUT or "Timeout (0:" in log:
+        if log.startswith("Timeout (") or "\nTimeout (" in log:  # faulthandler's header
             return Result(slug, False, seconds,
                           f"timed out after {scenario.timeout:g} s; where each host was:\n{log}")
         report_file = tmp / "worker.json"
