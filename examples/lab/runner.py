@@ -191,11 +191,19 @@ class Runner:
         return Result(slug, True, seconds, "", data["shape"], data, tmp)
 
     def _kill(self, proc: subprocess.Popen[bytes]) -> None:
+        """Kill the worker's whole process group and return once all of it is gone."""
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         proc.wait()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # orphans (tcpdump...) die asynchronously
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.001)
 
     def stop_all(self) -> None:
         with self._lock:
