@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .scenarios import EXAMPLES, LAB_HOME, load
+from . import scenarios
+from .scenarios import LAB_HOME, load
 from .trace import Trace, read_packets, shape
 
 TRACES = LAB_HOME.parent / "build" / "traces"
@@ -114,7 +115,7 @@ class Runner:
             [*self.prefix, sys.executable, "-m", "lab.worker", slug, str(tmp)],
             cwd=LAB_HOME, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: killed as one
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(LAB_HOME), os.environ.get("PYTHONPATH")])), "LAB_EXAMPLES": str(EXAMPLES)},
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(LAB_HOME), os.environ.get("PYTHONPATH")])), "LAB_EXAMPLES": str(scenarios.EXAMPLES)},
         )
         with self._lock:
             self._workers[proc.pid] = proc
