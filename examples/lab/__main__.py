@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
-from .runner import LabUnavailable, Result, Runner, format_shapes
+from .runner import TRACES, LabUnavailable, Result, Runner, format_shapes
 from .scenarios import UnknownScenario, all_slugs, check
 
 
@@ -22,7 +23,7 @@ def _print_result(result: Result) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     slugs = check(args.slugs) if args.slugs else all_slugs()
-    runner = Runner(jobs=args.jobs)
+    runner = Runner(out=args.out, jobs=args.jobs)
     started = time.monotonic()
     results = runner.run(slugs, repeat=args.repeat, on_result=_print_result if args.repeat == 1 else None)
     failed = [r for r in results if not r.ok]
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="record scenarios and check their claims")
     run.add_argument("--repeat", type=int, default=1, help="record each N times; shapes must agree")
     run.add_argument("--jobs", type=int, default=None, help="scenarios run at once")
+    run.add_argument("--out", type=Path, default=TRACES, help="where artifacts go (build/traces)")
     run.add_argument("slugs", nargs="*")
     sub.add_parser("list", help="the known scenario slugs")
     bench = sub.add_parser("bench", help="measure the lab's own cost and the catalogue's")
