@@ -61,13 +61,13 @@ def run(client, router, server):
 
 
 def claims(trace):
-    trace.next("client", "S")
-    synack = trace.next("server", "S.")
+    trace.next("client", "S", what="the client connects through the router")
+    synack = trace.next("server", "S.", what="the real server answers")
     trace.check("the real server's packets arrive with TTL 63: one router has decremented it",
                 synack.ttl == 63, f"TTL {synack.ttl}")
-    trace.next("client", ".")
+    trace.next("client", ".", what="the handshake completes; the router tracks the flow")
     trace.next("client", "P.", payload=5, what="the client sends a request")
-    server_ack = trace.next("server", ".")
+    server_ack = trace.next("server", ".", what="the server acknowledges the request")
     response = trace.next("server", "P.", payload=5, what="the server answers")
     trace.check("the server's established socket numbers its packets: consecutive IP IDs",
                 response.ip_id == (server_ack.ip_id + 1) % 65536, f"IP IDs {server_ack.ip_id}, {response.ip_id}")

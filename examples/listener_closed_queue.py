@@ -37,12 +37,12 @@ def run(client, server):
 
 def claims(trace):
     syn = trace.next("client", "S", what="the first client connects")
-    trace.next("server", "S.", ack=syn.seq + 1)
-    trace.next("client", ".")
+    trace.next("server", "S.", ack=syn.seq + 1, what="the server's kernel answers: no application is involved")
+    trace.next("client", ".", what="the handshake completes: the connection waits in the accept queue")
     request = trace.next("client", "P.", payload=18, what="the first client sends its request (18 bytes)")
     trace.next("server", ".", ack=request.seq + 18, what="the server's kernel acknowledges it; no one reads it")
     syn2 = trace.next("client", "S", what="the second client connects")
-    trace.next("server", "S.", ack=syn2.seq + 1)
+    trace.next("server", "S.", ack=syn2.seq + 1, what="the server's kernel answers the second client")
     hs2 = trace.next("client", ".", what="the second client's handshake completes; it sends nothing")
     first_rst = trace.next("server", "R.", ack=request.seq + 18,
                            what="closing the listener resets the first queued connection, acking its request")
