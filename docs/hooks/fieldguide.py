@@ -51,8 +51,10 @@ every example first.
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -68,9 +70,8 @@ from mkdocs.structure.files import File, Files
 from mkdocs.structure.pages import Page
 
 sys.path.insert(0, str(Path(__file__).parent))
-from render import (  # noqa: E402
+from render import (  # the hook's own folder, put on sys.path above
     Recording,
-    claims_list,
     counters_table,
     describe_packet,
     mermaid,
@@ -80,14 +81,14 @@ from render import (  # noqa: E402
     short_answer,
     trace_block,
     what_apps_get,
-    who_resets,
 )
 
 log = logging.getLogger("mkdocs.hooks.fieldguide")
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-TRACES = ROOT / "build" / "traces"
+# the lab's output; tests point it elsewhere to check that a broken trace fails the build
+TRACES = Path(os.environ.get("FIELDGUIDE_TRACES", ROOT / "build" / "traces"))
 VENDOR = ROOT / "build" / "vendor"
 PHASES = {"opening": "Opening", "established": "Established", "closing": "Closing", "middleboxes": "Middleboxes"}
 REQUIRED = ("short_answer", "trace", "diagram", "outcomes", "counters", "example", "provenance")
@@ -133,7 +134,6 @@ def load_recording(slug: str) -> Recording:
     failed = [c["claim"] for c in data["claims"] if not c["passed"]]
     if failed or not data["claims"]:
         raise ValueError("the recording's claims did not hold: " + "; ".join(failed or ["no claims"]))
-    import hashlib
     if hashlib.sha256(pcap.read_bytes()).hexdigest() != data["pcap_sha256"]:
         raise ValueError(f"{pcap.name} does not match the SHA-256 its JSON recorded")
     rec = Recording(slug, data, txt_file.read_text(), pcap)
@@ -170,7 +170,7 @@ def mermaid_file() -> Path:
     VENDOR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=VENDOR) as tmp:
         proc = subprocess.run(["npm", "pack", f"mermaid@{MERMAID_VERSION}", "--json", "--pack-destination", tmp],
-                              capture_output=True, text=True, cwd=tmp)
+                              check=False, capture_output=True, text=True, cwd=tmp)
         if proc.returncode != 0:
             raise PluginError(f"npm pack mermaid@{MERMAID_VERSION} failed: {proc.stderr.strip()}")
         info = json.loads(proc.stdout)[0]
@@ -207,7 +207,7 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:
     """Publish each pcap (and its JSON) at /traces/, and the self-hosted Mermaid."""
-    for slug, rec in recordings.items():
+    for rec in recordings.values():
         for source in (rec.pcap, rec.pcap.with_suffix(".json")):
             files.append(File.generated(config, f"traces/{source.name}", abs_src_path=str(source)))
     files.append(File.generated(config, MERMAID_ASSET, abs_src_path=str(mermaid_file())))
@@ -307,9 +307,9 @@ def example_block(rec: Recording) -> str:
         f"nox -s examples -- {rec.slug}",
         "```",
         "",
-        f"The run writes `build/traces/{rec.slug}.pcap`, `.txt` and `.json` and fails if a claim in"
-        " `claims()` does not hold. The harness (`examples/lab/`) creates the hosts in network"
-        " namespaces joined by veth links, captures with tcpdump and records every socket call.",
+        (f"The run writes `build/traces/{rec.slug}.pcap`, `.txt` and `.json` and fails if a claim in"
+         " `claims()` does not hold. The harness (`examples/lab/`) creates the hosts in network"
+         " namespaces joined by veth links, captures with tcpdump and records every socket call."),
     ])
 
 

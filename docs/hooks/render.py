@@ -281,8 +281,8 @@ def provenance(rec: Recording, pcap_link: str) -> str:
         f"- **Recorded at**: {d['recorded_at']}, by this build",
         f"- **Kernel**: Linux {d['kernel']}",
         f"- **tcpdump**: {d['tcpdump_version']}, capturing on the {d['captured_on']}",
-        f"- **Capture**: [{rec.slug}.pcap]({pcap_link}) ({len(rec.packets)} packets,"
-        f" {rec.pcap.stat().st_size} bytes; opens in Wireshark)",
+        (f"- **Capture**: [{rec.slug}.pcap]({pcap_link}) ({len(rec.packets)} packets,"
+         f" {rec.pcap.stat().st_size} bytes; opens in Wireshark)"),
         f'- **SHA-256**: <code class="fg-sha256">{d["pcap_sha256"]}</code>',
     ])
     return '!!! info "Provenance"\n\n' + _indent(body) + "\n"
