@@ -1,4 +1,5 @@
-"""The server's accept queue is full, with Linux's default settings: no RST, the handshake's last ACK is dropped and retried.
+"""The server's accept queue is full, with Linux's default settings: no RST,
+the handshake's last ACK is dropped and retried.
 
 The same overflow as with tcp_abort_on_overflow=1, but with its default value
 0: the server's kernel drops the ACK that would finish the handshake, counts it

@@ -74,11 +74,12 @@ def claims(trace):
     quiet = trace.next("client", ".", ack=response.seq + 5, what="the client acknowledges; the connection goes idle")
 
     request = trace.next("client", "P.", payload=5, after=IDLE_TIMEOUT - 0.01,
-                         what="the idle timeout later (1 s, counted in 4 ms kernel ticks), the client sends its next request")
+                         what="the idle timeout later (1 s, to a kernel tick), the client sends its next request")
     trace.check("it is the first packet since the connection went idle",
                 request.number == quiet.number + 1, f"packet {request.number}")
     rst = trace.next("server", "R", seq=request.ack, win=0, within=0.05,
-                     what="a bare RST comes back at once from the server's address, seq = the request's ack")
+                     what="a bare RST comes back at once from the server's address,"
+                          " seq = the request's ack")
     trace.check("that RST arrives with TTL 64: it was made one hop away, by the router",
                 rst.ttl == 64, f"TTL {rst.ttl}")
     trace.check("and with IP ID 0, outside the server's own IP ID sequence",

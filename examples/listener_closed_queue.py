@@ -1,4 +1,5 @@
-"""The server closes its listening socket while finished connections still wait in its accept queue: each of them is reset.
+"""The server closes its listening socket while finished connections still wait
+in its accept queue: each of them is reset.
 
 This is what a restart during a deploy does to connections the old process had
 not accepted yet. The clients' handshakes completed, so their connect() calls
