@@ -224,13 +224,16 @@ def build(names: tuple[str, ...], transcript: Transcript,
 def _wait_for_path(first: Host, last: Host, timeout: float = 5.0) -> None:
     """Wait until a datagram crosses the whole line (links up, ARP resolved).
 
-    UDP stays out of the capture, which only shows TCP and ICMP.
+    UDP stays out of the capture, which only shows TCP and ICMP. The receiving
+    socket stays open until the end: a late duplicate must not draw an ICMP
+    port-unreachable into the trace.
     """
     with netns.inside(last.fd):
         rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with netns.inside(first.fd):
         tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with rx, tx:
+    last.sockets.append(rx)
+    with tx:
         rx.bind((last.ip, 9))
         rx.settimeout(0.01)
         deadline = time.monotonic() + timeout
