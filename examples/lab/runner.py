@@ -156,7 +156,7 @@ class Runner:
         by_host: dict[str, list[Any]] = {h: [] for h in hosts}
         for entry in report["outcomes"]:
             by_host[entry["host"]].append({k: v for k, v in entry.items() if k != "host"})
-        trace = Trace(packets, report["outcomes"])
+        trace = Trace(packets, report["outcomes"], report["counters"])
         try:
             scenario.module.claims(trace)
         except Exception as exc:  # a claim that cannot even be evaluated is a failed claim
