@@ -93,6 +93,14 @@ class Host:
         self._peers.append(peer)
         return peer
 
+    def wiretap(self) -> RawPeer:
+        """A third party on this host (scapy): reads every segment arriving on any of its
+        interfaces (a router sees both directions) and sends forged ones. Unlike
+        raw_peer(), the host's kernel keeps its own voice (a router still forwards)."""
+        peer = RawPeer(self.fd, iface=None)
+        self._peers.append(peer)
+        return peer
+
     # -- what an operator does on this host ---------------------------------
 
     def sh(self, *argv: str, input: str | None = None) -> str:
