@@ -135,10 +135,11 @@ class Runner:
                 self._workers.pop(proc.pid, None)
         seconds = time.monotonic() - started
         log = output.decode(errors="replace")
-        if proc.returncode == TIMED_OUT or "Timeout (0:" in log:
+        report_file = tmp / "worker.json"
+        # a worker whose example raised also exits 1, but it wrote its report first
+        if not report_file.exists() and (proc.returncode == TIMED_OUT or "Timeout (0:" in log):
             return Result(slug, False, seconds,
                           f"timed out after {scenario.timeout:g} s; where each host was:\n{log}")
-        report_file = tmp / "worker.json"
         if not report_file.exists():
             return Result(slug, False, seconds, f"worker exited {proc.returncode}:\n{log}")
         report = json.loads(report_file.read_text())
