@@ -25,15 +25,19 @@ ETH_P_IP = 0x0800
 PACKET_OUTGOING = 4
 SO_TIMESTAMPNS = 35
 
+SO_MARK = 36
+HAND_MADE = 0x7E57  # the mark of every packet the hand-played peer sends
+
 # the host's kernel would answer segments for ports it has no socket for with a
-# RST of its own; a hand-played peer must be the only voice of the host
-DROP_KERNEL_RSTS = """
-table ip hand_played_peer {
-    chain out {
+# RST of its own; a hand-played peer must be the only voice of the host (its own
+# RSTs, which carry the mark, still leave)
+DROP_KERNEL_RSTS = f"""
+table ip hand_played_peer {{
+    chain out {{
         type filter hook output priority 0; policy accept;
-        tcp flags rst drop
-    }
-}
+        tcp flags rst meta mark != {HAND_MADE:#x} drop
+    }}
+}}
 """
 
 
@@ -46,6 +50,7 @@ class RawPeer:
             # the kernel's arrival time of each segment, not the time we read it
             self._rx.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             self._tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            self._tx.setsockopt(socket.SOL_SOCKET, SO_MARK, HAND_MADE)
 
     def expect(self, flags: str | None = None, timeout: float = 5.0, source: str | None = None) -> Any:
         """Wait for the next TCP segment arriving (with exactly `flags`, scapy notation,
