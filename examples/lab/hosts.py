@@ -20,6 +20,7 @@ from typing import Any
 
 from . import netns
 from .peer import DROP_KERNEL_RSTS, RawPeer
+from .process import Process, python_argv
 from .recording import RecordedSocket, Transcript
 from .wire import Inbox
 
@@ -38,6 +39,7 @@ class Host:
         self._threads: list[_HostThread] = []
         self.sockets: list[socket.socket] = []
         self._peers: list[RawPeer] = []
+        self._processes: list[Process] = []
         self._inbox: Inbox | None = None  # opened on first use: receives() marks its start
 
     @property
@@ -88,10 +90,28 @@ class Host:
         thread.start()
         return thread
 
+    def process(self, program: list[str] | Callable[..., Any], *args: Any) -> Process:
+        """A separate process on this host: an argv, or fn(*args) run in a new Python
+        (fn is a module-level function of the example; args are JSON values).
+        `.wait_for(text)` waits for a line it prints, `.kill()` sends SIGKILL and reaps it."""
+        argv = list(program) if isinstance(program, (list, tuple)) else python_argv(program, args)
+        name = f"{self.name} process {len(self._processes) + 1}"
+        proc = Process(self.fd, argv, self, name)
+        self._processes.append(proc)
+        return proc
+
     def raw_peer(self) -> RawPeer:
         """Play this host's TCP by hand (scapy): its kernel's own RSTs are dropped."""
         self.nft(DROP_KERNEL_RSTS)
         peer = RawPeer(self.fd)
+        self._peers.append(peer)
+        return peer
+
+    def wiretap(self) -> RawPeer:
+        """A third party on this host (scapy): reads every segment arriving on any of its
+        interfaces (a router sees both directions) and sends forged ones. Unlike
+        raw_peer(), the host's kernel keeps its own voice (a router still forwards)."""
+        peer = RawPeer(self.fd, iface=None)
         self._peers.append(peer)
         return peer
 
@@ -140,6 +160,8 @@ class Host:
         return found + ([self._inbox.sock] if self._inbox else [])
 
     def close(self) -> None:
+        for proc in self._processes:
+            proc.close()
         for sock in self.sockets:
             sock.close()
         for peer in self._peers:

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,7 +156,7 @@ class Runner:
         by_host: dict[str, list[Any]] = {h: [] for h in hosts}
         for entry in report["outcomes"]:
             by_host[entry["host"]].append({k: v for k, v in entry.items() if k != "host"})
-        trace = Trace(packets, report["outcomes"])
+        trace = Trace(packets, report["outcomes"], report["counters"])
         try:
             scenario.module.claims(trace)
         except Exception as exc:  # a claim that cannot even be evaluated is a failed claim
@@ -227,7 +228,10 @@ class Runner:
         def consecutive(slug: str) -> list[Result]:
             mine = []
             for _ in range(repeat):
-                mine.append(self._work(slug))
+                try:
+                    mine.append(self._work(slug))
+                except Exception:  # a bug of the lab itself fails this slug, not the others
+                    mine.append(Result(slug, False, 0.0, "the lab failed:\n" + traceback.format_exc()))
                 if on_result:
                     on_result(mine[-1])
             return mine
