@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -144,6 +145,36 @@ class Host:
                     for name, number in zip(names.split(), numbers.split()):
                         values[prefix + name] = int(number)
         return values
+
+    def until(self, what: str, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until `condition()` holds: for kernel state that sends nothing on the wire
+        and offers no event (a counter, a queue length)."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: not within {timeout:g} s: {what}")
+            time.sleep(0.001)  # no event to wait on: poll
+
+    def counter_reaches(self, name: str, value: int, timeout: float = 5.0) -> None:
+        """Wait until the nstat counter `name` (e.g. "TcpExtListenOverflows") is at least `value`."""
+        self.until(f"{name} reaches {value}", lambda: self.counters().get(name, 0) >= value, timeout)
+
+    def conntrack(self) -> list[str]:
+        """This host's connection tracking table, one entry a line, as `conntrack -L` shows it.
+
+        The kernel leaves expired entries out of the listing: an entry that is gone
+        here is one the host has forgotten.
+        """
+        with netns.inside(self.fd), open("/proc/thread-self/net/nf_conntrack") as f:
+            # drop the "ipv4     2 " columns (family) that conntrack -L does not show
+            return [line.split(None, 2)[2] for line in f.read().splitlines()]
+
+    @staticmethod
+    def accept_queue(listener: Any) -> int:
+        """How many finished connections wait in a listening socket's accept queue."""
+        # for a listener, tcp_info's tcpi_unacked is the accept queue's length (tcp_get_info)
+        info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+        return struct.unpack_from("I", info, 24)[0]
 
     def join_threads(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
