@@ -148,6 +148,28 @@ class _HostThread(threading.Thread):
         self.result: Any = None
         self.error: BaseException | None = None
 
+    def wait_blocked(self, timeout: float = 5.0) -> None:
+        """Wait until this thread sleeps in the kernel (a blocked recv, accept...).
+
+        Read from /proc: the thread's state is S and it waits on something else
+        than a futex (the Python interpreter's own locks).
+        """
+        task = f"/proc/self/task/{self.native_id}"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with open(f"{task}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+                with open(f"{task}/wchan") as f:
+                    wchan = f.read()
+            except FileNotFoundError:  # the thread has already finished
+                raise RuntimeError(f"{self.name} ended before blocking") from None
+            if state == "S" and wchan and not wchan.startswith("futex"):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} did not block within {timeout:g} s")
+            time.sleep(0.001)  # /proc offers no event for "now sleeping"; poll it
+
     def run(self) -> None:
         netns.enter_for_good(self.host.fd)
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -11,6 +12,7 @@ from types import ModuleType
 EXAMPLES = Path(__file__).resolve().parent.parent
 PHASES = ("opening", "established", "closing", "middleboxes")
 DEFAULT_TIMEOUT = 20.0
+_loading = threading.Lock()  # the runner loads from many threads: never expose a half-run module
 
 
 class UnknownScenario(LookupError):
@@ -73,12 +75,13 @@ class Scenario:
 def load(slug: str) -> Scenario:
     check([slug])
     name = "example_" + slug.replace("-", "_")
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path_of(slug))
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
+    with _loading:
+        if name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(name, path_of(slug))
+            assert spec and spec.loader
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
     scenario = Scenario(slug, sys.modules[name])
     if scenario.phase not in PHASES:
         raise ValueError(f"{slug}: PHASE must be one of {PHASES}")
