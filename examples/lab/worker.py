@@ -78,7 +78,7 @@ def main() -> int:
     faulthandler.dump_traceback_later(load(slug).timeout, exit=True)
     report = run(slug, outdir)
     (outdir / "worker.json").write_text(json.dumps(report, indent=1))
-    return 1 if report["error"] else 0
+    return 2 if report["error"] else 0  # 1 is faulthandler's exit code: the runner reads it as a timeout
 
 
 if __name__ == "__main__":
