@@ -75,9 +75,13 @@ class Host:
         """Record something the application observed (a log line, a status...)."""
         self._transcript.note(self.name, what, value)
 
-    def receives(self, flags: str, source: Host | None = None, timeout: float = 5.0) -> Any:
-        """`with host.receives(flags):` waits, after its body, for such a segment to arrive."""
-        return self._inbox.receives(flags, source.ip if source else None, timeout)
+    def receives(self, flags: str, source: Host | None = None, timeout: float = 5.0,
+                 count: int = 1) -> Any:
+        """`with host.receives(flags):` waits, after its body, for such a segment to arrive.
+
+        count: wait for that many such segments (counted from the start of the body).
+        """
+        return self._inbox.receives(flags, source.ip if source else None, timeout, count)
 
     def start(self, fn: Callable[..., Any], *args: Any) -> _HostThread:
         """Run `fn(*args)` in a thread of this host (a second process, in effect)."""
