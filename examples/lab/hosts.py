@@ -78,11 +78,15 @@ class Host:
         """Record something the application observed (a log line, a status...)."""
         self._transcript.note(self.name, what, value)
 
-    def receives(self, flags: str, source: Host | None = None, timeout: float = 5.0) -> Any:
-        """`with host.receives(flags):` waits, after its body, for such a segment to arrive."""
+    def receives(self, flags: str, source: Host | None = None, timeout: float = 5.0,
+                 count: int = 1) -> Any:
+        """`with host.receives(flags):` waits, after its body, for such a segment to arrive.
+
+        count: wait for that many such segments (counted from the start of the body).
+        """
         if self._inbox is None:
             self._inbox = Inbox(self.fd)
-        return self._inbox.receives(flags, source.ip if source else None, timeout)
+        return self._inbox.receives(flags, source.ip if source else None, timeout, count)
 
     def start(self, fn: Callable[..., Any], *args: Any) -> _HostThread:
         """Run `fn(*args)` in a thread of this host (a second process, in effect)."""
@@ -208,6 +212,28 @@ class _HostThread(threading.Thread):
         self.host, self.fn, self.args = host, fn, args
         self.result: Any = None
         self.error: BaseException | None = None
+
+    def wait_blocked(self, timeout: float = 5.0) -> None:
+        """Wait until this thread sleeps in the kernel (a blocked recv, accept...).
+
+        Read from /proc: the thread's state is S and it waits on something else
+        than a futex (the Python interpreter's own locks).
+        """
+        task = f"/proc/self/task/{self.native_id}"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with open(f"{task}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+                with open(f"{task}/wchan") as f:
+                    wchan = f.read()
+            except FileNotFoundError:  # the thread has already finished
+                raise RuntimeError(f"{self.name} ended before blocking") from None
+            if state == "S" and wchan and not wchan.startswith("futex"):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} did not block within {timeout:g} s")
+            time.sleep(0.001)  # /proc offers no event for "now sleeping"; poll it
 
     def run(self) -> None:
         netns.enter_for_good(self.host.fd)
