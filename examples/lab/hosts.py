@@ -21,6 +21,7 @@ from typing import Any
 
 from . import netns
 from .peer import DROP_KERNEL_RSTS, RawPeer
+from .process import Process, python_argv
 from .recording import RecordedSocket, Transcript
 from .wire import Inbox
 
@@ -39,6 +40,7 @@ class Host:
         self._threads: list[_HostThread] = []
         self.sockets: list[socket.socket] = []
         self._peers: list[RawPeer] = []
+        self._processes: list[Process] = []
         self._inbox: Inbox | None = None  # opened on first use: receives() marks its start
 
     @property
@@ -76,11 +78,15 @@ class Host:
         """Record something the application observed (a log line, a status...)."""
         self._transcript.note(self.name, what, value)
 
-    def receives(self, flags: str, source: Host | None = None, timeout: float = 5.0) -> Any:
-        """`with host.receives(flags):` waits, after its body, for such a segment to arrive."""
+    def receives(self, flags: str, source: Host | None = None, timeout: float = 5.0,
+                 count: int = 1) -> Any:
+        """`with host.receives(flags):` waits, after its body, for such a segment to arrive.
+
+        count: wait for that many such segments (counted from the start of the body).
+        """
         if self._inbox is None:
             self._inbox = Inbox(self.fd)
-        return self._inbox.receives(flags, source.ip if source else None, timeout)
+        return self._inbox.receives(flags, source.ip if source else None, timeout, count)
 
     def start(self, fn: Callable[..., Any], *args: Any) -> _HostThread:
         """Run `fn(*args)` in a thread of this host (a second process, in effect)."""
@@ -89,10 +95,28 @@ class Host:
         thread.start()
         return thread
 
+    def process(self, program: list[str] | Callable[..., Any], *args: Any) -> Process:
+        """A separate process on this host: an argv, or fn(*args) run in a new Python
+        (fn is a module-level function of the example; args are JSON values).
+        `.wait_for(text)` waits for a line it prints, `.kill()` sends SIGKILL and reaps it."""
+        argv = list(program) if isinstance(program, (list, tuple)) else python_argv(program, args)
+        name = f"{self.name} process {len(self._processes) + 1}"
+        proc = Process(self.fd, argv, self, name)
+        self._processes.append(proc)
+        return proc
+
     def raw_peer(self) -> RawPeer:
         """Play this host's TCP by hand (scapy): its kernel's own RSTs are dropped."""
         self.nft(DROP_KERNEL_RSTS)
         peer = RawPeer(self.fd)
+        self._peers.append(peer)
+        return peer
+
+    def wiretap(self) -> RawPeer:
+        """A third party on this host (scapy): reads every segment arriving on any of its
+        interfaces (a router sees both directions) and sends forged ones. Unlike
+        raw_peer(), the host's kernel keeps its own voice (a router still forwards)."""
+        peer = RawPeer(self.fd, iface=None)
         self._peers.append(peer)
         return peer
 
@@ -171,6 +195,8 @@ class Host:
         return found + ([self._inbox.sock] if self._inbox else [])
 
     def close(self) -> None:
+        for proc in self._processes:
+            proc.close()
         for sock in self.sockets:
             sock.close()
         for peer in self._peers:
@@ -186,6 +212,28 @@ class _HostThread(threading.Thread):
         self.host, self.fn, self.args = host, fn, args
         self.result: Any = None
         self.error: BaseException | None = None
+
+    def wait_blocked(self, timeout: float = 5.0) -> None:
+        """Wait until this thread sleeps in the kernel (a blocked recv, accept...).
+
+        Read from /proc: the thread's state is S and it waits on something else
+        than a futex (the Python interpreter's own locks).
+        """
+        task = f"/proc/self/task/{self.native_id}"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with open(f"{task}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+                with open(f"{task}/wchan") as f:
+                    wchan = f.read()
+            except FileNotFoundError:  # the thread has already finished
+                raise RuntimeError(f"{self.name} ended before blocking") from None
+            if state == "S" and wchan and not wchan.startswith("futex"):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} did not block within {timeout:g} s")
+            time.sleep(0.001)  # /proc offers no event for "now sleeping"; poll it
 
     def run(self) -> None:
         netns.enter_for_good(self.host.fd)
@@ -255,13 +303,16 @@ def build(names: tuple[str, ...], transcript: Transcript,
 def _wait_for_path(first: Host, last: Host, timeout: float = 5.0) -> None:
     """Wait until a datagram crosses the whole line (links up, ARP resolved).
 
-    UDP stays out of the capture, which only shows TCP and ICMP.
+    UDP stays out of the capture, which only shows TCP and ICMP. The receiving
+    socket stays open until the end: a late duplicate must not draw an ICMP
+    port-unreachable into the trace.
     """
     with netns.inside(last.fd):
         rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with netns.inside(first.fd):
         tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with rx, tx:
+    last.sockets.append(rx)
+    with tx:
         rx.bind((last.ip, 9))
         rx.settimeout(0.01)
         deadline = time.monotonic() + timeout

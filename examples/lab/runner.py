@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,17 +220,26 @@ class Runner:
         for slug in slugs:
             for suffix in ARTIFACTS:
                 (self.out / f"{slug}{suffix}").unlink(missing_ok=True)
-        runs = [slug for _ in range(repeat) for slug in slugs]
-        jobs = self.jobs or min(len(runs), 24)
+        # a slug's repeats run one after another; different slugs run at once
+        jobs = self.jobs or min(len(slugs), 24)
         results: list[Result] = []
         pool = ThreadPoolExecutor(max_workers=jobs)
-        try:
-            futures = [pool.submit(self._work, slug) for slug in runs]
-            for future in futures:
-                result = future.result()
-                results.append(result)
+
+        def consecutive(slug: str) -> list[Result]:
+            mine = []
+            for _ in range(repeat):
+                try:
+                    mine.append(self._work(slug))
+                except Exception:  # a bug of the lab itself fails this slug, not the others
+                    mine.append(Result(slug, False, 0.0, "the lab failed:\n" + traceback.format_exc()))
                 if on_result:
-                    on_result(result)
+                    on_result(mine[-1])
+            return mine
+
+        try:
+            futures = [pool.submit(consecutive, slug) for slug in slugs]
+            for future in futures:
+                results.extend(future.result())
             pool.shutdown(wait=True)
             self._publish(slugs, results)
         except BaseException:

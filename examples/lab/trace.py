@@ -97,7 +97,7 @@ class Trace:
 
     packets: list[Packet]
     outcomes: list[dict[str, Any]]
-    counters: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> nstat name -> delta
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> nstat deltas
     claims: list[dict[str, Any]] = field(default_factory=list)
     cursor: int = 0  # packets before this index are behind the timeline
 
@@ -160,11 +160,12 @@ class Trace:
         """Any other claim, stated in words."""
         return self._claim(what, ok, detail)
 
-    # -- kernel counters -----------------------------------------------------------
-    def counted(self, host: str, name: str, expected: int, what: str = "") -> None:
-        """The host's nstat counter `name` (e.g. "TcpExtListenOverflows") rose by exactly `expected`."""
+    def counter(self, host: str, name: str, expected: int, what: str = "") -> None:
+        """The host's kernel counter `name` (nstat's name) grew by exactly `expected` in the run."""
         got = self.counters.get(host, {}).get(name, 0)
-        self._claim(what or f"{host}'s {name} rises by {expected}", got == expected, f"rose by {got}")
+        self._claim(what or f"{host}'s {name} grows by {expected}", got == expected, f"{name} +{got}")
+
+    counted = counter  # the same claim, by the name some examples use
 
     # -- applications ------------------------------------------------------------
     def calls(self, host: str, call: str) -> list[dict[str, Any]]:
