@@ -78,4 +78,6 @@ def claims(trace):
     trace.returned("client", "connect", "None", nth=0)
     trace.raised("client", "connect", "ECONNREFUSED", nth=1)
     trace.raised("client", "connect", "ECONNREFUSED", nth=2)
-    trace.returned("router", "packets counted by the reject rule", "1")
+    counted = trace.calls("router", "packets counted by the reject rule")
+    trace.check("the reject rule's own counter matched exactly one packet",
+                bool(counted) and counted[0]["returned"] == "1", counted[0]["returned"] if counted else "not read")

@@ -94,6 +94,8 @@ def claims(trace):
     trace.check("after the reset, the server still holds the connection as established",
                 bool(server_view) and server_view[0]["returned"].startswith("'ESTAB"),
                 server_view[0]["returned"] if server_view else "")
-    trace.returned("router", "packets counted by the reject rule", "1")
+    counted = trace.calls("router", "packets counted by the reject rule")
+    trace.check("the reject rule's own counter matched exactly one packet",
+                bool(counted) and counted[0]["returned"] == "1", counted[0]["returned"] if counted else "not read")
     trace.counted("server", "TcpOutRsts", 0, what="the server's kernel sent no RST")
     trace.counted("server", "TcpEstabResets", 0, what="and lost no connection")
