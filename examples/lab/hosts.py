@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Any
 
 from . import netns
 from .peer import DROP_KERNEL_RSTS, RawPeer
+from .process import Process, python_argv
 from .recording import RecordedSocket, Transcript
 from .wire import Inbox
 
@@ -38,7 +40,8 @@ class Host:
         self._threads: list[_HostThread] = []
         self.sockets: list[socket.socket] = []
         self._peers: list[RawPeer] = []
-        self._inbox = Inbox(self.fd)  # opened now: nothing that arrives later is missed
+        self._processes: list[Process] = []
+        self._inbox: Inbox | None = None  # opened on first use: receives() marks its start
 
     @property
     def ip(self) -> str:
@@ -75,9 +78,15 @@ class Host:
         """Record something the application observed (a log line, a status...)."""
         self._transcript.note(self.name, what, value)
 
-    def receives(self, flags: str, source: Host | None = None, timeout: float = 5.0) -> Any:
-        """`with host.receives(flags):` waits, after its body, for such a segment to arrive."""
-        return self._inbox.receives(flags, source.ip if source else None, timeout)
+    def receives(self, flags: str, source: Host | None = None, timeout: float = 5.0,
+                 count: int = 1) -> Any:
+        """`with host.receives(flags):` waits, after its body, for such a segment to arrive.
+
+        count: wait for that many such segments (counted from the start of the body).
+        """
+        if self._inbox is None:
+            self._inbox = Inbox(self.fd)
+        return self._inbox.receives(flags, source.ip if source else None, timeout, count)
 
     def start(self, fn: Callable[..., Any], *args: Any) -> _HostThread:
         """Run `fn(*args)` in a thread of this host (a second process, in effect)."""
@@ -86,10 +95,28 @@ class Host:
         thread.start()
         return thread
 
+    def process(self, program: list[str] | Callable[..., Any], *args: Any) -> Process:
+        """A separate process on this host: an argv, or fn(*args) run in a new Python
+        (fn is a module-level function of the example; args are JSON values).
+        `.wait_for(text)` waits for a line it prints, `.kill()` sends SIGKILL and reaps it."""
+        argv = list(program) if isinstance(program, (list, tuple)) else python_argv(program, args)
+        name = f"{self.name} process {len(self._processes) + 1}"
+        proc = Process(self.fd, argv, self, name)
+        self._processes.append(proc)
+        return proc
+
     def raw_peer(self) -> RawPeer:
         """Play this host's TCP by hand (scapy): its kernel's own RSTs are dropped."""
         self.nft(DROP_KERNEL_RSTS)
         peer = RawPeer(self.fd)
+        self._peers.append(peer)
+        return peer
+
+    def wiretap(self) -> RawPeer:
+        """A third party on this host (scapy): reads every segment arriving on any of its
+        interfaces (a router sees both directions) and sends forged ones. Unlike
+        raw_peer(), the host's kernel keeps its own voice (a router still forwards)."""
+        peer = RawPeer(self.fd, iface=None)
         self._peers.append(peer)
         return peer
 
@@ -123,6 +150,36 @@ class Host:
                         values[prefix + name] = int(number)
         return values
 
+    def until(self, what: str, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until `condition()` holds: for kernel state that sends nothing on the wire
+        and offers no event (a counter, a queue length)."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: not within {timeout:g} s: {what}")
+            time.sleep(0.001)  # no event to wait on: poll
+
+    def counter_reaches(self, name: str, value: int, timeout: float = 5.0) -> None:
+        """Wait until the nstat counter `name` (e.g. "TcpExtListenOverflows") is at least `value`."""
+        self.until(f"{name} reaches {value}", lambda: self.counters().get(name, 0) >= value, timeout)
+
+    def conntrack(self) -> list[str]:
+        """This host's connection tracking table, one entry a line, as `conntrack -L` shows it.
+
+        The kernel leaves expired entries out of the listing: an entry that is gone
+        here is one the host has forgotten.
+        """
+        with netns.inside(self.fd), open("/proc/thread-self/net/nf_conntrack") as f:
+            # drop the "ipv4     2 " columns (family) that conntrack -L does not show
+            return [line.split(None, 2)[2] for line in f.read().splitlines()]
+
+    @staticmethod
+    def accept_queue(listener: Any) -> int:
+        """How many finished connections wait in a listening socket's accept queue."""
+        # for a listener, tcp_info's tcpi_unacked is the accept queue's length (tcp_get_info)
+        info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+        return struct.unpack_from("I", info, 24)[0]
+
     def join_threads(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
@@ -132,12 +189,20 @@ class Host:
             if thread.error is not None:
                 raise thread.error
 
+    def packet_sockets(self) -> list[socket.socket]:
+        """This host's packet sockets: closing one waits for an RCU grace period."""
+        found = [s for peer in self._peers for s in peer.sockets()]
+        return found + ([self._inbox.sock] if self._inbox else [])
+
     def close(self) -> None:
+        for proc in self._processes:
+            proc.close()
         for sock in self.sockets:
             sock.close()
         for peer in self._peers:
             peer.close()
-        self._inbox.close()
+        if self._inbox:
+            self._inbox.close()
         os.close(self.fd)
 
 
@@ -148,6 +213,28 @@ class _HostThread(threading.Thread):
         self.result: Any = None
         self.error: BaseException | None = None
 
+    def wait_blocked(self, timeout: float = 5.0) -> None:
+        """Wait until this thread sleeps in the kernel (a blocked recv, accept...).
+
+        Read from /proc: the thread's state is S and it waits on something else
+        than a futex (the Python interpreter's own locks).
+        """
+        task = f"/proc/self/task/{self.native_id}"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with open(f"{task}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+                with open(f"{task}/wchan") as f:
+                    wchan = f.read()
+            except FileNotFoundError:  # the thread has already finished
+                raise RuntimeError(f"{self.name} ended before blocking") from None
+            if state == "S" and wchan and not wchan.startswith("futex"):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} did not block within {timeout:g} s")
+            time.sleep(0.001)  # /proc offers no event for "now sleeping"; poll it
+
     def run(self) -> None:
         netns.enter_for_good(self.host.fd)
         try:
@@ -156,42 +243,84 @@ class _HostThread(threading.Thread):
             self.error = exc
 
 
-def build(names: tuple[str, ...], transcript: Transcript) -> list[Host]:
-    """Make the hosts and join consecutive ones with a veth link each."""
+def address_plan(count: int) -> list[list[tuple[str, str, int]]]:
+    """Each host's (interface, address, prefix length), link by link, left to right."""
+    plan: list[list[tuple[str, str, int]]] = [[] for _ in range(count)]
+    for i in range(count - 1):
+        net = ipaddress.ip_network(SUBNETS[i])
+        # the first host is .1, the last .2, a router's ends .254
+        left_ip = net[1] if i == 0 else net[254]
+        right_ip = net[2] if i == count - 2 else net[254]
+        plan[i].append(("eth1" if i else "eth0", str(left_ip), net.prefixlen))
+        plan[i + 1].append(("eth0", str(right_ip), net.prefixlen))
+    return plan
+
+
+def build(names: tuple[str, ...], transcript: Transcript,
+          on_interface: tuple[str, Callable[[Host], None]] | None = None) -> list[Host]:
+    """Make the hosts and join consecutive ones with a veth link each.
+
+    One `ip -batch` per host configures it from inside its namespace; the veth
+    to the next host is created there with its far end put straight into the
+    next namespace, so no lab interface ever exists on the machine itself.
+    on_interface=(name, fn): call fn(host) as soon as that host's eth0 exists
+    (the capture starts while the rest of the line is configured).
+    """
     if not 1 <= len(names) <= len(SUBNETS) + 1:
         raise ValueError(f"a lab line has 1 to {len(SUBNETS) + 1} hosts, not {len(names)}")
-    from pyroute2 import IPRoute  # imported here: only workers build labs
-
     hosts = [Host(name, transcript) for name in names]
-    for host in hosts:
-        host.sysctl("net.ipv6.conf.all.disable_ipv6", 1)  # no IPv6 chatter on the wire
-        host.sysctl("net.ipv6.conf.default.disable_ipv6", 1)
-        with netns.inside(host.fd), IPRoute() as ipr:
-            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-    for i, (left, right) in enumerate(zip(hosts, hosts[1:])):
-        net = ipaddress.ip_network(SUBNETS[i])
-        # the first link's left end is .1; a router's ends are .254; the last host is .2
-        left_ip = net[1] if i == 0 else net[254]
-        right_ip = net[2] if i == len(hosts) - 2 else net[254]
-        left_if, right_if = f"eth{1 if i else 0}", "eth0"
-        with netns.inside(left.fd), IPRoute() as ipr:
-            ipr.link("add", ifname=left_if, kind="veth", mtu=MTU,
-                     peer={"ifname": right_if, "net_ns_fd": right.fd, "mtu": MTU})
-        for host, ifname, ip in ((left, left_if, left_ip), (right, right_if, right_ip)):
-            with netns.inside(host.fd), IPRoute() as ipr:
-                idx = ipr.link_lookup(ifname=ifname)[0]
-                ipr.addr("add", index=idx, address=str(ip), prefixlen=net.prefixlen)
-                ipr.link("set", index=idx, state="up")
-            host.addresses.append(str(ip))
-    # routes: every host reaches every lab subnet through its neighbours
+    plan = address_plan(len(hosts))
     for i, host in enumerate(hosts):
+        host.addresses = [ip for _, ip, _ in plan[i]]
+    for i, host in enumerate(hosts):
+        for key in ("all", "default"):  # no IPv6 chatter on the wire
+            host.sysctl(f"net.ipv6.conf.{key}.disable_ipv6", 1)
         if 0 < i < len(hosts) - 1:
             host.sysctl("net.ipv4.ip_forward", 1)
-        with netns.inside(host.fd), IPRoute() as ipr:
-            for j in range(len(hosts) - 1):
-                if j < i - 1:
-                    ipr.route("add", dst=SUBNETS[j], gateway=hosts[i - 1].addresses[-1])
-                elif j > i:
-                    gw = hosts[i + 1].addresses[0]
-                    ipr.route("add", dst=SUBNETS[j], gateway=gw)
+        batch = ["link set lo up"]
+        if i < len(hosts) - 1:
+            far_end = f"/proc/{os.getpid()}/fd/{hosts[i + 1].fd}"
+            batch.append(f"link add {plan[i][-1][0]} mtu {MTU} type veth"
+                         f" peer name eth0 mtu {MTU} netns {far_end}")
+        for ifname, ip, prefix in plan[i]:
+            batch += [f"addr add {ip}/{prefix} dev {ifname}", f"link set {ifname} up"]
+        # every lab subnet through the neighbour on its side; nothing else (no default route)
+        for j in range(len(hosts) - 1):
+            if j < i - 1:
+                batch.append(f"route add {SUBNETS[j]} via {hosts[i - 1].addresses[-1]}")
+            elif j > i:
+                batch.append(f"route add {SUBNETS[j]} via {hosts[i + 1].addresses[0]}")
+        host.sh("ip", "-batch", "-", input="\n".join(batch) + "\n")
+        if on_interface:
+            target = names.index(on_interface[0])
+            if i == max(target - 1, 0):  # this batch made the target's eth0
+                on_interface[1](hosts[target])
+    if len(hosts) > 1:
+        _wait_for_path(hosts[0], hosts[-1])
     return hosts
+
+
+def _wait_for_path(first: Host, last: Host, timeout: float = 5.0) -> None:
+    """Wait until a datagram crosses the whole line (links up, ARP resolved).
+
+    UDP stays out of the capture, which only shows TCP and ICMP. The receiving
+    socket stays open until the end: a late duplicate must not draw an ICMP
+    port-unreachable into the trace.
+    """
+    with netns.inside(last.fd):
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with netns.inside(first.fd):
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    last.sockets.append(rx)
+    with tx:
+        rx.bind((last.ip, 9))
+        rx.settimeout(0.01)
+        deadline = time.monotonic() + timeout
+        while True:
+            tx.sendto(b"link up?", (last.ip, 9))
+            try:
+                rx.recv(64)
+                return
+            except TimeoutError:  # the link's carrier or ARP is not there yet
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no path from {first.name} to {last.name}") from None

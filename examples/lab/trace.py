@@ -97,6 +97,7 @@ class Trace:
 
     packets: list[Packet]
     outcomes: list[dict[str, Any]]
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> nstat deltas
     claims: list[dict[str, Any]] = field(default_factory=list)
     cursor: int = 0  # packets before this index are behind the timeline
 
@@ -159,6 +160,13 @@ class Trace:
         """Any other claim, stated in words."""
         return self._claim(what, ok, detail)
 
+    def counter(self, host: str, name: str, expected: int, what: str = "") -> None:
+        """The host's kernel counter `name` (nstat's name) grew by exactly `expected` in the run."""
+        got = self.counters.get(host, {}).get(name, 0)
+        self._claim(what or f"{host}'s {name} grows by {expected}", got == expected, f"{name} +{got}")
+
+    counted = counter  # the same claim, by the name some examples use
+
     # -- applications ------------------------------------------------------------
     def calls(self, host: str, call: str) -> list[dict[str, Any]]:
         return [o for o in self.outcomes if o["host"] == host and o["call"].startswith(call)]
@@ -168,7 +176,8 @@ class Trace:
         found = self.calls(host, call)
         got = found[nth] if len(found) > nth else None
         shown = (got.get("raised") or f"returned {got.get('returned')}") if got else "no such call"
-        self._claim(f"{host}'s {call}() fails with {error}",
+        which = f" (call {nth + 1})" if nth else ""
+        self._claim(f"{host}'s {call}(){which} fails with {error}",
                     bool(got) and error in (got.get("errno"), got.get("raised")),
                     f"{shown} {got.get('errno') or ''}".strip() if got else shown)
 

@@ -24,18 +24,18 @@ class Inbox:
 
     def __init__(self, ns_fd: int) -> None:
         with netns.inside(ns_fd):
-            self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
-        self._sock.setblocking(False)
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+        self.sock.setblocking(False)
 
     def _segments(self, timeout: float) -> Iterator[tuple[str, str]]:
         """(source address, tcpdump flags) of arriving TCP segments, until timeout."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                data, addr = self._sock.recvfrom(65535)
+                data, addr = self.sock.recvfrom(65535)
             except BlockingIOError:
                 left = deadline - time.monotonic()
-                if left <= 0 or not select.select([self._sock], [], [], left)[0]:
+                if left <= 0 or not select.select([self.sock], [], [], left)[0]:
                     return
                 continue
             if addr[2] == PACKET_OUTGOING or len(data) < 20 or data[9] != socket.IPPROTO_TCP:
@@ -48,14 +48,17 @@ class Inbox:
             pass
 
     @contextlib.contextmanager
-    def receives(self, flags: str, source: str | None, timeout: float) -> Iterator[None]:
+    def receives(self, flags: str, source: str | None, timeout: float, count: int = 1) -> Iterator[None]:
         self.discard()
         yield
+        seen = 0
         for src, got in self._segments(timeout):
             if got == flags and source in (None, src):
-                return
-        raise TimeoutError(f"no [{flags}] segment{' from ' + source if source else ''} arrived"
-                           f" within {timeout:g} s")
+                seen += 1
+                if seen == count:
+                    return
+        raise TimeoutError(f"{seen} of {count} [{flags}] segment(s){' from ' + source if source else ''}"
+                           f" arrived within {timeout:g} s")
 
     def close(self) -> None:
-        self._sock.close()
+        self.sock.close()

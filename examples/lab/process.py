@@ -1,0 +1,82 @@
+"""A separate process on a lab host: a real program (argv) or a Python function.
+
+    server_process = server.process(serve, (server.ip, 8888))  # serve(address) in a child
+    server_process.wait_for("listening")   # a line the child printed: an event, not a sleep
+    server_process.kill()                  # SIGKILL, then reaped: its sockets are closed
+
+The child is started inside the host's network namespace with nsenter, in the
+worker's process group: the runner's cleanup kills it along with the worker,
+and the host kills it at the end of the run if it is still alive. Its stdout is
+a pipe the lab reads lines from; its stderr goes to the worker's log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import netns
+
+LAB_PARENT = str(Path(__file__).resolve().parent.parent)
+
+
+def python_argv(fn: Callable[..., Any], args: tuple[Any, ...]) -> list[str]:
+    """The argv that runs fn(*args) in a new Python: fn is found again by its file and name."""
+    source = sys.modules[fn.__module__].__file__
+    return [sys.executable, "-m", "lab.child", str(source), fn.__qualname__, json.dumps(args)]
+
+
+class Process:
+    def __init__(self, ns_fd: int, argv: list[str], host: Any, name: str) -> None:
+        self._host, self.name = host, name
+        env = {**os.environ, "PYTHONPATH": LAB_PARENT, "PYTHONUNBUFFERED": "1"}
+        # nsenter enters the namespace and execs argv: the pid is the program's own
+        self._proc = subprocess.Popen(
+            netns.command(ns_fd, argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            pass_fds=(ns_fd,), env=env,
+        )
+        self.pid = self._proc.pid
+        self._pending = b""
+        self.lines: list[str] = []
+
+    def wait_for(self, text: str, timeout: float = 5.0) -> str:
+        """Wait until the process prints a line containing `text`; return that line."""
+        assert self._proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self._pending:
+                raw, self._pending = self._pending.split(b"\n", 1)
+                line = raw.decode(errors="replace")
+                self.lines.append(line)
+                self._host.note(f"{self.name} prints", line)
+                if text in line:
+                    return line
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._proc.stdout], [], [], left)[0]:
+                raise TimeoutError(f"{self.name} did not print {text!r} within {timeout:g} s")
+            chunk = os.read(self._proc.stdout.fileno(), 65536)
+            if not chunk:
+                raise RuntimeError(f"{self.name} exited ({self._proc.wait()}) before printing {text!r}")
+            self._pending += chunk
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        """Send `sig` and reap the process: once this returns, the kernel has closed its files."""
+        self._proc.send_signal(sig)
+        status = self._proc.wait()
+        self._host.note(f"{self.name} killed with {signal.Signals(sig).name}, exit status", status)
+        return status
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()

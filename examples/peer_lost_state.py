@@ -1,0 +1,62 @@
+"""The server host lost the connection without telling the client; the client's next data draws a RST.
+
+A host that reboots (or whose connection table is wiped) keeps no trace of the
+connections it had, and it said nothing to its peers. The client still believes
+the connection is open. Its next segment reaches a kernel with no socket for it,
+and that kernel answers as for any unknown connection: a bare RST (`[R]`, no ACK
+flag) whose seq is the segment's ack, window 0. The client's `recv()` raises
+ConnectionResetError (ECONNRESET).
+"""
+
+TITLE = "Peer lost its state: the next data is answered with RST"
+PHASE = "established"
+HOSTS = ("client", "server")
+
+# the reboot must be silent: a FIN or RST from the dying sockets would warn the client
+SILENCE = """
+table ip reboot {
+    chain out {
+        type filter hook output priority 0; policy accept;
+        tcp flags & (fin | rst) != 0 drop
+    }
+}
+"""
+
+
+def run(client, server):
+    listener = server.socket()
+    listener.bind((server.ip, 8888))
+    listener.listen()
+
+    sock = client.socket()
+    sock.connect((server.ip, 8888))
+    conn, _ = listener.accept()
+
+    # the server host "reboots": its kernel forgets the connection and tells no one
+    server.nft(SILENCE)
+    killed = server.sh("ss", "-K", "-Htan", "sport", "=", ":8888")  # listener and connection
+    server.nft("delete table ip reboot")
+    server.note("sockets destroyed by the reboot", [line.split()[0] for line in killed.splitlines()])
+    server.note("sockets on port 8888 after it", server.sh("ss", "-Htan", "sport", "=", ":8888"))
+
+    sock.sendall(b"hello?")  # the client does not know: its data leaves as usual
+    try:
+        sock.recv(1024)
+    except ConnectionResetError:
+        pass
+
+
+def claims(trace):
+    trace.next("client", "S")
+    trace.next("server", "S.")
+    trace.next("client", ".")
+    data = trace.next("client", "P.", payload=6, what="the client sends 6 bytes on the connection it still believes in")
+    trace.next("server", "R", seq=data.ack, win=0,
+               what="the server answers with a bare [R]: seq = the data's ack, no ACK flag, win 0")
+    trace.no("server", "F", what="the server never sent a FIN: the reboot was silent")
+    trace.count("server", "R", 1, what="exactly one RST reaches the client")
+    trace.raised("client", "recv", "ECONNRESET")
+    after = trace.calls("server", "sockets on port 8888 after it")
+    trace.check("after the reboot the server has no socket at all on port 8888",
+                bool(after) and after[0]["returned"] == "''", str(after))
+    trace.counter("client", "TcpEstabResets", 1, what="the client counts one established connection reset")
