@@ -241,3 +241,12 @@ def test_draft_pages_say_they_are_drafts(built_site: Path) -> None:
     for slug in SLUGS:
         draft = "the explanation of this scenario is not written yet" in page_of(built_site, slug)
         assert draft == (slug not in written), slug
+
+
+def test_search_is_configured_for_english_and_chinese(built_site: Path) -> None:
+    index = json.loads((built_site / "search" / "search_index.json").read_text())
+    assert index["config"]["lang"] == ["en", "zh"]
+    home = [d["text"] for d in index["docs"] if d["location"].startswith("#") or d["location"] == ""]
+    assert any("连接" in text and "\u200b" in text for text in home), (
+        "the home page's Chinese text was not segmented into words (is jieba installed?)")
+    assert (built_site / "assets" / "javascripts" / "lunr" / "min" / "lunr.zh.min.js").is_file()
