@@ -45,7 +45,9 @@ recorded line with its fields) and {{ trace SLUG }}.
 
 A scenario whose trace is missing, stale (older than its example file) or failed a
 claim fails the build with the scenario's name: run `nox -s docs`, which records
-every example first.
+every example first. A recorded scenario without a page gets a generated draft page
+(marked as such) while `extra.draft_pages` is true in mkdocs.yml; with false (or
+FIELDGUIDE_DRAFT_PAGES=0) a missing page fails the build.
 """
 
 from __future__ import annotations
@@ -141,6 +143,46 @@ def load_recording(slug: str) -> Recording:
     return rec
 
 
+def written_pages() -> set[str]:
+    return {p.stem for p in (ROOT / "docs" / "scenarios").glob("*.md")}
+
+
+# A scenario recorded before its page is written gets this generated page, so that the
+# site builds while pages are being written (mkdocs.yml: extra.draft_pages).
+DRAFT = """!!! warning "Draft: the explanation of this scenario is not written yet"
+
+    What follows is generated from this build's capture and the example; the page
+    `docs/scenarios/{slug}.md` that explains it has not been written.
+
+{{{{ short_answer }}}}
+
+## The trace
+
+{{{{ trace }}}}
+
+## The exchange
+
+{{{{ diagram }}}}
+
+## What each application saw
+
+{{{{ outcomes }}}}
+
+## Which counters moved
+
+{{{{ counters }}}}
+
+## The example
+
+{{{{ example }}}}
+
+## Provenance
+
+{{{{ provenance }}}}
+"""
+drafts_allowed = True
+
+
 def load_all() -> dict[str, Recording]:
     found, problems = {}, []
     for slug in example_slugs():
@@ -148,9 +190,10 @@ def load_all() -> dict[str, Recording]:
             found[slug] = load_recording(slug)
         except (ValueError, KeyError, json.JSONDecodeError) as exc:
             problems.append(f"scenario {slug}: {exc}")
-    pages = {p.stem for p in (ROOT / "docs" / "scenarios").glob("*.md")}
-    for slug in sorted(set(found) - pages):
-        problems.append(f"scenario {slug}: no page docs/scenarios/{slug}.md (copy docs/scenarios/closed-port.md)")
+    pages = written_pages()
+    if not drafts_allowed:
+        for slug in sorted(set(found) - pages):
+            problems.append(f"scenario {slug}: no page docs/scenarios/{slug}.md (copy docs/scenarios/closed-port.md)")
     for slug in sorted(pages - set(example_slugs())):
         problems.append(f"scenario {slug}: docs/scenarios/{slug}.md has no example examples/{slug.replace('-', '_')}.py")
     if problems:
@@ -191,6 +234,9 @@ def mermaid_file() -> Path:
 
 def on_config(config: MkDocsConfig) -> MkDocsConfig:
     """Load every recording (or fail naming the scenarios) and build the phase navigation."""
+    global drafts_allowed
+    override = os.environ.get("FIELDGUIDE_DRAFT_PAGES")  # "0": every scenario needs its written page
+    drafts_allowed = bool(config.extra.get("draft_pages", False)) if override is None else override == "1"
     recordings.clear()
     recordings.update(load_all())
     groups = []
@@ -211,6 +257,11 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
         for source in (rec.pcap, rec.pcap.with_suffix(".json")):
             files.append(File.generated(config, f"traces/{source.name}", abs_src_path=str(source)))
     files.append(File.generated(config, MERMAID_ASSET, abs_src_path=str(mermaid_file())))
+    drafts = sorted(set(recordings) - written_pages())
+    for slug in drafts:
+        files.append(File.generated(config, f"scenarios/{slug}.md", content=DRAFT.format(slug=slug)))
+    if drafts:
+        log.info("draft pages (no docs/scenarios/SLUG.md yet): %s", ", ".join(drafts))
     return files
 
 

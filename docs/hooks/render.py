@@ -147,15 +147,26 @@ def what_apps_get(rec: Recording) -> list[str]:
     return lines
 
 
+def ttl_anomaly(rec: Recording, p: dict[str, Any]) -> str:
+    """If the other packets from this address arrived with another TTL, say so: another box made this one."""
+    others = sorted({q["ttl"] for q in rec.packets if q["src"] == p["src"] and q["number"] != p["number"]})
+    if not others or p["ttl"] in others:
+        return ""
+    return f"TTL {p['ttl']}, where {p['sender']}'s other packets arrived with TTL {', '.join(map(str, others))}"
+
+
 def who_resets(rec: Recording, link: str = "#") -> list[str]:
     """Each RST in words: who sent it, to whom, with what, and how long after the packet before it."""
     lines = []
     for p in rec.resets():
         address = p["src"]
+        anomaly = ttl_anomaly(rec, p)
+        sender = (f"a packet with **{p['sender']}**'s address ({address})" if anomaly
+                  else f"**{p['sender']}** ({address})")
         lines.append(
-            f"**{p['sender']}** ({address}) sends `{describe_packet(rec, p)}` to {p['receiver']}: "
+            f"{sender} sends `{describe_packet(rec, p)}` to {p['receiver']}: "
             f"[packet {p['number']}]({link}{packet_id(rec.slug, p['number'])}), "
-            f"{_ms(gap_ms(rec, p))} after the packet before it")
+            f"{_ms(gap_ms(rec, p))} after the packet before it" + (f"; {anomaly}" if anomaly else ""))
     return lines
 
 
@@ -230,6 +241,8 @@ def mermaid(rec: Recording) -> str:
         if p["number"] > 1:
             label += f", +{_ms(gap_ms(rec, p))}"
         lines.append(f"    {sender}{arrow}{receiver}: {label}")
+        if "R" in p["flags"] and ttl_anomaly(rec, p):
+            lines.append(f"    Note over {sender}: {ttl_anomaly(rec, p)}")
     lines.append("```")
     return "\n".join(lines)
 
