@@ -1,5 +1,5 @@
-"""The same restart done safely: with SO_REUSEPORT and net.ipv4.tcp_migrate_req=1,
-the closing listener hands its queued connections to the new one; no RST.
+"""A restart done safely: with SO_REUSEPORT and net.ipv4.tcp_migrate_req=1, the
+closing listener hands the connections queued on it to the new process; no RST.
 
 The old process listens with SO_REUSEPORT; two clients connect and wait in its
 accept queue, one with its request already sent. The new process starts
