@@ -51,3 +51,12 @@ def test_included_examples_pass_ruff(path: Path) -> None:
     # authors' call, the page scrolls the block
     result = _ruff("check", "--no-cache", "--isolated", "--select=E4,E7,E9,F", path=path)
     assert result.returncode == 0, result.stdout
+
+
+def test_notebook_passes_ruff() -> None:
+    """The notebook page's cells, like every other Python on the site."""
+    notebook = ROOT / "docs" / "rst-census.ipynb"
+    lint = _ruff("check", "--no-cache", "--isolated", path=notebook)
+    assert lint.returncode == 0, lint.stdout
+    formatted = _ruff("format", "--no-cache", "--isolated", f"--line-length={LINE_LENGTH}", "--check", path=notebook)
+    assert formatted.returncode == 0, formatted.stdout + formatted.stderr

@@ -129,8 +129,10 @@ def load_recording(slug: str) -> Recording:
     if missing:
         raise ValueError(f"no recorded trace ({', '.join(missing)} missing in build/traces/): its recording"
                          f" failed or was not run; run `nox -s examples -- {slug}`")
-    if json_file.stat().st_mtime < example_path(slug).stat().st_mtime:
-        raise ValueError(f"the trace is older than examples/{example_path(slug).name}; record it again:"
+    sources = [example_path(slug), *sorted((EXAMPLES / "lab").glob("*.py"))]
+    newer = [p for p in sources if p.stat().st_mtime > json_file.stat().st_mtime]
+    if newer:
+        raise ValueError(f"the trace is older than {newer[0].relative_to(ROOT)}; record it again:"
                          f" `nox -s examples -- {slug}`")
     data = json.loads(json_file.read_text())
     failed = [c["claim"] for c in data["claims"] if not c["passed"]]

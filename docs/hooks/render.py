@@ -73,29 +73,25 @@ def packet_id(slug: str, number: int, own_page: bool = True) -> str:
 
 # -- describing packets and calls in words -------------------------------------------
 
-def isns(rec: Recording) -> dict[tuple[str, int, str, int], int]:
-    """Initial sequence number of each side of each connection that sent a SYN.
-
-    Keyed by (src, sport, dst, dport): a server port serves many connections, each
-    with its own ISN.
-    """
-    found: dict[tuple[str, int, str, int], int] = {}
-    for p in rec.packets:
-        if p.get("proto") == "tcp" and "S" in p["flags"]:
-            found.setdefault((p["src"], p["sport"], p["dst"], p["dport"]), p["seq"])
+def isn_before(rec: Recording, p: dict[str, Any], src: str, sport: int, dst: str, dport: int) -> int | None:
+    """The ISN of the latest SYN from src:sport to dst:dport up to packet p (a 4-tuple may be reused)."""
+    found = None
+    for q in rec.packets[: p["number"]]:
+        if (q.get("proto") == "tcp" and "S" in q["flags"]
+                and (q["src"], q["sport"], q["dst"], q["dport"]) == (src, sport, dst, dport)):
+            found = q["seq"]
     return found
 
 
-def relative(rec: Recording, p: dict[str, Any]) -> tuple[int | None, int | None]:
-    """seq and ack relative to each side's ISN, as tcpdump shows them; absolute if no SYN was seen."""
-    known = isns(rec)
-    mine = known.get((p["src"], p["sport"], p["dst"], p["dport"]))
-    theirs = known.get((p["dst"], p["dport"], p["src"], p["sport"]))
-    seq = p["seq"] - mine if mine is not None else p["seq"]
-    ack = (p["ack"] - theirs) % 2**32 if (theirs is not None and "." in p["flags"]) else None
-    if "." in p["flags"] and theirs is None:
-        ack = p["ack"]
-    return seq % 2**32, ack
+def relative(rec: Recording, p: dict[str, Any]) -> tuple[int, int | None]:
+    """seq and ack relative to each side's ISN on this connection, as tcpdump shows them;
+    absolute where the capture has no SYN from that side. ack is None without the ACK flag."""
+    mine = isn_before(rec, p, p["src"], p["sport"], p["dst"], p["dport"])
+    theirs = isn_before(rec, p, p["dst"], p["dport"], p["src"], p["sport"])
+    seq = (p["seq"] - mine) % 2**32 if mine is not None else p["seq"]
+    if "." not in p["flags"]:
+        return seq, None
+    return seq, (p["ack"] - theirs) % 2**32 if theirs is not None else p["ack"]
 
 
 def describe_packet(rec: Recording, p: dict[str, Any]) -> str:
