@@ -59,8 +59,8 @@ def claims(trace):
     again = trace.next("server", "S.", seq=synack.seq, after=0.9,
                        what="about 1 s later the server retransmits the late client's SYN-ACK")
     ack = trace.next("client", ".", ack=again.seq + 1, what="the client acknowledges it again")
-    trace.next("server", "R", seq=ack.ack, win=0, within=0.05,
-               what="the accept queue is full: the server answers that ACK with a bare RST")
+    trace.next("server", "R", seq=ack.ack, win=0, options=(), within=0.05,
+               what="the accept queue is full: the server answers that ACK with a bare RST, no options")
     trace.counted("server", "TcpExtListenOverflows", 1, what="the server counts one accept queue overflow")
     trace.counted("server", "TcpExtEmbryonicRsts", 1, what="and one half-open connection reset because of it")
     trace.counted("server", "TcpExtSyncookiesSent", 0, what="no SYN cookies were involved")

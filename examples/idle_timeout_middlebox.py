@@ -77,9 +77,9 @@ def claims(trace):
                          what="the idle timeout later (1 s, to a kernel tick), the client sends its next request")
     trace.check("it is the first packet since the connection went idle",
                 request.number == quiet.number + 1, f"packet {request.number}")
-    rst = trace.next("server", "R", seq=request.ack, win=0, within=0.05,
+    rst = trace.next("server", "R", seq=request.ack, win=0, options=(), within=0.05,
                      what="a bare RST comes back at once from the server's address,"
-                          " seq = the request's ack")
+                          " seq = the request's ack, win 0, no options")
     trace.check("that RST arrives with TTL 64: it was made one hop away, by the router",
                 rst.ttl == 64, f"TTL {rst.ttl}")
     trace.check("and with IP ID 0, outside the server's own IP ID sequence",

@@ -57,6 +57,8 @@ def claims(trace):
                 f"RSTs to ports {first_rst.dport} and {second_rst.dport}")
     trace.check("both RSTs come from live sockets: they carry a window, not the win 0 of a 'no socket' RST",
                 first_rst.win > 0 and second_rst.win > 0, f"win {first_rst.win} and {second_rst.win}")
+    trace.check("and the timestamp option", "TS" in first_rst.options and "TS" in second_rst.options,
+                f"options {list(first_rst.options)} and {list(second_rst.options)}")
     trace.no("server", "F", what="the server never sends a FIN")
     trace.counted("server", "TcpEstabResets", 2, what="the server's kernel counts two established connections reset")
     trace.raised("client", "recv", "ECONNRESET", nth=0)
