@@ -83,5 +83,9 @@ def claims(trace):
     trace.raised("client", "send", "BrokenPipeError")
     trace.check("the client's failed write sent nothing: no packet after the RST",
                 trace.packets[-1].flags == "R.", trace.packets[-1].label())
-    trace.returned("client", "response.status", "413")
-    trace.returned("server", "log", '\'"POST /upload HTTP/1.1" 413 -\'')
+    status = trace.calls("client", "response.status")
+    trace.check("yet getresponse() afterwards returns the server's 413",
+                [s.get("returned") for s in status] == ["413"], str(status))
+    logs = [o["returned"] for o in trace.calls("server", "log")]
+    trace.check("the server logs the request with status 413",
+                any('"POST /upload HTTP/1.1" 413' in line for line in logs), " | ".join(logs))
