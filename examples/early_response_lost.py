@@ -46,10 +46,10 @@ def run(client, server):
         # the upload goes at the pace the server's kernel acknowledges it; the server
         # application is busy and reads nothing yet
         with client.receives(".", source=server):
-            conn.endheaders()
+            client.record("endheaders()", conn.endheaders)
         for _ in range(3):
             with client.receives(".", source=server):
-                conn.send(PART)
+                client.record(f"send(<{len(PART)} bytes>)", conn.send, PART)
 
         with client.receives("R.", source=server):
             server.start(httpd.handle_request)  # now it reads the headers, answers 413, closes
@@ -79,8 +79,10 @@ def claims(trace):
     trace.no("client", "R", what="the client sends no RST")
     trace.no("client", "F", what="the client never closes")
 
-    trace.raised("client", "send", "EPIPE")
-    trace.raised("client", "send", "BrokenPipeError")
+    for n in range(3):
+        trace.returned("client", "send", "None", nth=n)
+    trace.raised("client", "send", "EPIPE", nth=3)
+    trace.raised("client", "send", "BrokenPipeError", nth=3)
     trace.check("the client's failed write sent nothing: no packet after the RST",
                 trace.packets[-1].flags == "R.", trace.packets[-1].label())
     status = trace.calls("client", "response.status")

@@ -42,12 +42,13 @@ def run(client, server):
         # pure ACKs from the client: the handshake's, one for each of the response's two
         # segments (headers, then body), and the one for the server's FIN
         with server.receives(".", source=client, count=4):
-            conn.request("GET", "/first")
+            client.record("request('GET', '/first')", conn.request, "GET", "/first")
             response = client.record("getresponse()", conn.getresponse)
             response.read()
         serving.join()  # the idle timeout fired and the server closed the connection
 
-        conn.request("GET", "/second")  # the pool reuses the connection: the server is gone
+        # the pool reuses the connection: the server is gone, and the request is sent anyway
+        client.record("request('GET', '/second')", conn.request, "GET", "/second")
         try:
             client.record("getresponse()", conn.getresponse)
         except http.client.RemoteDisconnected:
@@ -83,6 +84,9 @@ def claims(trace):
     trace.check("the server logs its idle timeout", any("Request timed out" in line for line in logs),
                 " | ".join(logs))
     trace.check("the server never logs the second request", not any("/second" in line for line in logs))
+    second_request = trace.calls("client", "request('GET', '/second')")
+    trace.check("the second request() returns normally: the request is sent",
+                [r.get("returned") for r in second_request] == ["None"], str(second_request))
     first_response = trace.calls("client", "getresponse")[:1]
     trace.check("the first getresponse() returns a response",
                 bool(first_response) and "HTTPResponse" in first_response[0].get("returned", ""))
