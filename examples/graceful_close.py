@@ -21,7 +21,8 @@ def run(client, server):
 
     conn, _ = listener.accept()
     conn.recv(1024)  # the server reads all 5 bytes
-    conn.close()  # empty receive queue: FIN
+    with server.receives(".", source=client):  # the client's kernel acknowledges the FIN
+        conn.close()  # empty receive queue: FIN
 
     sock.recv(1024)  # b"": the server's FIN is end-of-stream
     with client.receives(".", source=server):  # the server acknowledges the client's FIN
@@ -35,8 +36,8 @@ def claims(trace):
     trace.next("client", "P.", payload=5)
     trace.next("server", ".")
     fin = trace.next("server", "F.", what="the server's close() sends a FIN")
-    client_fin = trace.next("client", "F.", ack=fin.seq + 1,
-                            what="the client's FIN also acknowledges the server's FIN")
+    trace.next("client", ".", ack=fin.seq + 1, what="the client's kernel acknowledges the FIN")
+    client_fin = trace.next("client", "F.", what="the client's close() sends its own FIN")
     trace.next("server", ".", ack=client_fin.seq + 1, what="the server acknowledges the client's FIN")
     trace.no("server", "R", what="no RST from the server")
     trace.no("client", "R", what="no RST from the client")

@@ -8,10 +8,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
-from .runner import LabUnavailable, Result, Runner, format_shapes
+from .runner import TRACES, LabUnavailable, Result, Runner, format_shapes
 from .scenarios import UnknownScenario, all_slugs, check
 
 
@@ -20,11 +24,25 @@ def _print_result(result: Result) -> None:
     print(f"{mark} {result.slug:<24} {result.seconds:6.2f} s", flush=True)
 
 
+@contextlib.contextmanager
+def busy_cpus(count: int) -> Iterator[None]:
+    """Busy-loop processes for the duration, to show a trace does not depend on an idle machine."""
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     slugs = check(args.slugs) if args.slugs else all_slugs()
-    runner = Runner(jobs=args.jobs)
+    runner = Runner(out=args.out, jobs=args.jobs)
     started = time.monotonic()
-    results = runner.run(slugs, repeat=args.repeat, on_result=_print_result if args.repeat == 1 else None)
+    with busy_cpus(args.busy):
+        results = runner.run(slugs, repeat=args.repeat,
+                             on_result=_print_result if args.repeat == 1 else None)
     failed = [r for r in results if not r.ok]
     if args.repeat > 1:
         for slug in slugs:
@@ -52,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="record scenarios and check their claims")
     run.add_argument("--repeat", type=int, default=1, help="record each N times; shapes must agree")
     run.add_argument("--jobs", type=int, default=None, help="scenarios run at once")
+    run.add_argument("--busy", type=int, default=0, metavar="N",
+                     help="keep N CPUs busy meanwhile (determinism under load)")
+    run.add_argument("--out", type=Path, default=TRACES, help="where artifacts go (build/traces)")
     run.add_argument("slugs", nargs="*")
     sub.add_parser("list", help="the known scenario slugs")
     bench = sub.add_parser("bench", help="measure the lab's own cost and the catalogue's")

@@ -13,6 +13,7 @@ import signal
 import socket
 import struct
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -64,7 +65,9 @@ class Capture:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             pass_fds=(ns_fd,),
         )
-        self._wait_listening(timeout=10)
+
+    def wait_ready(self, timeout: float = 10) -> None:
+        self._wait_listening(timeout)
 
     @staticmethod
     def _open_tap(ns_fd: int, iface: str) -> socket.socket:
@@ -72,7 +75,10 @@ class Capture:
             tap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
             tap.bind((iface, 0))
         # room for a whole scenario's packets: they are only counted at the end
-        tap.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 32 << 20)
+        try:
+            tap.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 32 << 20)
+        except PermissionError:  # rootless: capped at net.core.rmem_max; drops are detected
+            tap.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
         tap.setblocking(False)
         return tap
 
@@ -101,8 +107,13 @@ class Capture:
             if len(frame) >= 24 and frame[12:14] == b"\x08\x00" and frame[23] in _IP_PROTOCOLS:
                 self._seen += 1
 
-    def stop(self, timeout: float = 5.0) -> int:
-        """Wait until tcpdump has written every packet our tap saw, then stop it."""
+    def stop(self, also_close: list[socket.socket] = (), timeout: float = 5.0) -> int:
+        """Wait until tcpdump has written every packet our tap saw, then stop it.
+
+        Closing a packet socket waits for an RCU grace period (synchronize_net):
+        tcpdump's, our tap's and `also_close` are closed at the same time so
+        they share one instead of waiting for one each.
+        """
         self._drain_tap()
         _, dropped = struct.unpack("II", self._tap.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
         if dropped:
@@ -116,13 +127,17 @@ class Capture:
                     f"tcpdump wrote {_count_packets(self.pcap)} of {self._seen} packets")
             time.sleep(0.001)  # polling the file tcpdump is writing; it has no event to wait on
         self.proc.send_signal(signal.SIGINT)
+        closers = [threading.Thread(target=s.close) for s in [self._tap, *also_close]]
+        for closer in closers:
+            closer.start()
+        for closer in closers:
+            closer.join()
         try:
             _, err = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             raise CaptureError("tcpdump did not stop on SIGINT") from None
         self.stderr += err
-        self._tap.close()
         if self.proc.returncode != 0:
             raise CaptureError(f"tcpdump failed: {self.stderr.decode().strip()}")
         return self._seen

@@ -40,7 +40,7 @@ class Host:
         self.sockets: list[socket.socket] = []
         self._peers: list[RawPeer] = []
         self._processes: list[Process] = []
-        self._inbox = Inbox(self.fd)  # opened now: nothing that arrives later is missed
+        self._inbox: Inbox | None = None  # opened on first use: receives() marks its start
 
     @property
     def ip(self) -> str:
@@ -79,6 +79,8 @@ class Host:
 
     def receives(self, flags: str, source: Host | None = None, timeout: float = 5.0) -> Any:
         """`with host.receives(flags):` waits, after its body, for such a segment to arrive."""
+        if self._inbox is None:
+            self._inbox = Inbox(self.fd)
         return self._inbox.receives(flags, source.ip if source else None, timeout)
 
     def start(self, fn: Callable[..., Any], *args: Any) -> _HostThread:
@@ -152,6 +154,11 @@ class Host:
             if thread.error is not None:
                 raise thread.error
 
+    def packet_sockets(self) -> list[socket.socket]:
+        """This host's packet sockets: closing one waits for an RCU grace period."""
+        found = [s for peer in self._peers for s in peer.sockets()]
+        return found + ([self._inbox.sock] if self._inbox else [])
+
     def close(self) -> None:
         for proc in self._processes:
             proc.close()
@@ -159,7 +166,8 @@ class Host:
             sock.close()
         for peer in self._peers:
             peer.close()
-        self._inbox.close()
+        if self._inbox:
+            self._inbox.close()
         os.close(self.fd)
 
 
@@ -178,42 +186,84 @@ class _HostThread(threading.Thread):
             self.error = exc
 
 
-def build(names: tuple[str, ...], transcript: Transcript) -> list[Host]:
-    """Make the hosts and join consecutive ones with a veth link each."""
+def address_plan(count: int) -> list[list[tuple[str, str, int]]]:
+    """Each host's (interface, address, prefix length), link by link, left to right."""
+    plan: list[list[tuple[str, str, int]]] = [[] for _ in range(count)]
+    for i in range(count - 1):
+        net = ipaddress.ip_network(SUBNETS[i])
+        # the first host is .1, the last .2, a router's ends .254
+        left_ip = net[1] if i == 0 else net[254]
+        right_ip = net[2] if i == count - 2 else net[254]
+        plan[i].append(("eth1" if i else "eth0", str(left_ip), net.prefixlen))
+        plan[i + 1].append(("eth0", str(right_ip), net.prefixlen))
+    return plan
+
+
+def build(names: tuple[str, ...], transcript: Transcript,
+          on_interface: tuple[str, Callable[[Host], None]] | None = None) -> list[Host]:
+    """Make the hosts and join consecutive ones with a veth link each.
+
+    One `ip -batch` per host configures it from inside its namespace; the veth
+    to the next host is created there with its far end put straight into the
+    next namespace, so no lab interface ever exists on the machine itself.
+    on_interface=(name, fn): call fn(host) as soon as that host's eth0 exists
+    (the capture starts while the rest of the line is configured).
+    """
     if not 1 <= len(names) <= len(SUBNETS) + 1:
         raise ValueError(f"a lab line has 1 to {len(SUBNETS) + 1} hosts, not {len(names)}")
-    from pyroute2 import IPRoute  # imported here: only workers build labs
-
     hosts = [Host(name, transcript) for name in names]
-    for host in hosts:
-        host.sysctl("net.ipv6.conf.all.disable_ipv6", 1)  # no IPv6 chatter on the wire
-        host.sysctl("net.ipv6.conf.default.disable_ipv6", 1)
-        with netns.inside(host.fd), IPRoute() as ipr:
-            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-    for i, (left, right) in enumerate(zip(hosts, hosts[1:])):
-        net = ipaddress.ip_network(SUBNETS[i])
-        # the first link's left end is .1; a router's ends are .254; the last host is .2
-        left_ip = net[1] if i == 0 else net[254]
-        right_ip = net[2] if i == len(hosts) - 2 else net[254]
-        left_if, right_if = f"eth{1 if i else 0}", "eth0"
-        with netns.inside(left.fd), IPRoute() as ipr:
-            ipr.link("add", ifname=left_if, kind="veth", mtu=MTU,
-                     peer={"ifname": right_if, "net_ns_fd": right.fd, "mtu": MTU})
-        for host, ifname, ip in ((left, left_if, left_ip), (right, right_if, right_ip)):
-            with netns.inside(host.fd), IPRoute() as ipr:
-                idx = ipr.link_lookup(ifname=ifname)[0]
-                ipr.addr("add", index=idx, address=str(ip), prefixlen=net.prefixlen)
-                ipr.link("set", index=idx, state="up")
-            host.addresses.append(str(ip))
-    # routes: every host reaches every lab subnet through its neighbours
+    plan = address_plan(len(hosts))
     for i, host in enumerate(hosts):
+        host.addresses = [ip for _, ip, _ in plan[i]]
+    for i, host in enumerate(hosts):
+        for key in ("all", "default"):  # no IPv6 chatter on the wire
+            host.sysctl(f"net.ipv6.conf.{key}.disable_ipv6", 1)
         if 0 < i < len(hosts) - 1:
             host.sysctl("net.ipv4.ip_forward", 1)
-        with netns.inside(host.fd), IPRoute() as ipr:
-            for j in range(len(hosts) - 1):
-                if j < i - 1:
-                    ipr.route("add", dst=SUBNETS[j], gateway=hosts[i - 1].addresses[-1])
-                elif j > i:
-                    gw = hosts[i + 1].addresses[0]
-                    ipr.route("add", dst=SUBNETS[j], gateway=gw)
+        batch = ["link set lo up"]
+        if i < len(hosts) - 1:
+            far_end = f"/proc/{os.getpid()}/fd/{hosts[i + 1].fd}"
+            batch.append(f"link add {plan[i][-1][0]} mtu {MTU} type veth"
+                         f" peer name eth0 mtu {MTU} netns {far_end}")
+        for ifname, ip, prefix in plan[i]:
+            batch += [f"addr add {ip}/{prefix} dev {ifname}", f"link set {ifname} up"]
+        # every lab subnet through the neighbour on its side; nothing else (no default route)
+        for j in range(len(hosts) - 1):
+            if j < i - 1:
+                batch.append(f"route add {SUBNETS[j]} via {hosts[i - 1].addresses[-1]}")
+            elif j > i:
+                batch.append(f"route add {SUBNETS[j]} via {hosts[i + 1].addresses[0]}")
+        host.sh("ip", "-batch", "-", input="\n".join(batch) + "\n")
+        if on_interface:
+            target = names.index(on_interface[0])
+            if i == max(target - 1, 0):  # this batch made the target's eth0
+                on_interface[1](hosts[target])
+    if len(hosts) > 1:
+        _wait_for_path(hosts[0], hosts[-1])
     return hosts
+
+
+def _wait_for_path(first: Host, last: Host, timeout: float = 5.0) -> None:
+    """Wait until a datagram crosses the whole line (links up, ARP resolved).
+
+    UDP stays out of the capture, which only shows TCP and ICMP. The receiving
+    socket stays open until the end: a late duplicate must not draw an ICMP
+    port-unreachable into the trace.
+    """
+    with netns.inside(last.fd):
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with netns.inside(first.fd):
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    last.sockets.append(rx)
+    with tx:
+        rx.bind((last.ip, 9))
+        rx.settimeout(0.01)
+        deadline = time.monotonic() + timeout
+        while True:
+            tx.sendto(b"link up?", (last.ip, 9))
+            try:
+                rx.recv(64)
+                return
+            except TimeoutError:  # the link's carrier or ARP is not there yet
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no path from {first.name} to {last.name}") from None

@@ -79,6 +79,9 @@ class RawPeer:
         """Send a scapy IP packet as it is (checksums filled in by scapy)."""
         self._tx.sendto(bytes(packet), (packet.dst, 0))
 
+    def sockets(self) -> list[socket.socket]:
+        return [self._rx]
+
     def close(self) -> None:
         self._rx.close()
         self._tx.close()

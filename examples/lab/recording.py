@@ -30,9 +30,9 @@ def describe_error(exc: BaseException) -> dict[str, Any]:
     }
 
 
-def _show(value: Any) -> str:
+def _show(value: Any, limit: int = 80) -> str:
     text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class Transcript:
@@ -58,7 +58,7 @@ class Transcript:
         return result
 
     def note(self, host: str, what: str, value: Any) -> None:
-        self._add({"host": host, "call": what, "returned": _show(value)})
+        self._add({"host": host, "call": what, "returned": _show(value, limit=1000)})
 
 
 def _signature(name: str, args: tuple[Any, ...]) -> str:

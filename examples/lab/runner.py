@@ -24,14 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .scenarios import EXAMPLES, load
+from . import scenarios
+from .scenarios import LAB_HOME, load
 from .trace import Trace, read_packets, shape
 
-ROOT = EXAMPLES.parent
-TRACES = ROOT / "build" / "traces"
+TRACES = LAB_HOME.parent / "build" / "traces"
 TOOLS = {"tcpdump": "tcpdump", "nsenter": "util-linux", "nft": "nftables", "ss": "iproute2"}
 ARTIFACTS = (".pcap", ".txt", ".json")
-TIMED_OUT = 1
 
 
 class LabUnavailable(RuntimeError):
@@ -114,9 +113,9 @@ class Runner:
         started = time.monotonic()
         proc = subprocess.Popen(
             [*self.prefix, sys.executable, "-m", "lab.worker", slug, str(tmp)],
-            cwd=EXAMPLES, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            cwd=LAB_HOME, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: killed as one
-            env={**os.environ, "PYTHONPATH": str(EXAMPLES)},
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(LAB_HOME), os.environ.get("PYTHONPATH")])), "LAB_EXAMPLES": str(scenarios.EXAMPLES)},
         )
         with self._lock:
             self._workers[proc.pid] = proc
@@ -135,11 +134,10 @@ class Runner:
                 self._workers.pop(proc.pid, None)
         seconds = time.monotonic() - started
         log = output.decode(errors="replace")
-        report_file = tmp / "worker.json"
-        # a worker whose example raised also exits 1, but it wrote its report first
-        if not report_file.exists() and (proc.returncode == TIMED_OUT or "Timeout (0:" in log):
+        if log.startswith("Timeout (") or "\nTimeout (" in log:  # faulthandler's header
             return Result(slug, False, seconds,
                           f"timed out after {scenario.timeout:g} s; where each host was:\n{log}")
+        report_file = tmp / "worker.json"
         if not report_file.exists():
             return Result(slug, False, seconds, f"worker exited {proc.returncode}:\n{log}")
         report = json.loads(report_file.read_text())
@@ -194,11 +192,19 @@ class Runner:
         return Result(slug, True, seconds, "", data["shape"], data, tmp)
 
     def _kill(self, proc: subprocess.Popen[bytes]) -> None:
+        """Kill the worker's whole process group and return once all of it is gone."""
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         proc.wait()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # orphans (tcpdump...) die asynchronously
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.001)
 
     def stop_all(self) -> None:
         with self._lock:
@@ -213,17 +219,23 @@ class Runner:
         for slug in slugs:
             for suffix in ARTIFACTS:
                 (self.out / f"{slug}{suffix}").unlink(missing_ok=True)
-        runs = [slug for _ in range(repeat) for slug in slugs]
-        jobs = self.jobs or min(len(runs), 24)
+        # a slug's repeats run one after another; different slugs run at once
+        jobs = self.jobs or min(len(slugs), 24)
         results: list[Result] = []
         pool = ThreadPoolExecutor(max_workers=jobs)
-        try:
-            futures = [pool.submit(self._work, slug) for slug in runs]
-            for future in futures:
-                result = future.result()
-                results.append(result)
+
+        def consecutive(slug: str) -> list[Result]:
+            mine = []
+            for _ in range(repeat):
+                mine.append(self._work(slug))
                 if on_result:
-                    on_result(result)
+                    on_result(mine[-1])
+            return mine
+
+        try:
+            futures = [pool.submit(consecutive, slug) for slug in slugs]
+            for future in futures:
+                results.extend(future.result())
             pool.shutdown(wait=True)
             self._publish(slugs, results)
         except BaseException:

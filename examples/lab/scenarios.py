@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-EXAMPLES = Path(__file__).resolve().parent.parent
+LAB_HOME = Path(__file__).resolve().parent.parent  # the folder holding the lab package
+# the scenarios' folder; tests point it elsewhere to run deliberately broken examples
+EXAMPLES = Path(os.environ.get("LAB_EXAMPLES", LAB_HOME)).resolve()
+
+
+def use_examples(folder: Path) -> None:
+    """Take scenarios from another folder (the bench's empty scenario, tests)."""
+    global EXAMPLES
+    EXAMPLES = folder.resolve()
 PHASES = ("opening", "established", "closing", "middleboxes")
 DEFAULT_TIMEOUT = 20.0
-_loading = threading.Lock()  # the runner loads from many threads: none may see a half-run module
 
 
 class UnknownScenario(LookupError):
@@ -72,21 +80,28 @@ class Scenario:
         return list(getattr(self.module, "TRACE_OPTIONS", []))
 
 
+_loading = threading.Lock()
+
+
 def load(slug: str) -> Scenario:
     check([slug])
     name = "example_" + slug.replace("-", "_")
     with _loading:
         if name not in sys.modules:
-            spec = importlib.util.spec_from_file_location(name, path_of(slug))
-            assert spec and spec.loader
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            try:
-                spec.loader.exec_module(module)
-            except BaseException:
-                del sys.modules[name]
-                raise
+            _import(name, slug)
     scenario = Scenario(slug, sys.modules[name])
     if scenario.phase not in PHASES:
         raise ValueError(f"{slug}: PHASE must be one of {PHASES}")
     return scenario
+
+
+def _import(name: str, slug: str) -> None:
+    spec = importlib.util.spec_from_file_location(name, path_of(slug))
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise

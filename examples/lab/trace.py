@@ -174,7 +174,8 @@ class Trace:
         found = self.calls(host, call)
         got = found[nth] if len(found) > nth else None
         shown = (got.get("raised") or f"returned {got.get('returned')}") if got else "no such call"
-        self._claim(f"{host}'s {call}() fails with {error}",
+        which = f" (call {nth + 1})" if nth else ""
+        self._claim(f"{host}'s {call}(){which} fails with {error}",
                     bool(got) and error in (got.get("errno"), got.get("raised")),
                     f"{shown} {got.get('errno') or ''}".strip() if got else shown)
 

@@ -24,18 +24,18 @@ class Inbox:
 
     def __init__(self, ns_fd: int) -> None:
         with netns.inside(ns_fd):
-            self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
-        self._sock.setblocking(False)
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+        self.sock.setblocking(False)
 
     def _segments(self, timeout: float) -> Iterator[tuple[str, str]]:
         """(source address, tcpdump flags) of arriving TCP segments, until timeout."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                data, addr = self._sock.recvfrom(65535)
+                data, addr = self.sock.recvfrom(65535)
             except BlockingIOError:
                 left = deadline - time.monotonic()
-                if left <= 0 or not select.select([self._sock], [], [], left)[0]:
+                if left <= 0 or not select.select([self.sock], [], [], left)[0]:
                     return
                 continue
             if addr[2] == PACKET_OUTGOING or len(data) < 20 or data[9] != socket.IPPROTO_TCP:
@@ -58,4 +58,4 @@ class Inbox:
                            f" within {timeout:g} s")
 
     def close(self) -> None:
-        self._sock.close()
+        self.sock.close()

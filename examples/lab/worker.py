@@ -41,15 +41,19 @@ def run(slug: str, outdir: Path) -> dict:
     scenario = load(slug)
     lap("import")
     transcript = Transcript()
-    built = lab_hosts.build(scenario.hosts, transcript)
-    by_name = {h.name: h for h in built}
+    captures: list[Capture] = []
+
+    def start_capture(host: lab_hosts.Host) -> None:  # tcpdump starts while the rest is built
+        captures.append(Capture(host.fd, "eth0", outdir / f"{slug}.pcap"))
+
+    built = lab_hosts.build(scenario.hosts, transcript, (scenario.capture_on, start_capture))
     report["hosts"] = {h.name: h.addresses for h in built}
-    capture_host = by_name[scenario.capture_on]
-    lap("hosts")
-    capture = Capture(capture_host.fd, "eth0", outdir / f"{slug}.pcap")
-    report["captured_on"] = f"{capture_host.name} eth0"
-    lap("capture_start")
+    report["captured_on"] = f"{scenario.capture_on} eth0"
+    (capture,) = captures
     before = {h.name: h.counters() for h in built}
+    lap("hosts")
+    capture.wait_ready()
+    lap("capture_start")
     transcript.start = time.monotonic()
     try:
         try:
@@ -60,7 +64,7 @@ def run(slug: str, outdir: Path) -> dict:
             report["error"] = "".join(traceback.format_exception(exc))
         lap("scenario")
         report["counters"] = {h.name: counter_deltas(before[h.name], h.counters()) for h in built}
-        report["packets_seen"] = capture.stop()
+        report["packets_seen"] = capture.stop(also_close=[s for h in built for s in h.packet_sockets()])
         lap("capture_stop")
     finally:
         capture.kill()

@@ -1,0 +1,114 @@
+"""`python -m lab bench`: what the lab itself costs, and what the catalogue costs.
+
+1. The lab's overhead: an empty scenario (two hosts, a link, a capture, nothing
+   sent) recorded ROUNDS times one after another; its median wall time.
+2. Each scenario alone: wall time, inherent time (the time spent inside its
+   run(): its own timeouts and delays), and the difference, the lab's share.
+3. The whole catalogue, serial (one at a time) and parallel (all at once),
+   against the target: parallel <= 1.3 x slowest scenario + 1 s.
+
+Figures are printed and written to build/bench/bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from . import scenarios
+from .runner import LAB_HOME, Result, Runner
+
+BENCH = LAB_HOME.parent / "build" / "bench"
+EMPTY = '''"""Nothing happens: two hosts, a link, a capture."""
+TITLE, PHASE, HOSTS = "empty", "opening", ("client", "server")
+
+
+def run(client, server):
+    pass
+
+
+def claims(trace):
+    trace.check("nothing was sent", not trace.packets)
+'''
+
+
+def _inherent(result: Result) -> float:
+    return float(result.report.get("timings", {}).get("scenario", 0.0))
+
+
+def _fail(results: list[Result]) -> None:
+    bad = [r for r in results if not r.ok]
+    if bad:
+        raise SystemExit(f"bench: {bad[0].slug} failed:\n{bad[0].problem}")
+
+
+def measure_overhead(rounds: int, out: Path) -> dict:
+    default = scenarios.EXAMPLES
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "empty.py").write_text(EMPTY)
+        scenarios.use_examples(Path(folder))
+        try:
+            runner = Runner(out=out, jobs=1)
+            results = [runner.run(["empty"])[0] for _ in range(rounds)]
+        finally:
+            scenarios.use_examples(default)
+    _fail(results)
+    walls = [r.seconds for r in results]
+    stages = {k: statistics.median(r.report["timings"][k] for r in results)
+              for k in results[0].report["timings"]}
+    return {"rounds": rounds, "median_s": statistics.median(walls), "min_s": min(walls),
+            "max_s": max(walls), "median_stage_s": stages}
+
+
+def main(args: argparse.Namespace) -> int:
+    out = BENCH / "traces"
+    slugs = scenarios.all_slugs()
+    overhead = measure_overhead(args.rounds, out)
+    print(f"lab overhead (empty scenario, {args.rounds} rounds): median {overhead['median_s'] * 1000:.0f} ms"
+          f" (min {overhead['min_s'] * 1000:.0f}, max {overhead['max_s'] * 1000:.0f}); by stage: "
+          + ", ".join(f"{k} {v * 1000:.0f}" for k, v in overhead["median_stage_s"].items()))
+
+    serial_runner = Runner(out=out, jobs=1)
+    started = time.monotonic()
+    serial = serial_runner.run(slugs)
+    serial_wall = time.monotonic() - started
+    _fail(serial)
+    print(f"\n{'scenario':<26}{'wall':>8}{'inherent':>10}{'lab':>8}")
+    per_scenario = {}
+    for r in serial:
+        inherent = _inherent(r)
+        per_scenario[r.slug] = {"wall_s": round(r.seconds, 3), "inherent_s": round(inherent, 3),
+                                "lab_s": round(r.seconds - inherent, 3)}
+        print(f"{r.slug:<26}{r.seconds:8.2f}{inherent:10.2f}{r.seconds - inherent:8.2f}")
+
+    parallel_walls = []
+    for _ in range(3):
+        started = time.monotonic()
+        _fail(Runner(out=out).run(slugs))
+        parallel_walls.append(time.monotonic() - started)
+    parallel_wall = statistics.median(parallel_walls)
+    slowest = max(serial, key=lambda r: r.seconds)
+    target = 1.3 * slowest.seconds + 1.0
+    print(f"\ncatalogue of {len(slugs)}: serial {serial_wall:.2f} s, parallel {parallel_wall:.2f} s"
+          f" (median of 3); slowest scenario {slowest.slug} {slowest.seconds:.2f} s;"
+          f" target 1.3 x slowest + 1 s = {target:.2f} s: {'met' if parallel_wall <= target else 'MISSED'}")
+    print(f"lab overhead target 150 ms: {'met' if overhead['median_s'] <= 0.150 else 'MISSED'}")
+
+    figures = {
+        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "kernel": platform.release(), "cpus": len(__import__("os").sched_getaffinity(0)),
+        "overhead": overhead, "scenarios": per_scenario,
+        "catalogue": {"count": len(slugs), "serial_s": round(serial_wall, 3),
+                      "parallel_s": round(parallel_wall, 3), "parallel_runs_s": parallel_walls,
+                      "slowest": slowest.slug, "slowest_s": round(slowest.seconds, 3),
+                      "target_s": round(target, 3), "target_met": parallel_wall <= target},
+    }
+    BENCH.mkdir(parents=True, exist_ok=True)
+    (BENCH / "bench.json").write_text(json.dumps(figures, indent=1) + "\n")
+    print(f"\nwritten: {BENCH / 'bench.json'}")
+    return 0

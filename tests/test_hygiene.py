@@ -1,0 +1,299 @@
+"""Bad input gets a clear error, and every ending of a run leaves nothing behind.
+
+Deliberately broken examples live in a temporary folder (LAB_EXAMPLES); each run
+is tagged with a marker in its environment, which every process it starts
+inherits, so a leftover process (tcpdump, a worker, a peer) cannot hide.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+EXAMPLE_FILES = {
+    "passes": '''
+        """Connect to a closed port."""
+        TITLE, PHASE, HOSTS = "passes", "opening", ("client", "server")
+
+        def run(client, server):
+            sock = client.socket()
+            try:
+                sock.connect((server.ip, 9))
+            except ConnectionRefusedError:
+                pass
+
+        def claims(trace):
+            trace.next("client", "S")
+            trace.next("server", "R.")
+        ''',
+    "raises": '''
+        """An example with a bug."""
+        TITLE, PHASE, HOSTS = "raises", "opening", ("client", "server")
+
+        def run(client, server):
+            raise RuntimeError("a bug in the example")
+
+        def claims(trace):
+            pass
+        ''',
+    "hangs": '''
+        """An example that waits for data that never comes."""
+        TITLE, PHASE, HOSTS = "hangs", "established", ("client", "server")
+        TIMEOUT = 2
+
+        def run(client, server):
+            listener = server.socket()
+            listener.bind((server.ip, 80))
+            listener.listen()
+            sock = client.socket()
+            sock.connect((server.ip, 80))
+            sock.recv(1)  # nobody ever sends
+
+        def claims(trace):
+            pass
+        ''',
+    "wrong-claim": '''
+        """A page that says FIN where Linux sends RST."""
+        TITLE, PHASE, HOSTS = "wrong claim", "opening", ("client", "server")
+
+        def run(client, server):
+            sock = client.socket()
+            try:
+                sock.connect((server.ip, 9))
+            except ConnectionRefusedError:
+                pass
+
+        def claims(trace):
+            trace.next("client", "S")
+            trace.next("server", "F.", what="the server answers with a FIN")
+        ''',
+    "reach-out": '''
+        """Every lab host tries to leave the lab."""
+        TITLE, PHASE, HOSTS = "reach out", "middleboxes", ("client", "router", "server")
+        TARGETS = ["8.8.8.8", "1.1.1.1", "10.0.0.1"]
+
+        def run(client, router, server):
+            for host in (client, router, server):
+                host.note("routes", host.sh("ip", "-4", "route").splitlines())
+                host.note("links", [line.split(": ")[1].split("@")[0]
+                                    for line in host.sh("ip", "-o", "link").splitlines()])
+                for target in TARGETS:
+                    sock = host.socket()
+                    sock.settimeout(2)
+                    try:
+                        sock.connect((target, 80))
+                    except OSError:
+                        pass
+
+        def claims(trace):
+            for host in ("client", "router", "server"):
+                for n in range(3):
+                    trace.raised(host, "connect", "ENETUNREACH", nth=n)
+            trace.check("no packet is captured", not trace.packets)
+        ''',
+}
+
+
+@pytest.fixture
+def broken(tmp_path: Path) -> Path:
+    folder = tmp_path / "examples"
+    folder.mkdir()
+    for slug, source in EXAMPLE_FILES.items():
+        (folder / (slug.replace("-", "_") + ".py")).write_text(textwrap.dedent(source))
+    return folder
+
+
+class Lab:
+    """The lab's command line, run in a subprocess tagged with a marker."""
+
+    def __init__(self, tmp_path: Path, examples: Path | None) -> None:
+        self.out = tmp_path / "traces"
+        self.marker = uuid.uuid4().hex
+        self.env = {**os.environ, "PYTHONPATH": str(EXAMPLES), "LAB_RUN_MARKER": self.marker}
+        if examples:
+            self.env["LAB_EXAMPLES"] = str(examples)
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "lab", "run", "--out", str(self.out), *args]
+
+    def run(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(*args), env={**self.env, **(env or {})},
+                              capture_output=True, text=True, timeout=120)
+
+    def processes(self) -> list[str]:
+        """Processes still alive that this lab run started (they carry the marker)."""
+        found = []
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                if self.marker.encode() in (proc / "environ").read_bytes():
+                    found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:
+                continue
+        return found
+
+    def assert_nothing_left(self, published: set[str] = frozenset()) -> None:
+        assert self.processes() == []
+        left = {p.name for p in self.out.iterdir()} if self.out.exists() else set()
+        assert left == published, f"left behind: {left - published}"
+
+
+MOUNTS = Path("/proc/self/mounts")
+
+
+@pytest.fixture
+def lab(tmp_path: Path, broken: Path):
+    named_before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    mounts_before = MOUNTS.read_text()
+    yield Lab(tmp_path, broken)
+    assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout == named_before
+    assert MOUNTS.read_text() == mounts_before
+
+
+def test_a_passing_run_publishes_three_artifacts_and_nothing_else(lab: Lab) -> None:
+    proc = lab.run("passes")
+    assert proc.returncode == 0, proc.stderr
+    lab.assert_nothing_left({"passes.pcap", "passes.txt", "passes.json"})
+
+
+def test_unknown_slug_exits_2_listing_the_known_ones(lab: Lab) -> None:
+    proc = lab.run("passes", "no-such-scenario")
+    assert proc.returncode == 2
+    assert "unknown scenario no-such-scenario" in proc.stderr
+    for slug in EXAMPLE_FILES:
+        assert slug in proc.stderr
+    lab.assert_nothing_left()
+
+
+def test_an_example_that_raises_is_reported_with_its_traceback(lab: Lab) -> None:
+    proc = lab.run("raises", "passes")
+    assert proc.returncode == 1
+    assert "raises failed" in proc.stderr and "a bug in the example" in proc.stderr
+    assert "raises.py" in proc.stderr  # the traceback points into the example
+    lab.assert_nothing_left({"passes.pcap", "passes.txt", "passes.json"})
+
+
+def test_an_example_that_hangs_is_stopped_at_its_timeout(lab: Lab) -> None:
+    started = time.monotonic()
+    proc = lab.run("hangs")
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 1
+    assert "timed out after 2 s" in proc.stderr
+    assert 'hangs.py", line 12' in proc.stderr  # the line where the host was stuck: recv
+    assert elapsed < 10
+    lab.assert_nothing_left()
+
+
+def test_a_claim_the_capture_contradicts_fails_and_publishes_nothing(lab: Lab) -> None:
+    proc = lab.run("wrong-claim")
+    assert proc.returncode == 1
+    assert "wrong-claim failed" in proc.stderr
+    assert "the server answers with a FIN" in proc.stderr and "flags [R.]" in proc.stderr
+    lab.assert_nothing_left()
+
+
+def test_a_failed_run_removes_the_previous_trace(lab: Lab) -> None:
+    lab.out.mkdir()
+    for suffix in (".pcap", ".txt", ".json"):
+        (lab.out / f"wrong-claim{suffix}").write_text("an older run")
+    assert lab.run("wrong-claim").returncode == 1
+    lab.assert_nothing_left()
+
+
+def test_ctrl_c_stops_every_worker_and_removes_its_files(lab: Lab) -> None:
+    proc = subprocess.Popen(lab.argv("hangs", "hangs", "passes"), env=lab.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while not any(cmd.startswith("tcpdump") for cmd in lab.processes()):  # capturing: mid-run
+        assert time.monotonic() < deadline and proc.poll() is None, "the run never started"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130
+    assert "interrupted" in err
+    lab.assert_nothing_left()
+
+
+def test_missing_tcpdump_names_its_debian_package(lab: Lab, tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("nsenter", "nft", "ss", "ip", "unshare"):
+        if shutil.which(tool):
+            (bin_dir / tool).symlink_to(shutil.which(tool))
+    proc = lab.run("passes", env={"PATH": str(bin_dir)})
+    assert proc.returncode == 3
+    assert "tcpdump (Debian package tcpdump)" in proc.stderr
+    lab.assert_nothing_left()
+
+
+@pytest.fixture
+def unprivileged(tmp_path: Path, broken: Path):
+    """Run the lab's command line as user nobody, from folders nobody can read."""
+    if os.geteuid() != 0 or not shutil.which("setpriv") or not Path("/usr/bin/python3").exists():
+        pytest.skip("needs root (to become nobody), setpriv and /usr/bin/python3")
+    import site
+    import tempfile
+    home = Path(tempfile.mkdtemp(prefix="lab-unprivileged-"))
+    home.chmod(0o777)
+    shutil.copytree(broken, home / "examples")
+    (home / "bin").mkdir()
+
+    def run(lab: Lab, *args: str, fake_unshare: bool = False) -> subprocess.CompletedProcess[str]:
+        lab.out = home / "traces"
+        path = "/usr/sbin:/usr/bin:/sbin:/bin"
+        if fake_unshare:  # as on a machine where user namespaces are forbidden
+            fake = home / "bin" / "unshare"
+            fake.write_text("#!/bin/sh\necho 'unshare: unshare failed: Operation not permitted' >&2\nexit 1\n")
+            fake.chmod(0o755)
+            path = f"{home / 'bin'}:{path}"
+        env = {**lab.env, "PATH": path, "HOME": str(home), "LAB_EXAMPLES": str(home / "examples"),
+               "PYTHONDONTWRITEBYTECODE": "1",
+               # the venv's interpreter may live where nobody can read: use the system one
+               "PYTHONPATH": os.pathsep.join([str(EXAMPLES), *site.getsitepackages()])}
+        argv = ["/usr/bin/python3", *lab.argv(*args)[1:]]
+        return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
+                              env=env, capture_output=True, text=True, timeout=60)
+
+    yield run
+    shutil.rmtree(home)
+
+
+def test_no_privilege_says_what_to_do(lab: Lab, unprivileged) -> None:
+    proc = unprivileged(lab, "passes", fake_unshare=True)
+    assert proc.returncode == 3, proc.stderr
+    assert "run as root (sudo), or allow unprivileged user namespaces" in proc.stderr
+    assert "Operation not permitted" in proc.stderr
+    lab.assert_nothing_left()
+
+
+def test_rootless_run_records_a_trace(lab: Lab, unprivileged) -> None:
+    if subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                       "unshare", "--user", "--map-current-user", "true"]).returncode != 0:
+        pytest.skip("unprivileged user namespaces are not allowed on this machine")
+    proc = unprivileged(lab, "passes")
+    assert proc.returncode == 0, proc.stderr
+    lab.assert_nothing_left({"passes.pcap", "passes.txt", "passes.json"})
+
+
+def test_lab_hosts_cannot_reach_anything_outside(lab: Lab) -> None:
+    proc = lab.run("reach-out")
+    assert proc.returncode == 0, proc.stderr
+    import json
+    data = json.loads((lab.out / "reach-out.json").read_text())
+    for host, entries in data["outcomes"].items():
+        routes = next(e["returned"] for e in entries if e["call"] == "routes")
+        links = next(e["returned"] for e in entries if e["call"] == "links")
+        assert "default" not in routes, host
+        assert set(ast.literal_eval(links)) <= {"lo", "eth0", "eth1"}, links

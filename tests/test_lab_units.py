@@ -1,0 +1,131 @@
+"""Unit tests of the lab's parts that need no namespaces."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from lab.capture import _count_packets
+from lab.recording import Transcript, describe_error
+from lab.scenarios import UnknownScenario, all_slugs, check
+from lab.trace import Packet, Trace, shape, tcpdump_flags
+from lab.worker import counter_deltas
+
+
+@pytest.mark.parametrize(("bits", "shown"), [
+    (0x02, "S"), (0x12, "S."), (0x10, "."), (0x04, "R"), (0x14, "R."), (0x18, "P."),
+    (0x11, "F."), (0x19, "FP."), (0x00, "none"),
+])
+def test_flags_are_shown_as_tcpdump_shows_them(bits: int, shown: str) -> None:
+    assert tcpdump_flags(bits) == shown
+
+
+def _pcap(records: list[bytes], cut: int = 0) -> bytes:
+    out = struct.pack("=IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1)
+    for data in records:
+        out += struct.pack("=IIII", 0, 0, len(data), len(data)) + data
+    return out[: len(out) - cut]
+
+
+def test_counting_stops_at_a_record_tcpdump_has_not_finished(tmp_path) -> None:
+    pcap = tmp_path / "x.pcap"
+    pcap.write_bytes(_pcap([b"a" * 60, b"b" * 54]))
+    assert _count_packets(pcap) == 2
+    pcap.write_bytes(_pcap([b"a" * 60, b"b" * 54], cut=10))
+    assert _count_packets(pcap) == 1
+    assert _count_packets(tmp_path / "missing.pcap") == 0
+
+
+def packet(number: int, sender: str, flags: str, seq: int = 0, ack: int = 0, time: float = 0.0,
+           payload: int = 0) -> Packet:
+    receiver = "server" if sender == "client" else "client"
+    return Packet(number, time, sender, receiver, "192.0.2.1", "192.0.2.2", 1, 2, flags, seq, ack,
+                  0, payload, 64, 0)
+
+
+HANDSHAKE_RST = [
+    packet(1, "client", "S", seq=2**32 - 1),
+    packet(2, "server", "R.", seq=0, ack=0, time=0.001),
+]
+
+
+def test_next_follows_the_timeline_and_wraps_sequence_numbers() -> None:
+    trace = Trace(HANDSHAKE_RST, [])
+    syn = trace.next("client", "S")
+    trace.next("server", "R.", ack=syn.seq + 1, within=0.01)  # ISN + 1 wraps to 0
+    assert trace.passed and len(trace.claims) == 2
+    assert trace.claims[1]["packet"] == 2
+
+
+@pytest.mark.parametrize("wrong", [
+    dict(flags="R"), dict(flags="R.", seq=5), dict(flags="R.", after=0.5), dict(flags="F."),
+])
+def test_next_fails_on_other_flags_fields_or_timing(wrong: dict) -> None:
+    trace = Trace(HANDSHAKE_RST, [])
+    trace.next("client", "S")
+    flags = wrong.pop("flags")
+    trace.next("server", flags, **wrong)
+    assert not trace.passed
+
+
+def test_next_fails_when_the_sender_sent_nothing_more() -> None:
+    trace = Trace(HANDSHAKE_RST, [])
+    trace.next("server", "R.")
+    missing = trace.next("server", "R.")
+    assert not trace.passed and "sent nothing more" in trace.claims[-1]["detail"]
+    assert missing.number == 0
+
+
+def test_no_and_count() -> None:
+    trace = Trace(HANDSHAKE_RST, [])
+    trace.no("server", "F")
+    trace.count("client", "S", 1)
+    assert trace.passed
+    trace.no("server", "R")
+    assert not trace.passed
+
+
+def test_application_claims_read_the_transcript() -> None:
+    log = Transcript()
+    with pytest.raises(ConnectionResetError):
+        log.call("client", "recv(1024)", _raise, ConnectionResetError(104, "Connection reset by peer"))
+    log.call("server", "recv(1024)", lambda: b"")
+    trace = Trace([], log.entries)
+    trace.raised("client", "recv", "ECONNRESET")
+    trace.raised("client", "recv", "ConnectionResetError")
+    trace.returned("server", "recv", "b''")
+    assert trace.passed
+    trace.raised("server", "recv", "ECONNRESET")
+    trace.raised("client", "send", "EPIPE")
+    assert [c["passed"] for c in trace.claims[-2:]] == [False, False]
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+def test_errors_are_described_with_their_errno_name() -> None:
+    assert describe_error(ConnectionRefusedError(111, "Connection refused")) == {
+        "raised": "ConnectionRefusedError", "errno": "ECONNREFUSED",
+        "message": "[Errno 111] Connection refused"}
+    assert describe_error(TimeoutError("timed out"))["errno"] is None
+
+
+def test_shape_ignores_numbers_but_not_roles_flags_or_data() -> None:
+    a = [packet(1, "client", "P.", seq=1, payload=5)]
+    b = [packet(1, "client", "P.", seq=999, payload=7, time=3.0)]
+    c = [packet(1, "client", "P.", payload=0)]
+    assert shape(a) == shape(b) != shape(c)
+
+
+def test_unknown_slugs_are_named_with_the_known_ones() -> None:
+    with pytest.raises(UnknownScenario) as info:
+        check(["closed-port", "no-such-thing", "closed_port"])
+    assert info.value.slugs == ["no-such-thing", "closed_port"]
+    assert all(slug in str(info.value) for slug in all_slugs())
+
+
+def test_counter_deltas_keep_only_what_moved() -> None:
+    assert counter_deltas({"TcpOutRsts": 3, "TcpInSegs": 9}, {"TcpOutRsts": 4, "TcpInSegs": 9,
+                                                               "TcpExtNew": 2}) == {
+        "TcpExtNew": 2, "TcpOutRsts": 1}

@@ -1,0 +1,76 @@
+"""Every scenario, recorded fresh: its claims hold and its artifacts agree."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import json
+import subprocess
+
+import pytest
+from lab.runner import TRACES, Result, trace_text
+from lab.scenarios import all_slugs, load
+from lab.trace import read_packets
+
+SLUGS = all_slugs()
+LAB_NETS = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
+STARTED = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+@pytest.fixture(params=SLUGS)
+def result(request: pytest.FixtureRequest, recorded: dict[str, Result]) -> Result:
+    return recorded[request.param]
+
+
+def artifact(slug: str, suffix: str):
+    return TRACES / f"{slug}{suffix}"
+
+
+def test_claims_hold_on_a_fresh_capture(result: Result) -> None:
+    assert result.ok, f"{result.slug}:\n{result.problem}"
+
+
+def test_artifacts_exist_and_agree(result: Result) -> None:
+    slug = result.slug
+    data = json.loads(artifact(slug, ".json").read_text())
+    pcap = artifact(slug, ".pcap")
+    for key in ("slug", "title", "recorded_at", "kernel", "tcpdump_version", "hosts",
+                "outcomes", "counters", "claims"):
+        assert key in data, key
+    assert data["slug"] == slug
+    assert data["title"] == load(slug).title
+    assert dt.datetime.fromisoformat(data["recorded_at"]) >= STARTED, "not recorded by this run"
+    assert data["pcap_sha256"] == hashlib.sha256(pcap.read_bytes()).hexdigest()
+    assert artifact(slug, ".txt").read_text() == trace_text(pcap, load(slug).trace_options)
+    packets = read_packets(pcap, data["addresses"])
+    assert [p.__dict__ for p in packets] == data["packets"]
+    assert data["claims"] and all(c["passed"] for c in data["claims"])
+    # outcomes: per host, each entry either returned or raised with an errno name
+    assert set(data["outcomes"]) <= set(data["hosts"])
+    for entries in data["outcomes"].values():
+        for entry in entries:
+            assert ("returned" in entry) != ("raised" in entry), entry
+    for host, deltas in data["counters"].items():
+        assert host in data["hosts"] and all(v != 0 for v in deltas.values())
+
+
+def test_every_packet_stays_in_the_lab(result: Result) -> None:
+    data = json.loads(artifact(result.slug, ".json").read_text())
+    for packet in data["packets"]:
+        for address in (packet["src"], packet["dst"]):
+            assert any(ipaddress.ip_address(address) in net for net in LAB_NETS), packet
+    for address in data["hosts"].values():
+        assert any(ipaddress.ip_address(address) in net for net in LAB_NETS)
+
+
+def test_text_trace_is_tcpdumps_own(result: Result) -> None:
+    """The .txt is what tcpdump prints for the .pcap; one line per packet without -v."""
+    slug = result.slug
+    if load(slug).trace_options:
+        pytest.skip("verbose traces wrap lines")
+    lines = artifact(slug, ".txt").read_text().splitlines()
+    data = json.loads(artifact(slug, ".json").read_text())
+    assert len(lines) == len(data["packets"])
+    version = subprocess.run(["tcpdump", "--version"], capture_output=True, text=True).stdout
+    assert data["tcpdump_version"] in version
