@@ -5,6 +5,8 @@
     nox -s examples -- --repeat 50 SLUG  record N times; fails if the trace's shape varies
 """
 
+import time
+
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
@@ -32,6 +34,26 @@ def bench(session: nox.Session) -> None:
     _install(session)
     session.chdir("examples")
     session.run("python", "-m", "lab", "bench", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Record every scenario fresh, then build the site into site/ (--strict)."""
+    _install(session)
+    started = time.monotonic()
+    session.run("python", "-m", "lab", "run", env={"PYTHONPATH": "examples"})
+    recorded = time.monotonic()
+    session.run("mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
+    done = time.monotonic()
+    session.log(f"recording {recorded - started:.1f} s, rendering {done - recorded:.1f} s,"
+                f" total {done - started:.1f} s")
+
+
+@nox.session
+def serve(session: nox.Session) -> None:
+    """Preview the site with live reload (uses the traces already in build/traces/)."""
+    _install(session)
+    session.run("mkdocs", "serve", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session
