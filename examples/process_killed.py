@@ -1,4 +1,5 @@
-"""A server process killed with SIGKILL: its kernel closes its sockets, FIN if nothing is unread, RST if a request waits.
+"""A server process is killed with SIGKILL: its kernel closes its sockets, with a FIN if
+nothing was left unread, with a RST if a request was waiting.
 
 Killing a process sends nothing by itself. The kernel closes every socket the
 process held, exactly as `close()` would: a connection whose receive queue is

@@ -1,4 +1,5 @@
-"""A RST reaches a socket in TIME-WAIT: by default it ends TIME-WAIT at once ("TIME-WAIT assassination"); with tcp_rfc1337=1 it is ignored.
+"""A RST reaches a socket in TIME-WAIT: by default it ends TIME-WAIT at once ("TIME-WAIT
+assassination"); with net.ipv4.tcp_rfc1337=1 the kernel ignores it.
 
 The side that closes first waits in TIME-WAIT (60 s on Linux) to re-acknowledge
 a retransmitted FIN and to absorb old duplicate segments. A RST whose seq is
