@@ -41,6 +41,7 @@ def run(client, router, server):
 
     # 1. inside the window, not exact: RFC 5961 says challenge it, not obey it
     attacker.send(forged_rst(rcv_nxt + IN_WINDOW))
+    router.note(f"the attacker sends a forged RST, seq = rcv_nxt + {IN_WINDOW}", rcv_nxt + IN_WINDOW)
     attacker.expect(flags="A", source=client.ip)  # the client's challenge ACK
     sock.sendall(b"still here")
     conn.recv(1024)  # the connection survived
@@ -48,6 +49,7 @@ def run(client, router, server):
 
     # 2. exactly rcv_nxt: accepted, the client's connection is gone
     attacker.send(forged_rst(ack[TCP].seq))
+    router.note("the attacker sends a forged RST, seq = rcv_nxt", ack[TCP].seq)
     try:
         sock.recv(1024)
     except ConnectionResetError:
