@@ -45,11 +45,11 @@ def run(client, router, server):
     attacker.expect(flags="A", source=client.ip)  # the client's challenge ACK
     sock.sendall(b"still here")
     conn.recv(1024)  # the connection survived
-    ack = attacker.expect(flags="A", source=server.ip)  # the server acknowledges it
+    latest = attacker.expect(flags="A", source=server.ip)  # the server acknowledges it
 
     # 2. exactly rcv_nxt: accepted, the client's connection is gone
-    attacker.send(forged_rst(ack[TCP].seq))
-    router.note("the attacker sends a forged RST, seq = rcv_nxt", ack[TCP].seq)
+    attacker.send(forged_rst(latest[TCP].seq))  # the server sent no data since: still rcv_nxt
+    router.note("the attacker sends a forged RST, seq = rcv_nxt", latest[TCP].seq)
     try:
         sock.recv(1024)
     except ConnectionResetError:
