@@ -129,3 +129,18 @@ def test_counter_deltas_keep_only_what_moved() -> None:
     assert counter_deltas({"TcpOutRsts": 3, "TcpInSegs": 9}, {"TcpOutRsts": 4, "TcpInSegs": 9,
                                                                "TcpExtNew": 2}) == {
         "TcpExtNew": 2, "TcpOutRsts": 1}
+
+
+def test_differing_shapes_fail_every_run_of_that_slug_and_publish_nothing(tmp_path) -> None:
+    from lab.runner import Result, Runner
+
+    runner = Runner.__new__(Runner)  # no preflight: nothing is run
+    runner.out = tmp_path
+    same = [["client", "S", False], ["server", "R.", False]]
+    other = [["client", "S", False], ["client", "S", False], ["server", "R.", False]]
+    results = [Result("x", True, 0.1, shape=same, files=tmp_path / "a"),
+               Result("x", True, 0.1, shape=other, files=tmp_path / "b")]
+    runner._publish(["x"], results)
+    assert not any(r.ok for r in results)
+    assert "shapes differ" in results[0].problem and "1 run(s)" in results[0].problem
+    assert list(tmp_path.iterdir()) == []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -77,11 +78,15 @@ class Host:
         """Record something the application observed (a log line, a status...)."""
         self._transcript.note(self.name, what, value)
 
-    def receives(self, flags: str, source: Host | None = None, timeout: float = 5.0) -> Any:
-        """`with host.receives(flags):` waits, after its body, for such a segment to arrive."""
+    def receives(self, flags: str, source: Host | None = None, timeout: float = 5.0,
+                 count: int = 1) -> Any:
+        """`with host.receives(flags):` waits, after its body, for such a segment to arrive.
+
+        count: wait for that many such segments (counted from the start of the body).
+        """
         if self._inbox is None:
             self._inbox = Inbox(self.fd)
-        return self._inbox.receives(flags, source.ip if source else None, timeout)
+        return self._inbox.receives(flags, source.ip if source else None, timeout, count)
 
     def start(self, fn: Callable[..., Any], *args: Any) -> _HostThread:
         """Run `fn(*args)` in a thread of this host (a second process, in effect)."""
@@ -145,6 +150,36 @@ class Host:
                         values[prefix + name] = int(number)
         return values
 
+    def until(self, what: str, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until `condition()` holds: for kernel state that sends nothing on the wire
+        and offers no event (a counter, a queue length)."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: not within {timeout:g} s: {what}")
+            time.sleep(0.001)  # no event to wait on: poll
+
+    def counter_reaches(self, name: str, value: int, timeout: float = 5.0) -> None:
+        """Wait until the nstat counter `name` (e.g. "TcpExtListenOverflows") is at least `value`."""
+        self.until(f"{name} reaches {value}", lambda: self.counters().get(name, 0) >= value, timeout)
+
+    def conntrack(self) -> list[str]:
+        """This host's connection tracking table, one entry a line, as `conntrack -L` shows it.
+
+        The kernel leaves expired entries out of the listing: an entry that is gone
+        here is one the host has forgotten.
+        """
+        with netns.inside(self.fd), open("/proc/thread-self/net/nf_conntrack") as f:
+            # drop the "ipv4     2 " columns (family) that conntrack -L does not show
+            return [line.split(None, 2)[2] for line in f.read().splitlines()]
+
+    @staticmethod
+    def accept_queue(listener: Any) -> int:
+        """How many finished connections wait in a listening socket's accept queue."""
+        # for a listener, tcp_info's tcpi_unacked is the accept queue's length (tcp_get_info)
+        info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+        return struct.unpack_from("I", info, 24)[0]
+
     def join_threads(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
@@ -177,6 +212,28 @@ class _HostThread(threading.Thread):
         self.host, self.fn, self.args = host, fn, args
         self.result: Any = None
         self.error: BaseException | None = None
+
+    def wait_blocked(self, timeout: float = 5.0) -> None:
+        """Wait until this thread sleeps in the kernel (a blocked recv, accept...).
+
+        Read from /proc: the thread's state is S and it waits on something else
+        than a futex (the Python interpreter's own locks).
+        """
+        task = f"/proc/self/task/{self.native_id}"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with open(f"{task}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+                with open(f"{task}/wchan") as f:
+                    wchan = f.read()
+            except FileNotFoundError:  # the thread has already finished
+                raise RuntimeError(f"{self.name} ended before blocking") from None
+            if state == "S" and wchan and not wchan.startswith("futex"):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} did not block within {timeout:g} s")
+            time.sleep(0.001)  # /proc offers no event for "now sleeping"; poll it
 
     def run(self) -> None:
         netns.enter_for_good(self.host.fd)

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,7 +228,10 @@ class Runner:
         def consecutive(slug: str) -> list[Result]:
             mine = []
             for _ in range(repeat):
-                mine.append(self._work(slug))
+                try:
+                    mine.append(self._work(slug))
+                except Exception:  # a bug of the lab itself fails this slug, not the others
+                    mine.append(Result(slug, False, 0.0, "the lab failed:\n" + traceback.format_exc()))
                 if on_result:
                     on_result(mine[-1])
             return mine

@@ -165,6 +165,8 @@ class Trace:
         got = self.counters.get(host, {}).get(name, 0)
         self._claim(what or f"{host}'s {name} grows by {expected}", got == expected, f"{name} +{got}")
 
+    counted = counter  # the same claim, by the name some examples use
+
     # -- applications ------------------------------------------------------------
     def calls(self, host: str, call: str) -> list[dict[str, Any]]:
         return [o for o in self.outcomes if o["host"] == host and o["call"].startswith(call)]

@@ -48,14 +48,17 @@ class Inbox:
             pass
 
     @contextlib.contextmanager
-    def receives(self, flags: str, source: str | None, timeout: float) -> Iterator[None]:
+    def receives(self, flags: str, source: str | None, timeout: float, count: int = 1) -> Iterator[None]:
         self.discard()
         yield
+        seen = 0
         for src, got in self._segments(timeout):
             if got == flags and source in (None, src):
-                return
-        raise TimeoutError(f"no [{flags}] segment{' from ' + source if source else ''} arrived"
-                           f" within {timeout:g} s")
+                seen += 1
+                if seen == count:
+                    return
+        raise TimeoutError(f"{seen} of {count} [{flags}] segment(s){' from ' + source if source else ''}"
+                           f" arrived within {timeout:g} s")
 
     def close(self) -> None:
         self.sock.close()

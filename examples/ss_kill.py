@@ -1,0 +1,58 @@
+"""An operator kills an established connection with `ss -K`.
+
+`ss -K` asks the kernel to destroy the matching sockets (SOCK_DESTROY over
+sock_diag). For TCP the kernel aborts the connection as if the application had
+closed it with SO_LINGER 0: it sends the peer a RST (`[R.]`) at its next
+sequence number, and wakes the local application, whose blocked `recv()`
+raises ConnectionAbortedError (ECONNABORTED). The peer's next `recv()` raises
+ConnectionResetError (ECONNRESET).
+"""
+
+TITLE = "ss -K: an operator kills the connection"
+PHASE = "established"
+HOSTS = ("client", "server")
+
+
+def run(client, server):
+    listener = server.socket()
+    listener.bind((server.ip, 8888))
+    listener.listen()
+
+    sock = client.socket()
+    sock.connect((server.ip, 8888))
+    client_port = sock.getsockname()[1]
+    conn, _ = listener.accept()
+
+    def wait_for_request():  # the server application waits for the client to speak
+        try:
+            conn.recv(1024)
+        except ConnectionAbortedError:
+            pass
+
+    server.start(wait_for_request).wait_blocked()  # its recv() now sleeps in the kernel
+
+    with client.receives("R.", source=server):  # the operator, on the server host:
+        killed = server.sh("ss", "-K", "-t", "dst", client.ip, "dport", "=", str(client_port))
+    server.note("ss -K printed", killed.strip().splitlines()[-1])
+
+    try:
+        sock.recv(1024)
+    except ConnectionResetError:
+        pass
+
+
+def claims(trace):
+    trace.next("client", "S")
+    trace.next("server", "S.")
+    hs = trace.next("client", ".")
+    rst = trace.next("server", "R.", seq=hs.ack, ack=hs.seq,
+                     what="ss -K makes the server's kernel send [R.] at its next sequence number")
+    trace.check("the RST comes from a live socket: it carries a window (not 0)", rst.win > 0,
+                f"win {rst.win}")
+    trace.no("server", "F", what="no FIN: the connection is aborted, not closed")
+    trace.no("client", "R", what="the client sends no RST of its own")
+    trace.raised("server", "recv", "ECONNABORTED")
+    trace.raised("client", "recv", "ECONNRESET")
+    killed = trace.calls("server", "ss -K printed")
+    trace.check("ss -K lists the connection it killed (state ESTAB)",
+                bool(killed) and "ESTAB" in killed[0]["returned"], killed[0]["returned"] if killed else "")

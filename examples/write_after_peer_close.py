@@ -1,0 +1,73 @@
+"""The peer has closed; the application writes anyway, and the write draws a RST.
+
+The server closes its socket: the client's kernel receives the FIN, but the
+client application does not look and writes. Its first `send()` succeeds: the
+data only has to reach the client's own kernel. The server has no application
+left to read it, so its kernel answers with a RST (`[R]`). On Linux the next
+write then fails with BrokenPipeError (EPIPE) whatever the application did in
+between, while a read returns end-of-stream (`b""`), never ECONNRESET: the FIN
+came first.
+"""
+
+TITLE = "Write after the peer closed: the first write succeeds, a RST answers it"
+PHASE = "established"
+HOSTS = ("client", "server")
+
+
+def run(client, server):
+    listener = server.socket()
+    listener.bind((server.ip, 8888))
+    listener.listen()
+
+    for second_call in ("send", "recv"):
+        sock = client.socket()
+        sock.connect((server.ip, 8888))
+        conn, _ = listener.accept()
+
+        with server.receives(".", source=client):
+            conn.close()  # the server is done: FIN, which the client's kernel acknowledges
+        with client.receives("R", source=server):
+            sock.send(b"first")  # accepted by the kernel; the server answers with a RST
+
+        if second_call == "send":  # connection 1: write again, then read
+            try_call(sock.send, b"second")
+            try_call(sock.recv, 1024)
+        else:  # connection 2: read, then write again
+            try_call(sock.recv, 1024)
+            try_call(sock.send, b"second")
+        sock.close()
+
+
+def try_call(call, arg):
+    try:
+        call(arg)
+    except OSError:  # recorded with its errno
+        pass
+
+
+def claims(trace):
+    for n in (1, 2):
+        trace.next("client", "S", what=f"connection {n}: the client connects")
+        trace.next("server", "S.")
+        trace.next("client", ".")
+        fin = trace.next("server", "F.", what="the server's close() sends a FIN")
+        trace.next("client", ".", ack=fin.seq + 1, what="the client's kernel acknowledges the FIN")
+        data = trace.next("client", "P.", payload=5, what="later, the client application writes 5 bytes")
+        rst = trace.next("server", "R", seq=data.ack, win=0,
+                         what="the server answers the data with [R]: no ACK flag, seq = the data's ack, win 0")
+        trace.check(f"connection {n}: the RST comes right after the data (within 50 ms)",
+                    rst.time - data.time < 0.05, f"{(rst.time - data.time) * 1000:.2f} ms")
+    trace.no("client", "R", what="the client sends no RST")
+    trace.no("client", "F", what="the client never closes its side with a FIN")
+
+    # connection 1: send, send, recv
+    trace.returned("client", "send", "5", nth=0)
+    trace.raised("client", "send", "EPIPE", nth=1)
+    trace.returned("client", "recv", "b''", nth=0)
+    # connection 2: send, recv, send
+    trace.returned("client", "send", "5", nth=2)
+    trace.returned("client", "recv", "b''", nth=1)
+    trace.raised("client", "send", "EPIPE", nth=3)
+    order = [o["call"].split("(")[0] for o in trace.calls("client", "") if o["call"].startswith(("send", "recv"))]
+    trace.check("the client's calls came in the order the page shows",
+                order == ["send", "send", "recv", "send", "recv", "send"], " ".join(order))
