@@ -73,23 +73,20 @@ def packet_id(slug: str, number: int, own_page: bool = True) -> str:
 
 # -- describing packets and calls in words -------------------------------------------
 
-def isns(rec: Recording) -> dict[tuple[str, int, str, int], int]:
-    """Initial sequence number of each direction (src, sport, dst, dport) that sent a SYN.
-
-    Keyed by the whole four-tuple: a capture may hold several connections to one port.
-    """
-    found: dict[tuple[str, int, str, int], int] = {}
+def isns(rec: Recording) -> dict[tuple[str, int], int]:
+    """Initial sequence number of each (sender address, port) that sent a SYN."""
+    found: dict[tuple[str, int], int] = {}
     for p in rec.packets:
         if p.get("proto") == "tcp" and "S" in p["flags"]:
-            found.setdefault((p["src"], p["sport"], p["dst"], p["dport"]), p["seq"])
+            found.setdefault((p["src"], p["sport"]), p["seq"])
     return found
 
 
 def relative(rec: Recording, p: dict[str, Any]) -> tuple[int | None, int | None]:
     """seq and ack relative to each side's ISN, as tcpdump shows them; absolute if no SYN was seen."""
     known = isns(rec)
-    mine = known.get((p["src"], p["sport"], p["dst"], p["dport"]))
-    theirs = known.get((p["dst"], p["dport"], p["src"], p["sport"]))
+    mine = known.get((p["src"], p["sport"]))
+    theirs = known.get((p["dst"], p["dport"]))
     seq = p["seq"] - mine if mine is not None else p["seq"]
     ack = (p["ack"] - theirs) % 2**32 if (theirs is not None and "." in p["flags"]) else None
     if "." in p["flags"] and theirs is None:
