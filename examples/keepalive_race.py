@@ -62,7 +62,7 @@ def claims(trace):
     trace.next("server", ".")
     headers = trace.next("server", "P.", what="the server answers 200 and keeps the connection open: headers...")
     trace.next("client", ".")
-    body = trace.next("server", "P.", payload=6, what="...then the 6-byte body (http.server writes them separately)")
+    trace.next("server", "P.", payload=6, what="...then the 6-byte body (http.server writes them separately)")
     trace.next("client", ".")
     fin = trace.next("server", "F.", after=0.25,
                      what="after its idle timeout the server closes the connection: FIN")

@@ -3,7 +3,8 @@
 With a zero linger time, `close()` does not send a FIN and wait: the kernel
 drops the connection at once and sends a RST (`[R.]`). Nothing unread is
 needed for it. Unlike the RST for a closed port, this one comes from a live
-socket: it carries the socket's window and timestamp option. The peer's next `recv()` raises ConnectionResetError (ECONNRESET).
+socket: it carries the socket's window and timestamp option. The peer's next
+`recv()` raises ConnectionResetError (ECONNRESET).
 """
 
 import socket
