@@ -86,8 +86,9 @@ def claims(trace):
                what="a second forged RST arrives with seq exactly rcv_nxt")
     anyone = trace.next("server", "P.", payload=7, ttl=63,
                         what="the client stays silent; later the real server sends 7 more bytes")
-    trace.next("client", "R", seq=anyone.ack, win=0, within=0.05,
-               what="the client has no socket any more: a bare [R], as for any unknown connection")
+    rst = trace.next("client", "R", seq=anyone.ack, win=0, within=0.05,
+                     what="the client has no socket any more: a bare [R], as for any unknown connection")
+    trace.check("the client's RST has no TCP options: no socket made it", rst.options == (), f"options {rst.options}")
     trace.raised("client", "recv", "ECONNRESET", nth=1)
     trace.raised("server", "recv", "ECONNRESET", nth=1)
     trace.counter("client", "TcpExtTCPChallengeACK", 1, what="the client's kernel counts one challenge ACK")

@@ -84,8 +84,9 @@ def claims(trace):
         trace.next("server", "P.", seq=hello.seq, payload=5, what=f"{case} an old duplicate of the server's data")
         tw_ack = trace.next("client", ".", seq=last.seq, ack=fin.seq + 1, within=0.05,
                             what=f"{case} TIME-WAIT acknowledges it: its ack is the next seq it expects")
-        trace.next("server", "R", seq=tw_ack.ack, win=0, within=0.05,
-                   what=f"{case} the server's kernel has no connection: a bare [R], seq = that ack, exact")
+        rst = trace.next("server", "R", seq=tw_ack.ack, win=0, within=0.05,
+                         what=f"{case} the server's kernel has no connection: a bare [R], seq = that ack, exact")
+        trace.check(f"{case} that RST has no TCP options: no socket made it", rst.options == (), str(rst.options))
         again = trace.next("server", "F.", seq=fin.seq, what=f"{case} the server's FIN arrives again")
         before = trace.calls("client", f"rfc1337={rfc1337}: TIME-WAIT sockets before")
         after = trace.calls("client", f"rfc1337={rfc1337}: TIME-WAIT sockets after")
@@ -94,13 +95,16 @@ def claims(trace):
         if rfc1337 == 0:
             trace.check("[rfc1337=0] the RST killed it: ss lists no TIME-WAIT socket after the RST",
                         [o["returned"] for o in after] == ["0"], str(after))
-            trace.next("client", "R", seq=again.ack, win=0, within=0.05,
-                       what="[rfc1337=0] with no socket left, the client answers the FIN with a bare [R]")
+            rst = trace.next("client", "R", seq=again.ack, win=0, within=0.05,
+                             what="[rfc1337=0] with no socket left, the client answers the FIN with a bare [R]")
+            trace.check("[rfc1337=0] the client's RST has no TCP options", rst.options == (), str(rst.options))
         else:
             trace.check("[rfc1337=1] the RST was ignored: ss still lists the TIME-WAIT socket",
                         [o["returned"] for o in after] == ["1"], str(after))
             ack = trace.next("client", ".", ack=fin.seq + 1, within=0.05,
                              what="[rfc1337=1] TIME-WAIT is still there and re-acknowledges the FIN")
+            trace.check("[rfc1337=1] TIME-WAIT's ACK carries the connection's timestamp option",
+                        "TS" in ack.options, str(ack.options))
             trace.next("server", "R", seq=ack.ack, win=0, within=0.05,
                        what="[rfc1337=1] the server's kernel resets again, and TIME-WAIT ignores it again")
     trace.counter("client", "TcpOutRsts", 1, what="the client sends exactly one RST (rfc1337=0's answer to the FIN)")
