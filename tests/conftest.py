@@ -23,3 +23,25 @@ def recorded() -> dict[str, Result]:
     except LabUnavailable as exc:
         pytest.fail(f"the lab cannot run here: {exc}")
     return {r.slug: r for r in runner.run(all_slugs())}
+
+
+# -- built site -----------------------------------------------------------------------------
+
+SITE = ROOT / "site"
+
+
+@pytest.fixture(scope="session")
+def built_site(recorded: dict[str, Result]) -> Path:
+    """The site, built with `mkdocs build --strict` into site/ from this session's recordings."""
+    import os
+    import subprocess
+
+    failed = sorted(slug for slug, result in recorded.items() if not result.ok)
+    if failed:
+        pytest.fail(f"no site from failed recordings: {', '.join(failed)}")
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(SITE)],
+                          cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    if proc.returncode != 0:
+        pytest.fail(f"mkdocs build --strict failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
+    return SITE
