@@ -38,8 +38,13 @@ def claims(trace):
     trace.next("client", "S")
     trace.next("server", "S.")
     hs = trace.next("client", ".")
-    trace.next("client", "R.", seq=hs.seq, ack=hs.ack,
-               what="the client's close() sends [R.] at its next sequence number")
+    rst = trace.next("client", "R.", seq=hs.seq, ack=hs.ack,
+                     what="the client's close() sends [R.] at its next sequence number")
+    trace.check("the RST carries the live socket's window and timestamp option",
+                rst.win > 0 and "TS" in rst.options, f"win {rst.win}, options {rst.options}")
     trace.no("client", "F", what="the client never sends a FIN")
     trace.no("server", "F", what="nor does the server")
     trace.raised("server", "recv", "ECONNRESET")
+    trace.counter("client", "TcpExtTCPAbortOnData", 1, what="Linux counts the zero-linger abort as TCPAbortOnData")
+    trace.counter("client", "TcpEstabResets", 1)
+    trace.counter("server", "TcpEstabResets", 1)

@@ -123,7 +123,7 @@ def test_home_lists_every_scenario(built_site: Path, recorded_traces: Path) -> N
     table = home[home.index('id="scenarios"'):]
     for slug in SLUGS:
         assert f'href="scenarios/{slug}/"' in table, f"home index lacks {slug}"
-        assert html.escape(recording(recorded_traces, slug)["summary"], quote=False) in table
+        assert recording(recorded_traces, slug)["summary"].replace("`", "") in text_of(table)  # Markdown rendered
 
 
 def test_navigation_groups_scenarios_by_phase(built_site: Path, recorded_traces: Path) -> None:
@@ -220,3 +220,33 @@ def test_a_broken_trace_fails_the_build_naming_the_scenario(recorded_traces: Pat
                           env={**os.environ, "FIELDGUIDE_TRACES": str(traces), "NO_MKDOCS_2_WARNING": "1"})
     assert proc.returncode != 0, f"the build passed with a {breakage} trace"
     assert "scenario closed-port" in proc.stdout + proc.stderr
+
+
+def test_without_drafts_a_scenario_without_page_fails_the_build(recorded_traces: Path, tmp_path: Path) -> None:
+    written = {p.stem for p in (ROOT / "docs" / "scenarios").glob("*.md")}
+    missing = sorted(set(SLUGS) - written)
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                          cwd=ROOT, capture_output=True, text=True, check=False,
+                          env={**os.environ, "FIELDGUIDE_DRAFT_PAGES": "0", "NO_MKDOCS_2_WARNING": "1"})
+    if not missing:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return
+    assert proc.returncode != 0, f"the build passed although {missing} have no page"
+    for slug in missing:
+        assert f"scenario {slug}: no page docs/scenarios/{slug}.md" in proc.stdout + proc.stderr
+
+
+def test_draft_pages_say_they_are_drafts(built_site: Path) -> None:
+    written = {p.stem for p in (ROOT / "docs" / "scenarios").glob("*.md")}
+    for slug in SLUGS:
+        draft = "the explanation of this scenario is not written yet" in page_of(built_site, slug)
+        assert draft == (slug not in written), slug
+
+
+def test_search_is_configured_for_english_and_chinese(built_site: Path) -> None:
+    index = json.loads((built_site / "search" / "search_index.json").read_text())
+    assert index["config"]["lang"] == ["en", "zh"]
+    home = [d["text"] for d in index["docs"] if d["location"].startswith("#") or d["location"] == ""]
+    assert any("连接" in text and "\u200b" in text for text in home), (
+        "the home page's Chinese text was not segmented into words (is jieba installed?)")
+    assert (built_site / "assets" / "javascripts" / "lunr" / "min" / "lunr.zh.min.js").is_file()

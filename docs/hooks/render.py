@@ -73,28 +73,25 @@ def packet_id(slug: str, number: int, own_page: bool = True) -> str:
 
 # -- describing packets and calls in words -------------------------------------------
 
-def isns(rec: Recording) -> dict[tuple[str, int, str, int], int]:
-    """Initial sequence number of each side of each connection (src, sport, dst, dport) that sent a SYN.
-
-    Keyed by the whole four-tuple: a server port serves many connections, each with its own ISN.
-    """
-    found: dict[tuple[str, int, str, int], int] = {}
-    for p in rec.packets:
-        if p.get("proto") == "tcp" and "S" in p["flags"]:
-            found.setdefault((p["src"], p["sport"], p["dst"], p["dport"]), p["seq"])
+def isn_before(rec: Recording, p: dict[str, Any], src: str, sport: int, dst: str, dport: int) -> int | None:
+    """The ISN of the latest SYN from src:sport to dst:dport up to packet p (a 4-tuple may be reused)."""
+    found = None
+    for q in rec.packets[: p["number"]]:
+        if (q.get("proto") == "tcp" and "S" in q["flags"]
+                and (q["src"], q["sport"], q["dst"], q["dport"]) == (src, sport, dst, dport)):
+            found = q["seq"]
     return found
 
 
-def relative(rec: Recording, p: dict[str, Any]) -> tuple[int | None, int | None]:
-    """seq and ack relative to each side's ISN, as tcpdump shows them; absolute if no SYN was seen."""
-    known = isns(rec)
-    mine = known.get((p["src"], p["sport"], p["dst"], p["dport"]))
-    theirs = known.get((p["dst"], p["dport"], p["src"], p["sport"]))
-    seq = p["seq"] - mine if mine is not None else p["seq"]
-    ack = (p["ack"] - theirs) % 2**32 if (theirs is not None and "." in p["flags"]) else None
-    if "." in p["flags"] and theirs is None:
-        ack = p["ack"]
-    return seq % 2**32, ack
+def relative(rec: Recording, p: dict[str, Any]) -> tuple[int, int | None]:
+    """seq and ack relative to each side's ISN on this connection, as tcpdump shows them;
+    absolute where the capture has no SYN from that side. ack is None without the ACK flag."""
+    mine = isn_before(rec, p, p["src"], p["sport"], p["dst"], p["dport"])
+    theirs = isn_before(rec, p, p["dst"], p["dport"], p["src"], p["sport"])
+    seq = (p["seq"] - mine) % 2**32 if mine is not None else p["seq"]
+    if "." not in p["flags"]:
+        return seq, None
+    return seq, (p["ack"] - theirs) % 2**32 if theirs is not None else p["ack"]
 
 
 def describe_packet(rec: Recording, p: dict[str, Any]) -> str:
@@ -146,15 +143,26 @@ def what_apps_get(rec: Recording) -> list[str]:
     return lines
 
 
+def ttl_anomaly(rec: Recording, p: dict[str, Any]) -> str:
+    """If the other packets from this address arrived with another TTL, say so: another box made this one."""
+    others = sorted({q["ttl"] for q in rec.packets if q["src"] == p["src"] and q["number"] != p["number"]})
+    if not others or p["ttl"] in others:
+        return ""
+    return f"TTL {p['ttl']}, where {p['sender']}'s other packets arrived with TTL {', '.join(map(str, others))}"
+
+
 def who_resets(rec: Recording, link: str = "#") -> list[str]:
     """Each RST in words: who sent it, to whom, with what, and how long after the packet before it."""
     lines = []
     for p in rec.resets():
         address = p["src"]
+        anomaly = ttl_anomaly(rec, p)
+        sender = (f"a packet with **{p['sender']}**'s address ({address})" if anomaly
+                  else f"**{p['sender']}** ({address})")
         lines.append(
-            f"**{p['sender']}** ({address}) sends `{describe_packet(rec, p)}` to {p['receiver']}: "
+            f"{sender} sends `{describe_packet(rec, p)}` to {p['receiver']}: "
             f"[packet {p['number']}]({link}{packet_id(rec.slug, p['number'])}), "
-            f"{_ms(gap_ms(rec, p))} after the packet before it")
+            f"{_ms(gap_ms(rec, p))} after the packet before it" + (f"; {anomaly}" if anomaly else ""))
     return lines
 
 
@@ -229,6 +237,8 @@ def mermaid(rec: Recording) -> str:
         if p["number"] > 1:
             label += f", +{_ms(gap_ms(rec, p))}"
         lines.append(f"    {sender}{arrow}{receiver}: {label}")
+        if "R" in p["flags"] and ttl_anomaly(rec, p):
+            lines.append(f"    Note over {sender}: {ttl_anomaly(rec, p)}")
     lines.append("```")
     return "\n".join(lines)
 
