@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import html
 import json
 import logging
 import os
@@ -479,9 +480,8 @@ def tcpdump_line(rec: Recording, number: int, src: str) -> str:
                         f" {packet['win'] << int(scale.group(1))} (wscale from packet {syn['number']}) |")
     link = _relative_link(src, f"scenarios/{rec.slug}.md") + f"#{packet_id(rec.slug, number)}"
     return "\n".join([
-        f'```text title="{rec.slug}, packet {number}"',
-        record,
-        "```",
+        (f'<div class="highlight fg-trace fg-line"><span class="filename">{rec.slug}, packet {number}</span>'
+         f"<pre><code>{html.escape(record, quote=False)}</code></pre></div>"),
         "",
         f"From [{rec.slug}]({link}), recorded by this build.",
         "",
