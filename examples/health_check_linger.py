@@ -30,6 +30,9 @@ def run(client, server):
             super().setup()
             accepted.release()
 
+        def handle(self):  # http.server reads the request line, and would answer it
+            server.record("handle(): read the request line", super().handle)
+
     class LoggingHTTPServer(HTTPServer):
         def get_request(self):
             return server.record("accept()", self.socket.accept)
@@ -80,6 +83,8 @@ def claims(trace):
     trace.check("the server accepts both checks, even the one reset while queued",
                 len(accepts) == 2 and all("returned" in a for a in accepts),
                 "; ".join(a.get("returned") or a.get("errno") for a in accepts))
+    trace.raised("server", "handle", "ECONNRESET", nth=0)
+    trace.raised("server", "handle", "ECONNRESET", nth=1)
     log = [o["returned"] for o in trace.calls("server", "log")]
     trace.check("the server logs an exception for each check (socketserver's handle_error)",
                 sum("Exception occurred during processing of request" in line for line in log) == 2,

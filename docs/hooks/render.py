@@ -144,8 +144,13 @@ def what_apps_get(rec: Recording) -> list[str]:
 
 
 def ttl_anomaly(rec: Recording, p: dict[str, Any]) -> str:
-    """If the other packets from this address arrived with another TTL, say so: another box made this one."""
-    others = sorted({q["ttl"] for q in rec.packets if q["src"] == p["src"] and q["number"] != p["number"]})
+    """If the other packets from this address arrived with another TTL, say so: another box made this one.
+
+    Compared with the address's packets that are not RSTs: two RSTs forged by the same box
+    would otherwise vouch for each other.
+    """
+    others = sorted({q["ttl"] for q in rec.packets
+                     if q["src"] == p["src"] and q["number"] != p["number"] and "R" not in q["flags"]})
     if not others or p["ttl"] in others:
         return ""
     return f"TTL {p['ttl']}, where {p['sender']}'s other packets arrived with TTL {', '.join(map(str, others))}"
