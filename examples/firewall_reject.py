@@ -58,7 +58,7 @@ def claims(trace):
     synack = trace.next("server", "S.", what="the real server answers with its SYN-ACK")
     trace.check("the real server's packets arrive with TTL 63: one router has decremented it",
                 synack.ttl == 63, f"TTL {synack.ttl}")
-    trace.next("client", ".")
+    trace.next("client", ".", what="the client completes the handshake with the real server")
 
     syn = trace.next("client", "S", what="the client connects to port 8080, which the firewall rejects")
     forged = trace.next("server", "R.", seq=0, ack=syn.seq + 1, win=0, within=0.05,
@@ -78,4 +78,6 @@ def claims(trace):
     trace.returned("client", "connect", "None", nth=0)
     trace.raised("client", "connect", "ECONNREFUSED", nth=1)
     trace.raised("client", "connect", "ECONNREFUSED", nth=2)
-    trace.returned("router", "packets counted by the reject rule", "1")
+    counted = trace.calls("router", "packets counted by the reject rule")
+    trace.check("the reject rule's own counter matched exactly one packet",
+                bool(counted) and counted[0]["returned"] == "1", counted[0]["returned"] if counted else "not read")

@@ -1,4 +1,5 @@
-"""The client's SYN is answered by a SYN-ACK that acknowledges the wrong sequence number: the client resets it and keeps trying.
+"""The client's SYN is answered by a SYN-ACK that acknowledges the wrong sequence
+number: the client resets it and keeps trying.
 
 A SYN-ACK must acknowledge exactly the client's ISN + 1. This server (a
 confused peer, or a stale connection on the same ports) acknowledges something

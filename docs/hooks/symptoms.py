@@ -1,0 +1,288 @@
+"""MkDocs hook: what readers saw (an exception, a log line) -> the scenarios that produce it.
+
+Readers arrive with an error string, not a scenario name. This hook builds, from the
+recordings in build/traces/SLUG.json and nothing typed by hand:
+
+- `{{ symptom_index }}` (docs/symptoms.md): every failure an application met in this
+  build's runs, grouped by errno (or by exception class when there is none), each linked
+  to the scenario page and to the packet that explains it;
+- a "You may have seen" section at the end of every scenario page, the same entries for
+  that scenario.
+
+What a run captured: every call a host's application made that raised (class, errno,
+message: the `outcomes` of SLUG.json), and the log lines the example noted
+(`host.note("log", ...)`) that name a Python exception. Lines printed by software we do
+not run (nginx, Go, Node.js, Java, Envoy, load balancers) are quoted in
+quoted_symptoms.yml, each with its public source, and shown beside the captured ones
+that share their errno.
+
+The packet that explains a failure follows from what the kernel does with it:
+ECONNRESET, EPIPE and ECONNREFUSED come from a RST the host received, ECONNABORTED from
+one it sent itself (a local abort), an end of stream (RemoteDisconnected) from the FIN it
+received, a timeout from the SYN (or FIN) it sent and whose answer never came in time.
+The hook picks the first such packet in the capture; the page's own trace anchors it.
+
+Listed before fieldguide.py in mkdocs.yml: it only reads the recordings; checking them
+(missing, stale, failed claims) is fieldguide's job, which fails the build by name.
+"""
+
+from __future__ import annotations
+
+import errno as errno_module
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mkdocs.config.defaults import MkDocsConfig
+from mkdocs.exceptions import PluginError
+from mkdocs.structure.files import Files
+from mkdocs.structure.pages import Page
+
+sys.path.insert(0, str(Path(__file__).parent))
+from render import packet_id  # noqa: E402  (the anchors the scenario pages give their packets)
+
+ROOT = Path(__file__).resolve().parents[2]
+TRACES = ROOT / "build" / "traces"
+SCENARIOS = ROOT / "docs" / "scenarios"
+QUOTED = Path(__file__).with_name("quoted_symptoms.yml")
+PLACEHOLDER = "{{ symptom_index }}"
+
+# a noted log line is a symptom when it names a Python exception (ConnectionResetError: ...)
+_EXCEPTION_IN_LOG = re.compile(r"\b[A-Z]\w*(?:Error|Exception)\b")
+
+# (direction, flag) of the packet that explains a failure, tried in order
+_EXPLAINED_BY: dict[str, list[tuple[str, str]]] = {
+    "ECONNRESET": [("received", "R")],
+    "EPIPE": [("received", "R")],
+    "ECONNREFUSED": [("received", "R")],
+    "ECONNABORTED": [("sent", "R")],
+    "RemoteDisconnected": [("received", "F")],
+    "TimeoutError": [("sent", "S"), ("sent", "F")],
+}
+_WHY = {
+    ("received", "R"): "the RST it received",
+    ("sent", "R"): "the RST it sent",
+    ("received", "F"): "the FIN it received",
+    ("sent", "S"): "the SYN it sent",
+    ("sent", "F"): "the FIN it sent",
+}
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One failure an application of a scenario met, as the run recorded it."""
+
+    slug: str
+    title: str
+    host: str
+    call: str  # the recorded call, e.g. "recv(1024)", or "log" for a noted log line
+    text: str  # what the application shows: "ConnectionResetError: [Errno 104] ..."
+    key: str  # errno name, or the exception class when there is no errno
+    source: str  # "Python" or "log"
+    packet: int | None  # the packet that explains it (anchored on the scenario page)
+    why: str  # "the RST it received"...
+
+    @property
+    def anchor(self) -> str:
+        return packet_id(self.slug, self.packet) if self.packet else "the-trace"
+
+
+scenarios: dict[str, list[Seen]] = {}
+titles: dict[str, str] = {}
+quoted: list[dict[str, Any]] = []
+
+
+# -- from a recording to what its applications saw -------------------------------------------
+
+def explaining_packets(data: dict[str, Any], host: str, key: str) -> tuple[list[int], str]:
+    """Per connection, the packet that explains `key` on `host` (in capture order), and why.
+
+    A connection can see several RSTs (a forged one may be ignored, the next one kills it):
+    the last one the host received is the one it died of. A timeout is explained by the
+    first SYN (or FIN) the host sent on the connection.
+    """
+    for direction, flag in _EXPLAINED_BY.get(key, []):
+        side = "receiver" if direction == "received" else "sender"
+        chosen: dict[tuple[Any, ...], int] = {}
+        for p in data["packets"]:
+            if p.get("proto") != "tcp" or p[side] != host:
+                continue
+            if (p["flags"] == "S") if flag == "S" else (flag in p["flags"]):
+                connection = tuple(sorted([(p["src"], p["sport"]), (p["dst"], p["dport"])]))
+                if flag == "S":
+                    chosen.setdefault(connection, p["number"])
+                else:
+                    chosen[connection] = p["number"]
+        if chosen:
+            return sorted(chosen.values()), _WHY[(direction, flag)]
+    return [], "the trace"
+
+
+def _errno_of(text: str) -> str | None:
+    found = re.search(r"\[Errno (\d+)\]", text)
+    return errno_module.errorcode.get(int(found.group(1))) if found else None
+
+
+def seen_in(data: dict[str, Any]) -> list[Seen]:
+    """Every failure the recording holds, once per (host, call, text)."""
+    found: dict[tuple[str, str, str], Seen] = {}
+    for host, entries in data["outcomes"].items():
+        for entry in entries:
+            if "raised" in entry:
+                text = f"{entry['raised']}: {entry['message']}" if entry["message"] else entry["raised"]
+                key, source = entry.get("errno") or entry["raised"], "Python"
+            elif entry["call"] == "log" and _EXCEPTION_IN_LOG.search(entry["returned"]):
+                text = _unquote(entry["returned"])
+                exception = _EXCEPTION_IN_LOG.search(text)
+                assert exception is not None
+                key, source = _errno_of(text) or exception.group(0), "log"
+            else:
+                continue
+            if (host, entry["call"], text) in found:
+                continue
+            # the k-th distinct failure of this kind on this host died on the k-th connection
+            nth = sum(1 for s in found.values() if (s.host, s.key) == (host, key))
+            packets, why = explaining_packets(data, host, key)
+            packet = packets[min(nth, len(packets) - 1)] if packets else None
+            found[(host, entry["call"], text)] = Seen(
+                data["slug"], data["title"], host, entry["call"], text, key, source, packet, why)
+    return list(found.values())
+
+
+def _unquote(shown: str) -> str:
+    """A noted value is recorded as its repr(); a log line reads better without the quotes."""
+    if len(shown) >= 2 and shown[0] == shown[-1] and shown[0] in "'\"":
+        return shown[1:-1]
+    return shown
+
+
+def load_quoted() -> list[dict[str, Any]]:
+    entries = yaml.safe_load(QUOTED.read_text())
+    for entry in entries:
+        missing = {"software", "text", "matches", "source"} - set(entry)
+        if missing or not str(entry["source"]).startswith("https://"):
+            raise PluginError(f"{QUOTED.name}: entry {entry.get('text')!r} lacks {missing or 'an https source'}")
+    return entries
+
+
+# -- hooks ----------------------------------------------------------------------------------
+
+def on_config(config: MkDocsConfig) -> MkDocsConfig:
+    scenarios.clear()
+    titles.clear()
+    for page in sorted(SCENARIOS.glob("*.md")):
+        recording = TRACES / f"{page.stem}.json"
+        if recording.is_file():  # a missing one fails the build in fieldguide.py, by name
+            data = json.loads(recording.read_text())
+            scenarios[page.stem] = seen_in(data)
+            titles[page.stem] = data["title"]
+    quoted[:] = load_quoted()
+    return config
+
+
+def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Files) -> str:
+    src = page.file.src_uri
+    if PLACEHOLDER in markdown:
+        markdown = markdown.replace(PLACEHOLDER, symptom_index(src))
+    slug = src.removeprefix("scenarios/").removesuffix(".md")
+    if src.startswith("scenarios/") and slug in scenarios:
+        markdown = markdown.rstrip("\n") + "\n\n" + you_may_have_seen(slug, src) + "\n"
+    return markdown
+
+
+# -- Markdown ---------------------------------------------------------------------------------
+
+def _link(src: str, target: str) -> str:
+    return "../" * src.count("/") + target
+
+
+def _code(text: str) -> str:
+    """Inline code that survives any backtick inside, and a table cell's pipe."""
+    text = text.replace("|", "\\|")
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
+def describe_key(key: str) -> str:
+    """ECONNRESET -> "ECONNRESET (104, Connection reset by peer)"; a class name stays as it is."""
+    number = getattr(errno_module, key, None)
+    if isinstance(number, int):
+        return f"{key} ({number}, {os.strerror(number)})"
+    return key
+
+
+def group_id(key: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", key.lower()).strip("-")
+
+
+def _where(seen: Seen, src: str, own_page: bool) -> str:
+    call = "log" if seen.source == "log" else f"`{seen.call}`"
+    target = f"#{seen.anchor}" if own_page else _link(src, f"scenarios/{seen.slug}.md") + f"#{seen.anchor}"
+    explained = f"[{'packet ' + str(seen.packet) if seen.packet else 'the trace'}]({target})"
+    return f"the {seen.host}'s {call}, explained by {seen.why}: {explained}"
+
+
+def _quoted_for(keys: set[str]) -> list[dict[str, Any]]:
+    return [q for q in quoted if keys & set(q["matches"])]
+
+
+def _quoted_line(q: dict[str, Any]) -> str:
+    note = f" ({q['note']})" if q.get("note") else ""
+    return f"{q['software']}: {_code(q['text'])}{note} ([source]({q['source']}))"
+
+
+def symptom_index(src: str) -> str:
+    """Every captured failure, grouped by errno (or exception class), most scenarios first."""
+    groups: dict[str, list[Seen]] = {}
+    for seen in (s for found in scenarios.values() for s in found):
+        groups.setdefault(seen.key, []).append(seen)
+    if not groups:
+        raise PluginError("symptom index: no recording holds a failed call; run `nox -s docs`")
+    order = sorted(groups, key=lambda k: (-len({s.slug for s in groups[k]}), k))
+    out = ["| what the application saw | errno | scenarios |", "|---|---|---|"]
+    for key in order:
+        texts = sorted({s.text for s in groups[key]})
+        slugs = sorted({s.slug for s in groups[key]})
+        out.append(f"| {'<br>'.join(_code(t) for t in texts)} | [{key}](#{group_id(key)}) | {len(slugs)} |")
+    out.append("")
+    for key in order:
+        out += [f"## {describe_key(key)} {{ #{group_id(key)} }}", ""]
+        by_text: dict[str, list[Seen]] = {}
+        for seen in groups[key]:
+            by_text.setdefault(seen.text, []).append(seen)
+        for text, seens in sorted(by_text.items()):
+            kind = "logged by the server application" if all(s.source == "log" for s in seens) else "raised in Python"
+            out += [f"{_code(text)} ({kind}), in:", ""]
+            for seen in sorted(seens, key=lambda s: (s.slug, s.host, s.call)):
+                page = _link(src, f"scenarios/{seen.slug}.md")
+                out.append(f"- [{seen.title}]({page}): {_where(seen, src, own_page=False)}")
+            out.append("")
+        others = _quoted_for({key})
+        if others:
+            out += ["The same event in software these scenarios do not run (quoted):", ""]
+            out += [f"- {_quoted_line(q)}" for q in others]
+            out.append("")
+    return "\n".join(out)
+
+
+def you_may_have_seen(slug: str, src: str) -> str:
+    """The end of a scenario page: what its applications met, and the same in other software."""
+    found = scenarios[slug]
+    out = ["## You may have seen", ""]
+    if not found:
+        out += ["No application call failed in this scenario's run: the reset (if any) happened where"
+                " no application was reading or writing. Its traces are the only symptom; the"
+                f" [symptom index]({_link(src, 'symptoms.md')}) lists the failures of the other scenarios."]
+        return "\n".join(out)
+    for seen in found:
+        out.append(f"- {_code(seen.text)}: {_where(seen, src, own_page=True)}"
+                   f" ([every scenario with {seen.key}]({_link(src, 'symptoms.md')}#{group_id(seen.key)}))")
+    others = _quoted_for({s.key for s in found})
+    if others:
+        out += ["", "The same event in software this scenario does not run (quoted, not recorded here):", ""]
+        out += [f"- {_quoted_line(q)}" for q in others]
+    return "\n".join(out)

@@ -1,0 +1,347 @@
+"""The built site in a real browser: Debian's chromium, headless, driven by Playwright.
+
+The site (built by the `built_site` fixture from this session's fresh recordings) is
+served on 127.0.0.1. Every page load fails its test on any request that leaves
+localhost and on any console error. The tests also save screenshots under
+build/screenshots/ and the page weight of the home page and the largest scenario page
+under build/page-weight.json.
+
+Playwright's own browser download does not work here (and is never needed): the tests
+use /usr/bin/chromium (`apt-get install chromium`) and skip, saying why, only where no
+such browser exists. Under CI (the CI environment variable is set) a missing browser
+fails instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import json
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+from lab.runner import TRACES
+from lab.scenarios import all_slugs
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOTS = ROOT / "build" / "screenshots"
+PAGE_WEIGHT = ROOT / "build" / "page-weight.json"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+DESKTOP = {"width": 1280, "height": 800}
+MOBILE = {"width": 390, "height": 844}
+SCREENSHOT_SCENARIO = "unread-data-close"  # a short trace, a RST, and a neighbour in tabs
+SLUGS = all_slugs()
+
+# Material renders each Mermaid diagram into a *closed* shadow root, which no selector can
+# reach. Opening them changes nothing on screen and lets the tests see the SVG.
+OPEN_SHADOW_ROOTS = """
+const attachShadow = Element.prototype.attachShadow;
+Element.prototype.attachShadow = function (init) {
+  return attachShadow.call(this, Object.assign({}, init, {mode: "open"}));
+};
+"""
+
+
+def chromium() -> str:
+    for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return ""
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must run the browser tests: .ci/run installs chromium)")
+    pytest.skip(reason)
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # one line per request is noise
+        pass
+
+
+@pytest.fixture(scope="session")
+def site_url(built_site: Path) -> Iterator[str]:
+    """The built site served over HTTP on 127.0.0.1 (search's worker needs http, not file:)."""
+    handler = functools.partial(_QuietHandler, directory=str(built_site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    thread.join()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("Playwright for Python is not installed (pip install playwright)")
+    executable = chromium()
+    if not executable:
+        _unavailable("no chromium at /usr/bin/chromium (apt-get install chromium); "
+                     "Playwright's own browser download is not used")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+class Watched:
+    """A browser context whose pages may only talk to localhost and must log no error."""
+
+    def __init__(self, browser: Any, **options: Any) -> None:
+        self.context = browser.new_context(accept_downloads=True, **options)
+        self.context.add_init_script(OPEN_SHADOW_ROOTS)
+        self.outside: list[str] = []
+        self.errors: list[str] = []
+        self.finished: list[Any] = []
+        self.context.route("**/*", self._route)
+        self.context.on("requestfinished", lambda request: self.finished.append(request))
+        self.context.on("page", self._watch)
+
+    def _route(self, route: Any) -> None:
+        url = urlparse(route.request.url)
+        if url.scheme in ("data", "blob") or url.hostname in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:
+            self.outside.append(route.request.url)
+            route.abort()
+
+    def _watch(self, page: Any) -> None:
+        page.on("console", lambda msg: msg.type == "error" and self.errors.append(f"console: {msg.text}"))
+        page.on("pageerror", lambda exc: self.errors.append(f"page error: {exc}"))
+
+    def page(self) -> Any:
+        return self.context.new_page()
+
+    def close(self) -> None:
+        self.context.close()
+        assert not self.outside, f"requests left localhost: {self.outside}"
+        assert not self.errors, "\n".join(self.errors)
+
+
+@pytest.fixture
+def watched(browser: Any) -> Iterator[Watched]:
+    context = Watched(browser, viewport=DESKTOP, color_scheme="light")
+    yield context
+    context.close()
+
+
+def open_page(watched: Watched, url: str) -> Any:
+    page = watched.page()
+    page.goto(url, wait_until="load")
+    return page
+
+
+def wait_for_diagrams(page: Any) -> None:
+    """Every Mermaid block has become an SVG (Material renders them after load)."""
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('div.mermaid')].length > 0 && "
+        "[...document.querySelectorAll('div.mermaid')].every(d => d.shadowRoot && d.shadowRoot.querySelector('svg'))",
+        timeout=15000)
+
+
+def recording(slug: str) -> dict[str, Any]:
+    return json.loads((TRACES / f"{slug}.json").read_text())
+
+
+# -- the pages ---------------------------------------------------------------------------------
+
+def test_home_lists_every_scenario(watched: Watched, site_url: str) -> None:
+    page = open_page(watched, site_url)
+    linked = {urlparse(href).path.strip("/").split("/")[-1]
+              for href in page.eval_on_selector_all("article a[href*='scenarios/']",
+                                                     "links => links.map(a => a.href)")}
+    assert set(SLUGS) <= linked, f"not in the home page's index: {sorted(set(SLUGS) - linked)}"
+    for slug in SLUGS:  # each row shows the cause recorded in the example's docstring
+        row = page.locator("article table tr", has=page.locator(f"a[href$='scenarios/{slug}/']")).first
+        assert recording(slug)["summary"][:40] in row.inner_text()
+
+
+@pytest.mark.parametrize("slug", SLUGS)
+def test_scenario_page_shows_its_recording(watched: Watched, site_url: str, slug: str) -> None:
+    data = recording(slug)
+    page = open_page(watched, f"{site_url}scenarios/{slug}/")
+
+    # the trace: tcpdump's own text, exactly as recorded (the margin numbers are CSS only)
+    trace = page.locator(f".fg-trace[data-slug='{slug}'] code").first
+    assert trace.is_visible()
+    assert trace.text_content() == (TRACES / f"{slug}.txt").read_text()
+
+    # the sequence diagram, rendered by the self-hosted Mermaid into an SVG, one arrow per packet
+    wait_for_diagrams(page)
+    diagram = page.locator("div.mermaid").first
+    assert diagram.is_visible() and diagram.bounding_box()["height"] > 100
+    svg_text = diagram.locator("svg").first.text_content()
+    for participant in data["hosts"]:
+        assert participant in svg_text
+
+    # the outcomes table: every call each application made, with what it got
+    outcomes = page.locator("h2#what-each-application-saw ~ div.md-typeset__scrollwrap table, "
+                            "h2#what-each-application-saw ~ table").first
+    text = outcomes.inner_text()
+    for entries in data["outcomes"].values():
+        for entry in entries:
+            assert entry["call"] in text, entry
+            assert entry.get("raised", "") in text
+
+    # "You may have seen": one entry per failure, linked to its packet
+    seen = page.locator("h2#you-may-have-seen + ul, h2#you-may-have-seen + p").first
+    assert seen.is_visible()
+    for entries in data["outcomes"].values():
+        for entry in (e for e in entries if "raised" in e):
+            assert entry["raised"] in seen.inner_text()
+    for href in seen.locator("a[href^='#packet-']").evaluate_all("links => links.map(a => a.getAttribute('href'))"):
+        assert page.locator(href).count() == 1, f"{href} is not an anchor of the trace"
+
+
+def test_pcap_download_matches_its_sha256(watched: Watched, site_url: str) -> None:
+    for slug in SLUGS:
+        page = open_page(watched, f"{site_url}scenarios/{slug}/")
+        shown = page.locator("code.fg-sha256").inner_text().strip()
+        assert shown == recording(slug)["pcap_sha256"]
+        with page.expect_download() as download:
+            page.locator(f"a[href$='traces/{slug}.pcap']").first.click()
+        data = Path(download.value.path()).read_bytes()
+        assert download.value.suggested_filename == f"{slug}.pcap"
+        assert data[:4] in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4"), "not a pcap file"
+        assert hashlib.sha256(data).hexdigest() == shown, slug
+        page.close()
+
+
+def test_symptom_index_links_to_packets(watched: Watched, site_url: str) -> None:
+    page = open_page(watched, f"{site_url}symptoms/")
+    links = page.eval_on_selector_all("article a[href*='scenarios/'][href*='#packet-']",
+                                      "links => links.map(a => a.href)")
+    assert links, "the symptom index links no packet"
+    for link in sorted(set(links)):
+        target = watched.page()
+        target.goto(link)
+        anchor = urlparse(link).fragment
+        assert target.locator(f"#{anchor}").count() == 1, link
+        assert target.locator(f"#{anchor}").is_visible(), link
+        target.close()
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, MOBILE], ids=["desktop", "mobile"])
+def test_search_finds_econnreset_on_scenario_pages(browser: Any, site_url: str, viewport: dict[str, int]) -> None:
+    watched = Watched(browser, viewport=viewport, color_scheme="light")
+    page = open_page(watched, site_url)
+    opener = page.locator("label.md-header__button[for='__search']")  # the narrow layout's button
+    if opener.is_visible():
+        opener.click()
+    # Material says "Type to start searching" once its worker has loaded the index; a query
+    # typed before that is not run again
+    page.wait_for_function("(document.querySelector('.md-search-result__meta') || {}).textContent"
+                           " === 'Type to start searching'", timeout=15000)
+    page.locator("input.md-search__input").press_sequentially("ECONNRESET")  # Material reads keyups
+    page.wait_for_function("document.querySelectorAll('.md-search-result__item').length > 0", timeout=15000)
+    hrefs = page.locator(".md-search-result__item a").evaluate_all("links => links.map(a => a.href)")
+    scenario_hits = {urlparse(h).path for h in hrefs if "/scenarios/" in h}
+    assert len(scenario_hits) >= 2, hrefs
+    assert any("/symptoms/" in h for h in hrefs), hrefs
+    watched.close()
+
+
+def test_dark_palette_toggles(watched: Watched, site_url: str) -> None:
+    page = open_page(watched, site_url)
+    body = page.locator("body")
+
+    def background() -> str:
+        return page.evaluate("getComputedStyle(document.body).backgroundColor")
+
+    light = background()
+    for _ in range(3):  # automatic -> light -> dark: the toggle cycles the three palettes
+        if body.get_attribute("data-md-color-scheme") == "slate":
+            break
+        page.locator("form[data-md-component='palette'] label:visible").first.click()
+    assert body.get_attribute("data-md-color-scheme") == "slate"
+    assert background() != light
+    page.reload()  # the choice is remembered
+    assert page.locator("body").get_attribute("data-md-color-scheme") == "slate"
+
+
+# -- what a reader gets: screenshots and page weight -------------------------------------------
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("viewport", [DESKTOP, MOBILE], ids=["desktop", "mobile"])
+def test_screenshots(browser: Any, site_url: str, scheme: str, viewport: dict[str, int]) -> None:
+    """Saved for a person to look at; the tests only check that the pages rendered."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    width = "desktop" if viewport == DESKTOP else "mobile"
+    watched = Watched(browser, viewport=viewport, color_scheme=scheme)
+    home = open_page(watched, site_url)
+    home.screenshot(path=str(SCREENSHOTS / f"home-{scheme}-{width}.png"))
+    scenario = open_page(watched, f"{site_url}scenarios/{SCREENSHOT_SCENARIO}/")
+    wait_for_diagrams(scenario)
+    scenario.screenshot(path=str(SCREENSHOTS / f"scenario-{scheme}-{width}.png"))
+    scenario.locator("h2#the-exchange").scroll_into_view_if_needed()
+    scenario.screenshot(path=str(SCREENSHOTS / f"scenario-diagram-{scheme}-{width}.png"))
+    scenario.screenshot(path=str(SCREENSHOTS / f"scenario-full-{scheme}-{width}.png"), full_page=True)
+    watched.close()
+
+
+def largest_scenario(site: Path) -> str:
+    return max(SLUGS, key=lambda slug: (site / "scenarios" / slug / "index.html").stat().st_size)
+
+
+def measure(browser: Any, url: str, diagrams: bool) -> dict[str, Any]:
+    """Bytes over the wire (headers + bodies, cache empty) and load timings of one page view."""
+    watched = Watched(browser, viewport=DESKTOP, color_scheme="light")
+    started = time.monotonic()
+    page = open_page(watched, url)
+    if diagrams:
+        wait_for_diagrams(page)
+    page.wait_for_load_state("networkidle")
+    rendered_ms = (time.monotonic() - started) * 1000
+    timing = page.evaluate("""() => { const n = performance.getEntriesByType('navigation')[0];
+        return {dom_content_loaded_ms: n.domContentLoadedEventEnd, load_ms: n.loadEventEnd}; }""")
+    by_type: dict[str, int] = {}
+    total = 0
+    for request in watched.finished:
+        sizes = request.sizes()
+        size = sizes["responseBodySize"] + sizes["responseHeadersSize"]
+        total += size
+        by_type[request.resource_type] = by_type.get(request.resource_type, 0) + size
+    watched.close()
+    return {"url": urlparse(url).path, "requests": len(watched.finished), "transferred_bytes": total,
+            "bytes_by_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1])),
+            "dom_content_loaded_ms": round(timing["dom_content_loaded_ms"], 1),
+            "load_ms": round(timing["load_ms"], 1),
+            "rendered_ms": round(rendered_ms, 1)}
+
+
+def test_page_weight(browser: Any, site_url: str, built_site: Path) -> None:
+    """Home and the largest scenario page (by HTML size): printed and kept in build/page-weight.json."""
+    slug = largest_scenario(built_site)
+    figures = {
+        "home": measure(browser, site_url, diagrams=False),
+        "largest_scenario": {"slug": slug, **measure(browser, f"{site_url}scenarios/{slug}/", diagrams=True)},
+        "note": ("served from 127.0.0.1 without compression, empty cache; transferred = response"
+                 " headers + bodies of every request (search index included once the worker loads it);"
+                 " rendered_ms = navigation until diagrams are drawn and the network is idle"),
+    }
+    PAGE_WEIGHT.parent.mkdir(parents=True, exist_ok=True)
+    PAGE_WEIGHT.write_text(json.dumps(figures, indent=2) + "\n")
+    for name in ("home", "largest_scenario"):
+        f = figures[name]
+        print(f"{name} {f['url']}: {f['requests']} requests, {f['transferred_bytes'] / 1024:.0f} KiB,"
+              f" DOMContentLoaded {f['dom_content_loaded_ms']:.0f} ms, load {f['load_ms']:.0f} ms,"
+              f" rendered {f['rendered_ms']:.0f} ms")
+    for f in (figures["home"], figures["largest_scenario"]):
+        assert f["transferred_bytes"] > 0 and f["load_ms"] > 0
+        assert re.match(r"^/", f["url"])
