@@ -115,6 +115,8 @@ def claims(trace):
         fin = trace.next("server", "F.", what="the server closes: FIN first (http.server shuts down writing)...")
         rst = trace.next("server", "R.", seq=fin.seq + 1, ack=last.ack,
                          what="...then [R.]: close() found body bytes it never read; the RST acknowledges them all")
+        trace.check(f"connection {n}: a live socket's RST, with window and timestamp option",
+                    rst.win > 0 and "TS" in rst.options, f"win {rst.win}, options {rst.options}")
         later = [p for p in trace.packets if p.time > rst.time and p.sport == rst.dport and p.dport == rst.sport]
         trace.check(f"connection {n}: the client's failed write sent nothing, no packet after the RST",
                     not later, ", ".join(p.label() for p in later))
@@ -131,6 +133,9 @@ def claims(trace):
     trace.raised("client", "urllib3: send", "EPIPE", nth=4)
     trace.check("urllib3: urlopen() returns the 413, the failed write hidden",
                 statuses.get("urllib3: response.status") == "413", str(statuses))
+    trace.counter("server", "TcpExtTCPAbortOnClose", 2, what="the server counts each close with unread data")
+    trace.counter("server", "TcpOutRsts", 2)
+    trace.counter("client", "TcpEstabResets", 2)
     logs = [o["returned"] for o in trace.calls("server", "log")]
     trace.check("the server logs both requests with status 413",
                 sum('"POST /upload HTTP/1.1" 413' in line for line in logs) == 2, " | ".join(logs))

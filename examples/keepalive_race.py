@@ -100,6 +100,8 @@ def claims(trace):
                 abs(second.payload - first.payload) <= 1, f"{first.payload} and {second.payload} bytes")
     rst = trace.next("server", "R", seq=second.ack, win=0,
                      what="the server's kernel answers it with [R]: seq = the request's ack, win 0")
+    trace.check("the RST has no TCP options (built from the request segment, not a socket)",
+                rst.options == (), str(rst.options))
     trace.check("the response headers carried data", headers.payload > 0)
 
     # 2. urllib3: the same until it reuses the connection
@@ -125,6 +127,10 @@ def claims(trace):
     trace.check("the only RST of the run is the one that answered http.client's reuse",
                 resets == [rst], ", ".join(p.label() for p in resets))
     trace.no("client", "R", what="the client never sends a RST")
+
+    trace.counter("server", "TcpOutRsts", 1)
+    trace.counter("server", "TcpExtTW", 3, what="each closed server socket became a FIN-WAIT-2 time-wait socket")
+    trace.counter("client", "TcpEstabResets", 1)
 
     logs = [o["returned"] for o in trace.calls("server", "log")]
     trace.check("the server logs GET /first twice (once per client)",

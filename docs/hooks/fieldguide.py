@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import html
 import json
 import logging
 import os
@@ -79,15 +80,16 @@ from mkdocs.structure.pages import Page
 sys.path.insert(0, str(Path(__file__).parent))
 from render import (  # the hook's own folder, put on sys.path above
     Recording,
+    apps_in_short,
     counters_table,
     describe_packet,
     mermaid,
     outcomes_table,
     packet_id,
     provenance,
+    resets_in_short,
     short_answer,
     trace_block,
-    what_apps_get,
 )
 
 log = logging.getLogger("mkdocs.hooks.fieldguide")
@@ -441,9 +443,8 @@ def scenario_index(src: str) -> str:
                 "|---|---|---|---|"]
         for r in mine:
             link = _relative_link(src, f"scenarios/{r.slug}.md")
-            resets = "<br>".join(f"{p['sender']} `[{p['flags']}]`" for p in r.resets()) or "nobody (no RST)"
-            apps = "<br>".join(line.replace("|", "\\|") for line in what_apps_get(r))
-            out.append(f"| [{r.slug}]({link}) | {r.summary} | {resets} | {apps} |")
+            cells = [f"[{r.slug}]({link})", r.summary, resets_in_short(r), apps_in_short(r)]
+            out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
         out.append("")
     return "\n".join(out)
 
@@ -479,9 +480,8 @@ def tcpdump_line(rec: Recording, number: int, src: str) -> str:
                         f" {packet['win'] << int(scale.group(1))} (wscale from packet {syn['number']}) |")
     link = _relative_link(src, f"scenarios/{rec.slug}.md") + f"#{packet_id(rec.slug, number)}"
     return "\n".join([
-        f'```text title="{rec.slug}, packet {number}"',
-        record,
-        "```",
+        (f'<div class="highlight fg-trace fg-line"><span class="filename">{rec.slug}, packet {number}</span>'
+         f"<pre><code>{html.escape(record, quote=False)}</code></pre></div>"),
         "",
         f"From [{rec.slug}]({link}), recorded by this build.",
         "",

@@ -156,6 +156,35 @@ def ttl_anomaly(rec: Recording, p: dict[str, Any]) -> str:
     return f"TTL {p['ttl']}, where {p['sender']}'s other packets arrived with TTL {', '.join(map(str, others))}"
 
 
+def apps_in_short(rec: Recording) -> str:
+    """For the index: each distinct failure as `call()`: Exception (ERRNO), else what reads returned."""
+    seen: list[str] = []
+    for host, entries in rec.data["outcomes"].items():
+        for e in entries:
+            if "raised" in e:
+                errno = f" ({e['errno']})" if e.get("errno") else ""
+                line = f"**{host}** `{e['call'].split('(')[0]}()`: {e['raised']}{errno}"
+                if line not in seen:
+                    seen.append(line)
+    if seen:
+        return "<br>".join(seen)
+    reads = [f"**{h}** `recv()` → `{e['returned']}`" for h, entries in rec.data["outcomes"].items()
+             for e in entries if e["call"].startswith("recv")]
+    return "no error" + ("<br>" + "<br>".join(dict.fromkeys(reads)) if reads else "")
+
+
+def resets_in_short(rec: Recording) -> str:
+    """For the index: who sent each RST, and a TTL that gives a forger away."""
+    lines = []
+    for p in rec.resets():
+        seen_ttls = sorted({q["ttl"] for q in rec.packets if q["src"] == p["src"] and q["number"] != p["number"]})
+        who = (f"{p['sender']}'s address `[{p['flags']}]`, TTL {p['ttl']} ≠ {', '.join(map(str, seen_ttls))}"
+               if ttl_anomaly(rec, p) else f"{p['sender']} `[{p['flags']}]`")
+        if who not in lines:
+            lines.append(who)
+    return "<br>".join(lines) or "nobody (no RST)"
+
+
 def who_resets(rec: Recording, link: str = "#") -> list[str]:
     """Each RST in words: who sent it, to whom, with what, and how long after the packet before it."""
     lines = []
