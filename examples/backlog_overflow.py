@@ -61,10 +61,10 @@ def claims(trace):
     ack = trace.next("client", ".", ack=again.seq + 1, what="the client acknowledges it again")
     trace.next("server", "R", seq=ack.ack, win=0, options=(), within=0.05,
                what="the accept queue is full: the server answers that ACK with a bare RST, no options")
-    trace.counted("server", "TcpExtListenOverflows", 1, what="the server counts one accept queue overflow")
-    trace.counted("server", "TcpExtEmbryonicRsts", 1, what="and one half-open connection reset because of it")
-    trace.counted("server", "TcpExtSyncookiesSent", 0, what="no SYN cookies were involved")
-    trace.counted("client", "TcpExtTCPSYNChallenge", 1,
+    trace.counter("server", "TcpExtListenOverflows", 1, what="the server counts one accept queue overflow")
+    trace.counter("server", "TcpExtEmbryonicRsts", 1, what="and one half-open connection reset because of it")
+    trace.counter("server", "TcpExtSyncookiesSent", 0, what="no SYN cookies were involved")
+    trace.counter("client", "TcpExtTCPSYNChallenge", 1,
                   what="the client's ACK to the retransmitted SYN-ACK is a challenge ACK (RFC 5961)")
     trace.returned("client", "connect", "None")
     trace.raised("client", "recv", "ECONNRESET")

@@ -70,10 +70,10 @@ def claims(trace):
                what="the server acknowledges it: the connection now exists on the server too")
     trace.no("server", "R", what="the server never sends a RST")
     trace.no("client", "R", what="nor does the client")
-    trace.counted("server", "TcpExtListenOverflows", 1,
+    trace.counter("server", "TcpExtListenOverflows", 1,
                   what="the server counts the ACK it dropped as one accept queue overflow")
-    trace.counted("server", "TcpOutRsts", 0, what="the server sends no RST")
-    trace.counted("client", "TcpExtTCPSYNChallenge", 1,
+    trace.counter("server", "TcpOutRsts", 0, what="the server sends no RST")
+    trace.counter("client", "TcpExtTCPSYNChallenge", 1,
                   what="the client's ACK to the retransmitted SYN-ACK is a challenge ACK (RFC 5961)")
     trace.returned("client", "connect", "None")
     trace.returned("server", "recv", "b'hello'")

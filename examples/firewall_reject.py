@@ -73,8 +73,8 @@ def claims(trace):
     trace.check("the IP ID does not tell them apart here: both RSTs have IP ID 0",
                 forged.ip_id == 0 and real.ip_id == 0, f"router's {forged.ip_id}, server's {real.ip_id}")
 
-    trace.counted("server", "TcpOutRsts", 1, what="the server's kernel sent only one RST: the one for port 9")
-    trace.counted("server", "TcpPassiveOpens", 1, what="and accepted only the connection to port 80")
+    trace.counter("server", "TcpOutRsts", 1, what="the server's kernel sent only one RST: the one for port 9")
+    trace.counter("server", "TcpPassiveOpens", 1, what="and accepted only the connection to port 80")
     trace.returned("client", "connect", "None", nth=0)
     trace.raised("client", "connect", "ECONNREFUSED", nth=1)
     trace.raised("client", "connect", "ECONNREFUSED", nth=2)

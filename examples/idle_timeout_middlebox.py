@@ -97,5 +97,5 @@ def claims(trace):
     counted = trace.calls("router", "packets counted by the reject rule")
     trace.check("the reject rule's own counter matched exactly one packet",
                 bool(counted) and counted[0]["returned"] == "1", counted[0]["returned"] if counted else "not read")
-    trace.counted("server", "TcpOutRsts", 0, what="the server's kernel sent no RST")
-    trace.counted("server", "TcpEstabResets", 0, what="and lost no connection")
+    trace.counter("server", "TcpOutRsts", 0, what="the server's kernel sent no RST")
+    trace.counter("server", "TcpEstabResets", 0, what="and lost no connection")

@@ -60,7 +60,7 @@ def claims(trace):
     trace.check("and the timestamp option", "TS" in first_rst.options and "TS" in second_rst.options,
                 f"options {list(first_rst.options)} and {list(second_rst.options)}")
     trace.no("server", "F", what="the server never sends a FIN")
-    trace.counted("server", "TcpEstabResets", 2, what="the server's kernel counts two established connections reset")
+    trace.counter("server", "TcpEstabResets", 2, what="the server's kernel counts two established connections reset")
     trace.raised("client", "recv", "ECONNRESET", nth=0)
     trace.raised("client", "recv", "ECONNRESET", nth=1)
     trace.returned("client", "connect", "None", nth=1)

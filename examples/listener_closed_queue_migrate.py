@@ -80,9 +80,9 @@ def claims(trace):
     trace.next("client", ".", what="the second client acknowledges the answer")
     trace.no("server", "R", what="the server never sends a RST")
     trace.no("client", "R", what="nor does either client")
-    trace.counted("server", "TcpExtTCPMigrateReqSuccess", 2,
+    trace.counter("server", "TcpExtTCPMigrateReqSuccess", 2,
                   what="the server's kernel counts two connections moved to the new listener")
-    trace.counted("server", "TcpEstabResets", 0, what="and no connection reset")
+    trace.counter("server", "TcpEstabResets", 0, what="and no connection reset")
     trace.returned("server", "connections waiting for the new process", "2")
     trace.returned("client", "recv", repr(RESPONSE), nth=0)
     trace.returned("client", "recv", repr(RESPONSE), nth=1)

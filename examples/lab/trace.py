@@ -172,7 +172,6 @@ class Trace:
         got = self.counters.get(host, {}).get(name, 0)
         self._claim(what or f"{host}'s {name} grows by {expected}", got == expected, f"{name} +{got}")
 
-    counted = counter  # the same claim, by the name some examples use
 
     # -- applications ------------------------------------------------------------
     def calls(self, host: str, call: str) -> list[dict[str, Any]]:
