@@ -250,3 +250,15 @@ def test_search_is_configured_for_english_and_chinese(built_site: Path) -> None:
     assert any("连接" in text and "\u200b" in text for text in home), (
         "the home page's Chinese text was not segmented into words (is jieba installed?)")
     assert (built_site / "assets" / "javascripts" / "lunr" / "min" / "lunr.zh.min.js").is_file()
+
+
+def test_a_draft_page_has_every_generated_block() -> None:
+    """A scenario recorded before its page is written gets a draft that passes the page checks."""
+    sys.path.insert(0, str(ROOT / "docs" / "hooks"))
+    import fieldguide
+
+    draft = fieldguide.DRAFT.format(slug="some-slug")
+    used = {m.group(1) for m in fieldguide.PLACEHOLDER.finditer(draft)}
+    assert set(fieldguide.REQUIRED) <= used
+    assert used <= set(fieldguide.PLACEHOLDERS)
+    assert "docs/scenarios/some-slug.md" in draft
