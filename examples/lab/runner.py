@@ -101,9 +101,8 @@ class Runner:
         self.out = out
         self.jobs = jobs
         self.prefix = preflight()
-        self._workers: dict[int, subprocess.Popen[bytes]] = {}
+        self._zygote: Zygote | None = None
         self._lock = threading.Lock()
-        self._stopping = False
         self._folders: list[Path] = []
 
     # -- one run -------------------------------------------------------------
@@ -112,36 +111,26 @@ class Runner:
         tmp = Path(tempfile.mkdtemp(prefix=f".run-{slug}-", dir=self.out))
         with self._lock:
             self._folders.append(tmp)
+        assert self._zygote is not None
         started = time.monotonic()
-        proc = subprocess.Popen(
-            [*self.prefix, sys.executable, "-m", "lab.worker", slug, str(tmp)],
-            cwd=LAB_HOME, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: killed as one
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(LAB_HOME), os.environ.get("PYTHONPATH")])), "LAB_EXAMPLES": str(scenarios.EXAMPLES)},
-        )
-        with self._lock:
-            self._workers[proc.pid] = proc
-            stopping = self._stopping
+        child = self._zygote.fork(slug, tmp)
         try:
-            if stopping:
-                raise KeyboardInterrupt
             # the worker dumps its threads' stacks and exits at its own timeout;
             # this one only catches a worker too stuck to do even that
-            output, _ = proc.communicate(timeout=scenario.timeout + 10)
-        except subprocess.TimeoutExpired:
-            output = b"(the worker did not answer its own timeout)"
+            code = child.wait(timeout=scenario.timeout + 10)
         finally:
-            self._kill(proc)
-            with self._lock:
-                self._workers.pop(proc.pid, None)
+            kill_group(child.pid)
         seconds = time.monotonic() - started
-        log = output.decode(errors="replace")
+        log_file = tmp / "worker.log"
+        log = log_file.read_text(errors="replace") if log_file.exists() else ""
+        if code is None:
+            log += "\n(the worker did not answer its own timeout)"
         if log.startswith("Timeout (") or "\nTimeout (" in log:  # faulthandler's header
             return Result(slug, False, seconds,
                           f"timed out after {scenario.timeout:g} s; where each host was:\n{log}")
         report_file = tmp / "worker.json"
         if not report_file.exists():
-            return Result(slug, False, seconds, f"worker exited {proc.returncode}:\n{log}")
+            return Result(slug, False, seconds, f"worker exited {code}:\n{log}")
         report = json.loads(report_file.read_text())
         return self._finish(scenario, tmp, report, seconds)
 
@@ -193,31 +182,10 @@ class Runner:
         (tmp / f"{slug}.json").write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
         return Result(slug, True, seconds, "", data["shape"], data, tmp)
 
-    def _kill(self, proc: subprocess.Popen[bytes]) -> None:
-        """Kill the worker's whole process group and return once all of it is gone."""
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:  # orphans (tcpdump...) die asynchronously
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.001)
-
-    def stop_all(self) -> None:
-        with self._lock:
-            self._stopping = True
-            workers = list(self._workers.values())
-        for proc in workers:
-            self._kill(proc)
-
     # -- many runs ---------------------------------------------------------------
     def run(self, slugs: list[str], repeat: int = 1, on_result: Any = None) -> list[Result]:
         self.out.mkdir(parents=True, exist_ok=True)
+        slugs = self._longest_first(slugs)
         for slug in slugs:
             for suffix in ARTIFACTS:
                 (self.out / f"{slug}{suffix}").unlink(missing_ok=True)
@@ -237,6 +205,7 @@ class Runner:
                     on_result(mine[-1])
             return mine
 
+        self._zygote = Zygote(self.prefix)
         try:
             futures = [pool.submit(consecutive, slug) for slug in slugs]
             for future in futures:
@@ -244,14 +213,25 @@ class Runner:
             pool.shutdown(wait=True)
             self._publish(slugs, results)
         except BaseException:
-            self.stop_all()
+            self._zygote.close()  # kills every worker: the waiting threads return at once
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         finally:
+            self._zygote.close()
             for folder in self._folders:
                 shutil.rmtree(folder, ignore_errors=True)
             self._folders.clear()
         return results
+
+    def _longest_first(self, slugs: list[str]) -> list[str]:
+        """Start the scenarios with long timers first, so their waiting overlaps the others'
+        work. The hint is the previous recording's duration, read before it is removed."""
+        def previous(slug: str) -> float:
+            try:
+                return float(json.loads((self.out / f"{slug}.json").read_text())["timings"]["scenario"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return 0.0
+        return sorted(slugs, key=previous, reverse=True)
 
     def _publish(self, slugs: list[str], results: list[Result]) -> None:
         """Publish each slug's first run, only if all its runs passed with one shape."""
@@ -267,6 +247,111 @@ class Runner:
             assert mine[0].files is not None
             for suffix in ARTIFACTS:  # the json last: its presence means a complete set
                 os.replace(mine[0].files / f"{slug}{suffix}", self.out / f"{slug}{suffix}")
+
+
+def kill_group(pgid: int, leader: subprocess.Popen[bytes] | None = None) -> None:
+    """SIGKILL a process group and return once every member is gone.
+
+    A leader that is our own child is reaped first: a zombie still counts as a member."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    if leader is not None:
+        leader.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # members die asynchronously; no event says when
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.001)
+
+
+class _Child:
+    def __init__(self) -> None:
+        self.pid = 0
+        self.code: int | None = None
+        self.started = threading.Event()
+        self.exited = threading.Event()
+
+    def wait(self, timeout: float) -> int | None:
+        self.exited.wait(timeout)
+        return self.code
+
+
+class Zygote:
+    """The warm parent of this run's workers (lab/zygote.py), and its protocol."""
+
+    def __init__(self, prefix: list[str]) -> None:
+        path = os.pathsep.join(filter(None, [str(LAB_HOME), os.environ.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "lab.zygote"], cwd=LAB_HOME,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True, env={**os.environ, "PYTHONPATH": path},
+        )
+        self._children: dict[int, _Child] = {}
+        self._next = 0
+        self._lock = threading.Lock()
+        self._log: list[str] = []
+        self._ready = threading.Event()
+        self._closed = False
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._ready.wait(120) or self.proc.poll() is not None:
+            self.close()
+            raise RuntimeError("the lab's zygote did not start:\n" + "".join(self._log))
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace")
+            try:
+                message = json.loads(line)
+            except ValueError:
+                self._log.append(line)
+                continue
+            if message.get("ready"):
+                self._ready.set()
+                continue
+            child = self._children[message["id"]]
+            if "pid" in message:
+                child.pid = message["pid"]
+                child.started.set()
+            else:
+                child.code = message["exit"]
+                child.exited.set()
+        self._ready.set()
+        for child in self._children.values():  # the zygote is gone: so are its children
+            child.started.set()
+            child.exited.set()
+
+    def fork(self, slug: str, folder: Path) -> _Child:
+        with self._lock:
+            if self._closed:
+                raise KeyboardInterrupt
+            self._next += 1
+            child = self._children[self._next] = _Child()
+            request = {"id": self._next, "slug": slug, "folder": str(folder),
+                       "examples": str(scenarios.EXAMPLES)}
+            assert self.proc.stdin is not None
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            self.proc.stdin.flush()
+        child.started.wait()
+        if not child.pid:
+            raise RuntimeError("the lab's zygote died:\n" + "".join(self._log))
+        return child
+
+    def close(self) -> None:
+        """Kill every worker and the zygote; return once all of them are gone."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for child in self._children.values():
+                if child.pid and not child.exited.is_set():
+                    kill_group(child.pid)
+        kill_group(self.proc.pid, leader=self.proc)
+        self.proc.wait()
 
 
 def format_shapes(results: list[Result]) -> str:
