@@ -277,21 +277,34 @@ def test_dark_palette_toggles(watched: Watched, site_url: str) -> None:
 
 # -- what a reader gets: screenshots and page weight -------------------------------------------
 
+def settled_screenshot(page: Any, path: Path, at: str | None = None, full_page: bool = False) -> None:
+    """Scroll to `at` (a selector) and shoot once Material's header and scroll transitions end."""
+    if at:
+        page.locator(at).first.scroll_into_view_if_needed()
+    page.wait_for_function("document.getAnimations().every(a => a.playState !== 'running')", timeout=10000)
+    page.screenshot(path=str(path), full_page=full_page)
+
+
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 @pytest.mark.parametrize("viewport", [DESKTOP, MOBILE], ids=["desktop", "mobile"])
 def test_screenshots(browser: Any, site_url: str, scheme: str, viewport: dict[str, int]) -> None:
     """Saved for a person to look at; the tests only check that the pages rendered."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    width = "desktop" if viewport == DESKTOP else "mobile"
+    suffix = f"{scheme}-{'desktop' if viewport == DESKTOP else 'mobile'}.png"
     watched = Watched(browser, viewport=viewport, color_scheme=scheme)
     home = open_page(watched, site_url)
-    home.screenshot(path=str(SCREENSHOTS / f"home-{scheme}-{width}.png"))
+    settled_screenshot(home, SCREENSHOTS / f"home-{suffix}")
+    settled_screenshot(home, SCREENSHOTS / f"home-index-{suffix}", at="article table")
     scenario = open_page(watched, f"{site_url}scenarios/{SCREENSHOT_SCENARIO}/")
     wait_for_diagrams(scenario)
-    scenario.screenshot(path=str(SCREENSHOTS / f"scenario-{scheme}-{width}.png"))
-    scenario.locator("h2#the-exchange").scroll_into_view_if_needed()
-    scenario.screenshot(path=str(SCREENSHOTS / f"scenario-diagram-{scheme}-{width}.png"))
-    scenario.screenshot(path=str(SCREENSHOTS / f"scenario-full-{scheme}-{width}.png"), full_page=True)
+    settled_screenshot(scenario, SCREENSHOTS / f"scenario-{suffix}")
+    settled_screenshot(scenario, SCREENSHOTS / f"scenario-trace-{suffix}", at=".fg-trace")
+    settled_screenshot(scenario, SCREENSHOTS / f"scenario-diagram-{suffix}", at="div.mermaid")
+    settled_screenshot(scenario, SCREENSHOTS / f"scenario-seen-{suffix}", at="h2#you-may-have-seen")
+    symptoms = open_page(watched, f"{site_url}symptoms/")
+    settled_screenshot(symptoms, SCREENSHOTS / f"symptoms-{suffix}")
+    for page in (home, scenario, symptoms):  # wide content scrolls in its own box, never the page
+        assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"], page.url
     watched.close()
 
 
