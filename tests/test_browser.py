@@ -141,6 +141,20 @@ def watched(browser: Any) -> Iterator[Watched]:
     context.close()
 
 
+@pytest.fixture(scope="session")
+def symptom_links(browser: Any, site_url: str) -> dict[str, set[str]]:
+    """slug -> the packet anchors the symptom index links on that scenario's page."""
+    watched = Watched(browser, viewport=DESKTOP, color_scheme="light")
+    page = open_page(watched, f"{site_url}symptoms/")
+    hrefs = page.eval_on_selector_all("article a[href*='scenarios/'][href*='#']", "links => links.map(a => a.href)")
+    watched.close()
+    links: dict[str, set[str]] = {}
+    for href in hrefs:
+        url = urlparse(href)
+        links.setdefault(url.path.strip("/").split("/")[-1], set()).add(url.fragment)
+    return links
+
+
 def open_page(watched: Watched, url: str) -> Any:
     page = watched.page()
     page.goto(url, wait_until="load")
@@ -173,7 +187,8 @@ def test_home_lists_every_scenario(watched: Watched, site_url: str) -> None:
 
 
 @pytest.mark.parametrize("slug", SLUGS)
-def test_scenario_page_shows_its_recording(watched: Watched, site_url: str, slug: str) -> None:
+def test_scenario_page_shows_its_recording(watched: Watched, site_url: str, slug: str,
+                                           symptom_links: dict[str, set[str]]) -> None:
     data = recording(slug)
     page = open_page(watched, f"{site_url}scenarios/{slug}/")
 
@@ -207,10 +222,27 @@ def test_scenario_page_shows_its_recording(watched: Watched, site_url: str, slug
             assert entry["raised"] in seen.inner_text()
     for href in seen.locator("a[href^='#packet-']").evaluate_all("links => links.map(a => a.getAttribute('href'))"):
         assert page.locator(href).count() == 1, f"{href} is not an anchor of the trace"
+    for anchor in symptom_links.get(slug, ()):  # where the symptom index points on this page
+        where = f".fg-trace #{anchor}" if anchor.startswith("packet-") else f"#{anchor}"
+        assert page.locator(where).count() == 1, f"symptom index -> {slug}#{anchor}"
+
+    # the capture behind the provenance link: fetched by the page, hashed by the browser
+    shown = page.locator("code.fg-sha256").inner_text().strip()
+    assert shown == data["pcap_sha256"]
+    fetched = page.locator(f"a[href$='traces/{slug}.pcap']").first.evaluate("""async a => {
+        const body = await (await fetch(a.href)).arrayBuffer();
+        const digest = await crypto.subtle.digest('SHA-256', body);
+        return [...new Uint8Array(digest)].map(b => b.toString(16).padStart(2, '0')).join(''); }""")
+    assert fetched == shown
 
 
-def test_pcap_download_matches_its_sha256(watched: Watched, site_url: str) -> None:
-    for slug in SLUGS:
+def test_pcap_download_matches_its_sha256(watched: Watched, site_url: str, built_site: Path) -> None:
+    """Clicking the provenance link saves the capture; its bytes hash to the SHA-256 the page shows.
+
+    Clicked on two pages (a download costs a full page load, Mermaid included); every
+    other page fetches its own link in test_scenario_page_shows_its_recording.
+    """
+    for slug in (SCREENSHOT_SCENARIO, largest_scenario(built_site)):
         page = open_page(watched, f"{site_url}scenarios/{slug}/")
         shown = page.locator("code.fg-sha256").inner_text().strip()
         assert shown == recording(slug)["pcap_sha256"]
@@ -223,18 +255,22 @@ def test_pcap_download_matches_its_sha256(watched: Watched, site_url: str) -> No
         page.close()
 
 
-def test_symptom_index_links_to_packets(watched: Watched, site_url: str) -> None:
+def test_symptom_index_links_to_packets(watched: Watched, site_url: str,
+                                        symptom_links: dict[str, set[str]]) -> None:
+    """Every symptom links a scenario's packet (each anchor is checked on its page by
+    test_scenario_page_shows_its_recording); following one lands on the highlighted line."""
+    assert set(symptom_links) <= set(SLUGS)
+    assert sum(len(anchors) for anchors in symptom_links.values()) >= len(symptom_links)
     page = open_page(watched, f"{site_url}symptoms/")
-    links = page.eval_on_selector_all("article a[href*='scenarios/'][href*='#packet-']",
-                                      "links => links.map(a => a.href)")
-    assert links, "the symptom index links no packet"
-    for link in sorted(set(links)):
-        target = watched.page()
-        target.goto(link)
-        anchor = urlparse(link).fragment
-        assert target.locator(f"#{anchor}").count() == 1, link
-        assert target.locator(f"#{anchor}").is_visible(), link
-        target.close()
+    link = page.locator("article a[href*='scenarios/'][href*='#packet-']").first
+    anchor = urlparse(link.get_attribute("href")).fragment
+    link.click()
+    page.wait_for_url(f"**#{anchor}")
+    target = page.locator(f"#{anchor}")
+    target.wait_for()
+    assert target.evaluate("el => el.matches(':target')")
+    assert target.evaluate("el => getComputedStyle(el).outlineStyle") != "none", "the :target highlight"
+    assert target.is_visible() and target.bounding_box()["y"] < DESKTOP["height"]
 
 
 @pytest.mark.parametrize("viewport", [DESKTOP, MOBILE], ids=["desktop", "mobile"])
