@@ -317,7 +317,14 @@ def settled_screenshot(page: Any, path: Path, at: str | None = None, full_page: 
     """Scroll to `at` (a selector) and shoot once Material's header and scroll transitions end."""
     if at:
         page.locator(at).first.scroll_into_view_if_needed()
-    page.wait_for_function("document.getAnimations().every(a => a.playState !== 'running')", timeout=10000)
+    # Material swaps the header's title a moment after a scroll: wait until no animation
+    # has run for 300 ms (an observed quiet period, not a fixed sleep)
+    page.evaluate("window.__quietSince = undefined")
+    page.wait_for_function("""() => {
+        const now = performance.now();
+        if (document.getAnimations().some(a => a.playState === 'running')) { window.__quietSince = undefined; return false; }
+        if (window.__quietSince === undefined) { window.__quietSince = now; }
+        return now - window.__quietSince > 300; }""", polling=50, timeout=10000)
     page.screenshot(path=str(path), full_page=full_page)
 
 

@@ -243,11 +243,12 @@ def symptom_index(src: str) -> str:
     if not groups:
         raise PluginError("symptom index: no recording holds a failed call; run `nox -s docs`")
     order = sorted(groups, key=lambda k: (-len({s.slug for s in groups[k]}), k))
-    out = ["| what the application saw | errno | scenarios |", "|---|---|---|"]
+    out = []  # a list, not a table: the error texts are long and phones are narrow
     for key in order:
         texts = sorted({s.text for s in groups[key]})
-        slugs = sorted({s.slug for s in groups[key]})
-        out.append(f"| {'<br>'.join(_code(t) for t in texts)} | [{key}](#{group_id(key)}) | {len(slugs)} |")
+        count = len({s.slug for s in groups[key]})
+        out.append(f"- **[{key}](#{group_id(key)})** ({count} scenario{'s' if count > 1 else ''}): "
+                   + ", ".join(_code(t) for t in texts))
     out.append("")
     for key in order:
         out += [f"## {describe_key(key)} {{ #{group_id(key)} }}", ""]
