@@ -3,6 +3,8 @@
     nox -s examples                      record every scenario
     nox -s examples -- closed-port       just one (several slugs may be given)
     nox -s examples -- --repeat 50 SLUG  record N times; fails if the trace's shape varies
+    nox -s docs                          record every scenario, then build site/ (--strict)
+    nox -s serve                         preview the site from the traces in build/traces/
 """
 
 import time
@@ -51,9 +53,14 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def serve(session: nox.Session) -> None:
-    """Preview the site with live reload (uses the traces already in build/traces/)."""
+    """Preview the site with live reload, from the traces already in build/traces/.
+
+    Re-recording (`nox -s examples -- SLUG` in another shell) reloads the page; editing an
+    example without recording it again shows the build's "trace is older" error.
+    """
     _install(session)
-    session.run("mkdocs", "serve", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
+    session.run("mkdocs", "serve", "--watch", "examples", "--watch", "build/traces", *session.posargs,
+                env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session

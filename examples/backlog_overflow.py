@@ -1,13 +1,13 @@
 """The server's accept queue is full and tcp_abort_on_overflow is on: the handshake's last ACK is answered with a RST.
 
 The server's application is slow to call accept(). Its listener was made with
-listen(0): one finished connection fits in its accept queue. The first client's
-final ACK is held up on the way (as if delayed), the second client fills the
-queue, and when the first client's ACK arrives again (drawn by the server's
-SYN-ACK retransmission, 1 s later) there is no room for the new connection.
-With `net.ipv4.tcp_abort_on_overflow=1` the server's kernel resets it. The
-client's connect() had already succeeded; its first recv() raises
-ConnectionResetError (ECONNRESET).
+listen(1), and Linux queues up to backlog + 1 finished connections: two. The
+late client's final ACK is held up on the way (standing in for an ACK that
+arrives late), two other clients fill the queue, and when the late client's ACK
+arrives again (drawn by the server's SYN-ACK retransmission, 1 s later) there
+is no room for its connection. With `net.ipv4.tcp_abort_on_overflow=1` the
+server's kernel answers that ACK with a bare RST. The client's connect() had
+already succeeded; its first recv() raises ConnectionResetError (ECONNRESET).
 """
 
 TITLE = "Accept queue overflow with tcp_abort_on_overflow: RST after the handshake"
@@ -49,19 +49,22 @@ def run(client, server):
 
 def claims(trace):
     syn = trace.next("client", "S", what="the late client sends its SYN")
-    synack = trace.next("server", "S.", ack=syn.seq + 1)
+    synack = trace.next("server", "S.", ack=syn.seq + 1, what="the server answers with a SYN-ACK")
     trace.next("client", ".", ack=synack.seq + 1,
                what="the late client's final ACK (held up on the way: the server never gets it)")
     for n in (1, 2):
         trace.next("client", "S", what=f"early client {n} sends its SYN")
-        trace.next("server", "S.")
+        trace.next("server", "S.", what=f"the server answers early client {n}")
         trace.next("client", ".", what=f"early client {n}'s ACK: its connection waits in the accept queue")
     again = trace.next("server", "S.", seq=synack.seq, after=0.9,
                        what="about 1 s later the server retransmits the late client's SYN-ACK")
     ack = trace.next("client", ".", ack=again.seq + 1, what="the client acknowledges it again")
-    trace.next("server", "R", seq=ack.ack, win=0, within=0.05,
-               what="the accept queue is full: the server answers that ACK with a bare RST")
-    trace.counted("server", "TcpExtListenOverflows", 1, what="the server counts one accept queue overflow")
-    trace.counted("server", "TcpExtSyncookiesSent", 0, what="no SYN cookies were involved")
+    trace.next("server", "R", seq=ack.ack, win=0, options=(), within=0.05,
+               what="the accept queue is full: the server answers that ACK with a bare RST, no options")
+    trace.counter("server", "TcpExtListenOverflows", 1, what="the server counts one accept queue overflow")
+    trace.counter("server", "TcpExtEmbryonicRsts", 1, what="and one half-open connection reset because of it")
+    trace.counter("server", "TcpExtSyncookiesSent", 0, what="no SYN cookies were involved")
+    trace.counter("client", "TcpExtTCPSYNChallenge", 1,
+                  what="the client's ACK to the retransmitted SYN-ACK is a challenge ACK (RFC 5961)")
     trace.returned("client", "connect", "None")
     trace.raised("client", "recv", "ECONNRESET")

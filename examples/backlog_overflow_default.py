@@ -1,4 +1,5 @@
-"""The server's accept queue is full, with Linux's default settings: no RST, the handshake's last ACK is dropped and retried.
+"""The server's accept queue is full, with Linux's default settings: no RST,
+the handshake's last ACK is dropped and retried.
 
 The same overflow as with tcp_abort_on_overflow=1, but with its default value
 0: the server's kernel drops the ACK that would finish the handshake, counts it
@@ -53,12 +54,12 @@ def run(client, server):
 
 def claims(trace):
     syn = trace.next("client", "S", what="the late client sends its SYN")
-    synack = trace.next("server", "S.", ack=syn.seq + 1)
+    synack = trace.next("server", "S.", ack=syn.seq + 1, what="the server answers with a SYN-ACK")
     trace.next("client", ".", ack=synack.seq + 1,
                what="the late client's final ACK (held up on the way: the server never gets it)")
     for n in (1, 2):
         trace.next("client", "S", what=f"early client {n} sends its SYN")
-        trace.next("server", "S.")
+        trace.next("server", "S.", what=f"the server answers early client {n}")
         trace.next("client", ".", what=f"early client {n}'s ACK: its connection waits in the accept queue")
     again = trace.next("server", "S.", seq=synack.seq, after=0.9,
                        what="about 1 s later the server retransmits the late client's SYN-ACK")
@@ -69,8 +70,10 @@ def claims(trace):
                what="the server acknowledges it: the connection now exists on the server too")
     trace.no("server", "R", what="the server never sends a RST")
     trace.no("client", "R", what="nor does the client")
-    trace.counted("server", "TcpExtListenOverflows", 1,
+    trace.counter("server", "TcpExtListenOverflows", 1,
                   what="the server counts the ACK it dropped as one accept queue overflow")
-    trace.counted("server", "TcpOutRsts", 0, what="the server sends no RST")
+    trace.counter("server", "TcpOutRsts", 0, what="the server sends no RST")
+    trace.counter("client", "TcpExtTCPSYNChallenge", 1,
+                  what="the client's ACK to the retransmitted SYN-ACK is a challenge ACK (RFC 5961)")
     trace.returned("client", "connect", "None")
     trace.returned("server", "recv", "b'hello'")

@@ -21,5 +21,8 @@ def run(client, server):
 
 def claims(trace):
     syn = trace.next("client", "S")
-    trace.next("server", "R.", seq=0, ack=syn.seq + 1, win=0)
+    rst = trace.next("server", "R.", seq=0, ack=syn.seq + 1, win=0)
+    trace.check("the RST carries no TCP option: no socket made it", rst.options == (), f"options {rst.options}")
     trace.raised("client", "connect", "ECONNREFUSED")
+    trace.counter("server", "TcpOutRsts", 1)
+    trace.counter("client", "TcpAttemptFails", 1, what="the client counts a failed connection attempt")

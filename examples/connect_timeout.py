@@ -40,7 +40,11 @@ def claims(trace):
     syn = trace.next("client", "S")
     synack = trace.next("server", "S.", ack=syn.seq + 1, after=SERVER_DELAY * 0.9,
                         what="the server's SYN-ACK arrives about 250 ms after the SYN")
-    trace.next("client", "R", seq=synack.ack, win=0, within=0.05,
-               what="the client answers the SYN-ACK at once with a bare [R], seq = its ack, win 0")
+    rst = trace.next("client", "R", seq=synack.ack, win=0, within=0.05,
+                     what="the client answers the SYN-ACK at once with a bare [R], seq = its ack, win 0")
+    trace.check("the RST carries no TCP option: no socket made it", rst.options == (), f"options {rst.options}")
     trace.no("client", ".", what="the client never acknowledges the SYN-ACK")
     trace.raised("client", "connect", "TimeoutError")
+    trace.counter("client", "TcpOutRsts", 1)
+    trace.counter("server", "TcpOutRsts", 1, what="the server's own kernel answered the SYN with a RST"
+                  " (no listener on the port); nftables dropped it, the scapy peer plays the server")

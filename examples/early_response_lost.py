@@ -6,11 +6,15 @@ unread, so its kernel ends the connection with a RST (`[R.]`) right after the
 FIN. The client is still uploading: its next write raises BrokenPipeError. An
 application that gives up there never sees the 413. Yet on Linux the response
 is not destroyed: data that arrived before the RST stays readable, and
-`getresponse()` on the same connection still returns it.
+`getresponse()` on the same connection still returns it. urllib3 (under
+requests) does just that: it ignores the failed write and returns the 413.
 """
 
 import http.client
+import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import urllib3
 
 TITLE = "Early response lost? 413, close, RST while the client uploads"
 PHASE = "established"
@@ -38,6 +42,7 @@ def run(client, server):
     with server:
         httpd = HTTPServer((server.ip, 8080), Handler)
 
+    # 1. http.client, as an application would use it for a streamed upload
     with client:
         conn = http.client.HTTPConnection(server.ip, 8080)
         conn.connect()
@@ -46,10 +51,10 @@ def run(client, server):
         # the upload goes at the pace the server's kernel acknowledges it; the server
         # application is busy and reads nothing yet
         with client.receives(".", source=server):
-            conn.endheaders()
+            client.record("endheaders()", conn.endheaders)
         for _ in range(3):
             with client.receives(".", source=server):
-                conn.send(PART)
+                client.record(f"send(<{len(PART)} bytes>)", conn.send, PART)
 
         with client.receives("R.", source=server):
             server.start(httpd.handle_request)  # now it reads the headers, answers 413, closes
@@ -61,27 +66,76 @@ def run(client, server):
         response = client.record("getresponse()", conn.getresponse)  # ...yet it is still there
         client.note("response.status", response.status)
 
+    # 2. the same upload through urllib3, the library under requests
+    first_parts_sent, reset_arrived = threading.Event(), threading.Event()
+
+    class RecordedConnection(urllib3.connection.HTTPConnection):  # shows each write urllib3 makes
+        def send(self, data):
+            return client.record(f"urllib3: send(<{len(data)} bytes>)", super().send, data)
+
+    def upload_with_urllib3():
+        pool = urllib3.HTTPConnectionPool(server.ip, 8080, retries=False)
+        pool.ConnectionCls = RecordedConnection
+        head_acknowledged = client.expects(".", source=server)  # armed before the head is sent
+
+        def body():  # the same paced upload, as a generator urllib3 sends part by part
+            head_acknowledged.wait()
+            for _ in range(3):
+                with client.receives(".", source=server):
+                    yield PART
+            first_parts_sent.set()
+            reset_arrived.wait()
+            yield PART  # its send fails; urllib3 goes on to read the response
+
+        response = client.record("urllib3: urlopen('POST', '/upload')", pool.urlopen, "POST", "/upload",
+                                 body=body(), headers={"Content-Length": str(SIZE)})
+        client.note("urllib3: response.status", response.status)
+
+    client.start(upload_with_urllib3)
+    first_parts_sent.wait()
+    with client.receives("R.", source=server):
+        server.start(httpd.handle_request)
+    reset_arrived.set()
+
 
 def claims(trace):
-    trace.next("client", "S")
-    trace.next("server", "S.")
-    trace.next("client", ".")
-    trace.next("client", "P.", what="the client sends the request head: POST /upload, Content-Length: 65536")
-    trace.next("server", ".")
-    for n in (1, 2, 3):
-        trace.next("client", "P.", payload=4096, what=f"body part {n}: 4096 bytes")
-        last = trace.next("server", ".", what="the server's kernel acknowledges it (the application reads nothing yet)")
-    response = trace.next("server", "P.", what="the server reads the head and answers 413 at once")
-    trace.next("client", ".", ack=response.seq + response.payload, what="the client's kernel acknowledges the 413")
-    fin = trace.next("server", "F.", what="the server closes: FIN first (http.server shuts down writing)...")
-    trace.next("server", "R.", seq=fin.seq + 1, ack=last.ack,
-               what="...then [R.]: close() found body bytes it never read; the RST acknowledges them all")
-    trace.no("client", "R", what="the client sends no RST")
-    trace.no("client", "F", what="the client never closes")
+    for n, library in ((1, "http.client"), (2, "urllib3")):
+        trace.next("client", "S", what=f"connection {n} ({library}): the client connects")
+        trace.next("server", "S.")
+        trace.next("client", ".")
+        trace.next("client", "P.", what="the client sends the request head: POST /upload, Content-Length: 65536")
+        trace.next("server", ".")
+        for part in (1, 2, 3):
+            trace.next("client", "P.", payload=4096, what=f"body part {part}: 4096 bytes")
+            last = trace.next("server", ".",
+                              what="the server's kernel acknowledges it (the application reads nothing yet)")
+        response = trace.next("server", "P.", what="the server reads the head and answers 413 at once")
+        trace.next("client", ".", ack=response.seq + response.payload,
+                   what="the client's kernel acknowledges the 413")
+        fin = trace.next("server", "F.", what="the server closes: FIN first (http.server shuts down writing)...")
+        rst = trace.next("server", "R.", seq=fin.seq + 1, ack=last.ack,
+                         what="...then [R.]: close() found body bytes it never read; the RST acknowledges them all")
+        trace.check(f"connection {n}: a live socket's RST, with window and timestamp option",
+                    rst.win > 0 and "TS" in rst.options, f"win {rst.win}, options {rst.options}")
+        later = [p for p in trace.packets if p.time > rst.time and p.sport == rst.dport and p.dport == rst.sport]
+        trace.check(f"connection {n}: the client's failed write sent nothing, no packet after the RST",
+                    not later, ", ".join(p.label() for p in later))
+    trace.no("client", "R", what="the client never sends a RST")
+    trace.no("client", "F", what="nor a FIN")
 
-    trace.raised("client", "send", "EPIPE")
-    trace.raised("client", "send", "BrokenPipeError")
-    trace.check("the client's failed write sent nothing: no packet after the RST",
-                trace.packets[-1].flags == "R.", trace.packets[-1].label())
-    trace.returned("client", "response.status", "413")
-    trace.returned("server", "log", '\'"POST /upload HTTP/1.1" 413 -\'')
+    for n in range(3):
+        trace.returned("client", "send", "None", nth=n)
+    trace.raised("client", "send", "EPIPE", nth=3)
+    trace.raised("client", "send", "BrokenPipeError", nth=3)
+    statuses = {o["call"]: o.get("returned") for o in trace.calls("client", "") if "status" in o["call"]}
+    trace.check("http.client: getresponse() after the failed write still returns the server's 413",
+                statuses.get("response.status") == "413", str(statuses))
+    trace.raised("client", "urllib3: send", "EPIPE", nth=4)
+    trace.check("urllib3: urlopen() returns the 413, the failed write hidden",
+                statuses.get("urllib3: response.status") == "413", str(statuses))
+    trace.counter("server", "TcpExtTCPAbortOnClose", 2, what="the server counts each close with unread data")
+    trace.counter("server", "TcpOutRsts", 2)
+    trace.counter("client", "TcpEstabResets", 2)
+    logs = [o["returned"] for o in trace.calls("server", "log")]
+    trace.check("the server logs both requests with status 413",
+                sum('"POST /upload HTTP/1.1" 413' in line for line in logs) == 2, " | ".join(logs))

@@ -58,24 +58,26 @@ def claims(trace):
     synack = trace.next("server", "S.", what="the real server answers with its SYN-ACK")
     trace.check("the real server's packets arrive with TTL 63: one router has decremented it",
                 synack.ttl == 63, f"TTL {synack.ttl}")
-    trace.next("client", ".")
+    trace.next("client", ".", what="the client completes the handshake with the real server")
 
     syn = trace.next("client", "S", what="the client connects to port 8080, which the firewall rejects")
-    forged = trace.next("server", "R.", seq=0, ack=syn.seq + 1, win=0, within=0.05,
-                        what="a RST comes back from the server's address: [R.] seq 0, ack ISN + 1, win 0")
+    forged = trace.next("server", "R.", seq=0, ack=syn.seq + 1, win=0, options=(), within=0.05,
+                        what="a RST comes back from the server's address: [R.] seq 0, ack ISN + 1, win 0, no options")
     trace.check("that RST arrives with TTL 64: it was made one hop away, by the router",
                 forged.ttl == 64, f"TTL {forged.ttl}")
 
     syn9 = trace.next("client", "S", what="for comparison, the client connects to port 9, where nothing listens")
-    real = trace.next("server", "R.", seq=0, ack=syn9.seq + 1, win=0, within=0.05,
+    real = trace.next("server", "R.", seq=0, ack=syn9.seq + 1, win=0, options=(), within=0.05,
                       what="the real server's RST for a closed port has the very same TCP header")
     trace.check("but the real server's RST arrives with TTL 63", real.ttl == 63, f"TTL {real.ttl}")
     trace.check("the IP ID does not tell them apart here: both RSTs have IP ID 0",
                 forged.ip_id == 0 and real.ip_id == 0, f"router's {forged.ip_id}, server's {real.ip_id}")
 
-    trace.counted("server", "TcpOutRsts", 1, what="the server's kernel sent only one RST: the one for port 9")
-    trace.counted("server", "TcpPassiveOpens", 1, what="and accepted only the connection to port 80")
+    trace.counter("server", "TcpOutRsts", 1, what="the server's kernel sent only one RST: the one for port 9")
+    trace.counter("server", "TcpPassiveOpens", 1, what="and accepted only the connection to port 80")
     trace.returned("client", "connect", "None", nth=0)
     trace.raised("client", "connect", "ECONNREFUSED", nth=1)
     trace.raised("client", "connect", "ECONNREFUSED", nth=2)
-    trace.returned("router", "packets counted by the reject rule", "1")
+    counted = trace.calls("router", "packets counted by the reject rule")
+    trace.check("the reject rule's own counter matched exactly one packet",
+                bool(counted) and counted[0]["returned"] == "1", counted[0]["returned"] if counted else "not read")

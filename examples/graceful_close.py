@@ -42,3 +42,5 @@ def claims(trace):
     trace.no("server", "R", what="no RST from the server")
     trace.no("client", "R", what="no RST from the client")
     trace.returned("client", "recv", "b''")
+    trace.counter("client", "TcpOutRsts", 0, what="the client's kernel sends no RST")
+    trace.counter("server", "TcpOutRsts", 0, what="the server's kernel sends no RST")

@@ -30,6 +30,9 @@ def run(client, server):
             super().setup()
             accepted.release()
 
+        def handle(self):  # http.server reads the request line, and would answer it
+            server.record("handle(): read the request line", super().handle)
+
     class LoggingHTTPServer(HTTPServer):
         def get_request(self):
             return server.record("accept()", self.socket.accept)
@@ -71,8 +74,10 @@ def claims(trace):
         trace.next("client", "S", what=f"check {n} connects")
         trace.next("server", "S.")
         hs = trace.next("client", ".")
-        trace.next("client", "R.", seq=hs.seq, ack=hs.ack,
-                   what=f"check {n} closes with SO_LINGER 0: [R.], no FIN")
+        rst = trace.next("client", "R.", seq=hs.seq, ack=hs.ack,
+                         what=f"check {n} closes with SO_LINGER 0: [R.], no FIN")
+        trace.check(f"check {n}: a live socket's RST, with window and timestamp option",
+                    rst.win > 0 and "TS" in rst.options, f"win {rst.win}, options {rst.options}")
     trace.no("client", "F", what="the health checker never sends a FIN")
     trace.no("server", "R", what="the server sends no RST")
     trace.no("server", "F", what="nor a FIN: its sockets are already reset when it closes them")
@@ -80,6 +85,12 @@ def claims(trace):
     trace.check("the server accepts both checks, even the one reset while queued",
                 len(accepts) == 2 and all("returned" in a for a in accepts),
                 "; ".join(a.get("returned") or a.get("errno") for a in accepts))
+    trace.counter("client", "TcpExtTCPAbortOnData", 2, what="the checker's kernel counts each zero-linger close")
+    trace.counter("client", "TcpOutRsts", 2)
+    trace.counter("server", "TcpEstabResets", 2)
+    trace.counter("server", "TcpOutRsts", 0)
+    trace.raised("server", "handle", "ECONNRESET", nth=0)
+    trace.raised("server", "handle", "ECONNRESET", nth=1)
     log = [o["returned"] for o in trace.calls("server", "log")]
     trace.check("the server logs an exception for each check (socketserver's handle_error)",
                 sum("Exception occurred during processing of request" in line for line in log) == 2,

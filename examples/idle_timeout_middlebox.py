@@ -61,24 +61,25 @@ def run(client, router, server):
 
 
 def claims(trace):
-    trace.next("client", "S")
-    synack = trace.next("server", "S.")
+    trace.next("client", "S", what="the client connects through the router")
+    synack = trace.next("server", "S.", what="the real server answers")
     trace.check("the real server's packets arrive with TTL 63: one router has decremented it",
                 synack.ttl == 63, f"TTL {synack.ttl}")
-    trace.next("client", ".")
+    trace.next("client", ".", what="the handshake completes; the router tracks the flow")
     trace.next("client", "P.", payload=5, what="the client sends a request")
-    server_ack = trace.next("server", ".")
+    server_ack = trace.next("server", ".", what="the server acknowledges the request")
     response = trace.next("server", "P.", payload=5, what="the server answers")
     trace.check("the server's established socket numbers its packets: consecutive IP IDs",
                 response.ip_id == (server_ack.ip_id + 1) % 65536, f"IP IDs {server_ack.ip_id}, {response.ip_id}")
     quiet = trace.next("client", ".", ack=response.seq + 5, what="the client acknowledges; the connection goes idle")
 
     request = trace.next("client", "P.", payload=5, after=IDLE_TIMEOUT - 0.01,
-                         what="the idle timeout later (1 s, counted in 4 ms kernel ticks), the client sends its next request")
+                         what="the idle timeout later (1 s, to a kernel tick), the client sends its next request")
     trace.check("it is the first packet since the connection went idle",
                 request.number == quiet.number + 1, f"packet {request.number}")
-    rst = trace.next("server", "R", seq=request.ack, win=0, within=0.05,
-                     what="a bare RST comes back at once from the server's address, seq = the request's ack")
+    rst = trace.next("server", "R", seq=request.ack, win=0, options=(), within=0.05,
+                     what="a bare RST comes back at once from the server's address,"
+                          " seq = the request's ack, win 0, no options")
     trace.check("that RST arrives with TTL 64: it was made one hop away, by the router",
                 rst.ttl == 64, f"TTL {rst.ttl}")
     trace.check("and with IP ID 0, outside the server's own IP ID sequence",
@@ -93,6 +94,8 @@ def claims(trace):
     trace.check("after the reset, the server still holds the connection as established",
                 bool(server_view) and server_view[0]["returned"].startswith("'ESTAB"),
                 server_view[0]["returned"] if server_view else "")
-    trace.returned("router", "packets counted by the reject rule", "1")
-    trace.counted("server", "TcpOutRsts", 0, what="the server's kernel sent no RST")
-    trace.counted("server", "TcpEstabResets", 0, what="and lost no connection")
+    counted = trace.calls("router", "packets counted by the reject rule")
+    trace.check("the reject rule's own counter matched exactly one packet",
+                bool(counted) and counted[0]["returned"] == "1", counted[0]["returned"] if counted else "not read")
+    trace.counter("server", "TcpOutRsts", 0, what="the server's kernel sent no RST")
+    trace.counter("server", "TcpEstabResets", 0, what="and lost no connection")

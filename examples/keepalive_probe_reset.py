@@ -58,8 +58,9 @@ def claims(trace):
     probe = trace.next("client", ".", payload=0, seq=ack.seq - 1, ack=synack.seq + 1, after=KEEPIDLE * 0.9,
                        what=f"after {KEEPIDLE} s of silence the client sends a keepalive probe:"
                             " an empty ACK whose seq is one byte behind (snd_una - 1)")
-    trace.next("server", "R", seq=probe.ack, win=0, within=0.05,
-               what="the server answers the probe at once with a bare [R]: seq = the probe's ack, win 0")
+    rst = trace.next("server", "R", seq=probe.ack, win=0, within=0.05,
+                     what="the server answers the probe at once with a bare [R]: seq = the probe's ack, win 0")
+    trace.check("the RST has no TCP options: no socket made it", rst.options == (), f"options {rst.options}")
     trace.no("client", "P", what="the client never sends any data")
     trace.no("server", "F", what="the server never sent a FIN: the reboot was silent")
     trace.raised("client", "recv", "ECONNRESET")

@@ -5,11 +5,16 @@ idle. The server's idle timeout fires and it closes the connection: a FIN. The
 client does not look at the socket before reusing it and sends its next request;
 the server has no socket open for it any more, so its kernel answers with a RST
 (`[R]`). http.client then reads end-of-stream where the response should be and
-raises RemoteDisconnected.
+raises RemoteDisconnected. urllib3 checks a pooled connection before reusing it:
+it sees the FIN, closes the connection and opens a new one, so the race only
+hits it when the FIN is still on its way.
 """
 
 import http.client
+import logging
 from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import urllib3
 
 TITLE = "Keep-alive race: a reused connection was closed by the server"
 PHASE = "established"
@@ -42,47 +47,115 @@ def run(client, server):
         # pure ACKs from the client: the handshake's, one for each of the response's two
         # segments (headers, then body), and the one for the server's FIN
         with server.receives(".", source=client, count=4):
-            conn.request("GET", "/first")
+            client.record("request('GET', '/first')", conn.request, "GET", "/first")
             response = client.record("getresponse()", conn.getresponse)
             response.read()
         serving.join()  # the idle timeout fired and the server closed the connection
 
-        conn.request("GET", "/second")  # the pool reuses the connection: the server is gone
+        # the pool reuses the connection: the server is gone, and the request is sent anyway
+        client.record("request('GET', '/second')", conn.request, "GET", "/second")
         try:
             client.record("getresponse()", conn.getresponse)
         except http.client.RemoteDisconnected:
             pass
 
+    # the same two requests through urllib3's connection pool
+    class LogToTranscript(logging.Handler):  # urllib3 logs at DEBUG what it does with its pool
+        def emit(self, record):
+            client.note("urllib3 log", record.getMessage())
+
+    urllib3_log = logging.getLogger("urllib3.connectionpool")
+    urllib3_log.setLevel(logging.DEBUG)
+    urllib3_log.addHandler(LogToTranscript())
+
+    def serve_two_connections():
+        httpd.handle_request()  # the pooled connection, closed after the idle timeout
+        httpd.handle_request()  # the one urllib3 opens instead
+
+    server.start(serve_two_connections)
+    pool = urllib3.HTTPConnectionPool(server.ip, 8080, retries=False)
+    with server.receives(".", source=client, count=4):  # as above, up to the ACK of the FIN
+        client.record("urllib3: request('GET', '/first')", pool.request, "GET", "/first")
+    # urllib3 finds the connection readable (the FIN), closes it and connects again; the wait
+    # covers the new connection's handshake, response and idle-timeout FIN, like the first's
+    with server.receives(".", source=client, count=4):
+        response = client.record("urllib3: request('GET', '/second')", pool.request, "GET", "/second")
+    client.note("urllib3: response.status", response.status)
+    with client.receives(".", source=server):  # the server acknowledges the client's FIN
+        pool.close()
+
 
 def claims(trace):
-    trace.next("client", "S")
+    # 1. http.client
+    trace.next("client", "S", what="http.client connects")
     trace.next("server", "S.")
     trace.next("client", ".")
     first = trace.next("client", "P.", what="the client sends GET /first")
-    trace.next("server", ".")
-    headers = trace.next("server", "P.", what="the server answers 200 and keeps the connection open: headers...")
-    trace.next("client", ".")
-    body = trace.next("server", "P.", payload=6, what="...then the 6-byte body (http.server writes them separately)")
-    trace.next("client", ".")
+    headers = one_response(trace)
     fin = trace.next("server", "F.", after=0.25,
                      what="after its idle timeout the server closes the connection: FIN")
     trace.next("client", ".", ack=fin.seq + 1, what="the client's kernel acknowledges the FIN")
-    second = trace.next("client", "P.", what="the client reuses the connection: GET /second")
+    second = trace.next("client", "P.", what="http.client reuses the connection: GET /second")
     trace.check("the second request is about as long as the first (same request line length)",
                 abs(second.payload - first.payload) <= 1, f"{first.payload} and {second.payload} bytes")
-    trace.next("server", "R", seq=second.ack, win=0,
-               what="the server's kernel answers it with [R]: seq = the request's ack, win 0")
-    trace.no("server", "R.", what="the server sends no [R.]")
-    trace.no("client", "R", what="the client sends no RST")
-    trace.no("client", "F", what="the client never closed its side")
+    rst = trace.next("server", "R", seq=second.ack, win=0,
+                     what="the server's kernel answers it with [R]: seq = the request's ack, win 0")
+    trace.check("the RST has no TCP options (built from the request segment, not a socket)",
+                rst.options == (), str(rst.options))
     trace.check("the response headers carried data", headers.payload > 0)
 
-    trace.returned("server", "log", '\'"GET /first HTTP/1.1" 200 -\'')
+    # 2. urllib3: the same until it reuses the connection
+    trace.next("client", "S", what="urllib3 connects")
+    trace.next("server", "S.")
+    trace.next("client", ".")
+    trace.next("client", "P.", what="urllib3 sends GET /first")
+    one_response(trace)
+    fin = trace.next("server", "F.", after=0.25, what="the server's idle timeout closes this connection too")
+    trace.next("client", ".", ack=fin.seq + 1, what="the client's kernel acknowledges the FIN")
+    drop = trace.next("client", "F.", what="urllib3 finds the pooled connection readable and closes it: FIN")
+    trace.next("server", ".", ack=drop.seq + 1, what="what is left of the server's side acknowledges it")
+    trace.next("client", "S", what="urllib3 opens a new connection for GET /second")
+    trace.next("server", "S.")
+    trace.next("client", ".")
+    trace.next("client", "P.", what="urllib3 sends GET /second on the new connection")
+    one_response(trace)
+    fin = trace.next("server", "F.", after=0.25, what="(the end of the run: the server's idle timeout again)")
+    trace.next("client", ".", ack=fin.seq + 1)
+    trace.next("client", "F.", what="the client closes its pool: FIN")
+    trace.next("server", ".")
+    resets = [p for p in trace.packets if "R" in p.flags]
+    trace.check("the only RST of the run is the one that answered http.client's reuse",
+                resets == [rst], ", ".join(p.label() for p in resets))
+    trace.no("client", "R", what="the client never sends a RST")
+
+    trace.counter("server", "TcpOutRsts", 1)
+    trace.counter("server", "TcpExtTW", 3, what="each closed server socket became a FIN-WAIT-2 time-wait socket")
+    trace.counter("client", "TcpEstabResets", 1)
+
     logs = [o["returned"] for o in trace.calls("server", "log")]
-    trace.check("the server logs the idle timeout", any("Request timed out" in line for line in logs),
-                " | ".join(logs))
-    trace.check("the server never logs the second request", not any("/second" in line for line in logs))
-    first_response = trace.calls("client", "getresponse()")[:1]
-    trace.check("the first getresponse() returns a response",
-                bool(first_response) and "HTTPResponse" in first_response[0].get("returned", ""))
-    trace.raised("client", "getresponse()", "RemoteDisconnected", nth=1)
+    trace.check("the server logs GET /first twice (once per client)",
+                sum('"GET /first HTTP/1.1" 200' in line for line in logs) == 2, " | ".join(logs))
+    trace.check("the server logs an idle timeout for each of the three connections",
+                sum("Request timed out" in line for line in logs) == 3, " | ".join(logs))
+    trace.check("the server logs GET /second once: http.client's never reached it",
+                sum('"GET /second HTTP/1.1" 200' in line for line in logs) == 1, " | ".join(logs))
+
+    second_request = trace.calls("client", "request('GET', '/second')")
+    trace.check("http.client: the second request() returns normally, the request is sent",
+                [r.get("returned") for r in second_request] == ["None"], str(second_request))
+    trace.raised("client", "getresponse", "RemoteDisconnected", nth=1)
+    urllib3_log = [o["returned"] for o in trace.calls("client", "urllib3 log")]
+    trace.check("urllib3 logs that it resets the dropped connection",
+                any("Resetting dropped connection" in line for line in urllib3_log), " | ".join(urllib3_log))
+    status = [o["returned"] for o in trace.calls("client", "urllib3: response.status")]
+    trace.check("urllib3: the second request gets its 200", status == ["200"], str(status))
+
+
+def one_response(trace):
+    """http.server's answer: ACK, headers, body, each acknowledged by the client."""
+    trace.next("server", ".")
+    headers = trace.next("server", "P.", what="the server answers 200 and keeps the connection open: headers...")
+    trace.next("client", ".")
+    trace.next("server", "P.", payload=6, what="...then the 6-byte body (http.server writes them separately)")
+    trace.next("client", ".")
+    return headers

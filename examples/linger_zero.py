@@ -3,7 +3,8 @@
 With a zero linger time, `close()` does not send a FIN and wait: the kernel
 drops the connection at once and sends a RST (`[R.]`). Nothing unread is
 needed for it. Unlike the RST for a closed port, this one comes from a live
-socket: it carries the socket's window and timestamp option. The peer's next `recv()` raises ConnectionResetError (ECONNRESET).
+socket: it carries the socket's window and timestamp option. The peer's next
+`recv()` raises ConnectionResetError (ECONNRESET).
 """
 
 import socket
@@ -37,8 +38,13 @@ def claims(trace):
     trace.next("client", "S")
     trace.next("server", "S.")
     hs = trace.next("client", ".")
-    trace.next("client", "R.", seq=hs.seq, ack=hs.ack,
-               what="the client's close() sends [R.] at its next sequence number")
+    rst = trace.next("client", "R.", seq=hs.seq, ack=hs.ack,
+                     what="the client's close() sends [R.] at its next sequence number")
+    trace.check("the RST carries the live socket's window and timestamp option",
+                rst.win > 0 and "TS" in rst.options, f"win {rst.win}, options {rst.options}")
     trace.no("client", "F", what="the client never sends a FIN")
     trace.no("server", "F", what="nor does the server")
     trace.raised("server", "recv", "ECONNRESET")
+    trace.counter("client", "TcpExtTCPAbortOnData", 1, what="Linux counts the zero-linger abort as TCPAbortOnData")
+    trace.counter("client", "TcpEstabResets", 1)
+    trace.counter("server", "TcpEstabResets", 1)

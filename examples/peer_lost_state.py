@@ -51,8 +51,9 @@ def claims(trace):
     trace.next("server", "S.")
     trace.next("client", ".")
     data = trace.next("client", "P.", payload=6, what="the client sends 6 bytes on the connection it still believes in")
-    trace.next("server", "R", seq=data.ack, win=0,
-               what="the server answers with a bare [R]: seq = the data's ack, no ACK flag, win 0")
+    rst = trace.next("server", "R", seq=data.ack, win=0,
+                     what="the server answers with a bare [R]: seq = the data's ack, no ACK flag, win 0")
+    trace.check("the RST has no TCP options: no socket made it", rst.options == (), f"options {rst.options}")
     trace.no("server", "F", what="the server never sent a FIN: the reboot was silent")
     trace.count("server", "R", 1, what="exactly one RST reaches the client")
     trace.raised("client", "recv", "ECONNRESET")

@@ -1,4 +1,5 @@
-"""A server process killed with SIGKILL: its kernel closes its sockets, FIN if nothing is unread, RST if a request waits.
+"""A server process is killed with SIGKILL: its kernel closes its sockets, with a FIN if
+nothing was left unread, with a RST if a request was waiting.
 
 Killing a process sends nothing by itself. The kernel closes every socket the
 process held, exactly as `close()` would: a connection whose receive queue is
@@ -81,8 +82,10 @@ def claims(trace):
     trace.next("client", ".")
     request = trace.next("client", "P.", payload=6)
     trace.next("server", ".", ack=request.seq + 6, what="the server's kernel acknowledges the request")
-    trace.next("server", "R.", ack=request.seq + 6,
-               what="SIGKILL with 6 unread bytes: the kernel sends [R.] acknowledging them, no FIN")
+    rst = trace.next("server", "R.", ack=request.seq + 6,
+                     what="SIGKILL with 6 unread bytes: the kernel sends [R.] acknowledging them, no FIN")
+    trace.check("the RST comes from the live socket: it carries its window and timestamp option",
+                rst.win > 0 and "TS" in rst.options, f"win {rst.win}, options {rst.options}")
     trace.count("server", "F.", 1, what="only the first connection ends with a FIN")
     trace.count("server", "R.", 1, what="only the second ends with a RST")
     trace.raised("client", "recv", "ECONNRESET", nth=1)

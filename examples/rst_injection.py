@@ -41,13 +41,15 @@ def run(client, router, server):
 
     # 1. inside the window, not exact: RFC 5961 says challenge it, not obey it
     attacker.send(forged_rst(rcv_nxt + IN_WINDOW))
+    router.note(f"the attacker sends a forged RST, seq = rcv_nxt + {IN_WINDOW}", rcv_nxt + IN_WINDOW)
     attacker.expect(flags="A", source=client.ip)  # the client's challenge ACK
     sock.sendall(b"still here")
     conn.recv(1024)  # the connection survived
-    ack = attacker.expect(flags="A", source=server.ip)  # the server acknowledges it
+    latest = attacker.expect(flags="A", source=server.ip)  # the server acknowledges it
 
     # 2. exactly rcv_nxt: accepted, the client's connection is gone
-    attacker.send(forged_rst(ack[TCP].seq))
+    attacker.send(forged_rst(latest[TCP].seq))  # the server sent no data since: still rcv_nxt
+    router.note("the attacker sends a forged RST, seq = rcv_nxt", latest[TCP].seq)
     try:
         sock.recv(1024)
     except ConnectionResetError:
@@ -84,8 +86,9 @@ def claims(trace):
                what="a second forged RST arrives with seq exactly rcv_nxt")
     anyone = trace.next("server", "P.", payload=7, ttl=63,
                         what="the client stays silent; later the real server sends 7 more bytes")
-    trace.next("client", "R", seq=anyone.ack, win=0, within=0.05,
-               what="the client has no socket any more: a bare [R], as for any unknown connection")
+    rst = trace.next("client", "R", seq=anyone.ack, win=0, within=0.05,
+                     what="the client has no socket any more: a bare [R], as for any unknown connection")
+    trace.check("the client's RST has no TCP options: no socket made it", rst.options == (), f"options {rst.options}")
     trace.raised("client", "recv", "ECONNRESET", nth=1)
     trace.raised("server", "recv", "ECONNRESET", nth=1)
     trace.counter("client", "TcpExtTCPChallengeACK", 1, what="the client's kernel counts one challenge ACK")

@@ -47,12 +47,17 @@ def claims(trace):
     hs = trace.next("client", ".")
     rst = trace.next("server", "R.", seq=hs.ack, ack=hs.seq,
                      what="ss -K makes the server's kernel send [R.] at its next sequence number")
-    trace.check("the RST comes from a live socket: it carries a window (not 0)", rst.win > 0,
-                f"win {rst.win}")
+    trace.check("the RST comes from a live socket: it carries a window and the timestamp option",
+                rst.win > 0 and "TS" in rst.options, f"win {rst.win}, options {rst.options}")
     trace.no("server", "F", what="no FIN: the connection is aborted, not closed")
     trace.no("client", "R", what="the client sends no RST of its own")
     trace.raised("server", "recv", "ECONNABORTED")
     trace.raised("client", "recv", "ECONNRESET")
+    trace.counter("server", "TcpOutRsts", 1)
+    trace.counter("server", "TcpEstabResets", 1)
+    trace.counter("client", "TcpEstabResets", 1)
+    aborts = {k: v for k, v in trace.counters.get("server", {}).items() if k.startswith("TcpExtTCPAbortOn")}
+    trace.check("no TcpExtTCPAbortOn* counter moves on the server", not aborts, str(aborts))
     killed = trace.calls("server", "ss -K printed")
     trace.check("ss -K lists the connection it killed (state ESTAB)",
                 bool(killed) and "ESTAB" in killed[0]["returned"], killed[0]["returned"] if killed else "")

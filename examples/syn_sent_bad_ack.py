@@ -1,4 +1,5 @@
-"""The client's SYN is answered by a SYN-ACK that acknowledges the wrong sequence number: the client resets it and keeps trying.
+"""The client's SYN is answered by a SYN-ACK that acknowledges the wrong sequence
+number: the client resets it and keeps trying.
 
 A SYN-ACK must acknowledge exactly the client's ISN + 1. This server (a
 confused peer, or a stale connection on the same ports) acknowledges something
@@ -47,12 +48,12 @@ def claims(trace):
     syn = trace.next("client", "S", what="the client sends its SYN")
     bad = trace.next("server", "S.", ack=syn.seq + 1 + WRONG_BY,
                      what="the server's SYN-ACK acknowledges the wrong sequence number")
-    trace.next("client", "R", seq=bad.ack, win=0, within=0.05,
-               what="the client answers with a bare [R] whose seq is the bad ack, win 0")
+    trace.next("client", "R", seq=bad.ack, win=0, options=(), within=0.05,
+               what="the client answers with a bare [R] whose seq is the bad ack, win 0, no options")
     retry = trace.next("client", "S", seq=syn.seq, within=0.1,
                        what="and retransmits its SYN a few milliseconds later, not after the usual 1 s")
     bad2 = trace.next("server", "S.", ack=retry.seq + 1 + WRONG_BY, what="the server answers wrongly again")
-    trace.next("client", "R", seq=bad2.ack, win=0, within=0.05, what="the client resets that one too")
+    trace.next("client", "R", seq=bad2.ack, win=0, options=(), within=0.05, what="the client resets that one too")
     trace.count("client", "S", 2, what="within the 300 ms timeout the client sends its SYN twice")
     trace.no("client", ".", what="the client never acknowledges a bad SYN-ACK")
     trace.raised("client", "connect", "TimeoutError")

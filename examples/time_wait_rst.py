@@ -1,11 +1,14 @@
-"""A RST reaches a socket in TIME-WAIT: by default it ends TIME-WAIT at once ("TIME-WAIT assassination"); with tcp_rfc1337=1 it is ignored.
+"""A RST reaches a socket in TIME-WAIT: by default it ends TIME-WAIT at once ("TIME-WAIT
+assassination"); with net.ipv4.tcp_rfc1337=1 the kernel ignores it.
 
 The side that closes first waits in TIME-WAIT (60 s on Linux) to re-acknowledge
-a retransmitted FIN and to absorb old duplicate segments. A RST whose seq is
-exactly the next expected byte kills that TIME-WAIT socket early when
-net.ipv4.tcp_rfc1337 is 0 (the default), the hazard RFC 1337 describes; the
-FIN the peer retransmits next is then answered by a RST instead of an ACK. With
-tcp_rfc1337=1 the kernel ignores the RST and TIME-WAIT goes on.
+a retransmitted FIN and to absorb old duplicate segments. RFC 1337 describes how
+it can die early: an old duplicate segment arrives, TIME-WAIT answers it with an
+ACK, and the peer, which has no connection any more, answers that ACK with a RST
+whose seq is exactly what TIME-WAIT expects next. With net.ipv4.tcp_rfc1337=0
+(the default) that RST kills the TIME-WAIT socket; a FIN the peer retransmits
+next is then answered by a RST instead of an ACK. With tcp_rfc1337=1 the kernel
+ignores the RST and TIME-WAIT goes on.
 """
 
 from scapy.layers.inet import IP, TCP
@@ -19,7 +22,9 @@ def run(client, server):
     listener = server.socket()
     listener.bind((server.ip, 8888))
     listener.listen()
-    wire = server.raw_peer()  # after its close, the server's side is played by hand (scapy)
+    network = server.wiretap()  # late and repeated segments "from the server", made with scapy
+    # TIME-WAIT answers at most one stray segment per 500 ms by default; here it answers two
+    client.sysctl("net.ipv4.tcp_invalid_ratelimit", 0)
 
     for rfc1337 in (0, 1):
         client.sysctl("net.ipv4.tcp_rfc1337", rfc1337)
@@ -27,6 +32,9 @@ def run(client, server):
         sock.connect((server.ip, 8888))
         conn, _ = listener.accept()
         port = sock.getsockname()[1]
+        with server.receives(".", source=client):  # the client acknowledges the data
+            conn.sendall(b"hello")
+        sock.recv(1024)
 
         # the client closes first, so its side of the connection ends in TIME-WAIT
         with client.receives(".", source=server):  # the server acknowledges the client's FIN
@@ -34,22 +42,26 @@ def run(client, server):
         conn.recv(1024)  # b"": end of stream
         with server.receives(".", source=client):  # the client acknowledges the server's FIN
             conn.close()
-        fin = wire.expect(flags="FA", source=client.ip)
-        last_ack = wire.expect(flags="A", source=client.ip)
-        client.note(f"rfc1337={rfc1337}: TIME-WAIT sockets before the RST", time_wait(client, port))
+        client_fin = network.expect(flags="FA", source=client.ip)
+        last_ack = network.expect(flags="A", source=client.ip)
+        server_next = last_ack[TCP].ack  # the next seq TIME-WAIT expects: after "hello" and the FIN
+        client.note(f"rfc1337={rfc1337}: TIME-WAIT sockets before the old duplicate", time_wait(client, port))
 
-        # a RST at exactly the TIME-WAIT socket's next expected byte (its last ACK's ack)
+        # an old duplicate of the server's "hello" arrives late; TIME-WAIT acknowledges it,
+        # and the server's kernel, which has no such connection any more, answers with a RST
         with client.receives("R", source=server):
-            wire.send(IP(src=server.ip, dst=client.ip)
-                      / TCP(sport=8888, dport=port, flags="R", seq=last_ack[TCP].ack, window=0))
+            network.send(IP(src=server.ip, dst=client.ip)
+                         / TCP(sport=8888, dport=port, flags="PA", seq=server_next - 6, ack=client_fin[TCP].seq,
+                               window=64) / b"hello")
         client.note(f"rfc1337={rfc1337}: TIME-WAIT sockets after the RST", time_wait(client, port))
 
-        # the server's FIN again, as if the last ACK had been lost: TIME-WAIT exists to re-ACK it
-        wire.send(IP(src=server.ip, dst=client.ip)
-                  / TCP(sport=8888, dport=port, flags="FA", seq=last_ack[TCP].ack - 1, ack=fin[TCP].seq + 1,
-                        window=64))
-        answer = wire.expect(source=client.ip)
-        client.note(f"rfc1337={rfc1337}: the retransmitted FIN is answered with", str(answer[TCP].flags))
+        # the server's FIN again, as if the last ACK had been lost: TIME-WAIT exists to re-ACK it.
+        # Without TIME-WAIT the client's RST ends the exchange; with it, its ACK draws one more RST.
+        last = client.receives("R", source=server) if rfc1337 else server.receives("R", source=client)
+        with last:
+            network.send(IP(src=server.ip, dst=client.ip)
+                         / TCP(sport=8888, dport=port, flags="FA", seq=server_next - 1, ack=client_fin[TCP].seq + 1,
+                               window=64))
 
 
 def time_wait(host, port):
@@ -59,29 +71,42 @@ def time_wait(host, port):
 
 def claims(trace):
     for rfc1337 in (0, 1):
+        case = f"[rfc1337={rfc1337}]"
         trace.next("client", "S")
         trace.next("server", "S.")
         trace.next("client", ".")
+        hello = trace.next("server", "P.", payload=5)
+        trace.next("client", ".", ack=hello.seq + 5)
         client_fin = trace.next("client", "F.", what="the client closes first")
         trace.next("server", ".", ack=client_fin.seq + 1)
-        fin = trace.next("server", "F.", what="the server closes in turn")
+        fin = trace.next("server", "F.", seq=hello.seq + 5, what="the server closes in turn")
         last = trace.next("client", ".", ack=fin.seq + 1, what="the client's last ACK: it is now in TIME-WAIT")
-        trace.next("server", "R", seq=last.ack, what=f"[rfc1337={rfc1337}] a RST at exactly the next expected seq")
-        again = trace.next("server", "F.", seq=fin.seq, what="the server's FIN arrives again (a retransmission)")
+        trace.next("server", "P.", seq=hello.seq, payload=5, what=f"{case} an old duplicate of the server's data")
+        tw_ack = trace.next("client", ".", seq=last.seq, ack=fin.seq + 1, within=0.05,
+                            what=f"{case} TIME-WAIT acknowledges it: its ack is the next seq it expects")
+        rst = trace.next("server", "R", seq=tw_ack.ack, win=0, within=0.05,
+                         what=f"{case} the server's kernel has no connection: a bare [R], seq = that ack, exact")
+        trace.check(f"{case} that RST has no TCP options: no socket made it", rst.options == (), str(rst.options))
+        again = trace.next("server", "F.", seq=fin.seq, what=f"{case} the server's FIN arrives again")
         before = trace.calls("client", f"rfc1337={rfc1337}: TIME-WAIT sockets before")
         after = trace.calls("client", f"rfc1337={rfc1337}: TIME-WAIT sockets after")
-        trace.check(f"[rfc1337={rfc1337}] ss lists the TIME-WAIT socket before the RST",
+        trace.check(f"{case} ss lists the TIME-WAIT socket before the old duplicate",
                     [o["returned"] for o in before] == ["1"], str(before))
         if rfc1337 == 0:
             trace.check("[rfc1337=0] the RST killed it: ss lists no TIME-WAIT socket after the RST",
                         [o["returned"] for o in after] == ["0"], str(after))
-            trace.next("client", "R", seq=again.ack, win=0, within=0.05,
-                       what="[rfc1337=0] with no socket left, the client answers the FIN with a bare [R]")
+            rst = trace.next("client", "R", seq=again.ack, win=0, within=0.05,
+                             what="[rfc1337=0] with no socket left, the client answers the FIN with a bare [R]")
+            trace.check("[rfc1337=0] the client's RST has no TCP options", rst.options == (), str(rst.options))
         else:
             trace.check("[rfc1337=1] the RST was ignored: ss still lists the TIME-WAIT socket",
                         [o["returned"] for o in after] == ["1"], str(after))
-            trace.next("client", ".", ack=fin.seq + 1, within=0.05,
-                       what="[rfc1337=1] TIME-WAIT is still there and re-acknowledges the FIN")
+            ack = trace.next("client", ".", ack=fin.seq + 1, within=0.05,
+                             what="[rfc1337=1] TIME-WAIT is still there and re-acknowledges the FIN")
+            trace.check("[rfc1337=1] TIME-WAIT's ACK carries the connection's timestamp option",
+                        "TS" in ack.options, str(ack.options))
+            trace.next("server", "R", seq=ack.ack, win=0, within=0.05,
+                       what="[rfc1337=1] the server's kernel resets again, and TIME-WAIT ignores it again")
     trace.counter("client", "TcpOutRsts", 1, what="the client sends exactly one RST (rfc1337=0's answer to the FIN)")
     trace.counter("client", "TcpExtTW", 2,
                   what="TcpExtTW counts sockets entering TIME-WAIT (2), not how they end: no counter shows the kill")

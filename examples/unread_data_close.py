@@ -38,7 +38,13 @@ def claims(trace):
     trace.next("client", ".")
     data = trace.next("client", "P.", payload=5, what="the client sends 5 bytes")
     trace.next("server", ".", ack=data.seq + 5, what="the server's kernel acknowledges them")
-    trace.next("server", "R.", ack=data.seq + 5,
-               what="on close() the server sends [R.], acking the unread bytes")
+    rst = trace.next("server", "R.", ack=data.seq + 5,
+                     what="on close() the server sends [R.], acking the unread bytes")
+    trace.check("the RST carries the live socket's window and timestamp option",
+                rst.win > 0 and "TS" in rst.options, f"win {rst.win}, options {rst.options}")
     trace.no("server", "F", what="the server never sends a FIN")
     trace.raised("client", "recv", "ECONNRESET")
+    trace.counter("server", "TcpExtTCPAbortOnClose", 1,
+                  what="the server counts an abort on close with unread data (TCPAbortOnClose)")
+    trace.counter("client", "TcpEstabResets", 1)
+    trace.counter("server", "TcpEstabResets", 1)

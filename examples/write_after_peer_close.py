@@ -55,10 +55,16 @@ def claims(trace):
         data = trace.next("client", "P.", payload=5, what="later, the client application writes 5 bytes")
         rst = trace.next("server", "R", seq=data.ack, win=0,
                          what="the server answers the data with [R]: no ACK flag, seq = the data's ack, win 0")
+        trace.check(f"connection {n}: the RST has no TCP options (built from the segment, not a socket)",
+                    rst.options == (), str(rst.options))
         trace.check(f"connection {n}: the RST comes right after the data (within 50 ms)",
                     rst.time - data.time < 0.05, f"{(rst.time - data.time) * 1000:.2f} ms")
     trace.no("client", "R", what="the client sends no RST")
     trace.no("client", "F", what="the client never closes its side with a FIN")
+
+    trace.counter("server", "TcpOutRsts", 2)
+    trace.counter("server", "TcpExtTW", 2, what="the server's closed sockets became FIN-WAIT-2 time-wait sockets")
+    trace.counter("client", "TcpEstabResets", 2, what="the client counts the resets of its CLOSE-WAIT connections")
 
     # connection 1: send, send, recv
     trace.returned("client", "send", "5", nth=0)

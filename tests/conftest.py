@@ -25,23 +25,29 @@ def recorded() -> dict[str, Result]:
     return {r.slug: r for r in runner.run(all_slugs())}
 
 
-# -- built site -----------------------------------------------------------------------------
+# -- site ------------------------------------------------------------------------------
+# The site's tests read the HTML of a site built from the traces recorded by this same
+# test session (`recorded` above), with `mkdocs build --strict` into a temporary folder
+# (a developer's site/ from `nox -s docs` is left alone).
 
-SITE = ROOT / "site"
+import os  # noqa: E402
+import subprocess  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def built_site(recorded: dict[str, Result]) -> Path:
-    """The site, built with `mkdocs build --strict` into site/ from this session's recordings."""
-    import os
-    import subprocess
+def recorded_traces(recorded: dict[str, Result]) -> Path:
+    """build/traces/ after this session's recording (a failed scenario fails the site's build)."""
+    return TRACES
 
-    failed = sorted(slug for slug, result in recorded.items() if not result.ok)
-    if failed:
-        pytest.fail(f"no site from failed recordings: {', '.join(failed)}")
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(SITE)],
-                          cwd=ROOT, capture_output=True, text=True,
+
+@pytest.fixture(scope="session")
+def built_site(recorded_traces: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site built with `mkdocs build --strict` from those traces; returns its folder."""
+    out = tmp_path_factory.mktemp("site")
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, check=False,
                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     if proc.returncode != 0:
-        pytest.fail(f"mkdocs build --strict failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
-    return SITE
+        pytest.fail(f"mkdocs build failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}",
+                    pytrace=False)
+    return out

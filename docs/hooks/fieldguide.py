@@ -43,24 +43,34 @@ How to write a scenario page
 Other pages may use {{ scenario_index }} (home), {{ tcpdump_line SLUG N }} (one
 recorded line with its fields) and {{ trace SLUG }}.
 
+To add a placeholder, decorate a function `(ctx, args) -> Markdown` with
+@placeholder("name") below (ctx.own is the page's Recording, ctx.link() makes a
+relative link); render.py holds the rendering that does not need MkDocs.
+
 A scenario whose trace is missing, stale (older than its example file) or failed a
 claim fails the build with the scenario's name: run `nox -s docs`, which records
-every example first.
+every example first. A recorded scenario without a page gets a generated draft page
+(marked as such) while `extra.draft_pages` is true in mkdocs.yml; with false (or
+FIELDGUIDE_DRAFT_PAGES=0) a missing page fails the build.
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
+import html
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.exceptions import PluginError
@@ -68,26 +78,26 @@ from mkdocs.structure.files import File, Files
 from mkdocs.structure.pages import Page
 
 sys.path.insert(0, str(Path(__file__).parent))
-from render import (  # noqa: E402
+from render import (  # the hook's own folder, put on sys.path above
     Recording,
-    claims_list,
+    apps_in_short,
     counters_table,
     describe_packet,
     mermaid,
     outcomes_table,
     packet_id,
     provenance,
+    resets_in_short,
     short_answer,
     trace_block,
-    what_apps_get,
-    who_resets,
 )
 
 log = logging.getLogger("mkdocs.hooks.fieldguide")
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-TRACES = ROOT / "build" / "traces"
+# the lab's output; tests point it elsewhere to check that a broken trace fails the build
+TRACES = Path(os.environ.get("FIELDGUIDE_TRACES", ROOT / "build" / "traces"))
 VENDOR = ROOT / "build" / "vendor"
 PHASES = {"opening": "Opening", "established": "Established", "closing": "Closing", "middleboxes": "Middleboxes"}
 REQUIRED = ("short_answer", "trace", "diagram", "outcomes", "counters", "example", "provenance")
@@ -126,19 +136,60 @@ def load_recording(slug: str) -> Recording:
     if missing:
         raise ValueError(f"no recorded trace ({', '.join(missing)} missing in build/traces/): its recording"
                          f" failed or was not run; run `nox -s examples -- {slug}`")
-    if json_file.stat().st_mtime < example_path(slug).stat().st_mtime:
-        raise ValueError(f"the trace is older than examples/{example_path(slug).name}; record it again:"
+    sources = [example_path(slug), *sorted((EXAMPLES / "lab").glob("*.py"))]
+    newer = [p for p in sources if p.stat().st_mtime > json_file.stat().st_mtime]
+    if newer:
+        raise ValueError(f"the trace is older than {newer[0].relative_to(ROOT)}; record it again:"
                          f" `nox -s examples -- {slug}`")
     data = json.loads(json_file.read_text())
     failed = [c["claim"] for c in data["claims"] if not c["passed"]]
     if failed or not data["claims"]:
         raise ValueError("the recording's claims did not hold: " + "; ".join(failed or ["no claims"]))
-    import hashlib
     if hashlib.sha256(pcap.read_bytes()).hexdigest() != data["pcap_sha256"]:
         raise ValueError(f"{pcap.name} does not match the SHA-256 its JSON recorded")
     rec = Recording(slug, data, txt_file.read_text(), pcap)
     rec.records()  # the text and the capture must agree packet for packet
     return rec
+
+
+def written_pages() -> set[str]:
+    return {p.stem for p in (ROOT / "docs" / "scenarios").glob("*.md")}
+
+
+# A scenario recorded before its page is written gets this generated page, so that the
+# site builds while pages are being written (mkdocs.yml: extra.draft_pages).
+DRAFT = """!!! warning "Draft: the explanation of this scenario is not written yet"
+
+    What follows is generated from this build's capture and the example; the page
+    `docs/scenarios/{slug}.md` that explains it has not been written.
+
+{{{{ short_answer }}}}
+
+## The trace
+
+{{{{ trace }}}}
+
+## The exchange
+
+{{{{ diagram }}}}
+
+## What each application saw
+
+{{{{ outcomes }}}}
+
+## Which counters moved
+
+{{{{ counters }}}}
+
+## The example
+
+{{{{ example }}}}
+
+## Provenance
+
+{{{{ provenance }}}}
+"""
+drafts_allowed = True
 
 
 def load_all() -> dict[str, Recording]:
@@ -148,9 +199,10 @@ def load_all() -> dict[str, Recording]:
             found[slug] = load_recording(slug)
         except (ValueError, KeyError, json.JSONDecodeError) as exc:
             problems.append(f"scenario {slug}: {exc}")
-    pages = {p.stem for p in (ROOT / "docs" / "scenarios").glob("*.md")}
-    for slug in sorted(set(found) - pages):
-        problems.append(f"scenario {slug}: no page docs/scenarios/{slug}.md (copy docs/scenarios/closed-port.md)")
+    pages = written_pages()
+    if not drafts_allowed:
+        for slug in sorted(set(found) - pages):
+            problems.append(f"scenario {slug}: no page docs/scenarios/{slug}.md (copy docs/scenarios/closed-port.md)")
     for slug in sorted(pages - set(example_slugs())):
         problems.append(f"scenario {slug}: docs/scenarios/{slug}.md has no example examples/{slug.replace('-', '_')}.py")
     if problems:
@@ -170,7 +222,7 @@ def mermaid_file() -> Path:
     VENDOR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=VENDOR) as tmp:
         proc = subprocess.run(["npm", "pack", f"mermaid@{MERMAID_VERSION}", "--json", "--pack-destination", tmp],
-                              capture_output=True, text=True, cwd=tmp)
+                              check=False, capture_output=True, text=True, cwd=tmp)
         if proc.returncode != 0:
             raise PluginError(f"npm pack mermaid@{MERMAID_VERSION} failed: {proc.stderr.strip()}")
         info = json.loads(proc.stdout)[0]
@@ -191,6 +243,9 @@ def mermaid_file() -> Path:
 
 def on_config(config: MkDocsConfig) -> MkDocsConfig:
     """Load every recording (or fail naming the scenarios) and build the phase navigation."""
+    global drafts_allowed
+    override = os.environ.get("FIELDGUIDE_DRAFT_PAGES")  # "0": every scenario needs its written page
+    drafts_allowed = bool(config.extra.get("draft_pages", False)) if override is None else override == "1"
     recordings.clear()
     recordings.update(load_all())
     groups = []
@@ -207,10 +262,15 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:
     """Publish each pcap (and its JSON) at /traces/, and the self-hosted Mermaid."""
-    for slug, rec in recordings.items():
+    for rec in recordings.values():
         for source in (rec.pcap, rec.pcap.with_suffix(".json")):
             files.append(File.generated(config, f"traces/{source.name}", abs_src_path=str(source)))
     files.append(File.generated(config, MERMAID_ASSET, abs_src_path=str(mermaid_file())))
+    drafts = sorted(set(recordings) - written_pages())
+    for slug in drafts:
+        files.append(File.generated(config, f"scenarios/{slug}.md", content=DRAFT.format(slug=slug)))
+    if drafts:
+        log.info("draft pages (no docs/scenarios/SLUG.md yet): %s", ", ".join(drafts))
     return files
 
 
@@ -243,55 +303,115 @@ def _recording(slug: str) -> Recording:
     return recordings[slug]
 
 
-def _tabs(own: Recording, other: Recording, render: Any) -> str:
-    def tab(title: str, body: str) -> str:
-        return f'=== "{title}"\n\n' + "\n".join("    " + line if line.strip() else "" for line in body.splitlines())
-    return (tab(f"{own.slug} (this page)", render(own, True)) + "\n\n"
-            + tab(f"{other.slug}", render(other, False)) + "\n")
-
-
 def _relative_link(src: str, target: str) -> str:
     """A Markdown link from docs/SRC to docs/TARGET (MkDocs checks and rewrites it)."""
-    depth = src.count("/")
-    return "../" * depth + target
+    return "../" * src.count("/") + target
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where a placeholder is expanded."""
+
+    src: str  # the page's path under docs/, e.g. "scenarios/closed-port.md"
+    slug: str | None  # the page's own scenario, on a scenario page
+
+    @property
+    def own(self) -> Recording:
+        if self.slug is None:
+            raise LookupError("this placeholder is for scenario pages")
+        return recordings[self.slug]
+
+    def link(self, target: str) -> str:
+        return _relative_link(self.src, target)
+
+
+Expander = Callable[[Context, list[str]], str]
+
+# name -> function(context, arguments) returning Markdown. To add a placeholder, decorate
+# a function with @placeholder("name"); pages then write {{ name arg ... }}.
+PLACEHOLDERS: dict[str, Expander] = {}
+
+
+def placeholder(name: str) -> Callable[[Expander], Expander]:
+    def register(fn: Expander) -> Expander:
+        PLACEHOLDERS[name] = fn
+        return fn
+    return register
 
 
 def render_placeholder(name: str, args: list[str], own: str | None, src: str) -> str:
-    rec = recordings.get(own) if own else None
-    if name == "scenario_index":
-        return scenario_index(src)
-    if name == "tcpdump_line":
-        return tcpdump_line(_recording(args[0]), int(args[1]), src)
-    if name in ("trace", "diagram") and args and args[0] == "beside":
-        if rec is None:
-            raise LookupError("`beside` is for scenario pages")
-        other = _recording(args[1])
-        if name == "trace":
-            return _tabs(rec, other, lambda r, mine: trace_block(r, own_page=mine))
-        return _tabs(rec, other, lambda r, mine: mermaid(r))
-    if name == "trace" and args:
-        return trace_block(_recording(args[0]), own_page=args[0] == own)
-    if rec is None:
-        raise LookupError(f"{{{{ {name} }}}} is for scenario pages, or unknown")
-    if name == "short_answer":
-        return short_answer(rec, example_why(rec.slug))
-    if name == "trace":
-        return trace_block(rec)
-    if name == "diagram":
-        return mermaid(rec)
-    if name == "outcomes":
-        return outcomes_table(rec)
-    if name == "counters":
-        return counters_table(rec)
-    if name == "example":
-        return example_block(rec)
-    if name == "provenance":
-        return provenance(rec, _relative_link(src, f"traces/{rec.slug}.pcap"))
-    if name == "packet":
-        p = rec.packet(int(args[0]))
-        return (f"[packet {p['number']}](#{packet_id(rec.slug, p['number'])}){{ .fg-packet-ref }}"
-                f" ({p['sender']} → {p['receiver']} `{describe_packet(rec, p)}`)")
-    raise LookupError(f"unknown placeholder {name!r}")
+    if name not in PLACEHOLDERS:
+        raise LookupError(f"unknown placeholder {name!r} (known: {', '.join(sorted(PLACEHOLDERS))})")
+    return PLACEHOLDERS[name](Context(src, own), args)
+
+
+def _tabs(own: Recording, other: Recording, render: Callable[[Recording, bool], str]) -> str:
+    def tab(title: str, body: str) -> str:
+        return f'=== "{title}"\n\n' + "\n".join("    " + line if line.strip() else "" for line in body.splitlines())
+    return tab(f"{own.slug} (this page)", render(own, True)) + "\n\n" + tab(other.slug, render(other, False)) + "\n"
+
+
+@placeholder("short_answer")
+def _short_answer(ctx: Context, args: list[str]) -> str:
+    return short_answer(ctx.own, example_why(ctx.own.slug))
+
+
+@placeholder("trace")
+def _trace(ctx: Context, args: list[str]) -> str:
+    """{{ trace }}, {{ trace SLUG }} (another scenario's), {{ trace beside SLUG }} (tabs)."""
+    if args[:1] == ["beside"]:
+        return _tabs(ctx.own, _recording(args[1]), lambda r, mine: trace_block(r, own_page=mine))
+    if args:
+        return trace_block(_recording(args[0]), own_page=args[0] == ctx.slug)
+    return trace_block(ctx.own)
+
+
+@placeholder("diagram")
+def _diagram(ctx: Context, args: list[str]) -> str:
+    """{{ diagram }}, {{ diagram beside SLUG }} (tabs)."""
+    if args[:1] == ["beside"]:
+        return _tabs(ctx.own, _recording(args[1]), lambda r, mine: mermaid(r))
+    return mermaid(ctx.own)
+
+
+@placeholder("outcomes")
+def _outcomes(ctx: Context, args: list[str]) -> str:
+    return outcomes_table(ctx.own)
+
+
+@placeholder("counters")
+def _counters(ctx: Context, args: list[str]) -> str:
+    return counters_table(ctx.own)
+
+
+@placeholder("example")
+def _example(ctx: Context, args: list[str]) -> str:
+    return example_block(ctx.own)
+
+
+@placeholder("provenance")
+def _provenance(ctx: Context, args: list[str]) -> str:
+    return provenance(ctx.own, ctx.link(f"traces/{ctx.own.slug}.pcap"))
+
+
+@placeholder("packet")
+def _packet(ctx: Context, args: list[str]) -> str:
+    """{{ packet N }}: an inline link to packet N of this page's trace, saying what it is."""
+    rec = ctx.own
+    p = rec.packet(int(args[0]))
+    return (f"[packet {p['number']}](#{packet_id(rec.slug, p['number'])}){{ .fg-packet-ref }}"
+            f" ({p['sender']} → {p['receiver']} `{describe_packet(rec, p)}`)")
+
+
+@placeholder("scenario_index")
+def _scenario_index(ctx: Context, args: list[str]) -> str:
+    return scenario_index(ctx.src)
+
+
+@placeholder("tcpdump_line")
+def _tcpdump_line(ctx: Context, args: list[str]) -> str:
+    """{{ tcpdump_line SLUG N }}: packet N of SLUG's trace, with its pieces in a table."""
+    return tcpdump_line(_recording(args[0]), int(args[1]), ctx.src)
 
 
 def example_block(rec: Recording) -> str:
@@ -307,9 +427,9 @@ def example_block(rec: Recording) -> str:
         f"nox -s examples -- {rec.slug}",
         "```",
         "",
-        f"The run writes `build/traces/{rec.slug}.pcap`, `.txt` and `.json` and fails if a claim in"
-        " `claims()` does not hold. The harness (`examples/lab/`) creates the hosts in network"
-        " namespaces joined by veth links, captures with tcpdump and records every socket call.",
+        (f"The run writes `build/traces/{rec.slug}.pcap`, `.txt` and `.json` and fails if a claim in"
+         " `claims()` does not hold. The harness (`examples/lab/`) creates the hosts in network"
+         " namespaces joined by veth links, captures with tcpdump and records every socket call."),
     ])
 
 
@@ -323,9 +443,8 @@ def scenario_index(src: str) -> str:
                 "|---|---|---|---|"]
         for r in mine:
             link = _relative_link(src, f"scenarios/{r.slug}.md")
-            resets = "<br>".join(f"{p['sender']} `[{p['flags']}]`" for p in r.resets()) or "nobody (no RST)"
-            apps = "<br>".join(line.replace("|", "\\|") for line in what_apps_get(r))
-            out.append(f"| [{r.slug}]({link}) | {r.summary} | {resets} | {apps} |")
+            cells = [f"[{r.slug}]({link})", r.summary, resets_in_short(r), apps_in_short(r)]
+            out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
         out.append("")
     return "\n".join(out)
 
@@ -361,9 +480,8 @@ def tcpdump_line(rec: Recording, number: int, src: str) -> str:
                         f" {packet['win'] << int(scale.group(1))} (wscale from packet {syn['number']}) |")
     link = _relative_link(src, f"scenarios/{rec.slug}.md") + f"#{packet_id(rec.slug, number)}"
     return "\n".join([
-        f'```text title="{rec.slug}, packet {number}"',
-        record,
-        "```",
+        (f'<div class="highlight fg-trace fg-line"><span class="filename">{rec.slug}, packet {number}</span>'
+         f"<pre><code>{html.escape(record, quote=False)}</code></pre></div>"),
         "",
         f"From [{rec.slug}]({link}), recorded by this build.",
         "",

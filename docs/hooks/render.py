@@ -73,25 +73,25 @@ def packet_id(slug: str, number: int, own_page: bool = True) -> str:
 
 # -- describing packets and calls in words -------------------------------------------
 
-def isns(rec: Recording) -> dict[tuple[str, int], int]:
-    """Initial sequence number of each (sender address, port) that sent a SYN."""
-    found: dict[tuple[str, int], int] = {}
-    for p in rec.packets:
-        if p.get("proto") == "tcp" and "S" in p["flags"]:
-            found.setdefault((p["src"], p["sport"]), p["seq"])
+def isn_before(rec: Recording, p: dict[str, Any], src: str, sport: int, dst: str, dport: int) -> int | None:
+    """The ISN of the latest SYN from src:sport to dst:dport up to packet p (a 4-tuple may be reused)."""
+    found = None
+    for q in rec.packets[: p["number"]]:
+        if (q.get("proto") == "tcp" and "S" in q["flags"]
+                and (q["src"], q["sport"], q["dst"], q["dport"]) == (src, sport, dst, dport)):
+            found = q["seq"]
     return found
 
 
-def relative(rec: Recording, p: dict[str, Any]) -> tuple[int | None, int | None]:
-    """seq and ack relative to each side's ISN, as tcpdump shows them; absolute if no SYN was seen."""
-    known = isns(rec)
-    mine = known.get((p["src"], p["sport"]))
-    theirs = known.get((p["dst"], p["dport"]))
-    seq = p["seq"] - mine if mine is not None else p["seq"]
-    ack = (p["ack"] - theirs) % 2**32 if (theirs is not None and "." in p["flags"]) else None
-    if "." in p["flags"] and theirs is None:
-        ack = p["ack"]
-    return seq % 2**32, ack
+def relative(rec: Recording, p: dict[str, Any]) -> tuple[int, int | None]:
+    """seq and ack relative to each side's ISN on this connection, as tcpdump shows them;
+    absolute where the capture has no SYN from that side. ack is None without the ACK flag."""
+    mine = isn_before(rec, p, p["src"], p["sport"], p["dst"], p["dport"])
+    theirs = isn_before(rec, p, p["dst"], p["dport"], p["src"], p["sport"])
+    seq = (p["seq"] - mine) % 2**32 if mine is not None else p["seq"]
+    if "." not in p["flags"]:
+        return seq, None
+    return seq, (p["ack"] - theirs) % 2**32 if theirs is not None else p["ack"]
 
 
 def describe_packet(rec: Recording, p: dict[str, Any]) -> str:
@@ -143,15 +143,60 @@ def what_apps_get(rec: Recording) -> list[str]:
     return lines
 
 
+def ttl_anomaly(rec: Recording, p: dict[str, Any]) -> str:
+    """If the other packets from this address arrived with another TTL, say so: another box made this one.
+
+    Compared with the address's packets that are not RSTs: two RSTs forged by the same box
+    would otherwise vouch for each other.
+    """
+    others = sorted({q["ttl"] for q in rec.packets
+                     if q["src"] == p["src"] and q["number"] != p["number"] and "R" not in q["flags"]})
+    if not others or p["ttl"] in others:
+        return ""
+    return f"TTL {p['ttl']}, where {p['sender']}'s other packets arrived with TTL {', '.join(map(str, others))}"
+
+
+def apps_in_short(rec: Recording) -> str:
+    """For the index: each distinct failure as `call()`: Exception (ERRNO), else what reads returned."""
+    seen: list[str] = []
+    for host, entries in rec.data["outcomes"].items():
+        for e in entries:
+            if "raised" in e:
+                errno = f" ({e['errno']})" if e.get("errno") else ""
+                line = f"**{host}** `{e['call'].split('(')[0]}()`: {e['raised']}{errno}"
+                if line not in seen:
+                    seen.append(line)
+    if seen:
+        return "<br>".join(seen)
+    reads = [f"**{h}** `recv()` → `{e['returned']}`" for h, entries in rec.data["outcomes"].items()
+             for e in entries if e["call"].startswith("recv")]
+    return "no error" + ("<br>" + "<br>".join(dict.fromkeys(reads)) if reads else "")
+
+
+def resets_in_short(rec: Recording) -> str:
+    """For the index: who sent each RST, and a TTL that gives a forger away."""
+    lines = []
+    for p in rec.resets():
+        seen_ttls = sorted({q["ttl"] for q in rec.packets if q["src"] == p["src"] and q["number"] != p["number"]})
+        who = (f"{p['sender']}'s address `[{p['flags']}]`, TTL {p['ttl']} ≠ {', '.join(map(str, seen_ttls))}"
+               if ttl_anomaly(rec, p) else f"{p['sender']} `[{p['flags']}]`")
+        if who not in lines:
+            lines.append(who)
+    return "<br>".join(lines) or "nobody (no RST)"
+
+
 def who_resets(rec: Recording, link: str = "#") -> list[str]:
     """Each RST in words: who sent it, to whom, with what, and how long after the packet before it."""
     lines = []
     for p in rec.resets():
         address = p["src"]
+        anomaly = ttl_anomaly(rec, p)
+        sender = (f"a packet with **{p['sender']}**'s address ({address})" if anomaly
+                  else f"**{p['sender']}** ({address})")
         lines.append(
-            f"**{p['sender']}** ({address}) sends `{describe_packet(rec, p)}` to {p['receiver']}: "
+            f"{sender} sends `{describe_packet(rec, p)}` to {p['receiver']}: "
             f"[packet {p['number']}]({link}{packet_id(rec.slug, p['number'])}), "
-            f"{_ms(gap_ms(rec, p))} after the packet before it")
+            f"{_ms(gap_ms(rec, p))} after the packet before it" + (f"; {anomaly}" if anomaly else ""))
     return lines
 
 
@@ -226,6 +271,8 @@ def mermaid(rec: Recording) -> str:
         if p["number"] > 1:
             label += f", +{_ms(gap_ms(rec, p))}"
         lines.append(f"    {sender}{arrow}{receiver}: {label}")
+        if "R" in p["flags"] and ttl_anomaly(rec, p):
+            lines.append(f"    Note over {sender}: {ttl_anomaly(rec, p)}")
     lines.append("```")
     return "\n".join(lines)
 
@@ -277,8 +324,8 @@ def provenance(rec: Recording, pcap_link: str) -> str:
         f"- **Recorded at**: {d['recorded_at']}, by this build",
         f"- **Kernel**: Linux {d['kernel']}",
         f"- **tcpdump**: {d['tcpdump_version']}, capturing on the {d['captured_on']}",
-        f"- **Capture**: [{rec.slug}.pcap]({pcap_link}) ({len(rec.packets)} packets,"
-        f" {rec.pcap.stat().st_size} bytes; opens in Wireshark)",
+        (f"- **Capture**: [{rec.slug}.pcap]({pcap_link}) ({len(rec.packets)} packets,"
+         f" {rec.pcap.stat().st_size} bytes; opens in Wireshark)"),
         f'- **SHA-256**: <code class="fg-sha256">{d["pcap_sha256"]}</code>',
     ])
     return '!!! info "Provenance"\n\n' + _indent(body) + "\n"

@@ -23,7 +23,7 @@ from . import netns
 from .peer import DROP_KERNEL_RSTS, RawPeer
 from .process import Process, python_argv
 from .recording import RecordedSocket, Transcript
-from .wire import Inbox
+from .wire import Expected, Inbox
 
 SUBNETS = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
 MTU = 1500  # a veth link gives the MSS 1460 of real Ethernet
@@ -84,9 +84,16 @@ class Host:
 
         count: wait for that many such segments (counted from the start of the body).
         """
+        return self._open_inbox().receives(flags, source.ip if source else None, timeout, count)
+
+    def expects(self, flags: str, source: Host | None = None, count: int = 1) -> Expected:
+        """Like receives(), split in two: arm now, `.wait()` later (e.g. in another function)."""
+        return self._open_inbox().expect(flags, source.ip if source else None, count)
+
+    def _open_inbox(self) -> Inbox:
         if self._inbox is None:
             self._inbox = Inbox(self.fd)
-        return self._inbox.receives(flags, source.ip if source else None, timeout, count)
+        return self._inbox
 
     def start(self, fn: Callable[..., Any], *args: Any) -> _HostThread:
         """Run `fn(*args)` in a thread of this host (a second process, in effect)."""

@@ -45,12 +45,18 @@ class Packet:
     ttl: int
     ip_id: int
     proto: str = "tcp"
+    options: tuple[str, ...] = ()  # TCP option kinds in order, tcpdump's names: "mss", "TS", "nop"...
 
     def has(self, letters: str) -> bool:
         return all(letter in self.flags for letter in letters)
 
     def label(self) -> str:
         return f"#{self.number} {self.sender} [{self.flags}]"
+
+
+# scapy's option names -> tcpdump's
+_OPTION_NAMES = {"MSS": "mss", "SAckOK": "sackOK", "SAck": "sack", "Timestamp": "TS", "NOP": "nop",
+                 "WScale": "wscale", "EOL": "eol", "MD5": "md5", "AO": "tcp-ao", "TFO": "tfo"}
 
 
 def read_packets(pcap: Path, hosts: dict[str, list[str]]) -> list[Packet]:
@@ -74,7 +80,8 @@ def read_packets(pcap: Path, hosts: dict[str, list[str]]) -> list[Packet]:
                 tcp = ip[TCP]
                 packets.append(Packet(
                     **common, sport=tcp.sport, dport=tcp.dport, flags=tcpdump_flags(int(tcp.flags)),
-                    seq=tcp.seq, ack=tcp.ack, win=tcp.window, payload=len(tcp.payload)))
+                    seq=tcp.seq, ack=tcp.ack, win=tcp.window, payload=len(tcp.payload),
+                    options=tuple(_OPTION_NAMES.get(name, str(name)) for name, _ in tcp.options)))
             elif ICMP in ip:
                 packets.append(Packet(**common, sport=0, dport=0, flags=f"icmp {ip[ICMP].type}/{ip[ICMP].code}",
                                       seq=0, ack=0, win=0, payload=0, proto="icmp"))
@@ -165,7 +172,6 @@ class Trace:
         got = self.counters.get(host, {}).get(name, 0)
         self._claim(what or f"{host}'s {name} grows by {expected}", got == expected, f"{name} +{got}")
 
-    counted = counter  # the same claim, by the name some examples use
 
     # -- applications ------------------------------------------------------------
     def calls(self, host: str, call: str) -> list[dict[str, Any]]:

@@ -47,18 +47,36 @@ class Inbox:
         for _ in self._segments(timeout=0):
             pass
 
+    def expect(self, flags: str, source: str | None, count: int = 1) -> Expected:
+        """Arm now, wait later: segments that arrive from now on count."""
+        self.discard()
+        return Expected(self, flags, source, count)
+
     @contextlib.contextmanager
     def receives(self, flags: str, source: str | None, timeout: float, count: int = 1) -> Iterator[None]:
-        self.discard()
+        expected = self.expect(flags, source, count)
         yield
-        seen = 0
-        for src, got in self._segments(timeout):
-            if got == flags and source in (None, src):
-                seen += 1
-                if seen == count:
-                    return
-        raise TimeoutError(f"{seen} of {count} [{flags}] segment(s){' from ' + source if source else ''}"
-                           f" arrived within {timeout:g} s")
+        expected.wait(timeout)
 
     def close(self) -> None:
         self.sock.close()
+
+
+class Expected:
+    """Segments a host expects; `wait()` returns once `count` of them arrived since it was armed.
+
+    A host has one inbox: arm the next expectation only after the previous one was waited for.
+    """
+
+    def __init__(self, inbox: Inbox, flags: str, source: str | None, count: int) -> None:
+        self.inbox, self.flags, self.source, self.count = inbox, flags, source, count
+
+    def wait(self, timeout: float = 5.0) -> None:
+        seen = 0
+        for src, got in self.inbox._segments(timeout):
+            if got == self.flags and self.source in (None, src):
+                seen += 1
+                if seen == self.count:
+                    return
+        raise TimeoutError(f"{seen} of {self.count} [{self.flags}] segment(s)"
+                           f"{' from ' + self.source if self.source else ''} arrived within {timeout:g} s")
