@@ -15,6 +15,7 @@ fails instead.
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import http.server
 import json
@@ -367,14 +368,17 @@ def measure(browser: Any, url: str, diagrams: bool) -> dict[str, Any]:
     timing = page.evaluate("""() => { const n = performance.getEntriesByType('navigation')[0];
         return {dom_content_loaded_ms: n.domContentLoadedEventEnd, load_ms: n.loadEventEnd}; }""")
     by_type: dict[str, int] = {}
-    total = 0
+    total = gzipped = 0
     for request in watched.finished:
         sizes = request.sizes()
         size = sizes["responseBodySize"] + sizes["responseHeadersSize"]
         total += size
         by_type[request.resource_type] = by_type.get(request.resource_type, 0) + size
+        # what a host that compresses (GitHub Pages gzips text) would send for the same body
+        gzipped += len(gzip.compress(request.response().body(), 6)) + sizes["responseHeadersSize"]
     watched.close()
     return {"url": urlparse(url).path, "requests": len(watched.finished), "transferred_bytes": total,
+            "transferred_bytes_if_gzipped": gzipped,
             "bytes_by_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1])),
             "dom_content_loaded_ms": round(timing["dom_content_loaded_ms"], 1),
             "load_ms": round(timing["load_ms"], 1),
@@ -389,13 +393,14 @@ def test_page_weight(browser: Any, site_url: str, built_site: Path) -> None:
         "largest_scenario": {"slug": slug, **measure(browser, f"{site_url}scenarios/{slug}/", diagrams=True)},
         "note": ("served from 127.0.0.1 without compression, empty cache; transferred = response"
                  " headers + bodies of every request (search index included once the worker loads it);"
-                 " rendered_ms = navigation until diagrams are drawn and the network is idle"),
+                 " rendered_ms = navigation until diagrams are drawn and the network is idle (includes Playwright's 500 ms idle window); transferred_bytes_if_gzipped = the same bodies gzipped (-6), as a compressing host (GitHub Pages) would send them"),
     }
     PAGE_WEIGHT.parent.mkdir(parents=True, exist_ok=True)
     PAGE_WEIGHT.write_text(json.dumps(figures, indent=2) + "\n")
     for name in ("home", "largest_scenario"):
         f = figures[name]
-        print(f"{name} {f['url']}: {f['requests']} requests, {f['transferred_bytes'] / 1024:.0f} KiB,"
+        print(f"{name} {f['url']}: {f['requests']} requests, {f['transferred_bytes'] / 1024:.0f} KiB"
+              f" ({f['transferred_bytes_if_gzipped'] / 1024:.0f} KiB gzipped),"
               f" DOMContentLoaded {f['dom_content_loaded_ms']:.0f} ms, load {f['load_ms']:.0f} ms,"
               f" rendered {f['rendered_ms']:.0f} ms")
     for f in (figures["home"], figures["largest_scenario"]):
