@@ -394,6 +394,32 @@ def _provenance(ctx: Context, args: list[str]) -> str:
     return provenance(ctx.own, ctx.link(f"traces/{ctx.own.slug}.pcap"))
 
 
+@placeholder("capture_settings")
+def _capture_settings(ctx: Context, args: list[str]) -> str:
+    """{{ capture_settings }}: the tcpdump command lines the lab really uses (read from the lab)."""
+    sys.path.insert(0, str(EXAMPLES))
+    from lab.capture import CAPTURE_OPTIONS, FILTER, TEXT_OPTIONS
+
+    capture = " ".join(["tcpdump", "-i", "eth0", "-w", "SLUG.pcap", *CAPTURE_OPTIONS, f"'{FILTER}'"])
+    text = " ".join(["tcpdump", *TEXT_OPTIONS, "-r", "SLUG.pcap"])
+    return (f"```sh\n# the capture, on the capture host's eth0, for the whole run\n{capture}\n"
+            f"# the text trace published beside the pcap (some scenarios add -v -K)\n{text}\n```\n")
+
+
+@placeholder("recording_times")
+def _recording_times(ctx: Context, args: list[str]) -> str:
+    """{{ recording_times }}: how long this build took to record each scenario, and why."""
+    rows = ["| scenario | packets | recorded in | its own protocol time | the rest |",
+            "|---|--:|--:|--:|--:|"]
+    for slug, rec in sorted(recordings.items()):
+        wall = float(rec.data["seconds"])
+        inherent = float(rec.data.get("timings", {}).get("scenario", 0.0))
+        link = _relative_link(ctx.src, f"scenarios/{slug}.md")
+        rows.append(f"| [{slug}]({link}) | {len(rec.packets)} | {wall:.2f} s | {inherent:.2f} s"
+                    f" | {max(wall - inherent, 0):.2f} s |")
+    return "\n".join(rows) + "\n"
+
+
 @placeholder("packet")
 def _packet(ctx: Context, args: list[str]) -> str:
     """{{ packet N }}: an inline link to packet N of this page's trace, saying what it is."""

@@ -32,8 +32,14 @@ class CaptureError(RuntimeError):
     """tcpdump could not start, or did not deliver a complete capture."""
 
 
+# every packet written to the file as it arrives, whole
+CAPTURE_OPTIONS = ["-U", "--immediate-mode", "-s", "262144"]
+# the text trace: numbers instead of names, tcpdump's default time and relative seq/ack
+TEXT_OPTIONS = ["-n"]
+
+
 def tcpdump_argv(iface: str, pcap: Path) -> list[str]:
-    argv = ["tcpdump", "-i", iface, "-w", str(pcap), "-U", "--immediate-mode", "-s", "262144"]
+    argv = ["tcpdump", "-i", iface, "-w", str(pcap), *CAPTURE_OPTIONS]
     if os.geteuid() == 0:
         argv += ["-Z", "root"]  # as real root, tcpdump would switch user and lose the file
     return argv + [FILTER]

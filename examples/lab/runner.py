@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import scenarios
+from .capture import TEXT_OPTIONS
 from .scenarios import LAB_HOME, load
 from .trace import Trace, read_packets, shape
 
@@ -75,7 +76,7 @@ def tcpdump_version() -> str:
 
 def trace_text(pcap: Path, options: list[str]) -> str:
     """tcpdump's own text for the pcap, exactly as it prints it."""
-    argv = ["tcpdump", "-n", "-r", str(pcap), *options]
+    argv = ["tcpdump", *TEXT_OPTIONS, "-r", str(pcap), *options]
     if os.geteuid() == 0:
         argv[1:1] = ["-Z", "root"]
     proc = subprocess.run(argv, capture_output=True, text=True)
