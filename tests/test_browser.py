@@ -15,6 +15,7 @@ fails instead.
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import http.server
 import json
@@ -141,6 +142,20 @@ def watched(browser: Any) -> Iterator[Watched]:
     context.close()
 
 
+@pytest.fixture(scope="session")
+def symptom_links(browser: Any, site_url: str) -> dict[str, set[str]]:
+    """slug -> the packet anchors the symptom index links on that scenario's page."""
+    watched = Watched(browser, viewport=DESKTOP, color_scheme="light")
+    page = open_page(watched, f"{site_url}symptoms/")
+    hrefs = page.eval_on_selector_all("article a[href*='scenarios/'][href*='#']", "links => links.map(a => a.href)")
+    watched.close()
+    links: dict[str, set[str]] = {}
+    for href in hrefs:
+        url = urlparse(href)
+        links.setdefault(url.path.strip("/").split("/")[-1], set()).add(url.fragment)
+    return links
+
+
 def open_page(watched: Watched, url: str) -> Any:
     page = watched.page()
     page.goto(url, wait_until="load")
@@ -173,7 +188,8 @@ def test_home_lists_every_scenario(watched: Watched, site_url: str) -> None:
 
 
 @pytest.mark.parametrize("slug", SLUGS)
-def test_scenario_page_shows_its_recording(watched: Watched, site_url: str, slug: str) -> None:
+def test_scenario_page_shows_its_recording(watched: Watched, site_url: str, slug: str,
+                                           symptom_links: dict[str, set[str]]) -> None:
     data = recording(slug)
     page = open_page(watched, f"{site_url}scenarios/{slug}/")
 
@@ -207,10 +223,27 @@ def test_scenario_page_shows_its_recording(watched: Watched, site_url: str, slug
             assert entry["raised"] in seen.inner_text()
     for href in seen.locator("a[href^='#packet-']").evaluate_all("links => links.map(a => a.getAttribute('href'))"):
         assert page.locator(href).count() == 1, f"{href} is not an anchor of the trace"
+    for anchor in symptom_links.get(slug, ()):  # where the symptom index points on this page
+        where = f".fg-trace #{anchor}" if anchor.startswith("packet-") else f"#{anchor}"
+        assert page.locator(where).count() == 1, f"symptom index -> {slug}#{anchor}"
+
+    # the capture behind the provenance link: fetched by the page, hashed by the browser
+    shown = page.locator("code.fg-sha256").inner_text().strip()
+    assert shown == data["pcap_sha256"]
+    fetched = page.locator(f"a[href$='traces/{slug}.pcap']").first.evaluate("""async a => {
+        const body = await (await fetch(a.href)).arrayBuffer();
+        const digest = await crypto.subtle.digest('SHA-256', body);
+        return [...new Uint8Array(digest)].map(b => b.toString(16).padStart(2, '0')).join(''); }""")
+    assert fetched == shown
 
 
-def test_pcap_download_matches_its_sha256(watched: Watched, site_url: str) -> None:
-    for slug in SLUGS:
+def test_pcap_download_matches_its_sha256(watched: Watched, site_url: str, built_site: Path) -> None:
+    """Clicking the provenance link saves the capture; its bytes hash to the SHA-256 the page shows.
+
+    Clicked on two pages (a download costs a full page load, Mermaid included); every
+    other page fetches its own link in test_scenario_page_shows_its_recording.
+    """
+    for slug in (SCREENSHOT_SCENARIO, largest_scenario(built_site)):
         page = open_page(watched, f"{site_url}scenarios/{slug}/")
         shown = page.locator("code.fg-sha256").inner_text().strip()
         assert shown == recording(slug)["pcap_sha256"]
@@ -223,18 +256,22 @@ def test_pcap_download_matches_its_sha256(watched: Watched, site_url: str) -> No
         page.close()
 
 
-def test_symptom_index_links_to_packets(watched: Watched, site_url: str) -> None:
+def test_symptom_index_links_to_packets(watched: Watched, site_url: str,
+                                        symptom_links: dict[str, set[str]]) -> None:
+    """Every symptom links a scenario's packet (each anchor is checked on its page by
+    test_scenario_page_shows_its_recording); following one lands on the highlighted line."""
+    assert set(symptom_links) <= set(SLUGS)
+    assert sum(len(anchors) for anchors in symptom_links.values()) >= len(symptom_links)
     page = open_page(watched, f"{site_url}symptoms/")
-    links = page.eval_on_selector_all("article a[href*='scenarios/'][href*='#packet-']",
-                                      "links => links.map(a => a.href)")
-    assert links, "the symptom index links no packet"
-    for link in sorted(set(links)):
-        target = watched.page()
-        target.goto(link)
-        anchor = urlparse(link).fragment
-        assert target.locator(f"#{anchor}").count() == 1, link
-        assert target.locator(f"#{anchor}").is_visible(), link
-        target.close()
+    link = page.locator("article a[href*='scenarios/'][href*='#packet-']").first
+    anchor = urlparse(link.get_attribute("href")).fragment
+    link.click()
+    page.wait_for_url(f"**#{anchor}")
+    target = page.locator(f"#{anchor}")
+    target.wait_for()
+    assert target.evaluate("el => el.matches(':target')")
+    assert target.evaluate("el => getComputedStyle(el).outlineStyle") != "none", "the :target highlight"
+    assert target.is_visible() and target.bounding_box()["y"] < DESKTOP["height"]
 
 
 @pytest.mark.parametrize("viewport", [DESKTOP, MOBILE], ids=["desktop", "mobile"])
@@ -277,21 +314,41 @@ def test_dark_palette_toggles(watched: Watched, site_url: str) -> None:
 
 # -- what a reader gets: screenshots and page weight -------------------------------------------
 
+def settled_screenshot(page: Any, path: Path, at: str | None = None, full_page: bool = False) -> None:
+    """Scroll to `at` (a selector) and shoot once Material's header and scroll transitions end."""
+    if at:
+        page.locator(at).first.scroll_into_view_if_needed()
+    # Material swaps the header's title a moment after a scroll: wait until no animation
+    # has run for 300 ms (an observed quiet period, not a fixed sleep)
+    page.evaluate("window.__quietSince = undefined")
+    page.wait_for_function("""() => {
+        const now = performance.now();
+        if (document.getAnimations().some(a => a.playState === 'running')) { window.__quietSince = undefined; return false; }
+        if (window.__quietSince === undefined) { window.__quietSince = now; }
+        return now - window.__quietSince > 300; }""", polling=50, timeout=10000)
+    page.screenshot(path=str(path), full_page=full_page)
+
+
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 @pytest.mark.parametrize("viewport", [DESKTOP, MOBILE], ids=["desktop", "mobile"])
 def test_screenshots(browser: Any, site_url: str, scheme: str, viewport: dict[str, int]) -> None:
     """Saved for a person to look at; the tests only check that the pages rendered."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    width = "desktop" if viewport == DESKTOP else "mobile"
+    suffix = f"{scheme}-{'desktop' if viewport == DESKTOP else 'mobile'}.png"
     watched = Watched(browser, viewport=viewport, color_scheme=scheme)
     home = open_page(watched, site_url)
-    home.screenshot(path=str(SCREENSHOTS / f"home-{scheme}-{width}.png"))
+    settled_screenshot(home, SCREENSHOTS / f"home-{suffix}")
+    settled_screenshot(home, SCREENSHOTS / f"home-index-{suffix}", at="article table")
     scenario = open_page(watched, f"{site_url}scenarios/{SCREENSHOT_SCENARIO}/")
     wait_for_diagrams(scenario)
-    scenario.screenshot(path=str(SCREENSHOTS / f"scenario-{scheme}-{width}.png"))
-    scenario.locator("h2#the-exchange").scroll_into_view_if_needed()
-    scenario.screenshot(path=str(SCREENSHOTS / f"scenario-diagram-{scheme}-{width}.png"))
-    scenario.screenshot(path=str(SCREENSHOTS / f"scenario-full-{scheme}-{width}.png"), full_page=True)
+    settled_screenshot(scenario, SCREENSHOTS / f"scenario-{suffix}")
+    settled_screenshot(scenario, SCREENSHOTS / f"scenario-trace-{suffix}", at=".fg-trace")
+    settled_screenshot(scenario, SCREENSHOTS / f"scenario-diagram-{suffix}", at="div.mermaid")
+    settled_screenshot(scenario, SCREENSHOTS / f"scenario-seen-{suffix}", at="h2#you-may-have-seen")
+    symptoms = open_page(watched, f"{site_url}symptoms/")
+    settled_screenshot(symptoms, SCREENSHOTS / f"symptoms-{suffix}")
+    for page in (home, scenario, symptoms):  # wide content scrolls in its own box, never the page
+        assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"], page.url
     watched.close()
 
 
@@ -311,14 +368,17 @@ def measure(browser: Any, url: str, diagrams: bool) -> dict[str, Any]:
     timing = page.evaluate("""() => { const n = performance.getEntriesByType('navigation')[0];
         return {dom_content_loaded_ms: n.domContentLoadedEventEnd, load_ms: n.loadEventEnd}; }""")
     by_type: dict[str, int] = {}
-    total = 0
+    total = gzipped = 0
     for request in watched.finished:
         sizes = request.sizes()
         size = sizes["responseBodySize"] + sizes["responseHeadersSize"]
         total += size
         by_type[request.resource_type] = by_type.get(request.resource_type, 0) + size
+        # what a host that compresses (GitHub Pages gzips text) would send for the same body
+        gzipped += len(gzip.compress(request.response().body(), 6)) + sizes["responseHeadersSize"]
     watched.close()
     return {"url": urlparse(url).path, "requests": len(watched.finished), "transferred_bytes": total,
+            "transferred_bytes_if_gzipped": gzipped,
             "bytes_by_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1])),
             "dom_content_loaded_ms": round(timing["dom_content_loaded_ms"], 1),
             "load_ms": round(timing["load_ms"], 1),
@@ -333,13 +393,14 @@ def test_page_weight(browser: Any, site_url: str, built_site: Path) -> None:
         "largest_scenario": {"slug": slug, **measure(browser, f"{site_url}scenarios/{slug}/", diagrams=True)},
         "note": ("served from 127.0.0.1 without compression, empty cache; transferred = response"
                  " headers + bodies of every request (search index included once the worker loads it);"
-                 " rendered_ms = navigation until diagrams are drawn and the network is idle"),
+                 " rendered_ms = navigation until diagrams are drawn and the network is idle (includes Playwright's 500 ms idle window); transferred_bytes_if_gzipped = the same bodies gzipped (-6), as a compressing host (GitHub Pages) would send them"),
     }
     PAGE_WEIGHT.parent.mkdir(parents=True, exist_ok=True)
     PAGE_WEIGHT.write_text(json.dumps(figures, indent=2) + "\n")
     for name in ("home", "largest_scenario"):
         f = figures[name]
-        print(f"{name} {f['url']}: {f['requests']} requests, {f['transferred_bytes'] / 1024:.0f} KiB,"
+        print(f"{name} {f['url']}: {f['requests']} requests, {f['transferred_bytes'] / 1024:.0f} KiB"
+              f" ({f['transferred_bytes_if_gzipped'] / 1024:.0f} KiB gzipped),"
               f" DOMContentLoaded {f['dom_content_loaded_ms']:.0f} ms, load {f['load_ms']:.0f} ms,"
               f" rendered {f['rendered_ms']:.0f} ms")
     for f in (figures["home"], figures["largest_scenario"]):

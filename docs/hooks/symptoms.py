@@ -131,6 +131,7 @@ def _errno_of(text: str) -> str | None:
 def seen_in(data: dict[str, Any]) -> list[Seen]:
     """Every failure the recording holds, once per (host, call, text)."""
     found: dict[tuple[str, str, str], Seen] = {}
+    failures: dict[tuple[str, str, str], int] = {}  # (host, errno, call name) -> failures so far
     for host, entries in data["outcomes"].items():
         for entry in entries:
             if "raised" in entry:
@@ -143,10 +144,13 @@ def seen_in(data: dict[str, Any]) -> list[Seen]:
                 key, source = _errno_of(text) or exception.group(0), "log"
             else:
                 continue
+            # the n-th failure of one call (connect, recv, log...) died on the n-th connection
+            # that saw the explaining packet: firewall-reject's two refused connects
+            kind = (host, key, re.split(r"[(:]", entry["call"])[0])
+            nth = failures.get(kind, 0)
+            failures[kind] = nth + 1
             if (host, entry["call"], text) in found:
                 continue
-            # the k-th distinct failure of this kind on this host died on the k-th connection
-            nth = sum(1 for s in found.values() if (s.host, s.key) == (host, key))
             packets, why = explaining_packets(data, host, key)
             packet = packets[min(nth, len(packets) - 1)] if packets else None
             found[(host, entry["call"], text)] = Seen(
@@ -243,11 +247,12 @@ def symptom_index(src: str) -> str:
     if not groups:
         raise PluginError("symptom index: no recording holds a failed call; run `nox -s docs`")
     order = sorted(groups, key=lambda k: (-len({s.slug for s in groups[k]}), k))
-    out = ["| what the application saw | errno | scenarios |", "|---|---|---|"]
+    out = []  # a list, not a table: the error texts are long and phones are narrow
     for key in order:
         texts = sorted({s.text for s in groups[key]})
-        slugs = sorted({s.slug for s in groups[key]})
-        out.append(f"| {'<br>'.join(_code(t) for t in texts)} | [{key}](#{group_id(key)}) | {len(slugs)} |")
+        count = len({s.slug for s in groups[key]})
+        out.append(f"- **[{key}](#{group_id(key)})** ({count} scenario{'s' if count > 1 else ''}): "
+                   + ", ".join(_code(t) for t in texts))
     out.append("")
     for key in order:
         out += [f"## {describe_key(key)} {{ #{group_id(key)} }}", ""]

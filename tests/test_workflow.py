@@ -1,0 +1,68 @@
+"""The GitHub Pages workflow cannot run here: check its syntax and what it promises.
+
+Syntax: check-jsonschema with the GitHub Actions workflow schema it ships (no network).
+Promises: it records the traces fresh as root, builds with the same nox session as a
+developer, and deploys the built site with the official Pages actions.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOW = ROOT / ".github" / "workflows" / "pages.yml"
+
+
+def schema_errors(path: Path) -> str:
+    """check-jsonschema's verdict on a workflow file: '' when valid."""
+    proc = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema",
+                           "vendor.github-workflows", str(path)], capture_output=True, text=True)
+    return "" if proc.returncode == 0 else proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def workflow() -> dict[Any, Any]:
+    return yaml.safe_load(WORKFLOW.read_text())
+
+
+def steps(workflow: dict[Any, Any], job: str) -> list[dict[str, Any]]:
+    return workflow["jobs"][job]["steps"]
+
+
+def test_workflow_matches_the_github_actions_schema() -> None:
+    assert schema_errors(WORKFLOW) == ""
+
+
+def test_the_schema_check_rejects_a_broken_workflow(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yml"
+    broken.write_text(WORKFLOW.read_text().replace("runs-on: ubuntu-24.04", "run-on: ubuntu-24.04", 1))
+    assert "runs-on" in schema_errors(broken)
+
+
+def test_it_records_fresh_as_root_and_builds_with_nox(workflow: dict[Any, Any]) -> None:
+    runs = "\n".join(step.get("run", "") for step in steps(workflow, "build"))
+    for package in ("tcpdump", "iproute2", "nftables"):
+        assert package in runs, f"the runner lacks {package}"
+    build = next(step["run"] for step in steps(workflow, "build") if "nox -s docs" in step.get("run", ""))
+    assert build.startswith("sudo"), "the lab needs root on GitHub's Ubuntu runners"
+    uses = [step.get("uses", "") for step in steps(workflow, "build")]
+    assert not any("cache" in u for u in uses), "a cached build/ could publish old traces"
+
+
+def test_it_deploys_the_built_site_to_pages(workflow: dict[Any, Any]) -> None:
+    mkdocs = yaml.safe_load((ROOT / "mkdocs.yml").read_text().split("\nmarkdown_extensions:")[0])
+    site_dir = mkdocs.get("site_dir", "site").rstrip("/") + "/"
+    upload = next(s for s in steps(workflow, "build") if s.get("uses", "").startswith("actions/upload-pages-artifact@"))
+    assert upload["with"]["path"] == site_dir
+    deploy = workflow["jobs"]["deploy"]
+    assert deploy["needs"] == "build"
+    assert deploy["permissions"] == {"pages": "write", "id-token": "write"}
+    assert deploy["environment"]["name"] == "github-pages"
+    assert any(s.get("uses", "").startswith("actions/deploy-pages@") for s in deploy["steps"])
+    assert workflow["permissions"] == {"contents": "read"}, "the build job needs no write access"
