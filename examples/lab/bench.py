@@ -78,13 +78,13 @@ def main(args: argparse.Namespace) -> int:
     serial = serial_runner.run(slugs)
     serial_wall = time.monotonic() - started
     _fail(serial)
-    print(f"\n{'scenario':<26}{'wall':>8}{'inherent':>10}{'lab':>8}")
+    print(f"\n{'scenario':<32}{'wall':>8}{'inherent':>10}{'lab':>8}")
     per_scenario = {}
     for r in serial:
         inherent = _inherent(r)
         per_scenario[r.slug] = {"wall_s": round(r.seconds, 3), "inherent_s": round(inherent, 3),
                                 "lab_s": round(r.seconds - inherent, 3)}
-        print(f"{r.slug:<26}{r.seconds:8.2f}{inherent:10.2f}{r.seconds - inherent:8.2f}")
+        print(f"{r.slug:<32}{r.seconds:8.2f}{inherent:10.2f}{r.seconds - inherent:8.2f}")
 
     parallel_walls = []
     for _ in range(3):
