@@ -297,3 +297,13 @@ def test_lab_hosts_cannot_reach_anything_outside(lab: Lab) -> None:
         links = next(e["returned"] for e in entries if e["call"] == "links")
         assert "default" not in routes, host
         assert set(ast.literal_eval(links)) <= {"lo", "eth0", "eth1"}, links
+
+
+def test_bench_measures_the_lab_on_an_empty_scenario(tmp_path: Path) -> None:
+    from lab import bench
+
+    figures = bench.measure_overhead(3, tmp_path)
+    assert figures["rounds"] == 3
+    assert 0 < figures["min_s"] <= figures["median_s"] <= figures["max_s"]
+    assert set(figures["median_stage_s"]) >= {"hosts", "capture_start", "scenario", "capture_stop"}
+    assert {p.name for p in tmp_path.iterdir()} == {"empty.pcap", "empty.txt", "empty.json"}
