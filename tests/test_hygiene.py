@@ -290,7 +290,6 @@ def test_rootless_run_records_a_trace(lab: Lab, unprivileged) -> None:
 def test_lab_hosts_cannot_reach_anything_outside(lab: Lab) -> None:
     proc = lab.run("reach-out")
     assert proc.returncode == 0, proc.stderr
-    import json
     data = json.loads((lab.out / "reach-out.json").read_text())
     for host, entries in data["outcomes"].items():
         routes = next(e["returned"] for e in entries if e["call"] == "routes")

@@ -151,10 +151,10 @@ class Host:
             for table in ("snmp", "netstat"):
                 with open(f"/proc/thread-self/net/{table}") as f:
                     lines = f.read().splitlines()
-                for head, row in zip(lines[::2], lines[1::2]):
+                for head, row in zip(lines[::2], lines[1::2], strict=True):
                     prefix, names = head.split(":", 1)
                     _, numbers = row.split(":", 1)
-                    for name, number in zip(names.split(), numbers.split()):
+                    for name, number in zip(names.split(), numbers.split(), strict=True):
                         values[prefix + name] = int(number)
         return values
 
