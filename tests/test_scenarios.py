@@ -74,3 +74,13 @@ def test_text_trace_is_tcpdumps_own(result: Result) -> None:
     assert len(lines) == len(data["packets"])
     version = subprocess.run(["tcpdump", "--version"], capture_output=True, text=True).stdout
     assert data["tcpdump_version"] in version
+
+
+def test_every_trace_keeps_its_shape_over_consecutive_runs(tmp_path) -> None:
+    """A short version of `nox -s examples -- --repeat 50 --busy 1`: same shape, every run."""
+    from lab.runner import Runner, format_shapes
+
+    results = Runner(out=tmp_path).run(SLUGS, repeat=3)
+    for slug in SLUGS:
+        mine = [r for r in results if r.slug == slug]
+        assert all(r.ok for r in mine), f"{slug}:\n{mine[0].problem}\n{format_shapes(mine)}"
