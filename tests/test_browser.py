@@ -339,6 +339,7 @@ def test_screenshots(browser: Any, site_url: str, scheme: str, viewport: dict[st
     home = open_page(watched, site_url)
     settled_screenshot(home, SCREENSHOTS / f"home-{suffix}")
     settled_screenshot(home, SCREENSHOTS / f"home-index-{suffix}", at="article table")
+    settled_screenshot(home, SCREENSHOTS / f"home-chinese-{suffix}", at="h2#给中文读者")
     scenario = open_page(watched, f"{site_url}scenarios/{SCREENSHOT_SCENARIO}/")
     wait_for_diagrams(scenario)
     settled_screenshot(scenario, SCREENSHOTS / f"scenario-{suffix}")
