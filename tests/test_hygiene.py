@@ -226,6 +226,28 @@ def test_ctrl_c_stops_every_worker_and_removes_its_files(lab: Lab) -> None:
     lab.assert_nothing_left()
 
 
+def test_a_killed_runner_takes_every_worker_with_it(lab: Lab) -> None:
+    """SIGKILL leaves the runner no chance to clean up: its zygote sees its stdin close."""
+    proc = subprocess.Popen(lab.argv("hangs", "passes"), env=lab.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while not any(cmd.startswith("tcpdump") for cmd in lab.processes()):
+        assert time.monotonic() < deadline and proc.poll() is None, "the run never started"
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while lab.processes():  # they die asynchronously: wait, bounded
+        assert time.monotonic() < deadline, lab.processes()
+        time.sleep(0.01)
+    # its private folders remain (nobody was left to remove them), never an artifact;
+    # the next run removes them
+    left = {p.name for p in lab.out.iterdir()}
+    assert not {name for name in left if not name.startswith(".run-")}
+    assert lab.run("passes").returncode == 0
+    lab.assert_nothing_left({"passes.pcap", "passes.txt", "passes.json"})
+
+
 def test_missing_tcpdump_names_its_debian_package(lab: Lab, tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

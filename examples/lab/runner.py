@@ -108,7 +108,7 @@ class Runner:
     # -- one run -------------------------------------------------------------
     def _work(self, slug: str) -> Result:
         scenario = load(slug)
-        tmp = Path(tempfile.mkdtemp(prefix=f".run-{slug}-", dir=self.out))
+        tmp = Path(tempfile.mkdtemp(prefix=f".run-{slug}-{os.getpid()}-", dir=self.out))
         with self._lock:
             self._folders.append(tmp)
         assert self._zygote is not None
@@ -185,6 +185,7 @@ class Runner:
     # -- many runs ---------------------------------------------------------------
     def run(self, slugs: list[str], repeat: int = 1, on_result: Any = None) -> list[Result]:
         self.out.mkdir(parents=True, exist_ok=True)
+        self._remove_orphaned_folders()
         slugs = self._longest_first(slugs)
         for slug in slugs:
             for suffix in ARTIFACTS:
@@ -222,6 +223,13 @@ class Runner:
                 shutil.rmtree(folder, ignore_errors=True)
             self._folders.clear()
         return results
+
+    def _remove_orphaned_folders(self) -> None:
+        """Remove the private folders of runs whose runner was killed (SIGKILL: no cleanup)."""
+        for folder in self.out.glob(".run-*-*-*"):
+            pid = folder.name.rsplit("-", 2)[-2]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                shutil.rmtree(folder, ignore_errors=True)
 
     def _longest_first(self, slugs: list[str]) -> list[str]:
         """Start the scenarios with long timers first, so their waiting overlaps the others'
