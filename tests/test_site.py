@@ -262,3 +262,19 @@ def test_a_draft_page_has_every_generated_block() -> None:
     assert set(fieldguide.REQUIRED) <= used
     assert used <= set(fieldguide.PLACEHOLDERS)
     assert "docs/scenarios/some-slug.md" in draft
+
+
+# Readers cite these in code reviews: /scenarios/SLUG/#fix-or-avoid, #packet-3. Renaming one
+# breaks their links, so it must be a deliberate change of this list.
+STABLE_SECTIONS = ["the-trace", "the-exchange", "what-each-application-saw", "which-counters-moved",
+                   "why-linux-does-this", "spot-it-in-production", "fix-or-avoid", "the-example",
+                   "provenance", "you-may-have-seen"]
+
+
+@pytest.mark.parametrize("slug", SLUGS)
+def test_page_keeps_its_citable_anchors(built_site: Path, recorded_traces: Path, slug: str) -> None:
+    page = page_of(built_site, slug)
+    sections = re.findall(r'<h2 id="([^"]+)"', page)
+    assert sections == STABLE_SECTIONS
+    packets = {int(n) for n in re.findall(r'id="packet-(\d+)"', page)}
+    assert packets == set(range(1, len(recording(recorded_traces, slug)["packets"]) + 1))
