@@ -14,9 +14,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
+from lab.scenarios import all_slugs, path_of
 
 ROOT = Path(__file__).resolve().parents[1]
-SLUGS = sorted(p.stem.replace("_", "-") for p in (ROOT / "examples").glob("*.py") if not p.stem.startswith("_"))
+SLUGS = all_slugs()
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -111,7 +112,7 @@ def test_page_states_its_provenance(built_site: Path, recorded_traces: Path, slu
 
 @pytest.mark.parametrize("slug", SLUGS)
 def test_page_includes_its_example_file(built_site: Path, slug: str) -> None:
-    name = slug.replace("-", "_") + ".py"
+    name = path_of(slug).name
     block = re.search(rf'<span class="filename">examples/{re.escape(name)}</span><pre>.*?<code>(.*?)</code>',
                       page_of(built_site, slug), re.DOTALL)
     assert block, f"{slug}: examples/{name} is not on the page"

@@ -96,6 +96,11 @@ log = logging.getLogger("mkdocs.hooks.fieldguide")
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
+sys.path.insert(0, str(EXAMPLES))  # the lab: its catalogue rule and its capture settings
+from lab.capture import CAPTURE_OPTIONS, FILTER, TEXT_OPTIONS  # noqa: E402
+from lab.scenarios import all_slugs as example_slugs  # noqa: E402
+from lab.scenarios import path_of as example_path  # noqa: E402
+
 # the lab's output; tests point it elsewhere to check that a broken trace fails the build
 TRACES = Path(os.environ.get("FIELDGUIDE_TRACES", ROOT / "build" / "traces"))
 VENDOR = ROOT / "build" / "vendor"
@@ -114,15 +119,6 @@ recordings: dict[str, Recording] = {}
 
 
 # -- the catalogue ----------------------------------------------------------------------
-
-def example_slugs() -> list[str]:
-    """The lab's rule: every examples/*.py not starting with "_" is a scenario."""
-    return sorted(p.stem.replace("_", "-") for p in EXAMPLES.glob("*.py") if not p.stem.startswith("_"))
-
-
-def example_path(slug: str) -> Path:
-    return EXAMPLES / (slug.replace("-", "_") + ".py")
-
 
 def example_why(slug: str) -> str:
     """The example docstring after its first paragraph: the mechanism, in the author's words."""
@@ -397,9 +393,6 @@ def _provenance(ctx: Context, args: list[str]) -> str:
 @placeholder("capture_settings")
 def _capture_settings(ctx: Context, args: list[str]) -> str:
     """{{ capture_settings }}: the tcpdump command lines the lab really uses (read from the lab)."""
-    sys.path.insert(0, str(EXAMPLES))
-    from lab.capture import CAPTURE_OPTIONS, FILTER, TEXT_OPTIONS
-
     capture = " ".join(["tcpdump", "-i", "eth0", "-w", "SLUG.pcap", *CAPTURE_OPTIONS, f"'{FILTER}'"])
     text = " ".join(["tcpdump", *TEXT_OPTIONS, "-r", "SLUG.pcap"])
     return (f"```sh\n# the capture, on the capture host's eth0, for the whole run\n{capture}\n"

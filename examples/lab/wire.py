@@ -13,10 +13,9 @@ import time
 from collections.abc import Iterator
 
 from . import netns
+from .peer import ETH_P_IP, PACKET_OUTGOING
 from .trace import tcpdump_flags
 
-ETH_P_IP = 0x0800
-PACKET_OUTGOING = 4
 
 
 class Inbox:

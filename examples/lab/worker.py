@@ -2,9 +2,10 @@
 
     python -m lab.worker SLUG OUTDIR
 
-Writes OUTDIR/SLUG.pcap and OUTDIR/worker.json. Started by the runner in a
-process group of its own, so a timeout or Ctrl-C kills it with everything it
-started; its namespaces die with it.
+Writes OUTDIR/SLUG.pcap and OUTDIR/worker.json. The runner's zygote forks
+each worker into a process group of its own and calls record(), so a timeout
+or Ctrl-C kills it with everything it started; its namespaces die with it.
+`python -m lab.worker` runs one the same way, by hand, for debugging.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ def run(slug: str, outdir: Path) -> dict:
         mark = now
 
     scenario = load(slug)
-    lap("import")
     transcript = Transcript()
     captures: list[Capture] = []
 
@@ -76,8 +76,8 @@ def run(slug: str, outdir: Path) -> dict:
     return report
 
 
-def main() -> int:
-    slug, outdir = sys.argv[1], Path(sys.argv[2])
+def record(slug: str, outdir: Path) -> int:
+    """Run the scenario under a watchdog and write OUTDIR/worker.json; the exit code."""
     # a hung example: print where every host's thread is stuck, then exit
     faulthandler.dump_traceback_later(load(slug).timeout, exit=True)
     report = run(slug, outdir)
@@ -86,4 +86,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(record(sys.argv[1], Path(sys.argv[2])))

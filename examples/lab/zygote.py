@@ -14,7 +14,6 @@ When stdin closes, every child still running is killed and the zygote exits.
 
 from __future__ import annotations
 
-import faulthandler
 import json
 import os
 import select
@@ -55,12 +54,7 @@ def _child(request: dict, inherited: list[int]) -> None:
         os.close(devnull)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         scenarios.use_examples(Path(request["examples"]))
-        slug = request["slug"]
-        # a hung example: print where every host's thread is stuck, then exit
-        faulthandler.dump_traceback_later(scenarios.load(slug).timeout, exit=True)
-        report = worker.run(slug, folder)
-        (folder / "worker.json").write_text(json.dumps(report, indent=1))
-        code = 1 if report["error"] else 0
+        code = worker.record(request["slug"], folder)
     except BaseException:
         traceback.print_exc()
     finally:
