@@ -12,17 +12,6 @@ TITLE = "Peer lost its state: the next data is answered with RST"
 PHASE = "established"
 HOSTS = ("client", "server")
 
-# the reboot must be silent: a FIN or RST from the dying sockets would warn the client
-SILENCE = """
-table ip reboot {
-    chain out {
-        type filter hook output priority 0; policy accept;
-        tcp flags & (fin | rst) != 0 drop
-    }
-}
-"""
-
-
 def run(client, server):
     listener = server.socket()
     listener.bind((server.ip, 8888))
@@ -33,9 +22,7 @@ def run(client, server):
     conn, _ = listener.accept()
 
     # the server host "reboots": its kernel forgets the connection and tells no one
-    server.nft(SILENCE)
-    killed = server.sh("ss", "-K", "-Htan", "sport", "=", ":8888")  # listener and connection
-    server.nft("delete table ip reboot")
+    killed = server.lose_state(8888)  # listener and connection, destroyed without a word
     server.note("sockets destroyed by the reboot", [line.split()[0] for line in killed.splitlines()])
     server.note("sockets on port 8888 after it", server.sh("ss", "-Htan", "sport", "=", ":8888"))
 

@@ -18,7 +18,7 @@ TIMEOUT (seconds, default 20), TRACE_OPTIONS (extra tcpdump -r options, e.g. ["-
 Host API (examples/lab/hosts.py): host.ip, host.socket(), `with host:`,
 host.record(label, fn, ...), host.note(what, value), host.start(fn, ...),
 host.process(argv or fn, ...), host.receives(flags, source=...), host.raw_peer(),
-host.wiretap(), host.sh(...), host.nft(...), host.sysctl(key, value), host.counters(),
+host.wiretap(), host.lose_state(port) (a silent reboot), host.sh(...), host.nft(...), host.sysctl(key, value), host.counters(),
 host.until(what, condition) and host.counter_reaches(name, n) (kernel state with no event
 to wait on), host.accept_queue(listener), host.conntrack().  Claims API: examples/lab/trace.py
 (trace.counter(host, "TcpExtListenOverflows", 1) checks a counter's rise).

@@ -30,6 +30,17 @@ SUBNETS = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
 MTU = 1500  # a veth link gives the MSS 1460 of real Ethernet
 
 
+# a FIN or RST from the dying sockets would warn their peers
+SILENT_REBOOT = """
+table ip silent_reboot {
+    chain out {
+        type filter hook output priority 0; policy accept;
+        tcp flags & (fin | rst) != 0 drop
+    }
+}
+"""
+
+
 class Host:
     """A machine of the lab: its own network stack, addresses and processes."""
 
@@ -137,6 +148,16 @@ class Host:
     def nft(self, ruleset: str) -> None:
         """Load an nftables ruleset on this host."""
         self.sh("nft", "-f", "-", input=ruleset)
+
+    def lose_state(self, port: int) -> str:
+        """A silent reboot: destroy every socket on this local port (`ss -K`) while the
+        host's outgoing FIN and RST are dropped, so its peers are told nothing.
+        Returns ss's lines for the sockets destroyed."""
+        self.nft(SILENT_REBOOT)
+        try:
+            return self.sh("ss", "-K", "-Htan", "sport", "=", f":{port}")
+        finally:
+            self.nft("delete table ip silent_reboot")
 
     def sysctl(self, key: str, value: object) -> None:
         """Set a per-namespace sysctl on this host (net.* keys)."""
