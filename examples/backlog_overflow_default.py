@@ -53,20 +53,20 @@ def run(client, server):
 
 
 def claims(trace):
-    syn = trace.next("client", "S", what="the late client sends its SYN")
-    synack = trace.next("server", "S.", ack=syn.seq + 1, what="the server answers with a SYN-ACK")
-    trace.next("client", ".", ack=synack.seq + 1,
+    syn = trace.next("client", "S", name="late-syn", what="the late client sends its SYN")
+    synack = trace.next("server", "S.", name="late-syn-ack", ack=syn.seq + 1,
+                        what="the server answers with a SYN-ACK")
+    trace.next("client", ".", name="late-ack", ack=synack.seq + 1,
                what="the late client's final ACK (held up on the way: the server never gets it)")
     for n in (1, 2):
-        trace.next("client", "S", what=f"early client {n} sends its SYN")
-        trace.next("server", "S.", what=f"the server answers early client {n}")
-        trace.next("client", ".", what=f"early client {n}'s ACK: its connection waits in the accept queue")
-    again = trace.next("server", "S.", seq=synack.seq, after=0.9,
+        trace.handshake("client", "server", name=f"early-{n}-handshake",
+                        what=f"early client {n}: its connection waits in the accept queue")
+    again = trace.next("server", "S.", name="syn-ack-again", seq=synack.seq, after=0.9,
                        what="about 1 s later the server retransmits the late client's SYN-ACK")
-    trace.next("client", ".", ack=again.seq + 1, what="the client acknowledges it again")
-    request = trace.next("client", "P.", payload=5,
+    trace.next("client", ".", name="late-ack-again", ack=again.seq + 1, what="the client acknowledges it again")
+    request = trace.next("client", "P.", name="late-request", payload=5,
                          what="after the server accepted one connection, the late client sends its request")
-    trace.next("server", ".", ack=request.seq + 5,
+    trace.next("server", ".", name="late-request-ack", ack=request.seq + 5,
                what="the server acknowledges it: the connection now exists on the server too")
     trace.no("server", "R", what="the server never sends a RST")
     trace.no("client", "R", what="nor does the client")

@@ -20,8 +20,8 @@ def run(client, server):
 
 
 def claims(trace):
-    syn = trace.next("client", "S")
-    rst = trace.next("server", "R.", seq=0, ack=syn.seq + 1, win=0)
+    syn = trace.next("client", "S", name="client-syn")
+    rst = trace.next("server", "R.", name="server-rst", seq=0, ack=syn.seq + 1, win=0)
     trace.check("the RST carries no TCP option: no socket made it", rst.options == (), f"options {rst.options}")
     trace.raised("client", "connect", "ECONNREFUSED")
     trace.counter("server", "TcpOutRsts", 1)

@@ -37,10 +37,10 @@ def run(client, server):
 
 
 def claims(trace):
-    syn = trace.next("client", "S")
-    synack = trace.next("server", "S.", ack=syn.seq + 1, after=SERVER_DELAY * 0.9,
+    syn = trace.next("client", "S", name="client-syn")
+    synack = trace.next("server", "S.", name="late-syn-ack", ack=syn.seq + 1, after=SERVER_DELAY * 0.9,
                         what="the server's SYN-ACK arrives about 250 ms after the SYN")
-    rst = trace.next("client", "R", seq=synack.ack, win=0, within=0.05,
+    rst = trace.next("client", "R", name="client-rst", seq=synack.ack, win=0, within=0.05,
                      what="the client answers the SYN-ACK at once with a bare [R], seq = its ack, win 0")
     trace.check("the RST carries no TCP option: no socket made it", rst.options == (), f"options {rst.options}")
     trace.no("client", ".", what="the client never acknowledges the SYN-ACK")

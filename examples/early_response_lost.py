@@ -100,20 +100,22 @@ def run(client, server):
 
 def claims(trace):
     for n, library in ((1, "http.client"), (2, "urllib3")):
-        trace.next("client", "S", what=f"connection {n} ({library}): the client connects")
-        trace.next("server", "S.")
-        trace.next("client", ".")
-        trace.next("client", "P.", what="the client sends the request head: POST /upload, Content-Length: 65536")
-        trace.next("server", ".")
+        c = f"c{n}"  # connection n's packets: c1-..., c2-...
+        trace.handshake("client", "server", name=f"{c}-handshake", what=f"connection {n}: {library}")
+        trace.next("client", "P.", name=f"{c}-head",
+                   what="the client sends the request head: POST /upload, Content-Length: 65536")
+        trace.next("server", ".", name=f"{c}-head-ack")
         for part in (1, 2, 3):
-            trace.next("client", "P.", payload=4096, what=f"body part {part}: 4096 bytes")
-            last = trace.next("server", ".",
+            trace.next("client", "P.", name=f"{c}-body-{part}", payload=4096, what=f"body part {part}: 4096 bytes")
+            last = trace.next("server", ".", name=f"{c}-body-{part}-ack",
                               what="the server's kernel acknowledges it (the application reads nothing yet)")
-        response = trace.next("server", "P.", what="the server reads the head and answers 413 at once")
-        trace.next("client", ".", ack=response.seq + response.payload,
+        response = trace.next("server", "P.", name=f"{c}-response",
+                              what="the server reads the head and answers 413 at once")
+        trace.next("client", ".", name=f"{c}-response-ack", ack=response.seq + response.payload,
                    what="the client's kernel acknowledges the 413")
-        fin = trace.next("server", "F.", what="the server closes: FIN first (http.server shuts down writing)...")
-        rst = trace.next("server", "R.", seq=fin.seq + 1, ack=last.ack,
+        fin = trace.next("server", "F.", name=f"{c}-server-fin",
+                         what="the server closes: FIN first (http.server shuts down writing)...")
+        rst = trace.next("server", "R.", name=f"{c}-server-rst", seq=fin.seq + 1, ack=last.ack,
                          what="...then [R.]: close() found body bytes it never read; the RST acknowledges them all")
         trace.check(f"connection {n}: a live socket's RST, with window and timestamp option",
                     rst.win > 0 and "TS" in rst.options, f"win {rst.win}, options {rst.options}")

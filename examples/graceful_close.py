@@ -30,15 +30,15 @@ def run(client, server):
 
 
 def claims(trace):
-    trace.next("client", "S")
-    trace.next("server", "S.")
-    trace.next("client", ".")
-    trace.next("client", "P.", payload=5)
-    trace.next("server", ".")
-    fin = trace.next("server", "F.", what="the server's close() sends a FIN")
-    trace.next("client", ".", ack=fin.seq + 1, what="the client's kernel acknowledges the FIN")
-    client_fin = trace.next("client", "F.", what="the client's close() sends its own FIN")
-    trace.next("server", ".", ack=client_fin.seq + 1, what="the server acknowledges the client's FIN")
+    trace.handshake("client", "server")
+    trace.next("client", "P.", name="request", payload=5, what="the client sends 5 bytes")
+    trace.next("server", ".", name="request-ack", what="the server's kernel acknowledges them")
+    fin = trace.next("server", "F.", name="server-fin", what="the server's close() sends a FIN")
+    trace.next("client", ".", name="server-fin-ack", ack=fin.seq + 1,
+               what="the client's kernel acknowledges the FIN")
+    client_fin = trace.next("client", "F.", name="client-fin", what="the client's close() sends its own FIN")
+    trace.next("server", ".", name="client-fin-ack", ack=client_fin.seq + 1,
+               what="the server acknowledges the client's FIN")
     trace.no("server", "R", what="no RST from the server")
     trace.no("client", "R", what="no RST from the client")
     trace.returned("client", "recv", "b''")

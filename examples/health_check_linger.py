@@ -71,10 +71,8 @@ def run(client, server):
 
 def claims(trace):
     for n in (1, 2):
-        trace.next("client", "S", what=f"check {n} connects")
-        trace.next("server", "S.")
-        hs = trace.next("client", ".")
-        rst = trace.next("client", "R.", seq=hs.seq, ack=hs.ack,
+        _, _, hs = trace.handshake("client", "server", name=f"check-{n}-handshake", what=f"check {n} connects")
+        rst = trace.next("client", "R.", name=f"check-{n}-rst", seq=hs.seq, ack=hs.ack,
                          what=f"check {n} closes with SO_LINGER 0: [R.], no FIN")
         trace.check(f"check {n}: a live socket's RST, with window and timestamp option",
                     rst.win > 0 and "TS" in rst.options, f"win {rst.win}, options {rst.options}")

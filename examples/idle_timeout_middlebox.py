@@ -61,23 +61,22 @@ def run(client, router, server):
 
 
 def claims(trace):
-    trace.next("client", "S", what="the client connects through the router")
-    synack = trace.next("server", "S.", what="the real server answers")
+    _, synack, _ = trace.handshake("client", "server", what="through the router, which tracks the flow")
     trace.check("the real server's packets arrive with TTL 63: one router has decremented it",
                 synack.ttl == 63, f"TTL {synack.ttl}")
-    trace.next("client", ".", what="the handshake completes; the router tracks the flow")
-    trace.next("client", "P.", payload=5, what="the client sends a request")
-    server_ack = trace.next("server", ".", what="the server acknowledges the request")
-    response = trace.next("server", "P.", payload=5, what="the server answers")
+    trace.next("client", "P.", name="request", payload=5, what="the client sends a request")
+    server_ack = trace.next("server", ".", name="request-ack", what="the server acknowledges the request")
+    response = trace.next("server", "P.", name="response", payload=5, what="the server answers")
     trace.check("the server's established socket numbers its packets: consecutive IP IDs",
                 response.ip_id == (server_ack.ip_id + 1) % 65536, f"IP IDs {server_ack.ip_id}, {response.ip_id}")
-    quiet = trace.next("client", ".", ack=response.seq + 5, what="the client acknowledges; the connection goes idle")
+    quiet = trace.next("client", ".", name="response-ack", ack=response.seq + 5,
+                       what="the client acknowledges; the connection goes idle")
 
-    request = trace.next("client", "P.", payload=5, after=IDLE_TIMEOUT - 0.01,
+    request = trace.next("client", "P.", name="request-after-idle", payload=5, after=IDLE_TIMEOUT - 0.01,
                          what="the idle timeout later (1 s, to a kernel tick), the client sends its next request")
     trace.check("it is the first packet since the connection went idle",
                 request.number == quiet.number + 1, f"packet {request.number}")
-    rst = trace.next("server", "R", seq=request.ack, win=0, options=(), within=0.05,
+    rst = trace.next("server", "R", name="router-rst", seq=request.ack, win=0, options=(), within=0.05,
                      what="a bare RST comes back at once from the server's address,"
                           " seq = the request's ack, win 0, no options")
     trace.check("that RST arrives with TTL 64: it was made one hop away, by the router",

@@ -39,13 +39,12 @@ def run(client, server):
 
 
 def claims(trace):
-    trace.next("client", "S")
-    synack = trace.next("server", "S.")
-    ack = trace.next("client", ".")
-    probe = trace.next("client", ".", payload=0, seq=ack.seq - 1, ack=synack.seq + 1, after=KEEPIDLE * 0.9,
+    _, synack, ack = trace.handshake("client", "server")
+    probe = trace.next("client", ".", name="keepalive-probe", payload=0, seq=ack.seq - 1, ack=synack.seq + 1,
+                       after=KEEPIDLE * 0.9,
                        what=f"after {KEEPIDLE} s of silence the client sends a keepalive probe:"
                             " an empty ACK whose seq is one byte behind (snd_una - 1)")
-    rst = trace.next("server", "R", seq=probe.ack, win=0, within=0.05,
+    rst = trace.next("server", "R", name="server-rst", seq=probe.ack, win=0, within=0.05,
                      what="the server answers the probe at once with a bare [R]: seq = the probe's ack, win 0")
     trace.check("the RST has no TCP options: no socket made it", rst.options == (), f"options {rst.options}")
     trace.no("client", "P", what="the client never sends any data")

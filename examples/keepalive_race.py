@@ -87,42 +87,43 @@ def run(client, server):
 
 def claims(trace):
     # 1. http.client
-    trace.next("client", "S", what="http.client connects")
-    trace.next("server", "S.")
-    trace.next("client", ".")
-    first = trace.next("client", "P.", what="the client sends GET /first")
-    headers = one_response(trace)
-    fin = trace.next("server", "F.", after=0.25,
+    trace.handshake("client", "server", name="c1-handshake", what="http.client connects")
+    first = trace.next("client", "P.", name="c1-get-first", what="the client sends GET /first")
+    headers = one_response(trace, "c1-first")
+    fin = trace.next("server", "F.", name="c1-server-fin", after=0.25,
                      what="after its idle timeout the server closes the connection: FIN")
-    trace.next("client", ".", ack=fin.seq + 1, what="the client's kernel acknowledges the FIN")
-    second = trace.next("client", "P.", what="http.client reuses the connection: GET /second")
+    trace.next("client", ".", name="c1-server-fin-ack", ack=fin.seq + 1,
+               what="the client's kernel acknowledges the FIN")
+    second = trace.next("client", "P.", name="c1-get-second",
+                        what="http.client reuses the connection: GET /second")
     trace.check("the second request is about as long as the first (same request line length)",
                 abs(second.payload - first.payload) <= 1, f"{first.payload} and {second.payload} bytes")
-    rst = trace.next("server", "R", seq=second.ack, win=0,
+    rst = trace.next("server", "R", name="server-rst", seq=second.ack, win=0,
                      what="the server's kernel answers it with [R]: seq = the request's ack, win 0")
     trace.check("the RST has no TCP options (built from the request segment, not a socket)",
                 rst.options == (), str(rst.options))
     trace.check("the response headers carried data", headers.payload > 0)
 
     # 2. urllib3: the same until it reuses the connection
-    trace.next("client", "S", what="urllib3 connects")
-    trace.next("server", "S.")
-    trace.next("client", ".")
-    trace.next("client", "P.", what="urllib3 sends GET /first")
-    one_response(trace)
-    fin = trace.next("server", "F.", after=0.25, what="the server's idle timeout closes this connection too")
-    trace.next("client", ".", ack=fin.seq + 1, what="the client's kernel acknowledges the FIN")
-    drop = trace.next("client", "F.", what="urllib3 finds the pooled connection readable and closes it: FIN")
-    trace.next("server", ".", ack=drop.seq + 1, what="what is left of the server's side acknowledges it")
-    trace.next("client", "S", what="urllib3 opens a new connection for GET /second")
-    trace.next("server", "S.")
-    trace.next("client", ".")
-    trace.next("client", "P.", what="urllib3 sends GET /second on the new connection")
-    one_response(trace)
-    fin = trace.next("server", "F.", after=0.25, what="(the end of the run: the server's idle timeout again)")
-    trace.next("client", ".", ack=fin.seq + 1)
-    trace.next("client", "F.", what="the client closes its pool: FIN")
-    trace.next("server", ".")
+    trace.handshake("client", "server", name="c2-handshake", what="urllib3 connects")
+    trace.next("client", "P.", name="c2-get-first", what="urllib3 sends GET /first")
+    one_response(trace, "c2-first")
+    fin = trace.next("server", "F.", name="c2-server-fin", after=0.25,
+                     what="the server's idle timeout closes this connection too")
+    trace.next("client", ".", name="c2-server-fin-ack", ack=fin.seq + 1,
+               what="the client's kernel acknowledges the FIN")
+    drop = trace.next("client", "F.", name="c2-client-fin",
+                      what="urllib3 finds the pooled connection readable and closes it: FIN")
+    trace.next("server", ".", name="c2-client-fin-ack", ack=drop.seq + 1,
+               what="what is left of the server's side acknowledges it")
+    trace.handshake("client", "server", name="c3-handshake", what="urllib3 opens a new connection for GET /second")
+    trace.next("client", "P.", name="c3-get-second", what="urllib3 sends GET /second on the new connection")
+    one_response(trace, "c3-second")
+    fin = trace.next("server", "F.", name="c3-server-fin", after=0.25,
+                     what="(the end of the run: the server's idle timeout again)")
+    trace.next("client", ".", name="c3-server-fin-ack", ack=fin.seq + 1)
+    trace.next("client", "F.", name="c3-client-fin", what="the client closes its pool: FIN")
+    trace.next("server", ".", name="c3-client-fin-ack")
     resets = [p for p in trace.packets if "R" in p.flags]
     trace.check("the only RST of the run is the one that answered http.client's reuse",
                 resets == [rst], ", ".join(p.label() for p in resets))
@@ -151,11 +152,13 @@ def claims(trace):
     trace.check("urllib3: the second request gets its 200", status == ["200"], str(status))
 
 
-def one_response(trace):
+def one_response(trace, name):
     """http.server's answer: ACK, headers, body, each acknowledged by the client."""
-    trace.next("server", ".")
-    headers = trace.next("server", "P.", what="the server answers 200 and keeps the connection open: headers...")
-    trace.next("client", ".")
-    trace.next("server", "P.", payload=6, what="...then the 6-byte body (http.server writes them separately)")
-    trace.next("client", ".")
+    trace.next("server", ".", name=f"{name}-request-ack")
+    headers = trace.next("server", "P.", name=f"{name}-headers",
+                         what="the server answers 200 and keeps the connection open: headers...")
+    trace.next("client", ".", name=f"{name}-headers-ack")
+    trace.next("server", "P.", name=f"{name}-body", payload=6,
+               what="...then the 6-byte body (http.server writes them separately)")
+    trace.next("client", ".", name=f"{name}-body-ack")
     return headers

@@ -35,10 +35,8 @@ def run(client, server):
 
 
 def claims(trace):
-    trace.next("client", "S")
-    trace.next("server", "S.")
-    hs = trace.next("client", ".")
-    rst = trace.next("client", "R.", seq=hs.seq, ack=hs.ack,
+    _, _, hs = trace.handshake("client", "server")
+    rst = trace.next("client", "R.", name="client-rst", seq=hs.seq, ack=hs.ack,
                      what="the client's close() sends [R.] at its next sequence number")
     trace.check("the RST carries the live socket's window and timestamp option",
                 rst.win > 0 and "TS" in rst.options, f"win {rst.win}, options {rst.options}")

@@ -37,17 +37,17 @@ def run(client, server):
 
 
 def claims(trace):
-    syn = trace.next("client", "S", what="the first client connects")
-    trace.next("server", "S.", ack=syn.seq + 1, what="the server's kernel answers: no application is involved")
-    trace.next("client", ".", what="the handshake completes: the connection waits in the accept queue")
-    request = trace.next("client", "P.", payload=18, what="the first client sends its request (18 bytes)")
-    trace.next("server", ".", ack=request.seq + 18, what="the server's kernel acknowledges it; no one reads it")
-    syn2 = trace.next("client", "S", what="the second client connects")
-    trace.next("server", "S.", ack=syn2.seq + 1, what="the server's kernel answers the second client")
-    hs2 = trace.next("client", ".", what="the second client's handshake completes; it sends nothing")
-    first_rst = trace.next("server", "R.", ack=request.seq + 18,
+    trace.handshake("client", "server", name="first-handshake",
+                    what="the first client; the server's kernel answers, no application is involved")
+    request = trace.next("client", "P.", name="first-request", payload=18,
+                         what="the first client sends its request (18 bytes)")
+    trace.next("server", ".", name="first-request-ack", ack=request.seq + 18,
+               what="the server's kernel acknowledges it; no one reads it")
+    _, _, hs2 = trace.handshake("client", "server", name="second-handshake",
+                                what="the second client, which sends nothing")
+    first_rst = trace.next("server", "R.", name="first-rst", ack=request.seq + 18,
                            what="closing the listener resets the first queued connection, acking its request")
-    second_rst = trace.next("server", "R.", seq=hs2.ack, ack=hs2.seq,
+    second_rst = trace.next("server", "R.", name="second-rst", seq=hs2.ack, ack=hs2.seq,
                             what="and the second one, though it never sent data")
     # both come from the one close(); the kernel may reschedule between them (cond_resched), so no time bound
     trace.check("nothing else happens between the two RSTs",

@@ -61,23 +61,25 @@ def run(client, server):
 
 
 def claims(trace):
-    syn = trace.next("client", "S", what="the first client connects")
-    trace.next("server", "S.", ack=syn.seq + 1, what="the server's kernel answers for the old listener")
-    trace.next("client", ".", what="the connection waits in the old listener's accept queue")
-    request = trace.next("client", "P.", payload=len(REQUEST), what="the first client sends its request")
-    trace.next("server", ".", ack=request.seq + len(REQUEST), what="the server's kernel acknowledges it")
-    trace.next("client", "S", what="the second client connects")
-    trace.next("server", "S.", what="the server's kernel answers it")
-    trace.next("client", ".", what="its connection waits in the same queue, silent")
-    answer = trace.next("server", "P.", payload=len(RESPONSE),
+    trace.handshake("client", "server", name="first-handshake",
+                    what="the first client; its connection waits in the old listener's accept queue")
+    request = trace.next("client", "P.", name="first-request", payload=len(REQUEST),
+                         what="the first client sends its request")
+    trace.next("server", ".", name="first-request-ack", ack=request.seq + len(REQUEST),
+               what="the server's kernel acknowledges it")
+    trace.handshake("client", "server", name="second-handshake",
+                    what="the second client; its connection waits in the same queue, silent")
+    answer = trace.next("server", "P.", name="first-response", payload=len(RESPONSE),
                         what="after the restart the new process answers the first client's request")
     trace.check("that answer is on the first client's connection", answer.dport == request.sport,
                 f"to port {answer.dport}")
-    trace.next("client", ".", what="the first client acknowledges it")
-    late = trace.next("client", "P.", payload=len(REQUEST), what="the second client sends its request")
-    trace.next("server", ".", ack=late.seq + len(REQUEST), what="the new process's socket acknowledges it")
-    trace.next("server", "P.", payload=len(RESPONSE), what="and answers")
-    trace.next("client", ".", what="the second client acknowledges the answer")
+    trace.next("client", ".", name="first-response-ack", what="the first client acknowledges it")
+    late = trace.next("client", "P.", name="second-request", payload=len(REQUEST),
+                      what="the second client sends its request")
+    trace.next("server", ".", name="second-request-ack", ack=late.seq + len(REQUEST),
+               what="the new process's socket acknowledges it")
+    trace.next("server", "P.", name="second-response", payload=len(RESPONSE), what="and answers")
+    trace.next("client", ".", name="second-response-ack", what="the second client acknowledges the answer")
     trace.no("server", "R", what="the server never sends a RST")
     trace.no("client", "R", what="nor does either client")
     trace.counter("server", "TcpExtTCPMigrateReqSuccess", 2,

@@ -34,11 +34,10 @@ def run(client, server):
 
 
 def claims(trace):
-    trace.next("client", "S")
-    trace.next("server", "S.")
-    trace.next("client", ".")
-    data = trace.next("client", "P.", payload=6, what="the client sends 6 bytes on the connection it still believes in")
-    rst = trace.next("server", "R", seq=data.ack, win=0,
+    trace.handshake("client", "server")
+    data = trace.next("client", "P.", name="client-data", payload=6,
+                      what="the client sends 6 bytes on the connection it still believes in")
+    rst = trace.next("server", "R", name="server-rst", seq=data.ack, win=0,
                      what="the server answers with a bare [R]: seq = the data's ack, no ACK flag, win 0")
     trace.check("the RST has no TCP options: no socket made it", rst.options == (), f"options {rst.options}")
     trace.no("server", "F", what="the server never sent a FIN: the reboot was silent")

@@ -63,26 +63,25 @@ def run(client, server):
 
 def claims(trace):
     # connection 1: nothing unread
-    trace.next("client", "S")
-    trace.next("server", "S.")
-    trace.next("client", ".")
-    request = trace.next("client", "P.", payload=6)
-    trace.next("server", ".", ack=request.seq + 6, what="the server's kernel acknowledges the request")
-    fin = trace.next("server", "F.", ack=request.seq + 6,
+    trace.handshake("client", "server", name="c1-handshake")
+    request = trace.next("client", "P.", name="c1-request", payload=6)
+    trace.next("server", ".", name="c1-request-ack", ack=request.seq + 6,
+               what="the server's kernel acknowledges the request")
+    fin = trace.next("server", "F.", name="c1-server-fin", ack=request.seq + 6,
                      what="SIGKILL with an empty receive queue: the kernel sends a FIN, not a RST")
-    trace.next("client", ".", ack=fin.seq + 1, what="the client's kernel acknowledges the FIN")
-    client_fin = trace.next("client", "F.", what="the client closes in turn")
-    trace.next("server", ".", ack=client_fin.seq + 1,
+    trace.next("client", ".", name="c1-server-fin-ack", ack=fin.seq + 1,
+               what="the client's kernel acknowledges the FIN")
+    client_fin = trace.next("client", "F.", name="c1-client-fin", what="the client closes in turn")
+    trace.next("server", ".", name="c1-client-fin-ack", ack=client_fin.seq + 1,
                what="the process is dead, yet its kernel acknowledges the client's FIN")
     trace.returned("client", "recv", "b''")
 
     # connection 2: a request waiting unread
-    trace.next("client", "S")
-    trace.next("server", "S.")
-    trace.next("client", ".")
-    request = trace.next("client", "P.", payload=6)
-    trace.next("server", ".", ack=request.seq + 6, what="the server's kernel acknowledges the request")
-    rst = trace.next("server", "R.", ack=request.seq + 6,
+    trace.handshake("client", "server", name="c2-handshake")
+    request = trace.next("client", "P.", name="c2-request", payload=6)
+    trace.next("server", ".", name="c2-request-ack", ack=request.seq + 6,
+               what="the server's kernel acknowledges the request")
+    rst = trace.next("server", "R.", name="c2-server-rst", ack=request.seq + 6,
                      what="SIGKILL with 6 unread bytes: the kernel sends [R.] acknowledging them, no FIN")
     trace.check("the RST comes from the live socket: it carries its window and timestamp option",
                 rst.win > 0 and "TS" in rst.options, f"win {rst.win}, options {rst.options}")

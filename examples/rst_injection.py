@@ -31,8 +31,8 @@ def run(client, router, server):
     sock.recv(1024)
 
     # the attacker reads the sequence numbers off the wire
-    hello = attacker.expect(flags="PA", source=server.ip)
-    attacker.expect(flags="A", source=client.ip)  # the client acknowledges it
+    hello = attacker.expect(flags="P.", source=server.ip)
+    attacker.expect(flags=".", source=client.ip)  # the client acknowledges it
     rcv_nxt = hello[TCP].seq + len(hello[TCP].payload)  # the next byte the client expects
 
     def forged_rst(seq):  # a RST "from the server", made on the router
@@ -42,10 +42,10 @@ def run(client, router, server):
     # 1. inside the window, not exact: RFC 5961 says challenge it, not obey it
     attacker.send(forged_rst(rcv_nxt + IN_WINDOW))
     router.note(f"the attacker sends a forged RST, seq = rcv_nxt + {IN_WINDOW}", rcv_nxt + IN_WINDOW)
-    attacker.expect(flags="A", source=client.ip)  # the client's challenge ACK
+    attacker.expect(flags=".", source=client.ip)  # the client's challenge ACK
     sock.sendall(b"still here")
     conn.recv(1024)  # the connection survived
-    latest = attacker.expect(flags="A", source=server.ip)  # the server acknowledges it
+    latest = attacker.expect(flags=".", source=server.ip)  # the server acknowledges it
 
     # 2. exactly rcv_nxt: accepted, the client's connection is gone
     attacker.send(forged_rst(latest[TCP].seq))  # the server sent no data since: still rcv_nxt
@@ -64,29 +64,27 @@ def run(client, router, server):
 
 
 def claims(trace):
-    trace.next("client", "S")
-    synack = trace.next("server", "S.")
-    trace.next("client", ".")
-    hello = trace.next("server", "P.", payload=5, what="the real server sends 5 bytes")
-    trace.next("client", ".", ack=hello.seq + 5)
+    _, synack, _ = trace.handshake("client", "server")
+    hello = trace.next("server", "P.", name="server-data", payload=5, what="the real server sends 5 bytes")
+    trace.next("client", ".", name="server-data-ack", ack=hello.seq + 5)
     rcv_nxt = hello.seq + 5
 
-    forged = trace.next("server", "R.", seq=rcv_nxt + IN_WINDOW, ttl=64,
+    forged = trace.next("server", "R.", name="forged-rst-in-window", seq=rcv_nxt + IN_WINDOW, ttl=64,
                         what=f"a RST claiming to be from the server arrives, seq rcv_nxt + {IN_WINDOW}"
                              " (inside the window, not exact)")
     trace.check("its TTL (64) betrays it: the real server's segments arrive with TTL 63, one hop away",
                 synack.ttl == hello.ttl == 63 and forged.ttl == 64,
                 f"server's TTL {synack.ttl}/{hello.ttl}, forged RST's TTL {forged.ttl}")
-    trace.next("client", ".", ack=rcv_nxt, payload=0, within=0.05,
+    trace.next("client", ".", name="challenge-ack", ack=rcv_nxt, payload=0, within=0.05,
                what="the client answers with a challenge ACK for rcv_nxt, and does not reset")
-    trace.next("client", "P.", payload=10, what="the connection lives: the client sends 10 bytes")
-    trace.next("server", ".", ttl=63, what="the real server acknowledges them")
+    trace.next("client", "P.", name="client-data", payload=10, what="the connection lives: the client sends 10 bytes")
+    trace.next("server", ".", name="client-data-ack", ttl=63, what="the real server acknowledges them")
 
-    trace.next("server", "R.", seq=rcv_nxt, ttl=64,
+    trace.next("server", "R.", name="forged-rst-exact", seq=rcv_nxt, ttl=64,
                what="a second forged RST arrives with seq exactly rcv_nxt")
-    anyone = trace.next("server", "P.", payload=7, ttl=63,
+    anyone = trace.next("server", "P.", name="server-data-after", payload=7, ttl=63,
                         what="the client stays silent; later the real server sends 7 more bytes")
-    rst = trace.next("client", "R", seq=anyone.ack, win=0, within=0.05,
+    rst = trace.next("client", "R", name="client-rst", seq=anyone.ack, win=0, within=0.05,
                      what="the client has no socket any more: a bare [R], as for any unknown connection")
     trace.check("the client's RST has no TCP options: no socket made it", rst.options == (), f"options {rst.options}")
     trace.raised("client", "recv", "ECONNRESET", nth=1)

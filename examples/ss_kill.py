@@ -42,10 +42,8 @@ def run(client, server):
 
 
 def claims(trace):
-    trace.next("client", "S")
-    trace.next("server", "S.")
-    hs = trace.next("client", ".")
-    rst = trace.next("server", "R.", seq=hs.ack, ack=hs.seq,
+    _, _, hs = trace.handshake("client", "server")
+    rst = trace.next("server", "R.", name="server-rst", seq=hs.ack, ack=hs.seq,
                      what="ss -K makes the server's kernel send [R.] at its next sequence number")
     trace.check("the RST comes from a live socket: it carries a window and the timestamp option",
                 rst.win > 0 and "TS" in rst.options, f"win {rst.win}, options {rst.options}")

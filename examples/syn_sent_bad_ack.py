@@ -45,15 +45,17 @@ def run(client, server):
 
 
 def claims(trace):
-    syn = trace.next("client", "S", what="the client sends its SYN")
-    bad = trace.next("server", "S.", ack=syn.seq + 1 + WRONG_BY,
+    syn = trace.next("client", "S", name="client-syn", what="the client sends its SYN")
+    bad = trace.next("server", "S.", name="bad-syn-ack", ack=syn.seq + 1 + WRONG_BY,
                      what="the server's SYN-ACK acknowledges the wrong sequence number")
-    trace.next("client", "R", seq=bad.ack, win=0, options=(), within=0.05,
+    trace.next("client", "R", name="client-rst", seq=bad.ack, win=0, options=(), within=0.05,
                what="the client answers with a bare [R] whose seq is the bad ack, win 0, no options")
-    retry = trace.next("client", "S", seq=syn.seq, within=0.1,
+    retry = trace.next("client", "S", name="syn-again", seq=syn.seq, within=0.1,
                        what="and retransmits its SYN a few milliseconds later, not after the usual 1 s")
-    bad2 = trace.next("server", "S.", ack=retry.seq + 1 + WRONG_BY, what="the server answers wrongly again")
-    trace.next("client", "R", seq=bad2.ack, win=0, options=(), within=0.05, what="the client resets that one too")
+    bad2 = trace.next("server", "S.", name="bad-syn-ack-again", ack=retry.seq + 1 + WRONG_BY,
+                      what="the server answers wrongly again")
+    trace.next("client", "R", name="client-rst-again", seq=bad2.ack, win=0, options=(), within=0.05,
+               what="the client resets that one too")
     trace.count("client", "S", 2, what="within the 300 ms timeout the client sends its SYN twice")
     trace.no("client", ".", what="the client never acknowledges a bad SYN-ACK")
     trace.raised("client", "connect", "TimeoutError")

@@ -42,8 +42,8 @@ def run(client, server):
         conn.recv(1024)  # b"": end of stream
         with server.receives(".", source=client):  # the client acknowledges the server's FIN
             conn.close()
-        client_fin = network.expect(flags="FA", source=client.ip)
-        last_ack = network.expect(flags="A", source=client.ip)
+        client_fin = network.expect(flags="F.", source=client.ip)
+        last_ack = network.expect(flags=".", source=client.ip)
         server_next = last_ack[TCP].ack  # the next seq TIME-WAIT expects: after "hello" and the FIN
         client.note(f"rfc1337={rfc1337}: TIME-WAIT sockets before the old duplicate", time_wait(client, port))
 
@@ -72,22 +72,24 @@ def time_wait(host, port):
 def claims(trace):
     for rfc1337 in (0, 1):
         case = f"[rfc1337={rfc1337}]"
-        trace.next("client", "S")
-        trace.next("server", "S.")
-        trace.next("client", ".")
-        hello = trace.next("server", "P.", payload=5)
-        trace.next("client", ".", ack=hello.seq + 5)
-        client_fin = trace.next("client", "F.", what="the client closes first")
-        trace.next("server", ".", ack=client_fin.seq + 1)
-        fin = trace.next("server", "F.", seq=hello.seq + 5, what="the server closes in turn")
-        last = trace.next("client", ".", ack=fin.seq + 1, what="the client's last ACK: it is now in TIME-WAIT")
-        trace.next("server", "P.", seq=hello.seq, payload=5, what=f"{case} an old duplicate of the server's data")
-        tw_ack = trace.next("client", ".", seq=last.seq, ack=fin.seq + 1, within=0.05,
+        c = f"rfc1337-{rfc1337}"  # this case's packets: rfc1337-0-..., rfc1337-1-...
+        trace.handshake("client", "server", name=f"{c}-handshake")
+        hello = trace.next("server", "P.", name=f"{c}-server-data", payload=5)
+        trace.next("client", ".", name=f"{c}-server-data-ack", ack=hello.seq + 5)
+        client_fin = trace.next("client", "F.", name=f"{c}-client-fin", what="the client closes first")
+        trace.next("server", ".", name=f"{c}-client-fin-ack", ack=client_fin.seq + 1)
+        fin = trace.next("server", "F.", name=f"{c}-server-fin", seq=hello.seq + 5, what="the server closes in turn")
+        last = trace.next("client", ".", name=f"{c}-last-ack", ack=fin.seq + 1,
+                          what="the client's last ACK: it is now in TIME-WAIT")
+        trace.next("server", "P.", name=f"{c}-old-duplicate", seq=hello.seq, payload=5,
+                   what=f"{case} an old duplicate of the server's data")
+        tw_ack = trace.next("client", ".", name=f"{c}-time-wait-ack", seq=last.seq, ack=fin.seq + 1, within=0.05,
                             what=f"{case} TIME-WAIT acknowledges it: its ack is the next seq it expects")
-        rst = trace.next("server", "R", seq=tw_ack.ack, win=0, within=0.05,
+        rst = trace.next("server", "R", name=f"{c}-server-rst", seq=tw_ack.ack, win=0, within=0.05,
                          what=f"{case} the server's kernel has no connection: a bare [R], seq = that ack, exact")
         trace.check(f"{case} that RST has no TCP options: no socket made it", rst.options == (), str(rst.options))
-        again = trace.next("server", "F.", seq=fin.seq, what=f"{case} the server's FIN arrives again")
+        again = trace.next("server", "F.", name=f"{c}-server-fin-again", seq=fin.seq,
+                           what=f"{case} the server's FIN arrives again")
         before = trace.calls("client", f"rfc1337={rfc1337}: TIME-WAIT sockets before")
         after = trace.calls("client", f"rfc1337={rfc1337}: TIME-WAIT sockets after")
         trace.check(f"{case} ss lists the TIME-WAIT socket before the old duplicate",
@@ -95,17 +97,17 @@ def claims(trace):
         if rfc1337 == 0:
             trace.check("[rfc1337=0] the RST killed it: ss lists no TIME-WAIT socket after the RST",
                         [o["returned"] for o in after] == ["0"], str(after))
-            rst = trace.next("client", "R", seq=again.ack, win=0, within=0.05,
+            rst = trace.next("client", "R", name=f"{c}-client-rst", seq=again.ack, win=0, within=0.05,
                              what="[rfc1337=0] with no socket left, the client answers the FIN with a bare [R]")
             trace.check("[rfc1337=0] the client's RST has no TCP options", rst.options == (), str(rst.options))
         else:
             trace.check("[rfc1337=1] the RST was ignored: ss still lists the TIME-WAIT socket",
                         [o["returned"] for o in after] == ["1"], str(after))
-            ack = trace.next("client", ".", ack=fin.seq + 1, within=0.05,
+            ack = trace.next("client", ".", name=f"{c}-time-wait-ack-again", ack=fin.seq + 1, within=0.05,
                              what="[rfc1337=1] TIME-WAIT is still there and re-acknowledges the FIN")
             trace.check("[rfc1337=1] TIME-WAIT's ACK carries the connection's timestamp option",
                         "TS" in ack.options, str(ack.options))
-            trace.next("server", "R", seq=ack.ack, win=0, within=0.05,
+            trace.next("server", "R", name=f"{c}-server-rst-again", seq=ack.ack, win=0, within=0.05,
                        what="[rfc1337=1] the server's kernel resets again, and TIME-WAIT ignores it again")
     trace.counter("client", "TcpOutRsts", 1, what="the client sends exactly one RST (rfc1337=0's answer to the FIN)")
     trace.counter("client", "TcpExtTW", 2,

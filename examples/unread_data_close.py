@@ -33,12 +33,10 @@ def run(client, server):
 
 
 def claims(trace):
-    trace.next("client", "S")
-    trace.next("server", "S.")
-    trace.next("client", ".")
-    data = trace.next("client", "P.", payload=5, what="the client sends 5 bytes")
-    trace.next("server", ".", ack=data.seq + 5, what="the server's kernel acknowledges them")
-    rst = trace.next("server", "R.", ack=data.seq + 5,
+    trace.handshake("client", "server")
+    data = trace.next("client", "P.", name="client-data", payload=5, what="the client sends 5 bytes")
+    trace.next("server", ".", name="client-data-ack", ack=data.seq + 5, what="the server's kernel acknowledges them")
+    rst = trace.next("server", "R.", name="server-rst", ack=data.seq + 5,
                      what="on close() the server sends [R.], acking the unread bytes")
     trace.check("the RST carries the live socket's window and timestamp option",
                 rst.win > 0 and "TS" in rst.options, f"win {rst.win}, options {rst.options}")

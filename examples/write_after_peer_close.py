@@ -47,13 +47,14 @@ def try_call(call, arg):
 
 def claims(trace):
     for n in (1, 2):
-        trace.next("client", "S", what=f"connection {n}: the client connects")
-        trace.next("server", "S.")
-        trace.next("client", ".")
-        fin = trace.next("server", "F.", what="the server's close() sends a FIN")
-        trace.next("client", ".", ack=fin.seq + 1, what="the client's kernel acknowledges the FIN")
-        data = trace.next("client", "P.", payload=5, what="later, the client application writes 5 bytes")
-        rst = trace.next("server", "R", seq=data.ack, win=0,
+        c = f"c{n}"
+        trace.handshake("client", "server", name=f"{c}-handshake", what=f"connection {n}")
+        fin = trace.next("server", "F.", name=f"{c}-server-fin", what="the server's close() sends a FIN")
+        trace.next("client", ".", name=f"{c}-server-fin-ack", ack=fin.seq + 1,
+                   what="the client's kernel acknowledges the FIN")
+        data = trace.next("client", "P.", name=f"{c}-client-data", payload=5,
+                          what="later, the client application writes 5 bytes")
+        rst = trace.next("server", "R", name=f"{c}-server-rst", seq=data.ack, win=0,
                          what="the server answers the data with [R]: no ACK flag, seq = the data's ack, win 0")
         trace.check(f"connection {n}: the RST has no TCP options (built from the segment, not a socket)",
                     rst.options == (), str(rst.options))

@@ -1,6 +1,6 @@
 """Command line of the lab.
 
-    python -m lab run [--repeat N] [--jobs J] [SLUG ...]   record scenarios (default: all)
+    python -m lab run [--repeat N] [--jobs J] [--update] [SLUG ...]   record scenarios (default: all)
     python -m lab list                                     the known slugs
     python -m lab bench                                    timing figures (build/bench/)
 """
@@ -11,17 +11,24 @@ import argparse
 import contextlib
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .runner import TRACES, LabUnavailable, Result, Runner, format_shapes
+from .artifact import TRACES
+from .preflight import LabUnavailable
+from .runner import Result, Runner, format_shapes
 from .scenarios import UnknownScenario, all_slugs, check
+
+
+_printing = threading.Lock()  # results arrive from the runner's threads
 
 
 def _print_result(result: Result) -> None:
     mark = "ok  " if result.ok else "FAIL"
-    print(f"{mark} {result.slug:<24} {result.seconds:6.2f} s", flush=True)
+    with _printing:
+        print(f"{mark} {result.slug:<24} {result.seconds:6.2f} s", flush=True)
 
 
 @contextlib.contextmanager
@@ -38,7 +45,7 @@ def busy_cpus(count: int) -> Iterator[None]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     slugs = check(args.slugs) if args.slugs else all_slugs()
-    runner = Runner(out=args.out, jobs=args.jobs)
+    runner = Runner(out=args.out, jobs=args.jobs, update=args.update)
     started = time.monotonic()
     with busy_cpus(args.busy):
         results = runner.run(slugs, repeat=args.repeat,
@@ -73,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--busy", type=int, default=0, metavar="N",
                      help="keep N CPUs busy meanwhile (determinism under load)")
     run.add_argument("--out", type=Path, default=TRACES, help="where artifacts go (build/traces)")
+    run.add_argument("--update", action="store_true",
+                     help="accept each recorded shape into examples/shapes/ instead of failing on a change")
     run.add_argument("slugs", nargs="*")
     sub.add_parser("list", help="the known scenario slugs")
     bench = sub.add_parser("bench", help="measure the lab's own cost and the catalogue's")

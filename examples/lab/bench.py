@@ -20,10 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import scenarios
-from .runner import LAB_HOME, Result, Runner
+from . import scenarios, shapes
+from .artifact import ROOT
+from .runner import Result, Runner
 
-BENCH = LAB_HOME.parent / "build" / "bench"
+BENCH = ROOT / "build" / "bench"
 EMPTY = '''"""Nothing happens: two hosts, a link, a capture."""
 TITLE, PHASE, HOSTS = "empty", "opening", ("client", "server")
 
@@ -38,7 +39,7 @@ def claims(trace):
 
 
 def _inherent(result: Result) -> float:
-    return float(result.report.get("timings", {}).get("scenario", 0.0))
+    return float(result.timings.get("scenario", 0.0))
 
 
 def _fail(results: list[Result]) -> None:
@@ -51,6 +52,8 @@ def measure_overhead(rounds: int, out: Path) -> dict:
     default = scenarios.EXAMPLES
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "empty.py").write_text(EMPTY)
+        (Path(folder) / "shapes").mkdir()
+        (Path(folder) / "shapes" / "empty.txt").write_text(shapes.as_text("empty", []))
         scenarios.use_examples(Path(folder))
         try:
             runner = Runner(out=out, jobs=1)
@@ -59,8 +62,7 @@ def measure_overhead(rounds: int, out: Path) -> dict:
             scenarios.use_examples(default)
     _fail(results)
     walls = [r.seconds for r in results]
-    stages = {k: statistics.median(r.report["timings"][k] for r in results)
-              for k in results[0].report["timings"]}
+    stages = {k: statistics.median(r.timings[k] for r in results) for k in results[0].timings}
     return {"rounds": rounds, "median_s": statistics.median(walls), "min_s": min(walls),
             "max_s": max(walls), "median_stage_s": stages}
 

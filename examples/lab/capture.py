@@ -1,12 +1,14 @@
-"""Real tcpdump on a lab interface, started and stopped on events, never on sleeps.
+"""Real tcpdump: the capture on a lab interface, its text, and the pcap read back.
 
 Start: wait for tcpdump's own "listening on" line. Stop: a packet socket of our
 own counts what crossed the interface; once the pcap file holds as many packets,
-tcpdump gets SIGINT and is waited for. The pcap is then complete.
+tcpdump gets SIGINT and is waited for. The pcap is then complete. Its text is
+tcpdump's own (`tcpdump -r`); its packets are read with scapy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import select
 import signal
@@ -18,6 +20,8 @@ import time
 from pathlib import Path
 
 from . import netns
+from .artifact import Packet
+from .wire import tcpdump_flags
 
 # TCP and ICMP over IPv4: what the scenarios are about. ARP and (disabled)
 # IPv6 chatter are left out so a trace is the same from run to run.
@@ -72,9 +76,6 @@ class Capture:
             pass_fds=(ns_fd,),
         )
 
-    def wait_ready(self, timeout: float = 10) -> None:
-        self._wait_listening(timeout)
-
     @staticmethod
     def _open_tap(ns_fd: int, iface: str) -> socket.socket:
         with netns.inside(ns_fd):
@@ -88,7 +89,8 @@ class Capture:
         tap.setblocking(False)
         return tap
 
-    def _wait_listening(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float = 10) -> None:
+        """Return once tcpdump says it is capturing (its own "listening on" line)."""
         assert self.proc.stderr is not None
         deadline = time.monotonic() + timeout
         text = b""
@@ -113,7 +115,7 @@ class Capture:
             if len(frame) >= 24 and frame[12:14] == b"\x08\x00" and frame[23] in _IP_PROTOCOLS:
                 self._seen += 1
 
-    def stop(self, also_close: list[socket.socket] = (), timeout: float = 5.0) -> int:
+    def stop(self, also_close: list[socket.socket] = (), timeout: float = 5.0) -> None:
         """Wait until tcpdump has written every packet our tap saw, then stop it.
 
         Closing a packet socket waits for an RCU grace period (synchronize_net):
@@ -146,10 +148,67 @@ class Capture:
         self.stderr += err
         if self.proc.returncode != 0:
             raise CaptureError(f"tcpdump failed: {self.stderr.decode().strip()}")
-        return self._seen
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
         self._tap.close()
+
+
+def trace_text(pcap: Path, options: list[str]) -> str:
+    """tcpdump's own text for the pcap, exactly as it prints it."""
+    argv = ["tcpdump", *TEXT_OPTIONS, "-r", str(pcap), *options]
+    if os.geteuid() == 0:
+        argv[1:1] = ["-Z", "root"]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CaptureError(f"tcpdump -r failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+_version: str | None = None
+
+
+def tcpdump_version() -> str:
+    """The first line of `tcpdump --version`, e.g. "4.99.3"."""
+    global _version
+    if _version is None:
+        out = subprocess.run(["tcpdump", "--version"], capture_output=True, text=True).stdout
+        _version = out.splitlines()[0].removeprefix("tcpdump version ").strip()
+    return _version
+
+
+# scapy's option names -> tcpdump's
+_OPTION_NAMES = {"MSS": "mss", "SAckOK": "sackOK", "SAck": "sack", "Timestamp": "TS", "NOP": "nop",
+                 "WScale": "wscale", "EOL": "eol", "MD5": "md5", "AO": "tcp-ao", "TFO": "tfo"}
+
+
+def read_packets(pcap: Path, hosts: dict[str, list[str]]) -> list[Packet]:
+    """The pcap's IPv4 TCP segments and ICMP messages, each attributed to its host."""
+    from scapy.layers.inet import ICMP, IP, TCP
+    from scapy.utils import PcapReader
+
+    owner = {ip: name for name, ips in hosts.items() for ip in ips}
+    packets: list[Packet] = []
+    with PcapReader(str(pcap)) as reader:
+        for frame in reader:
+            if IP not in frame:
+                continue
+            ip = frame[IP]
+            common = dict(
+                number=len(packets) + 1, time=float(frame.time), src=ip.src, dst=ip.dst,
+                sender=owner.get(ip.src, "?"), receiver=owner.get(ip.dst, "?"),
+                ttl=ip.ttl, ip_id=ip.id,
+            )
+            if TCP in ip:
+                tcp = ip[TCP]
+                packets.append(Packet(
+                    **common, sport=tcp.sport, dport=tcp.dport, flags=tcpdump_flags(int(tcp.flags)),
+                    seq=tcp.seq, ack=tcp.ack, win=tcp.window, payload=len(tcp.payload),
+                    options=tuple(_OPTION_NAMES.get(name, str(name)) for name, _ in tcp.options)))
+            elif ICMP in ip:
+                packets.append(Packet(**common, sport=0, dport=0, flags=f"icmp {ip[ICMP].type}/{ip[ICMP].code}",
+                                      seq=0, ack=0, win=0, payload=0, proto="icmp"))
+    start = packets[0].time if packets else 0.0
+    return [dataclasses.replace(p, time=round(p.time - start, 6)) for p in packets]

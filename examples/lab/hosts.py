@@ -10,21 +10,21 @@ route or any link to the machine's own interfaces: lab traffic cannot leave.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
-import select
 import socket
 import struct
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import netns
+from . import netns, rtnetlink
 from .peer import DROP_KERNEL_RSTS, RawPeer
 from .process import Process, python_argv
 from .recording import RecordedSocket, Transcript
-from .wire import Expected, Inbox
+from .threads import HostThread
+from .wire import Expected, Tap
 
 SUBNETS = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
 MTU = 1500  # a veth link gives the MSS 1460 of real Ethernet
@@ -49,11 +49,11 @@ class Host:
         self.fd = netns.new_namespace()
         self.addresses: list[str] = []
         self._transcript = transcript
-        self._threads: list[_HostThread] = []
+        self._threads: list[HostThread] = []
         self.sockets: list[socket.socket] = []
         self._peers: list[RawPeer] = []
         self._processes: list[Process] = []
-        self._inbox: Inbox | None = None  # opened on first use: receives() marks its start
+        self._inbox: Tap | None = None  # opened on first use: receives() marks its start
 
     @property
     def ip(self) -> str:
@@ -96,20 +96,20 @@ class Host:
 
         count: wait for that many such segments (counted from the start of the body).
         """
-        return self._open_inbox().receives(flags, source.ip if source else None, timeout, count)
+        return _waiting_after(self.expects(flags, source, count), timeout)
 
     def expects(self, flags: str, source: Host | None = None, count: int = 1) -> Expected:
         """Like receives(), split in two: arm now, `.wait()` later (e.g. in another function)."""
         return self._open_inbox().expect(flags, source.ip if source else None, count)
 
-    def _open_inbox(self) -> Inbox:
+    def _open_inbox(self) -> Tap:
         if self._inbox is None:
-            self._inbox = Inbox(self.fd)
+            self._inbox = Tap(self.fd)
         return self._inbox
 
-    def start(self, fn: Callable[..., Any], *args: Any) -> _HostThread:
+    def start(self, fn: Callable[..., Any], *args: Any) -> HostThread:
         """Run `fn(*args)` in a thread of this host (a second process, in effect)."""
-        thread = _HostThread(self, fn, args)
+        thread = HostThread(self, fn, args)
         self._threads.append(thread)
         thread.start()
         return thread
@@ -235,41 +235,10 @@ class Host:
         os.close(self.fd)
 
 
-class _HostThread(threading.Thread):
-    def __init__(self, host: Host, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        super().__init__(name=f"{host.name}:{fn.__name__}", daemon=True)
-        self.host, self.fn, self.args = host, fn, args
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def wait_blocked(self, timeout: float = 5.0) -> None:
-        """Wait until this thread sleeps in the kernel (a blocked recv, accept...).
-
-        Read from /proc: the thread's state is S and it waits on something else
-        than a futex (the Python interpreter's own locks).
-        """
-        task = f"/proc/self/task/{self.native_id}"
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with open(f"{task}/stat") as f:
-                    state = f.read().rsplit(")", 1)[1].split()[0]
-                with open(f"{task}/wchan") as f:
-                    wchan = f.read()
-            except FileNotFoundError:  # the thread has already finished
-                raise RuntimeError(f"{self.name} ended before blocking") from None
-            if state == "S" and wchan and not wchan.startswith("futex"):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} did not block within {timeout:g} s")
-            time.sleep(0.001)  # /proc offers no event for "now sleeping"; poll it
-
-    def run(self) -> None:
-        netns.enter_for_good(self.host.fd)
-        try:
-            self.result = self.fn(*self.args)
-        except BaseException as exc:  # reported by join_threads
-            self.error = exc
+@contextlib.contextmanager
+def _waiting_after(expected: Expected, timeout: float) -> Iterator[None]:
+    yield
+    expected.wait(timeout)
 
 
 def address_plan(count: int) -> list[list[tuple[str, str, int]]]:
@@ -327,56 +296,10 @@ def build(names: tuple[str, ...], transcript: Transcript,
             if i == max(target - 1, 0):  # this batch made the target's eth0
                 on_interface[1](hosts[target])
     for host in hosts:
-        _wait_for_links_up(host)
+        rtnetlink.wait_for_links_up(host.fd, host.name)
     if len(hosts) > 1:
         _wait_for_path(hosts[0], hosts[-1])
     return hosts
-
-
-NETLINK_ROUTE, RTMGRP_LINK, RTM_NEWLINK, RTM_GETLINK = 0, 1, 16, 18
-NLM_F_REQUEST, NLM_F_DUMP, NLMSG_DONE = 1, 0x300, 3
-IFLA_IFNAME, IFLA_OPERSTATE, IF_OPER_UP = 3, 16, 6
-
-
-def _wait_for_links_up(host: Host, timeout: float = 5.0) -> None:
-    """Wait until every eth* of the host is operationally up (rtnetlink events).
-
-    A packet sent before that is dropped; if it is an ARP request, the next one
-    only goes a second later (the neighbour retransmit timer).
-    """
-    with netns.inside(host.fd):
-        nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-    with nl:
-        nl.bind((0, RTMGRP_LINK))  # subscribe first, then ask: no change can slip between
-        nl.send(struct.pack("=IHHII", 32, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
-                + struct.pack("=BxHiII", socket.AF_UNSPEC, 0, 0, 0, 0))
-        state: dict[str, int] = {}
-        deadline = time.monotonic() + timeout
-        while not state or any(v != IF_OPER_UP for k, v in state.items() if k.startswith("eth")):
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([nl], [], [], left)[0]:
-                raise RuntimeError(f"{host.name}: links not up: {state}")
-            state.update(_link_states(nl.recv(65536)))
-
-
-def _link_states(data: bytes) -> dict[str, int]:
-    """Interface name -> operstate, from rtnetlink RTM_NEWLINK messages."""
-    found: dict[str, int] = {}
-    offset = 0
-    while offset + 16 <= len(data):
-        length, kind = struct.unpack_from("=IH", data, offset)
-        if kind == RTM_NEWLINK:
-            name, oper, attr = "", -1, offset + 32
-            while attr + 4 <= offset + length:
-                size, atype = struct.unpack_from("=HH", data, attr)
-                if atype == IFLA_IFNAME:
-                    name = data[attr + 4: attr + size].rstrip(b"\0").decode()
-                elif atype == IFLA_OPERSTATE:
-                    oper = data[attr + 4]
-                attr += (size + 3) & ~3
-            found[name] = oper
-        offset += (length + 3) & ~3
-    return found
 
 
 def _wait_for_path(first: Host, last: Host, timeout: float = 5.0) -> None:

@@ -25,9 +25,6 @@ from typing import Any
 
 from . import netns
 
-LAB_PARENT = str(Path(__file__).resolve().parent.parent)
-
-
 def python_argv(fn: Callable[..., Any], args: tuple[Any, ...]) -> list[str]:
     """The argv that runs fn(*args) in a new Python: fn is found again by its file and name."""
     source = sys.modules[fn.__module__].__file__
@@ -37,7 +34,7 @@ def python_argv(fn: Callable[..., Any], args: tuple[Any, ...]) -> list[str]:
 class Process:
     def __init__(self, ns_fd: int, argv: list[str], host: Any, name: str) -> None:
         self._host, self.name = host, name
-        env = {**os.environ, "PYTHONPATH": LAB_PARENT, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         # nsenter enters the namespace and execs argv: the pid is the program's own
         self._proc = subprocess.Popen(
             netns.command(ns_fd, argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -80,3 +77,22 @@ class Process:
             self._proc.wait()
         if self._proc.stdout is not None:
             self._proc.stdout.close()
+
+
+def kill_group(pgid: int, leader: subprocess.Popen[bytes] | None = None) -> None:
+    """SIGKILL a process group and return once every member is gone.
+
+    A leader that is our own child is reaped first: a zombie still counts as a member."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    if leader is not None:
+        leader.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # members die asynchronously; no event says when
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.001)

@@ -10,15 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-LAB_HOME = Path(__file__).resolve().parent.parent  # the folder holding the lab package
-# the scenarios' folder; tests point it elsewhere to run deliberately broken examples
-EXAMPLES = Path(os.environ.get("LAB_EXAMPLES", LAB_HOME)).resolve()
+# the scenarios' folder (examples/, where the lab package lives too); tests point it
+# elsewhere to run deliberately broken examples
+EXAMPLES = Path(os.environ.get("LAB_EXAMPLES") or Path(__file__).resolve().parent.parent).resolve()
 
 
 def use_examples(folder: Path) -> None:
     """Take scenarios from another folder (the bench's empty scenario, tests)."""
     global EXAMPLES
     EXAMPLES = folder.resolve()
+
+
 PHASES = ("opening", "established", "closing", "middleboxes")
 DEFAULT_TIMEOUT = 20.0
 

@@ -1,101 +1,26 @@
-"""A recorded capture, read with scapy, and the claims a scenario makes about it.
+"""The claims a scenario makes about its run: a timeline of named packets, like a packetdrill script.
 
-A claim reads like the page it backs:
-
-    syn = trace.next("client", "S")
-    trace.next("server", "R.", seq=0, ack=syn.seq + 1, win=0)
+    syn, _, _ = trace.handshake("client", "server")                       # a group claim: 3 packets
+    trace.next("server", "R.", name="server-rst", seq=0, ack=syn.seq + 1)  # one packet, named
+    trace.noise("client", ".", reason="...")                               # expected, not the story
     trace.raised("client", "connect", "ECONNREFUSED")
 
-Each check is recorded as a claim with pass/fail; the run fails if any fails.
+Every claim is recorded with pass/fail; the run fails if any fails. Strict: every captured
+packet must be named by a claim or declared noise, or `finish()` fails the run naming it.
+Names are short, lower-case and hyphenated, unique in a scenario (a group claim gives
+its packets one name); pages refer to packets by them: {{ packet server-rst }}.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-# tcpdump's order and letters for TCP flags; an ACK is shown as "."
-_FLAG_LETTERS = (("F", 0x01), ("S", 0x02), ("R", 0x04), ("P", 0x08), ("U", 0x20),
-                 ("E", 0x40), ("W", 0x80), (".", 0x10))
+from .artifact import Packet
 
-
-def tcpdump_flags(bits: int) -> str:
-    shown = "".join(letter for letter, bit in _FLAG_LETTERS if bits & bit)
-    return shown or "none"
-
-
-@dataclass(frozen=True)
-class Packet:
-    """One captured TCP segment (or ICMP message), as a reader needs it."""
-
-    number: int  # 1-based, as in the trace text
-    time: float  # seconds since the first packet
-    sender: str  # host name owning the source address ("?" if none)
-    receiver: str
-    src: str
-    dst: str
-    sport: int
-    dport: int
-    flags: str  # tcpdump notation: "S", "S.", "R.", "P.", "F." ...
-    seq: int
-    ack: int
-    win: int
-    payload: int
-    ttl: int
-    ip_id: int
-    proto: str = "tcp"
-    options: tuple[str, ...] = ()  # TCP option kinds in order, tcpdump's names: "mss", "TS", "nop"...
-
-    def has(self, letters: str) -> bool:
-        return all(letter in self.flags for letter in letters)
-
-    def label(self) -> str:
-        return f"#{self.number} {self.sender} [{self.flags}]"
-
-
-# scapy's option names -> tcpdump's
-_OPTION_NAMES = {"MSS": "mss", "SAckOK": "sackOK", "SAck": "sack", "Timestamp": "TS", "NOP": "nop",
-                 "WScale": "wscale", "EOL": "eol", "MD5": "md5", "AO": "tcp-ao", "TFO": "tfo"}
-
-
-def read_packets(pcap: Path, hosts: dict[str, list[str]]) -> list[Packet]:
-    from scapy.layers.inet import ICMP, IP, TCP
-    from scapy.utils import PcapReader
-
-    owner = {ip: name for name, ips in hosts.items() for ip in ips}
-    packets: list[Packet] = []
-    with PcapReader(str(pcap)) as reader:
-        for frame in reader:
-            if IP not in frame:
-                continue
-            ip = frame[IP]
-            when = float(frame.time)
-            common = dict(
-                number=len(packets) + 1, time=when, src=ip.src, dst=ip.dst,
-                sender=owner.get(ip.src, "?"), receiver=owner.get(ip.dst, "?"),
-                ttl=ip.ttl, ip_id=ip.id,
-            )
-            if TCP in ip:
-                tcp = ip[TCP]
-                packets.append(Packet(
-                    **common, sport=tcp.sport, dport=tcp.dport, flags=tcpdump_flags(int(tcp.flags)),
-                    seq=tcp.seq, ack=tcp.ack, win=tcp.window, payload=len(tcp.payload),
-                    options=tuple(_OPTION_NAMES.get(name, str(name)) for name, _ in tcp.options)))
-            elif ICMP in ip:
-                packets.append(Packet(**common, sport=0, dport=0, flags=f"icmp {ip[ICMP].type}/{ip[ICMP].code}",
-                                      seq=0, ack=0, win=0, payload=0, proto="icmp"))
-    start = packets[0].time if packets else 0.0
-    return [Packet(**{**p.__dict__, "time": round(p.time - start, 6)}) for p in packets]
-
-
-def shape(packets: list[Packet]) -> list[tuple[str, str, bool]]:
-    """What must not change between runs: who sent which flags, with data or not."""
-    return [(p.sender, p.flags, p.payload > 0) for p in packets]
-
-
-class ClaimFailed(AssertionError):
-    pass
+NAME = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 
 
 @dataclass
@@ -107,14 +32,18 @@ class Trace:
     counters: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> nstat deltas
     claims: list[dict[str, Any]] = field(default_factory=list)
     cursor: int = 0  # packets before this index are behind the timeline
+    names: dict[int, str] = field(default_factory=dict)  # packet number -> name
+    noises: dict[int, str] = field(default_factory=dict)  # packet number -> why it is noise
+    groups: set[str] = field(default_factory=set)  # names given by group claims
 
     # -- recording ------------------------------------------------------------
     def _claim(self, text: str, ok: bool, detail: str = "", packet: Packet | None = None) -> bool:
         entry: dict[str, Any] = {"claim": text, "passed": bool(ok)}
         if detail:
             entry["detail"] = detail
-        if packet is not None:
+        if packet is not None and packet.number:
             entry["packet"] = packet.number
+            entry["name"] = self.names.get(packet.number)
         self.claims.append(entry)
         return bool(ok)
 
@@ -122,10 +51,24 @@ class Trace:
     def passed(self) -> bool:
         return all(c["passed"] for c in self.claims)
 
+    def _give(self, packet: Packet, name: str, group: bool = False) -> str:
+        """Name a packet; the problem, if the name is malformed or already taken."""
+        if not NAME.match(name):
+            return f"name {name!r} is not short, lower-case and hyphenated"
+        taken = [n for n, given in self.names.items() if given == name]
+        if taken and not (group and name in self.groups):
+            return f"name {name!r} already names packet {taken[0]}"
+        if group:
+            self.groups.add(name)
+        if packet.number:
+            self.names[packet.number] = name
+        return ""
+
     # -- packets ---------------------------------------------------------------
-    def next(self, sender: str, flags: str, *, within: float | None = None,
-             after: float | None = None, what: str = "", **fields: int) -> Packet:
-        """The next packet `sender` sends on the timeline has exactly these flags and fields.
+    def next(self, sender: str, flags: str, *, name: str, within: float | None = None,
+             after: float | None = None, what: str = "", _group: bool = False, **fields: Any) -> Packet:
+        """The next packet `sender` sends on the timeline has exactly these flags and fields;
+        it is called `name` from now on (in later claims, on the page, in SLUG.json).
 
         within/after: seconds since the previous matched packet (a bound on timing).
         Returns the packet (a placeholder that fails later claims if there is none).
@@ -145,12 +88,48 @@ class Trace:
                 problems.append(f"came {gap * 1000:.1f} ms after the previous step, not within {within * 1000:.0f} ms")
             if after is not None and gap < after:
                 problems.append(f"came {gap * 1000:.1f} ms after the previous step, not after {after * 1000:.0f} ms")
+            naming = self._give(p, name, _group)
+            if naming:
+                problems.append(naming)
             detail = f"packet {p.number}" + (": " + ", ".join(problems) if problems else "")
             self._claim(text, not problems, detail, p)
             return p
-        self._claim(text, False, f"{sender} sent nothing more")
+        self._claim(text, False, f"{sender} sent nothing more (wanted [{flags}], to be named {name!r})")
         self.cursor = len(self.packets)
         return _MISSING
+
+    def handshake(self, client: str, server: str, *, name: str = "handshake",
+                  what: str = "") -> tuple[Packet, Packet, Packet]:
+        """A group claim: the three-way handshake [S], [S.], [.], its SYN-ACK acknowledging
+        the SYN and the ACK the SYN-ACK; the three packets share `name`."""
+        about = f" ({what})" if what else ""
+        syn = self.next(client, "S", name=name, _group=True, what=f"{name}: {client} sends its SYN{about}")
+        synack = self.next(server, "S.", name=name, _group=True, ack=syn.seq + 1,
+                           what=f"{name}: {server} answers with a SYN-ACK")
+        ack = self.next(client, ".", name=name, _group=True, ack=synack.seq + 1,
+                        what=f"{name}: {client} completes the handshake")
+        return syn, synack, ack
+
+    def noise(self, sender: str, flags: str, *, reason: str) -> list[Packet]:
+        """Declare packets that are expected but not part of the story (each unnamed packet
+        `sender` sends with these flags); `reason` is shown beside them on the page."""
+        found = [p for p in self.packets
+                 if p.sender == sender and p.flags == flags and p.number not in self.names]
+        for p in found:
+            self.noises[p.number] = reason
+        return found
+
+    def finish(self) -> None:
+        """Strict: every packet is named by a claim or declared noise."""
+        unclaimed = [p for p in self.packets if p.number not in self.names and p.number not in self.noises]
+        self._claim("every captured packet is named by a claim or declared noise", not unclaimed,
+                    "unclaimed: " + "; ".join(p.label() for p in unclaimed) if unclaimed else "")
+
+    def named_packets(self) -> list[Packet]:
+        """The packets with the names and noise reasons the claims gave them."""
+        return [dataclasses.replace(p, name=self.names.get(p.number),
+                                    noise=None if p.number in self.names else self.noises.get(p.number))
+                for p in self.packets]
 
     def no(self, sender: str, flag: str, what: str = "") -> None:
         """`sender` never sends a packet carrying `flag` (e.g. "F" or "R") in the whole trace."""
@@ -171,7 +150,6 @@ class Trace:
         """The host's kernel counter `name` (nstat's name) grew by exactly `expected` in the run."""
         got = self.counters.get(host, {}).get(name, 0)
         self._claim(what or f"{host}'s {name} grows by {expected}", got == expected, f"{name} +{got}")
-
 
     # -- applications ------------------------------------------------------------
     def calls(self, host: str, call: str) -> list[dict[str, Any]]:
@@ -194,10 +172,22 @@ class Trace:
                     (got.get("raised") or got.get("returned")) if got else "no such call")
 
 
-def _same(field_name: str, got: int, wanted: int) -> bool:
+def _same(field_name: str, got: Any, wanted: Any) -> bool:
     if field_name in ("seq", "ack"):  # sequence space wraps at 2**32
         return (got - wanted) % 2**32 == 0
     return got == wanted
 
 
 _MISSING = Packet(0, float("nan"), "?", "?", "", "", 0, 0, "", -1, -1, -1, -1, -1, -1)
+
+
+def evaluate(scenario: Any, packets: list[Packet], outcomes: list[dict[str, Any]],
+             counters: dict[str, dict[str, int]]) -> Trace:
+    """Run the scenario's claims() on its run, then the strictness check."""
+    trace = Trace(packets, outcomes, counters)
+    try:
+        scenario.module.claims(trace)
+    except Exception as exc:  # a claim that cannot even be evaluated is a failed claim
+        trace.check(f"claims() ran to the end ({type(exc).__name__}: {exc})", False)
+    trace.finish()
+    return trace

@@ -1,61 +1,95 @@
-"""What arrives at a host, for examples that must wait for a packet, not a sleep.
+"""Segments arriving at a host, read from a packet socket: the one way the lab waits for one.
 
-    with client.receives("."):    # the mark is set before the body acts
-        sock.close()              # ...and the body's effect is waited for after it
+    tap = Tap(host.fd)                            # opened now: later segments are seen
+    data, when = tap.next("S.", source=ip)        # the next SYN-ACK from ip (tcpdump notation)
+
+Flags are always written as tcpdump prints them ("S", "S.", "R", "R.", "P.", "F.", ".").
+`Host.receives()` / `Host.expects()` count such segments; `RawPeer.expect()` hands the
+segment to scapy.
 """
 
 from __future__ import annotations
 
-import contextlib
 import select
 import socket
+import struct
 import time
-from collections.abc import Iterator
 
 from . import netns
-from .peer import ETH_P_IP, PACKET_OUTGOING
-from .trace import tcpdump_flags
+
+ETH_P_IP = 0x0800
+PACKET_OUTGOING = 4
+SO_TIMESTAMPNS = 35
+
+# tcpdump's order and letters for TCP flags; an ACK is shown as "."
+_FLAG_LETTERS = (("F", 0x01), ("S", 0x02), ("R", 0x04), ("P", 0x08), ("U", 0x20),
+                 ("E", 0x40), ("W", 0x80), (".", 0x10))
 
 
+def tcpdump_flags(bits: int) -> str:
+    shown = "".join(letter for letter, bit in _FLAG_LETTERS if bits & bit)
+    return shown or "none"
 
-class Inbox:
-    """A packet socket on every interface of a host, opened before anything happens."""
 
-    def __init__(self, ns_fd: int) -> None:
+def segment_flags(data: bytes) -> str | None:
+    """The TCP flags of an IPv4 datagram, or None if it is not TCP."""
+    if len(data) < 20 or data[9] != socket.IPPROTO_TCP:
+        return None
+    tcp = (data[0] & 0x0F) * 4
+    return tcpdump_flags(data[tcp + 13]) if len(data) > tcp + 13 else None
+
+
+class Tap:
+    """A packet socket on one interface of a host (or all of them): what arrives there."""
+
+    def __init__(self, ns_fd: int, iface: str | None = None) -> None:
         with netns.inside(ns_fd):
             self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+            if iface is not None:
+                self.sock.bind((iface, ETH_P_IP))
+        # the kernel's arrival time of each segment, not the time we read it
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.sock.setblocking(False)
 
-    def _segments(self, timeout: float) -> Iterator[tuple[str, str]]:
-        """(source address, tcpdump flags) of arriving TCP segments, until timeout."""
+    def arrivals(self, timeout: float):
+        """(datagram, arrival time) of each IPv4 datagram arriving, until `timeout` passes."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                data, addr = self.sock.recvfrom(65535)
+                data, ancillary, _, addr = self.sock.recvmsg(65535, 64)
             except BlockingIOError:
                 left = deadline - time.monotonic()
                 if left <= 0 or not select.select([self.sock], [], [], left)[0]:
                     return
                 continue
-            if addr[2] == PACKET_OUTGOING or len(data) < 20 or data[9] != socket.IPPROTO_TCP:
+            if addr[2] == PACKET_OUTGOING:
                 continue
-            tcp = (data[0] & 0x0F) * 4
-            yield socket.inet_ntoa(data[12:16]), tcpdump_flags(data[tcp + 13])
+            when = time.time()
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                    seconds, nanoseconds = struct.unpack("qq", value[:16])
+                    when = seconds + nanoseconds / 1e9
+            yield data, when
 
     def discard(self) -> None:
-        for _ in self._segments(timeout=0):
+        """Forget what has arrived so far."""
+        for _ in self.arrivals(timeout=0):
             pass
+
+    def next(self, flags: str | None = None, source: str | None = None,
+             timeout: float = 5.0) -> tuple[bytes, float]:
+        """The next TCP segment arriving with exactly `flags` (any if None), from `source` if given."""
+        for data, when in self.arrivals(timeout):
+            got = segment_flags(data)
+            if got is not None and flags in (None, got) and source in (None, socket.inet_ntoa(data[12:16])):
+                return data, when
+        raise TimeoutError(f"no TCP segment{' [' + flags + ']' if flags else ''}"
+                           f"{' from ' + source if source else ''} arrived within {timeout:g} s")
 
     def expect(self, flags: str, source: str | None, count: int = 1) -> Expected:
         """Arm now, wait later: segments that arrive from now on count."""
         self.discard()
         return Expected(self, flags, source, count)
-
-    @contextlib.contextmanager
-    def receives(self, flags: str, source: str | None, timeout: float, count: int = 1) -> Iterator[None]:
-        expected = self.expect(flags, source, count)
-        yield
-        expected.wait(timeout)
 
     def close(self) -> None:
         self.sock.close()
@@ -67,15 +101,15 @@ class Expected:
     A host has one inbox: arm the next expectation only after the previous one was waited for.
     """
 
-    def __init__(self, inbox: Inbox, flags: str, source: str | None, count: int) -> None:
-        self.inbox, self.flags, self.source, self.count = inbox, flags, source, count
+    def __init__(self, tap: Tap, flags: str, source: str | None, count: int) -> None:
+        self.tap, self.flags, self.source, self.count = tap, flags, source, count
 
     def wait(self, timeout: float = 5.0) -> None:
-        seen = 0
-        for src, got in self.inbox._segments(timeout):
-            if got == self.flags and self.source in (None, src):
-                seen += 1
-                if seen == self.count:
-                    return
-        raise TimeoutError(f"{seen} of {self.count} [{self.flags}] segment(s)"
-                           f"{' from ' + self.source if self.source else ''} arrived within {timeout:g} s")
+        deadline = time.monotonic() + timeout
+        for seen in range(self.count):
+            try:
+                self.tap.next(self.flags, self.source, max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise TimeoutError(f"{seen} of {self.count} [{self.flags}] segment(s)"
+                                   f"{' from ' + self.source if self.source else ''}"
+                                   f" arrived within {timeout:g} s") from None

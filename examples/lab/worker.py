@@ -64,7 +64,7 @@ def run(slug: str, outdir: Path) -> dict:
             report["error"] = "".join(traceback.format_exception(exc))
         lap("scenario")
         report["counters"] = {h.name: counter_deltas(before[h.name], h.counters()) for h in built}
-        report["packets_seen"] = capture.stop(also_close=[s for h in built for s in h.packet_sockets()])
+        capture.stop(also_close=[s for h in built for s in h.packet_sockets()])
         lap("capture_stop")
     finally:
         capture.kill()

@@ -10,6 +10,8 @@ its whole process group) and writes its output to its run's folder.
 Requests:  {"id": 7, "slug": "closed-port", "folder": "...", "examples": "..."}
 Replies:   {"ready": true} once warm; {"id": 7, "pid": 1234}; {"id": 7, "exit": 0}
 When stdin closes, every child still running is killed and the zygote exits.
+
+`Zygote` (below main()) is the runner's side of that protocol.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ import json
 import os
 import select
 import signal
+import subprocess
 import sys
+import threading
 import traceback
 from pathlib import Path
 
 from . import scenarios, worker
+from .process import kill_group
 
 
 def _send(message: dict) -> None:
@@ -95,6 +100,93 @@ def main() -> None:
                     _child(request, list(children))
                 children[os.pidfd_open(pid)] = (request["id"], pid)
                 _send({"id": request["id"], "pid": pid})
+
+
+# -- the runner's side -------------------------------------------------------------
+
+class _Child:
+    def __init__(self) -> None:
+        self.pid = 0
+        self.code: int | None = None
+        self.started = threading.Event()
+        self.exited = threading.Event()
+
+    def wait(self, timeout: float) -> int | None:
+        self.exited.wait(timeout)
+        return self.code
+
+
+class Zygote:
+    """The warm parent of this run's workers (lab/zygote.py), and its protocol."""
+
+    def __init__(self, prefix: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "lab.zygote"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._children: dict[int, _Child] = {}
+        self._next = 0
+        self._lock = threading.Lock()
+        self._log: list[str] = []
+        self._ready = threading.Event()
+        self._closed = False
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._ready.wait(120) or self.proc.poll() is not None:
+            self.close()
+            raise RuntimeError("the lab's zygote did not start:\n" + "".join(self._log))
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace")
+            try:
+                message = json.loads(line)
+            except ValueError:
+                self._log.append(line)
+                continue
+            if message.get("ready"):
+                self._ready.set()
+                continue
+            child = self._children[message["id"]]
+            if "pid" in message:
+                child.pid = message["pid"]
+                child.started.set()
+            else:
+                child.code = message["exit"]
+                child.exited.set()
+        self._ready.set()
+        for child in self._children.values():  # the zygote is gone: so are its children
+            child.started.set()
+            child.exited.set()
+
+    def fork(self, slug: str, folder: Path) -> _Child:
+        with self._lock:
+            if self._closed:
+                raise KeyboardInterrupt
+            self._next += 1
+            child = self._children[self._next] = _Child()
+            request = {"id": self._next, "slug": slug, "folder": str(folder),
+                       "examples": str(scenarios.EXAMPLES)}
+            assert self.proc.stdin is not None
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            self.proc.stdin.flush()
+        child.started.wait()
+        if not child.pid:
+            raise RuntimeError("the lab's zygote died:\n" + "".join(self._log))
+        return child
+
+    def close(self) -> None:
+        """Kill every worker and the zygote; return once all of them are gone."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for child in self._children.values():
+                if child.pid and not child.exited.is_set():
+                    kill_group(child.pid)
+        kill_group(self.proc.pid, leader=self.proc)
+        self.proc.wait()
 
 
 if __name__ == "__main__":

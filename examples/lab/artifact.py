@@ -1,0 +1,151 @@
+"""What a recording is: `build/traces/SLUG.{pcap,txt,json}`, defined once.
+
+The runner writes it; the site, the symptom index, the notebook and the tests read it
+through this module, so that a field added or renamed here is renamed everywhere.
+
+    rec = artifact.load("closed-port")        # checked: names the scenario when it is not right
+    rec.packets[0].flags, rec.packet("client-syn"), rec.text, rec.pcap
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository (examples/lab/ -> ..)
+# the one definition of where recordings live; tests point it elsewhere
+TRACES = Path(os.environ.get("FIELDGUIDE_TRACES") or ROOT / "build" / "traces")
+SUFFIXES = (".pcap", ".txt", ".json")
+
+
+class ArtifactError(ValueError):
+    """A recording is missing, incomplete or does not fit this schema; the message says which."""
+
+
+@dataclass(frozen=True)
+class Packet:
+    """One captured TCP segment (or ICMP message), as a reader needs it."""
+
+    number: int  # 1-based, as in the trace text
+    time: float  # seconds since the first packet
+    sender: str  # host name owning the source address ("?" if none)
+    receiver: str
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    flags: str  # tcpdump notation: "S", "S.", "R.", "P.", "F." ...
+    seq: int
+    ack: int
+    win: int
+    payload: int
+    ttl: int
+    ip_id: int
+    proto: str = "tcp"
+    options: tuple[str, ...] = ()  # TCP option kinds in order, tcpdump's names: "mss", "TS", "nop"...
+    name: str | None = None  # the claim's (or group claim's) name for it
+    noise: str | None = None  # or why it is expected noise
+
+    @property
+    def is_rst(self) -> bool:
+        return self.proto == "tcp" and "R" in self.flags
+
+    def label(self) -> str:
+        return f"packet {self.number} ({self.name or 'unnamed'}) {self.sender} [{self.flags}]"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Packet:
+        return cls(**{**data, "options": tuple(data.get("options", ()))})
+
+
+def shape_of(packets: list[Packet]) -> list[list[Any]]:
+    """What a reviewer must see change: who sent which flags, in order, data or not, and names."""
+    return [[p.sender, p.flags, p.payload > 0, p.name or "(noise)"] for p in packets]
+
+
+@dataclass
+class Recording:
+    """SLUG.json, plus (when loaded) the text trace and the pcap's path beside it."""
+
+    slug: str
+    title: str
+    phase: str
+    summary: str
+    recorded_at: str
+    kernel: str
+    tcpdump_version: str
+    hosts: dict[str, str]  # host -> its first address
+    addresses: dict[str, list[str]]
+    captured_on: str
+    outcomes: dict[str, list[dict[str, Any]]]  # host -> calls: {call, returned | raised, errno, message}, t_ms
+    counters: dict[str, dict[str, int]]  # host -> nstat deltas
+    claims: list[dict[str, Any]]  # {claim, passed, detail?, packet?, name?}
+    packets: list[Packet]
+    shape: list[list[Any]]
+    pcap_sha256: str
+    seconds: float
+    timings: dict[str, float]
+    text: str = field(default="", repr=False, compare=False)  # SLUG.txt: tcpdump's own text
+    pcap: Path | None = field(default=None, repr=False, compare=False)
+
+    # -- packets by name --------------------------------------------------------------
+    def named(self, name: str) -> list[Packet]:
+        """The packets a name stands for: one, or a group claim's several."""
+        found = [p for p in self.packets if p.name == name]
+        if not found:
+            known = ", ".join(dict.fromkeys(p.name for p in self.packets if p.name))
+            raise LookupError(f"{self.slug} has no packet named {name!r} (its names: {known})")
+        return found
+
+    def packet(self, name: str) -> Packet:
+        return self.named(name)[0]
+
+    def resets(self) -> list[Packet]:
+        return [p for p in self.packets if p.is_rst]
+
+    # -- JSON -------------------------------------------------------------------------
+    def to_json(self) -> str:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("text", "pcap")}
+        data["packets"] = [dataclasses.asdict(p) for p in self.packets]
+        return json.dumps(data, indent=1, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, slug: str) -> Recording:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ArtifactError(f"{slug}.json is not JSON: {exc}") from None
+        stored = {f.name for f in dataclasses.fields(cls)} - {"text", "pcap"}
+        if not isinstance(data, dict) or stored - set(data):
+            missing = sorted(stored - set(data)) if isinstance(data, dict) else ["everything"]
+            raise ArtifactError(f"{slug}.json lacks {', '.join(missing)}")
+        if data["slug"] != slug:
+            raise ArtifactError(f"{slug}.json is the recording of {data['slug']!r}")
+        try:
+            data["packets"] = [Packet.from_json(p) for p in data["packets"]]
+        except TypeError as exc:
+            raise ArtifactError(f"{slug}.json: a packet does not fit the schema: {exc}") from None
+        return cls(**{k: data[k] for k in stored})
+
+
+def paths(slug: str, folder: Path | None = None) -> tuple[Path, Path, Path]:
+    """SLUG.pcap, SLUG.txt, SLUG.json in `folder` (default TRACES)."""
+    base = folder or TRACES
+    pcap, txt, js = (base / f"{slug}{suffix}" for suffix in SUFFIXES)
+    return pcap, txt, js
+
+
+def load(slug: str, folder: Path | None = None) -> Recording:
+    """The recording as published, with its text and pcap path; ArtifactError if incomplete."""
+    pcap, txt, js = paths(slug, folder)
+    missing = [f.name for f in (pcap, txt, js) if not f.is_file()]
+    if missing:
+        raise ArtifactError(f"no recorded trace ({', '.join(missing)} missing): its recording failed"
+                            f" or was not run; run `nox -s examples -- {slug}`")
+    rec = Recording.from_json(js.read_text(), slug)
+    rec.text, rec.pcap = txt.read_text(), pcap
+    return rec
