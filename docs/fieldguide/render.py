@@ -1,69 +1,54 @@
-"""Turn one recorded run (build/traces/SLUG.{txt,json}) into page blocks.
+"""Turn one recording (lab.artifact.Recording) into page blocks: Markdown and HTML.
 
-Pure functions from the lab's artifacts to Markdown/HTML; no MkDocs here, so
-tests and the notebook can use them too. Every value shown comes from the
-recording: nothing here knows what a scenario "should" look like.
+Pure functions, no MkDocs: the tests and the placeholders use them alike. Every value
+shown comes from the recording; nothing here knows what a scenario "should" look like.
+
+Recorded text (a message, a call, a returned value, a log line) reaches the page only
+through `literal()` or `plain()`: every character that Markdown, HTML or the site's
+extensions could read as syntax is written as an HTML character reference, so no
+recorded string can become markup, whatever it holds.
 """
 
 from __future__ import annotations
 
-import html
 import re
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from lab.artifact import Packet, Recording
 
 # a tcpdump record starts with a timestamp; -v continuation lines start with spaces
 _RECORD_START = re.compile(r"^\S")
 # counters a reader of a TCP page cares about first; the rest go in a fold
 _TCP_COUNTER = re.compile(r"^(Tcp|TcpExt)")
+_SAFE = re.compile(r"[A-Za-z0-9 ]")
 
 
-@dataclass(frozen=True)
-class Recording:
-    """One scenario's artifacts, as the lab published them."""
+# -- recorded text, escaped by construction ------------------------------------------------
 
-    slug: str
-    data: dict[str, Any]
-    text: str  # tcpdump's own text, exactly as recorded
-    pcap: Path
+def plain(text: object) -> str:
+    """Recorded text as inert page text: everything but letters, digits and spaces as &#N;."""
+    return "".join(c if _SAFE.match(c) else f"&#{ord(c)};" for c in str(text))
 
-    @property
-    def packets(self) -> list[dict[str, Any]]:
-        return self.data["packets"]
 
-    @property
-    def title(self) -> str:
-        return self.data["title"]
+def literal(text: object) -> str:
+    """Recorded text as inline code."""
+    return f"<code>{plain(text)}</code>"
 
-    @property
-    def phase(self) -> str:
-        return self.data["phase"]
 
-    @property
-    def summary(self) -> str:
-        return self.data["summary"]
+# -- the text trace -------------------------------------------------------------------------
 
-    def packet(self, number: int) -> dict[str, Any]:
-        if not 1 <= number <= len(self.packets):
-            raise LookupError(f"{self.slug}: there is no packet {number} (the capture has {len(self.packets)})")
-        return self.packets[number - 1]
-
-    def resets(self) -> list[dict[str, Any]]:
-        return [p for p in self.packets if p.get("proto") == "tcp" and "R" in p["flags"]]
-
-    def records(self) -> list[str]:
-        """tcpdump's text split into one record per packet (a -v record spans lines)."""
-        records: list[str] = []
-        for line in self.text.splitlines(keepends=True):
-            if _RECORD_START.match(line) or not records:
-                records.append(line)
-            else:
-                records[-1] += line
-        if len(records) != len(self.packets):
-            raise ValueError(f"{self.slug}: tcpdump's text has {len(records)} packets,"
-                             f" the capture read by scapy has {len(self.packets)}")
-        return records
+def records(rec: Recording) -> list[str]:
+    """tcpdump's text split into one record per packet (a -v record spans lines)."""
+    found: list[str] = []
+    for line in rec.text.splitlines(keepends=True):
+        if _RECORD_START.match(line) or not found:
+            found.append(line)
+        else:
+            found[-1] += line
+    if len(found) != len(rec.packets):
+        raise ValueError(f"{rec.slug}: tcpdump's text has {len(found)} packets,"
+                         f" the capture read by scapy has {len(rec.packets)}")
+    return found
 
 
 def packet_id(slug: str, number: int, own_page: bool = True) -> str:
@@ -71,48 +56,77 @@ def packet_id(slug: str, number: int, own_page: bool = True) -> str:
     return f"packet-{number}" if own_page else f"{slug}-packet-{number}"
 
 
+def name_id(rec: Recording, p: Packet, own_page: bool = True) -> str:
+    """The anchor of a packet's name: the name, or NAME-K for the K-th packet of a group."""
+    group = rec.named(p.name) if p.name else [p]
+    anchor = (p.name if len(group) == 1 else f"{p.name}-{group.index(p) + 1}") if p.name else f"noise-{p.number}"
+    return anchor if own_page else f"{rec.slug}-{anchor}"
+
+
+def check_anchors(rec: Recording) -> None:
+    """Every packet's two anchors are distinct from every other's (a name must not look
+    like packet-N or like a group member's NAME-K)."""
+    seen: dict[str, int] = {}
+    for p in rec.packets:
+        for anchor in (packet_id(rec.slug, p.number), name_id(rec, p)):
+            if seen.setdefault(anchor, p.number) != p.number:
+                raise ValueError(f"{rec.slug}: packets {seen[anchor]} and {p.number} would share the anchor #{anchor}")
+
+
+def packet_ref(rec: Recording, name: str, link: str = "") -> str:
+    """Inline: the named packet (or group), linked to its line, with what it is."""
+    group = rec.named(name)
+    first = group[0]
+    target = f"{link}#{name_id(rec, first, own_page=not link)}"
+    if len(group) == 1:
+        return (f"[{plain(name)}]({target}){{ .fg-packet-ref }}"
+                f" ({first.sender} → {first.receiver} {literal(describe_packet(rec, first))})")
+    flags = ", ".join(f"[{p.flags}]" for p in group)
+    numbers = f"packets {group[0].number}–{group[-1].number}" if len(group) > 1 else ""
+    return f"[{plain(name)}]({target}){{ .fg-packet-ref }} ({numbers}: {literal(flags)})"
+
+
 # -- describing packets and calls in words -------------------------------------------
 
-def isn_before(rec: Recording, p: dict[str, Any], src: str, sport: int, dst: str, dport: int) -> int | None:
+def isn_before(rec: Recording, p: Packet, src: str, sport: int, dst: str, dport: int) -> int | None:
     """The ISN of the latest SYN from src:sport to dst:dport up to packet p (a 4-tuple may be reused)."""
     found = None
-    for q in rec.packets[: p["number"]]:
-        if (q.get("proto") == "tcp" and "S" in q["flags"]
-                and (q["src"], q["sport"], q["dst"], q["dport"]) == (src, sport, dst, dport)):
-            found = q["seq"]
+    for q in rec.packets[: p.number]:
+        if q.proto == "tcp" and "S" in q.flags and (q.src, q.sport, q.dst, q.dport) == (src, sport, dst, dport):
+            found = q.seq
     return found
 
 
-def relative(rec: Recording, p: dict[str, Any]) -> tuple[int, int | None]:
+def relative(rec: Recording, p: Packet) -> tuple[int, int | None]:
     """seq and ack relative to each side's ISN on this connection, as tcpdump shows them;
     absolute where the capture has no SYN from that side. ack is None without the ACK flag."""
-    mine = isn_before(rec, p, p["src"], p["sport"], p["dst"], p["dport"])
-    theirs = isn_before(rec, p, p["dst"], p["dport"], p["src"], p["sport"])
-    seq = (p["seq"] - mine) % 2**32 if mine is not None else p["seq"]
-    if "." not in p["flags"]:
+    mine = isn_before(rec, p, p.src, p.sport, p.dst, p.dport)
+    theirs = isn_before(rec, p, p.dst, p.dport, p.src, p.sport)
+    seq = (p.seq - mine) % 2**32 if mine is not None else p.seq
+    if "." not in p.flags:
         return seq, None
-    return seq, (p["ack"] - theirs) % 2**32 if theirs is not None else p["ack"]
+    return seq, (p.ack - theirs) % 2**32 if theirs is not None else p.ack
 
 
-def describe_packet(rec: Recording, p: dict[str, Any]) -> str:
+def describe_packet(rec: Recording, p: Packet) -> str:
     """`[R.] seq 0, ack 1, win 0` -- relative numbers, like tcpdump's default output."""
-    if p.get("proto") != "tcp":
-        return p["flags"]
+    if p.proto != "tcp":
+        return p.flags
     seq, ack = relative(rec, p)
-    parts = [f"[{p['flags']}] seq {seq}"]
+    parts = [f"[{p.flags}] seq {seq}"]
     if ack is not None:
         parts.append(f"ack {ack}")
-    parts.append(f"win {p['win']}")
-    if p["payload"]:
-        parts.append(f"{p['payload']} bytes")
+    parts.append(f"win {p.win}")
+    if p.payload:
+        parts.append(f"{p.payload} bytes")
     return ", ".join(parts)
 
 
-def gap_ms(rec: Recording, p: dict[str, Any]) -> float:
+def gap_ms(rec: Recording, p: Packet) -> float:
     """Milliseconds since the previous packet in the capture."""
-    if p["number"] == 1:
+    if p.number == 1:
         return 0.0
-    return (p["time"] - rec.packet(p["number"] - 1)["time"]) * 1000
+    return (p.time - rec.packets[p.number - 2].time) * 1000
 
 
 def _ms(value: float) -> str:
@@ -120,55 +134,54 @@ def _ms(value: float) -> str:
 
 
 def describe_outcome(entry: dict[str, Any]) -> str:
-    """One application call and what it got, as Markdown."""
+    """One application call and what it got."""
     if "raised" in entry:
-        errno = f" ({entry['errno']})" if entry.get("errno") else ""
-        return f"`{entry['call']}` raised `{entry['raised']}: {entry['message']}`{errno}"
-    return f"`{entry['call']}` returned `{entry['returned']}`"
+        errno = f" ({plain(entry['errno'])})" if entry.get("errno") else ""
+        return f"{literal(entry['call'])} raised {literal(entry['raised'] + ': ' + entry['message'])}{errno}"
+    return f"{literal(entry['call'])} returned {literal(entry['returned'])}"
 
 
 def what_apps_get(rec: Recording) -> list[str]:
     """Per host: the calls that failed, else what its reads returned."""
     lines = []
-    for host, entries in rec.data["outcomes"].items():
+    for host, entries in rec.outcomes.items():
         if not entries:
-            lines.append(f"**{host}**: no application made a call on this host")
+            lines.append(f"**{plain(host)}**: no application made a call on this host")
             continue
         failed = [e for e in entries if "raised" in e]
         shown = failed or [e for e in entries if e["call"].startswith("recv")]
         if not shown:
-            lines.append(f"**{host}**: every call succeeded")
+            lines.append(f"**{plain(host)}**: every call succeeded")
             continue
-        lines.append(f"**{host}**: " + "; ".join(describe_outcome(e) for e in shown))
+        lines.append(f"**{plain(host)}**: " + "; ".join(describe_outcome(e) for e in shown))
     return lines
 
 
-def ttl_anomaly(rec: Recording, p: dict[str, Any]) -> str:
+def ttl_anomaly(rec: Recording, p: Packet) -> str:
     """If the other packets from this address arrived with another TTL, say so: another box made this one.
 
     Compared with the address's packets that are not RSTs: two RSTs forged by the same box
     would otherwise vouch for each other.
     """
-    others = sorted({q["ttl"] for q in rec.packets
-                     if q["src"] == p["src"] and q["number"] != p["number"] and "R" not in q["flags"]})
-    if not others or p["ttl"] in others:
+    others = sorted({q.ttl for q in rec.packets if q.src == p.src and q.number != p.number and "R" not in q.flags})
+    if not others or p.ttl in others:
         return ""
-    return f"TTL {p['ttl']}, where {p['sender']}'s other packets arrived with TTL {', '.join(map(str, others))}"
+    return f"TTL {p.ttl}, where {p.sender}'s other packets arrived with TTL {', '.join(map(str, others))}"
 
 
 def apps_in_short(rec: Recording) -> str:
     """For the index: each distinct failure as `call()`: Exception (ERRNO), else what reads returned."""
     seen: list[str] = []
-    for host, entries in rec.data["outcomes"].items():
+    for host, entries in rec.outcomes.items():
         for e in entries:
             if "raised" in e:
-                errno = f" ({e['errno']})" if e.get("errno") else ""
-                line = f"**{host}** `{e['call'].split('(')[0]}()`: {e['raised']}{errno}"
+                errno = f" ({plain(e['errno'])})" if e.get("errno") else ""
+                line = f"**{plain(host)}** {literal(e['call'].split('(')[0] + '()')}: {plain(e['raised'])}{errno}"
                 if line not in seen:
                     seen.append(line)
     if seen:
         return "<br>".join(seen)
-    reads = [f"**{h}** `recv()` → `{e['returned']}`" for h, entries in rec.data["outcomes"].items()
+    reads = [f"**{plain(h)}** {literal('recv()')} → {literal(e['returned'])}" for h, entries in rec.outcomes.items()
              for e in entries if e["call"].startswith("recv")]
     return "no error" + ("<br>" + "<br>".join(dict.fromkeys(reads)) if reads else "")
 
@@ -177,32 +190,30 @@ def resets_in_short(rec: Recording) -> str:
     """For the index: who sent each RST, and a TTL that gives a forger away."""
     lines = []
     for p in rec.resets():
-        seen_ttls = sorted({q["ttl"] for q in rec.packets if q["src"] == p["src"] and q["number"] != p["number"]})
-        who = (f"{p['sender']}'s address `[{p['flags']}]`, TTL {p['ttl']} ≠ {', '.join(map(str, seen_ttls))}"
-               if ttl_anomaly(rec, p) else f"{p['sender']} `[{p['flags']}]`")
+        seen_ttls = sorted({q.ttl for q in rec.packets if q.src == p.src and q.number != p.number})
+        who = (f"{p.sender}'s address {literal('[' + p.flags + ']')}, TTL {p.ttl} ≠ {', '.join(map(str, seen_ttls))}"
+               if ttl_anomaly(rec, p) else f"{p.sender} {literal('[' + p.flags + ']')}")
         if who not in lines:
             lines.append(who)
     return "<br>".join(lines) or "nobody (no RST)"
 
 
-def who_resets(rec: Recording, link: str = "#") -> list[str]:
+def who_resets(rec: Recording) -> list[str]:
     """Each RST in words: who sent it, to whom, with what, and how long after the packet before it."""
     lines = []
     for p in rec.resets():
-        address = p["src"]
         anomaly = ttl_anomaly(rec, p)
-        sender = (f"a packet with **{p['sender']}**'s address ({address})" if anomaly
-                  else f"**{p['sender']}** ({address})")
+        sender = (f"a packet with **{p.sender}**'s address ({p.src})" if anomaly else f"**{p.sender}** ({p.src})")
         lines.append(
-            f"{sender} sends `{describe_packet(rec, p)}` to {p['receiver']}: "
-            f"[packet {p['number']}]({link}{packet_id(rec.slug, p['number'])}), "
+            f"{sender} sends {literal(describe_packet(rec, p))} to {p.receiver}: "
+            f"[{plain(p.name or 'packet ' + str(p.number))}](#{name_id(rec, p)}), "
             f"{_ms(gap_ms(rec, p))} after the packet before it" + (f"; {anomaly}" if anomaly else ""))
     return lines
 
 
 # -- blocks --------------------------------------------------------------------------
 
-def _indent(text: str, spaces: int = 4) -> str:
+def indent(text: str, spaces: int = 4) -> str:
     pad = " " * spaces
     return "\n".join(pad + line if line.strip() else "" for line in text.splitlines())
 
@@ -214,19 +225,33 @@ def short_answer(rec: Recording, why: str) -> str:
     if why:
         body += [f"**Why**: {why}", ""]
     body += ["**What the applications get**:", ""] + [f"- {line}" for line in what_apps_get(rec)]
-    return '!!! abstract "The short answer"\n\n' + _indent("\n".join(body)) + "\n"
+    return '!!! abstract "The short answer"\n\n' + indent("\n".join(body)) + "\n"
+
+
+def _escape_pre(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def trace_html(rec: Recording, own_page: bool = True) -> str:
-    """tcpdump's text, one anchored line per packet; the text content is exactly SLUG.txt."""
+    """tcpdump's text, one anchored line per packet, each marked with its name (or noise);
+    the block's text content is exactly SLUG.txt (numbers and names are drawn by CSS)."""
     lines = []
-    for number, record in enumerate(rec.records(), start=1):
-        anchor = packet_id(rec.slug, number, own_page)
+    for p, record in zip(rec.packets, records(rec), strict=True):
+        anchor = packet_id(rec.slug, p.number, own_page)
+        named = name_id(rec, p, own_page)
+        mark = p.name or "noise"
+        kind = " fg-rst" if p.is_rst else ""
+        first, rest = (record.split("\n", 1) + [""])[:2]
+        spoken = f"packet {p.number}, {mark}" + (", a reset" if p.is_rst else "")
+        title = f"{mark}: {p.noise}" if p.noise else mark
         lines.append(
-            f'<span class="fg-packet" id="{anchor}">'
-            f'<a class="fg-packet-number" href="#{anchor}" data-packet="{number}"'
-            f' title="packet {number}" aria-label="packet {number}"></a>'
-            f"{html.escape(record, quote=False)}</span>")
+            f'<span class="fg-packet{kind}" id="{anchor}">'
+            f'<a class="fg-packet-number" href="#{named}" data-packet="{p.number}"'
+            f' aria-label="{plain(spoken)}"></a>'
+            f"{_escape_pre(first)}"
+            f'<a class="fg-packet-name" id="{named}" href="#{named}" data-name="{plain(mark)}"'
+            f' title="{plain(title)}" aria-hidden="true"></a>'
+            f"\n{_escape_pre(rest)}</span>")
     return (f'<div class="highlight fg-trace" data-slug="{rec.slug}"><pre><code>'
             + "".join(lines) + "</code></pre></div>")
 
@@ -234,98 +259,98 @@ def trace_html(rec: Recording, own_page: bool = True) -> str:
 def claims_list(rec: Recording, own_page: bool = True) -> str:
     """What this build checked against the capture: the example's claims(), each with its packet."""
     items = []
-    for claim in rec.data["claims"]:
+    for claim in rec.claims:
         mark = ":material-check:" if claim["passed"] else ":material-close:"
         where = ""
         if claim.get("packet"):
-            where = f" ([packet {claim['packet']}](#{packet_id(rec.slug, claim['packet'], own_page)}))"
+            p = rec.packets[claim["packet"] - 1]
+            where = f" ([{plain(p.name or 'packet ' + str(p.number))}](#{name_id(rec, p, own_page)}))"
         elif claim.get("detail"):
-            where = f" (`{claim['detail']}`)"
-        items.append(f"- {mark} {claim['claim']}{where}")
+            where = f" ({literal(claim['detail'])})"
+        items.append(f"- {mark} {plain(claim['claim'])}{where}")
     return "\n".join(items)
 
 
 def trace_block(rec: Recording, own_page: bool = True) -> str:
-    note = (f"Captured on the {rec.data['captured_on']} by tcpdump {rec.data['tcpdump_version']};"
-            f" the numbers in the margin link to each packet.")
+    note = (f"Captured on the {rec.captured_on} by tcpdump {rec.tcpdump_version};"
+            f" each line is numbered in the margin and named by its claim at the end; both link to it.")
     return "\n".join([
         trace_html(rec, own_page), "",
-        f"<small>{note}</small>", "",
+        f"<small>{plain(note)}</small>", "",
         f'??? success "What this build checked against the {rec.slug} capture"', "",
-        _indent(claims_list(rec, own_page)), ""])
+        indent(claims_list(rec, own_page)), ""])
 
 
 def mermaid(rec: Recording) -> str:
     """A sequenceDiagram of the capture: one numbered arrow per packet, RSTs end in a cross."""
-    hosts = rec.data["hosts"]
+    hosts = rec.hosts
     lines = ["```mermaid", "sequenceDiagram", "    autonumber"]
     for name, ip in hosts.items():
         lines.append(f"    participant {name} as {name} {ip}")
     for p in rec.packets:
-        sender = p["sender"] if p["sender"] in hosts else "unknown"
-        receiver = p["receiver"] if p["receiver"] in hosts else "unknown"
-        if p["number"] > 1 and gap_ms(rec, p) >= 10:
+        sender = p.sender if p.sender in hosts else "unknown"
+        receiver = p.receiver if p.receiver in hosts else "unknown"
+        if p.number > 1 and gap_ms(rec, p) >= 10:
             lines.append(f"    Note over {sender},{receiver}: {_ms(gap_ms(rec, p))} later")
-        arrow = "-x" if "R" in p["flags"] else "->>"
+        arrow = "-x" if p.is_rst else "->>"
         label = describe_packet(rec, p)
-        if p["number"] > 1:
+        if p.number > 1:
             label += f", +{_ms(gap_ms(rec, p))}"
+        label += f" ({p.name or 'noise'})"
         lines.append(f"    {sender}{arrow}{receiver}: {label}")
-        if "R" in p["flags"] and ttl_anomaly(rec, p):
+        if p.is_rst and ttl_anomaly(rec, p):
             lines.append(f"    Note over {sender}: {ttl_anomaly(rec, p)}")
     lines.append("```")
     return "\n".join(lines)
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
 def outcomes_table(rec: Recording) -> str:
     rows = []
-    for host, entries in rec.data["outcomes"].items():
+    for host, entries in rec.outcomes.items():
         for e in entries:
-            result = (f"raised `{e['raised']}`" + (f" ({e['errno']})" if e.get("errno") else "")
-                      + f" <br><small>{html.escape(e['message'])}</small>") if "raised" in e else (
-                f"returned `{e['returned']}`")
+            if "raised" in e:
+                errno = f" ({plain(e['errno'])})" if e.get("errno") else ""
+                result = f"raised {literal(e['raised'])}{errno} <br><small>{plain(e['message'])}</small>"
+            else:
+                result = f"returned {literal(e['returned'])}"
             rows.append((e["t_ms"], host, e["call"], result))
     if not rows:
         return "_No application call was recorded._"
     rows.sort(key=lambda r: r[0])
     out = ["| ms | host | call | result |", "|---:|---|---|---|"]
-    out += [f"| {t:.1f} | {h} | `{_cell(c)}` | {_cell(r)} |" for t, h, c, r in rows]
-    quiet = [h for h, entries in rec.data["outcomes"].items() if not entries]
+    out += [f"| {t:.1f} | {plain(h)} | {literal(c)} | {r} |" for t, h, c, r in rows]
+    quiet = [h for h, entries in rec.outcomes.items() if not entries]
     if quiet:
-        out += ["", "No application call on " + ", ".join(quiet) + ": only the kernel answered there."]
+        out += ["", "No application call on " + ", ".join(map(plain, quiet)) + ": only the kernel answered there."]
     return "\n".join(out)
 
 
 def counters_table(rec: Recording) -> str:
-    counters: dict[str, dict[str, int]] = rec.data["counters"]
+    counters = rec.counters
     hosts = list(counters)
     names = sorted({n for c in counters.values() for n in c})
     tcp = [n for n in names if _TCP_COUNTER.match(n)]
     other = [n for n in names if n not in tcp]
 
     def table(rows: list[str]) -> str:
-        head = "| counter | " + " | ".join(hosts) + " |\n|---|" + "---:|" * len(hosts)
-        body = [f"| `{n}` | " + " | ".join(str(counters[h].get(n, "")) for h in hosts) + " |" for n in rows]
+        head = "| counter | " + " | ".join(map(plain, hosts)) + " |\n|---|" + "---:|" * len(hosts)
+        body = [f"| {literal(n)} | " + " | ".join(str(counters[h].get(n, "")) for h in hosts) + " |" for n in rows]
         return "\n".join([head, *body])
 
     out = [table(tcp) if tcp else "_No TCP counter moved._"]
     if other:
-        out += ["", f'??? note "IP counters ({len(other)})"', "", _indent(table(other))]
+        out += ["", f'??? note "IP counters ({len(other)})"', "", indent(table(other))]
     return "\n".join(out)
 
 
 def provenance(rec: Recording, pcap_link: str) -> str:
-    d = rec.data
+    assert rec.pcap is not None
     body = "\n".join([
-        f"- **Recorded at**: {d['recorded_at']}, by this build",
-        f"- **Kernel**: Linux {d['kernel']}",
-        f"- **tcpdump**: {d['tcpdump_version']}, capturing on the {d['captured_on']}",
+        f"- **Recorded at**: {plain(rec.recorded_at)}, by this build",
+        f"- **Kernel**: Linux {plain(rec.kernel)}",
+        f"- **tcpdump**: {plain(rec.tcpdump_version)}, capturing on the {plain(rec.captured_on)}",
         (f"- **Capture**: [{rec.slug}.pcap]({pcap_link}) ({len(rec.packets)} packets,"
          f" {rec.pcap.stat().st_size} bytes; opens in Wireshark)"),
-        f'- **SHA-256**: <code class="fg-sha256">{d["pcap_sha256"]}</code>',
+        f'- **SHA-256**: <code class="fg-sha256">{rec.pcap_sha256}</code>',
     ])
-    return '!!! info "Provenance"\n\n' + _indent(body) + "\n"
+    return '!!! info "Provenance"\n\n' + indent(body) + "\n"

@@ -1,4 +1,4 @@
-"""MkDocs hook: what readers saw (an exception, a log line) -> the scenarios that produce it.
+"""What readers saw (an exception, a log line) -> the scenarios that produce it.
 
 Readers arrive with an error string, not a scenario name. This hook builds, from the
 recordings in build/traces/SLUG.json and nothing typed by hand:
@@ -22,35 +22,25 @@ one it sent itself (a local abort), an end of stream (RemoteDisconnected) from t
 received, a timeout from the SYN (or FIN) it sent and whose answer never came in time.
 The hook picks the first such packet in the capture; the page's own trace anchors it.
 
-Listed before fieldguide.py in mkdocs.yml: it only reads the recordings; checking them
-(missing, stale, failed claims) is fieldguide's job, which fails the build by name.
+It reads the recordings pages.py has loaded and checked; its two blocks are placeholders
+of the one registry there ({{ symptom_index }}, {{ you_may_have_seen }}).
 """
 
 from __future__ import annotations
 
 import errno as errno_module
-import json
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from mkdocs.config.defaults import MkDocsConfig
-from mkdocs.exceptions import PluginError
-from mkdocs.structure.files import Files
-from mkdocs.structure.pages import Page
+from lab.artifact import Packet, Recording
 
-sys.path.insert(0, str(Path(__file__).parent))
-from render import packet_id  # noqa: E402  (the anchors the scenario pages give their packets)
+from .render import literal, name_id, plain
 
-ROOT = Path(__file__).resolve().parents[2]
-TRACES = ROOT / "build" / "traces"
-SCENARIOS = ROOT / "docs" / "scenarios"
 QUOTED = Path(__file__).with_name("quoted_symptoms.yml")
-PLACEHOLDER = "{{ symptom_index }}"
 
 # a noted log line is a symptom when it names a Python exception (ConnectionResetError: ...)
 _EXCEPTION_IN_LOG = re.compile(r"\b[A-Z]\w*(?:Error|Exception)\b")
@@ -84,22 +74,20 @@ class Seen:
     text: str  # what the application shows: "ConnectionResetError: [Errno 104] ..."
     key: str  # errno name, or the exception class when there is no errno
     source: str  # "Python" or "log"
-    packet: int | None  # the packet that explains it (anchored on the scenario page)
+    packet: Packet | None  # the packet that explains it (anchored on the scenario page)
     why: str  # "the RST it received"...
+    anchor: str  # its anchor on the scenario page (its name), or the trace's
 
     @property
-    def anchor(self) -> str:
-        return packet_id(self.slug, self.packet) if self.packet else "the-trace"
-
-
-scenarios: dict[str, list[Seen]] = {}
-titles: dict[str, str] = {}
-quoted: list[dict[str, Any]] = []
+    def packet_label(self) -> str:
+        if self.packet is None:
+            return "the trace"
+        return self.packet.name or f"packet {self.packet.number}"
 
 
 # -- from a recording to what its applications saw -------------------------------------------
 
-def explaining_packets(data: dict[str, Any], host: str, key: str) -> tuple[list[int], str]:
+def explaining_packets(rec: Recording, host: str, key: str) -> tuple[list[Packet], str]:
     """Per connection, the packet that explains `key` on `host` (in capture order), and why.
 
     A connection can see several RSTs (a forged one may be ignored, the next one kills it):
@@ -108,18 +96,18 @@ def explaining_packets(data: dict[str, Any], host: str, key: str) -> tuple[list[
     """
     for direction, flag in _EXPLAINED_BY.get(key, []):
         side = "receiver" if direction == "received" else "sender"
-        chosen: dict[tuple[Any, ...], int] = {}
-        for p in data["packets"]:
-            if p.get("proto") != "tcp" or p[side] != host:
+        chosen: dict[tuple[Any, ...], Packet] = {}
+        for p in rec.packets:
+            if p.proto != "tcp" or getattr(p, side) != host:
                 continue
-            if (p["flags"] == "S") if flag == "S" else (flag in p["flags"]):
-                connection = tuple(sorted([(p["src"], p["sport"]), (p["dst"], p["dport"])]))
+            if (p.flags == "S") if flag == "S" else (flag in p.flags):
+                connection = tuple(sorted([(p.src, p.sport), (p.dst, p.dport)]))
                 if flag == "S":
-                    chosen.setdefault(connection, p["number"])
+                    chosen.setdefault(connection, p)
                 else:
-                    chosen[connection] = p["number"]
+                    chosen[connection] = p
         if chosen:
-            return sorted(chosen.values()), _WHY[(direction, flag)]
+            return sorted(chosen.values(), key=lambda p: p.number), _WHY[(direction, flag)]
     return [], "the trace"
 
 
@@ -128,11 +116,11 @@ def _errno_of(text: str) -> str | None:
     return errno_module.errorcode.get(int(found.group(1))) if found else None
 
 
-def seen_in(data: dict[str, Any]) -> list[Seen]:
+def seen_in(rec: Recording) -> list[Seen]:
     """Every failure the recording holds, once per (host, call, text)."""
     found: dict[tuple[str, str, str], Seen] = {}
     failures: dict[tuple[str, str, str], int] = {}  # (host, errno, call name) -> failures so far
-    for host, entries in data["outcomes"].items():
+    for host, entries in rec.outcomes.items():
         for entry in entries:
             if "raised" in entry:
                 text = f"{entry['raised']}: {entry['message']}" if entry["message"] else entry["raised"]
@@ -151,10 +139,11 @@ def seen_in(data: dict[str, Any]) -> list[Seen]:
             failures[kind] = nth + 1
             if (host, entry["call"], text) in found:
                 continue
-            packets, why = explaining_packets(data, host, key)
+            packets, why = explaining_packets(rec, host, key)
             packet = packets[min(nth, len(packets) - 1)] if packets else None
+            anchor = name_id(rec, packet) if packet else "the-trace"
             found[(host, entry["call"], text)] = Seen(
-                data["slug"], data["title"], host, entry["call"], text, key, source, packet, why)
+                rec.slug, rec.title, host, entry["call"], text, key, source, packet, why, anchor)
     return list(found.values())
 
 
@@ -166,49 +155,19 @@ def _unquote(shown: str) -> str:
 
 
 def load_quoted() -> list[dict[str, Any]]:
+    """Lines of software the lab does not run, each with its public source."""
     entries = yaml.safe_load(QUOTED.read_text())
     for entry in entries:
         missing = {"software", "text", "matches", "source"} - set(entry)
         if missing or not str(entry["source"]).startswith("https://"):
-            raise PluginError(f"{QUOTED.name}: entry {entry.get('text')!r} lacks {missing or 'an https source'}")
+            raise ValueError(f"{QUOTED.name}: entry {entry.get('text')!r} lacks {missing or 'an https source'}")
     return entries
-
-
-# -- hooks ----------------------------------------------------------------------------------
-
-def on_config(config: MkDocsConfig) -> MkDocsConfig:
-    scenarios.clear()
-    titles.clear()
-    for page in sorted(SCENARIOS.glob("*.md")):
-        recording = TRACES / f"{page.stem}.json"
-        if recording.is_file():  # a missing one fails the build in fieldguide.py, by name
-            data = json.loads(recording.read_text())
-            scenarios[page.stem] = seen_in(data)
-            titles[page.stem] = data["title"]
-    quoted[:] = load_quoted()
-    return config
-
-
-def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Files) -> str:
-    src = page.file.src_uri
-    if PLACEHOLDER in markdown:
-        markdown = markdown.replace(PLACEHOLDER, symptom_index(src))
-    slug = src.removeprefix("scenarios/").removesuffix(".md")
-    if src.startswith("scenarios/") and slug in scenarios:
-        markdown = markdown.rstrip("\n") + "\n\n" + you_may_have_seen(slug, src) + "\n"
-    return markdown
 
 
 # -- Markdown ---------------------------------------------------------------------------------
 
 def _link(src: str, target: str) -> str:
     return "../" * src.count("/") + target
-
-
-def _code(text: str) -> str:
-    """Inline code that survives any backtick inside, and a table cell's pipe."""
-    text = text.replace("|", "\\|")
-    return f"`` {text} ``" if "`" in text else f"`{text}`"
 
 
 def describe_key(key: str) -> str:
@@ -220,53 +179,52 @@ def describe_key(key: str) -> str:
 
 
 def group_id(key: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", key.lower()).strip("-")
+    return re.sub(r"[^a-z0-9]+", "-", key.lower()).strip("-") or "other"
 
 
 def _where(seen: Seen, src: str, own_page: bool) -> str:
-    call = "log" if seen.source == "log" else f"`{seen.call}`"
+    call = "log" if seen.source == "log" else literal(seen.call)
     target = f"#{seen.anchor}" if own_page else _link(src, f"scenarios/{seen.slug}.md") + f"#{seen.anchor}"
-    explained = f"[{'packet ' + str(seen.packet) if seen.packet else 'the trace'}]({target})"
-    return f"the {seen.host}'s {call}, explained by {seen.why}: {explained}"
+    return f"the {plain(seen.host)}'s {call}, explained by {seen.why}: [{plain(seen.packet_label)}]({target})"
 
 
-def _quoted_for(keys: set[str]) -> list[dict[str, Any]]:
+def _quoted_for(quoted: list[dict[str, Any]], keys: set[str]) -> list[dict[str, Any]]:
     return [q for q in quoted if keys & set(q["matches"])]
 
 
 def _quoted_line(q: dict[str, Any]) -> str:
-    note = f" ({q['note']})" if q.get("note") else ""
-    return f"{q['software']}: {_code(q['text'])}{note} ([source]({q['source']}))"
+    note = f" ({plain(q['note'])})" if q.get("note") else ""
+    return f"{plain(q['software'])}: {literal(q['text'])}{note} ([source]({q['source']}))"
 
 
-def symptom_index(src: str) -> str:
+def symptom_index(recordings: dict[str, Recording], quoted: list[dict[str, Any]], src: str) -> str:
     """Every captured failure, grouped by errno (or exception class), most scenarios first."""
     groups: dict[str, list[Seen]] = {}
-    for seen in (s for found in scenarios.values() for s in found):
+    for seen in (s for rec in recordings.values() for s in seen_in(rec)):
         groups.setdefault(seen.key, []).append(seen)
     if not groups:
-        raise PluginError("symptom index: no recording holds a failed call; run `nox -s docs`")
+        raise ValueError("no recording holds a failed call; run `nox -s docs`")
     order = sorted(groups, key=lambda k: (-len({s.slug for s in groups[k]}), k))
     out = []  # a list, not a table: the error texts are long and phones are narrow
     for key in order:
         texts = sorted({s.text for s in groups[key]})
         count = len({s.slug for s in groups[key]})
-        out.append(f"- **[{key}](#{group_id(key)})** ({count} scenario{'s' if count > 1 else ''}): "
-                   + ", ".join(_code(t) for t in texts))
+        out.append(f"- **[{plain(key)}](#{group_id(key)})** ({count} scenario{'s' if count > 1 else ''}): "
+                   + ", ".join(literal(t) for t in texts))
     out.append("")
     for key in order:
-        out += [f"## {describe_key(key)} {{ #{group_id(key)} }}", ""]
+        out += [f"## {plain(describe_key(key))} {{ #{group_id(key)} }}", ""]
         by_text: dict[str, list[Seen]] = {}
         for seen in groups[key]:
             by_text.setdefault(seen.text, []).append(seen)
         for text, seens in sorted(by_text.items()):
             kind = "logged by the server application" if all(s.source == "log" for s in seens) else "raised in Python"
-            out += [f"{_code(text)} ({kind}), in:", ""]
+            out += [f"{literal(text)} ({kind}), in:", ""]
             for seen in sorted(seens, key=lambda s: (s.slug, s.host, s.call)):
                 page = _link(src, f"scenarios/{seen.slug}.md")
-                out.append(f"- [{seen.title}]({page}): {_where(seen, src, own_page=False)}")
+                out.append(f"- [{plain(seen.title)}]({page}): {_where(seen, src, own_page=False)}")
             out.append("")
-        others = _quoted_for({key})
+        others = _quoted_for(quoted, {key})
         if others:
             out += ["The same event in software these scenarios do not run (quoted):", ""]
             out += [f"- {_quoted_line(q)}" for q in others]
@@ -274,9 +232,9 @@ def symptom_index(src: str) -> str:
     return "\n".join(out)
 
 
-def you_may_have_seen(slug: str, src: str) -> str:
+def you_may_have_seen(rec: Recording, quoted: list[dict[str, Any]], src: str) -> str:
     """The end of a scenario page: what its applications met, and the same in other software."""
-    found = scenarios[slug]
+    found = seen_in(rec)
     out = ["## You may have seen", ""]
     if not found:
         out += ["No application call failed in this scenario's run: the reset (if any) happened where"
@@ -284,9 +242,9 @@ def you_may_have_seen(slug: str, src: str) -> str:
                 f" [symptom index]({_link(src, 'symptoms.md')}) lists the failures of the other scenarios."]
         return "\n".join(out)
     for seen in found:
-        out.append(f"- {_code(seen.text)}: {_where(seen, src, own_page=True)}"
-                   f" ([every scenario with {seen.key}]({_link(src, 'symptoms.md')}#{group_id(seen.key)}))")
-    others = _quoted_for({s.key for s in found})
+        out.append(f"- {literal(seen.text)}: {_where(seen, src, own_page=True)}"
+                   f" ([every scenario with {plain(seen.key)}]({_link(src, 'symptoms.md')}#{group_id(seen.key)}))")
+    others = _quoted_for(quoted, {s.key for s in found})
     if others:
         out += ["", "The same event in software this scenario does not run (quoted, not recorded here):", ""]
         out += [f"- {_quoted_line(q)}" for q in others]

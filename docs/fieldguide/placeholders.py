@@ -1,0 +1,279 @@
+"""The one registry of `{{ name args }}` placeholders, and the expansion of a page's Markdown.
+
+A placeholder is a function `(ctx, args) -> Markdown` decorated with @placeholder("name");
+pages write `{{ name arg ... }}`. ctx.own is the page's own recording (on a scenario page),
+ctx.recording(slug) any other, ctx.link(target) a relative link. An unknown placeholder, an
+unknown packet name or a number where a name belongs fails the build, naming the page and
+the line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lab.artifact import Recording
+from lab.capture import CAPTURE_OPTIONS, FILTER, TEXT_OPTIONS
+from lab.scenarios import PHASES, path_of
+
+from . import render, symptoms
+from .recordings import example_why
+
+PHASE_LABELS = {"opening": "Opening", "established": "Established", "closing": "Closing",
+                "middleboxes": "Middleboxes"}
+assert set(PHASE_LABELS) == set(PHASES)
+# every scenario page has these, each on a line of its own
+REQUIRED = ("short_answer", "trace", "diagram", "outcomes", "counters", "example", "provenance")
+PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)((?:\s+[\w.-]+)*)\s*\}\}")
+COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+
+
+class PageError(ValueError):
+    """A page cannot be expanded; the message names the page and the line."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where a placeholder is expanded."""
+
+    src: str  # the page's path under docs/, e.g. "scenarios/closed-port.md"
+    slug: str | None  # the page's own scenario, on a scenario page
+    recordings: dict[str, Recording]
+    quoted: list[dict[str, Any]]
+
+    @property
+    def own(self) -> Recording:
+        if self.slug is None:
+            raise LookupError("this placeholder is for scenario pages")
+        return self.recordings[self.slug]
+
+    def recording(self, slug: str) -> Recording:
+        if slug not in self.recordings:
+            raise LookupError(f"no scenario {slug!r} (known: {', '.join(self.recordings)})")
+        return self.recordings[slug]
+
+    def link(self, target: str) -> str:
+        """A Markdown link from docs/SRC to docs/TARGET (MkDocs checks and rewrites it)."""
+        return "../" * self.src.count("/") + target
+
+
+Expander = Callable[[Context, list[str]], str]
+PLACEHOLDERS: dict[str, Expander] = {}
+
+
+def placeholder(name: str) -> Callable[[Expander], Expander]:
+    def register(fn: Expander) -> Expander:
+        PLACEHOLDERS[name] = fn
+        return fn
+    return register
+
+
+def expand_page(markdown: str, ctx: Context) -> str:
+    """The page's Markdown with every placeholder expanded (and, on a scenario page, its
+    title on top and "You may have seen" at the end)."""
+    # guidance for authors, not for readers; newlines kept so that line numbers stay true
+    markdown = COMMENT.sub(lambda m: "\n" * m.group(0).count("\n"), markdown)
+    if ctx.slug is not None:
+        used = {m.group(1) for m in PLACEHOLDER.finditer(markdown)}
+        missing = [name for name in REQUIRED if name not in used]
+        if missing:
+            raise PageError(f"scenario {ctx.slug}: docs/{ctx.src} lacks "
+                            + ", ".join("{{ " + m + " }}" for m in missing))
+
+    def expand(match: re.Match[str]) -> str:
+        name, args = match.group(1), match.group(2).split()
+        line = markdown.count("\n", 0, match.start()) + 1
+        try:
+            if name not in PLACEHOLDERS:
+                raise LookupError(f"unknown placeholder {name!r} (known: {', '.join(sorted(PLACEHOLDERS))})")
+            return PLACEHOLDERS[name](ctx, args)
+        except (LookupError, ValueError, IndexError) as exc:
+            where = f"scenario {ctx.slug}: " if ctx.slug else ""
+            raise PageError(f"{where}docs/{ctx.src}, line {line}: {match.group(0)}: {exc}") from exc
+
+    out = PLACEHOLDER.sub(expand, markdown)
+    if ctx.slug is not None:
+        out = (f"# {ctx.own.title}\n\n" + out.rstrip("\n") + "\n\n"
+               + symptoms.you_may_have_seen(ctx.own, ctx.quoted, ctx.src) + "\n")
+    return out
+
+
+def _packet_name(rec: Recording, args: list[str], usage: str) -> str:
+    if len(args) != 1:
+        raise ValueError(f"write {usage}")
+    name = args[0]
+    if name.isdigit():
+        raise ValueError(f"packets are referred to by name, not by number: {usage}"
+                         f" (packet {name} is {rec.packets[int(name) - 1].name!r})"
+                         if 0 < int(name) <= len(rec.packets) else f"packets are referred to by name: {usage}")
+    rec.named(name)  # LookupError naming the known names
+    return name
+
+
+def _tabs(own: Recording, other: Recording, draw: Callable[[Recording, bool], str]) -> str:
+    def tab(title: str, body: str) -> str:
+        return f'=== "{title}"\n\n' + render.indent(body)
+    return tab(f"{own.slug} (this page)", draw(own, True)) + "\n\n" + tab(other.slug, draw(other, False)) + "\n"
+
+
+# -- scenario pages ------------------------------------------------------------------------
+
+@placeholder("short_answer")
+def _short_answer(ctx: Context, args: list[str]) -> str:
+    return render.short_answer(ctx.own, example_why(ctx.own.slug))
+
+
+@placeholder("trace")
+def _trace(ctx: Context, args: list[str]) -> str:
+    """{{ trace }}, {{ trace SLUG }} (another scenario's), {{ trace beside SLUG }} (tabs)."""
+    if args[:1] == ["beside"]:
+        return _tabs(ctx.own, ctx.recording(args[1]), lambda r, mine: render.trace_block(r, own_page=mine))
+    if args:
+        return render.trace_block(ctx.recording(args[0]), own_page=args[0] == ctx.slug)
+    return render.trace_block(ctx.own)
+
+
+@placeholder("diagram")
+def _diagram(ctx: Context, args: list[str]) -> str:
+    """{{ diagram }}, {{ diagram beside SLUG }} (tabs)."""
+    if args[:1] == ["beside"]:
+        return _tabs(ctx.own, ctx.recording(args[1]), lambda r, mine: render.mermaid(r))
+    return render.mermaid(ctx.own)
+
+
+@placeholder("outcomes")
+def _outcomes(ctx: Context, args: list[str]) -> str:
+    return render.outcomes_table(ctx.own)
+
+
+@placeholder("counters")
+def _counters(ctx: Context, args: list[str]) -> str:
+    return render.counters_table(ctx.own)
+
+
+@placeholder("example")
+def _example(ctx: Context, args: list[str]) -> str:
+    slug = ctx.own.slug
+    name = path_of(slug).name
+    return "\n".join([
+        f'```python title="examples/{name}"',
+        f'--8<-- "{name}"',
+        "```",
+        "",
+        "Record it yourself (Linux, root or unprivileged user namespaces, `tcpdump` installed):",
+        "",
+        "```bash",
+        f"nox -s examples -- {slug}",
+        "```",
+        "",
+        (f"The run writes `build/traces/{slug}.pcap`, `.txt` and `.json` and fails if a claim in"
+         " `claims()` does not hold, if a packet is neither named by a claim nor declared noise, or"
+         f" if the trace's shape differs from the committed `examples/shapes/{slug}.txt`."
+         " The harness (`examples/lab/`) creates the hosts in network"
+         " namespaces joined by veth links, captures with tcpdump and records every socket call."),
+    ])
+
+
+@placeholder("provenance")
+def _provenance(ctx: Context, args: list[str]) -> str:
+    return render.provenance(ctx.own, ctx.link(f"traces/{ctx.own.slug}.pcap"))
+
+
+@placeholder("packet")
+def _packet(ctx: Context, args: list[str]) -> str:
+    """{{ packet NAME }}: an inline link to the named packet of this page's trace, saying what it is."""
+    return render.packet_ref(ctx.own, _packet_name(ctx.own, args, "{{ packet NAME }}"))
+
+
+# -- other pages -------------------------------------------------------------------------
+
+@placeholder("scenario_index")
+def _scenario_index(ctx: Context, args: list[str]) -> str:
+    out = []
+    for phase, label in PHASE_LABELS.items():
+        mine = [r for r in ctx.recordings.values() if r.phase == phase]
+        if not mine:
+            continue
+        out += [f"### {label}", "", "| scenario | cause | who sends the RST | what the application sees |",
+                "|---|---|---|---|"]
+        for r in mine:
+            summary = r.summary.replace("|", "\\|")  # the example's own Markdown
+            cells = [f"[{r.slug}]({ctx.link(f'scenarios/{r.slug}.md')})", summary,
+                     render.resets_in_short(r), render.apps_in_short(r)]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+@placeholder("symptom_index")
+def _symptom_index(ctx: Context, args: list[str]) -> str:
+    return symptoms.symptom_index(ctx.recordings, ctx.quoted, ctx.src)
+
+
+@placeholder("capture_settings")
+def _capture_settings(ctx: Context, args: list[str]) -> str:
+    """{{ capture_settings }}: the tcpdump command lines the lab really uses (read from the lab)."""
+    capture = " ".join(["tcpdump", "-i", "eth0", "-w", "SLUG.pcap", *CAPTURE_OPTIONS, f"'{FILTER}'"])
+    text = " ".join(["tcpdump", *TEXT_OPTIONS, "-r", "SLUG.pcap"])
+    return (f"```sh\n# the capture, on the capture host's eth0, for the whole run\n{capture}\n"
+            f"# the text trace published beside the pcap (some scenarios add -v -K)\n{text}\n```\n")
+
+
+@placeholder("recording_times")
+def _recording_times(ctx: Context, args: list[str]) -> str:
+    """{{ recording_times }}: how long this build took to record each scenario, and why."""
+    rows = ["| scenario | packets | recorded in | its own protocol time | the rest |",
+            "|---|--:|--:|--:|--:|"]
+    for slug, rec in sorted(ctx.recordings.items()):
+        inherent = float(rec.timings.get("scenario", 0.0))
+        rows.append(f"| [{slug}]({ctx.link(f'scenarios/{slug}.md')}) | {len(rec.packets)} | {rec.seconds:.2f} s"
+                    f" | {inherent:.2f} s | {max(rec.seconds - inherent, 0):.2f} s |")
+    return "\n".join(rows) + "\n"
+
+
+_FIELDS = [
+    ("time", r"^(\d\d:\d\d:\d\d\.\d+)"),
+    ("source", r" IP (\S+) >"),
+    ("destination", r"> (\S+):"),
+    ("flags", r"Flags (\[[^\]]*\])"),
+    ("seq", r"seq ([\d:]+)"),
+    ("ack", r"ack (\d+)"),
+    ("win", r"win (\d+)"),
+    ("options", r"options (\[[^\]]*\])"),
+    ("length", r"length (\d+)"),
+]
+
+
+@placeholder("tcpdump_line")
+def _tcpdump_line(ctx: Context, args: list[str]) -> str:
+    """{{ tcpdump_line SLUG NAME }}: that packet of SLUG's trace, with its pieces in a table."""
+    if len(args) != 2:
+        raise ValueError("write {{ tcpdump_line SLUG NAME }}")
+    rec = ctx.recording(args[0])
+    packet = rec.packet(_packet_name(rec, args[1:], "{{ tcpdump_line SLUG NAME }}"))
+    lines = render.records(rec)
+    record = lines[packet.number - 1].rstrip("\n")
+    rows = []
+    for field, pattern in _FIELDS:
+        found = re.search(pattern, record)
+        if found:
+            rows.append(f"| {field} | {render.literal(found.group(1))} |")
+    if "S" not in packet.flags:
+        syn = next((p for p in rec.packets if (p.src, p.sport) == (packet.src, packet.sport) and "S" in p.flags), None)
+        scale = re.search(r"wscale (\d+)", lines[syn.number - 1]) if syn else None
+        if syn and scale:
+            rows.append(f"| window in bytes | {packet.win} × 2^{scale.group(1)} ="
+                        f" {packet.win << int(scale.group(1))} (wscale from {render.plain(syn.name)}) |")
+    link = ctx.link(f"scenarios/{rec.slug}.md") + f"#{render.name_id(rec, packet)}"
+    return "\n".join([
+        (f'<div class="highlight fg-trace fg-line"><span class="filename">{rec.slug},'
+         f" {render.plain(packet.name)}</span><pre><code>{render.plain(record)}</code></pre></div>"),
+        "",
+        f"From [{rec.slug}]({link}), recorded by this build.",
+        "",
+        "| piece | in this line |",
+        "|---|---|",
+        *rows,
+    ])

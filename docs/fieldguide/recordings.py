@@ -1,0 +1,65 @@
+"""Every recording the site is built from, checked before any page is: or the build fails by name.
+
+A scenario fails the build when its recording is missing, older than its example or the
+lab, failed a claim, has a packet neither named nor declared noise, has a pcap that does
+not match its SHA-256 or a text trace that does not match its pcap, or has no page.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+
+from lab import scenarios
+from lab.artifact import ROOT, ArtifactError, Recording, load
+
+from .render import check_anchors, records
+
+DOCS = ROOT / "docs"
+
+
+def example_why(slug: str) -> str:
+    """The example docstring after its first paragraph: the mechanism, in the author's words."""
+    doc = ast.get_docstring(ast.parse(scenarios.path_of(slug).read_text())) or ""
+    return " ".join(" ".join(doc.split("\n\n")[1:]).split())
+
+
+def load_checked(slug: str) -> Recording:
+    rec = load(slug)
+    assert rec.pcap is not None
+    json_file = rec.pcap.with_suffix(".json")
+    lab_sources = sorted((scenarios.EXAMPLES / "lab").glob("*.py"))
+    newer = [p for p in [scenarios.path_of(slug), *lab_sources] if p.stat().st_mtime > json_file.stat().st_mtime]
+    if newer:
+        raise ArtifactError(f"the trace is older than {newer[0].name}; record it again: `nox -s examples -- {slug}`")
+    failed = [c["claim"] for c in rec.claims if not c["passed"]]
+    if failed or not rec.claims:
+        raise ArtifactError("the recording's claims did not hold: " + "; ".join(failed or ["no claims"]))
+    unnamed = [p.label() for p in rec.packets if not p.name and not p.noise]
+    if unnamed:
+        raise ArtifactError("packets neither named by a claim nor declared noise: " + "; ".join(unnamed))
+    if hashlib.sha256(rec.pcap.read_bytes()).hexdigest() != rec.pcap_sha256:
+        raise ArtifactError(f"{rec.pcap.name} does not match the SHA-256 its JSON recorded")
+    records(rec)  # the text and the capture must agree packet for packet
+    check_anchors(rec)
+    return rec
+
+
+def load_all() -> dict[str, Recording]:
+    """slug -> its checked recording, for every example; ArtifactError listing every problem."""
+    found, problems = {}, []
+    slugs = scenarios.all_slugs()
+    for slug in slugs:
+        try:
+            found[slug] = load_checked(slug)
+        except (ArtifactError, ValueError, KeyError) as exc:
+            problems.append(f"scenario {slug}: {exc}")
+    pages = {p.stem for p in (DOCS / "scenarios").glob("*.md")}
+    for slug in sorted(set(slugs) - pages):
+        problems.append(f"scenario {slug}: no page docs/scenarios/{slug}.md (copy docs/scenarios/closed-port.md)")
+    for slug in sorted(pages - set(slugs)):
+        problems.append(f"scenario {slug}: docs/scenarios/{slug}.md has no example"
+                        f" examples/{slug.replace('-', '_')}.py")
+    if problems:
+        raise ArtifactError("the site cannot be built from these traces:\n  " + "\n  ".join(problems))
+    return found
