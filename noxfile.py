@@ -1,10 +1,14 @@
 """Sessions: examples (record traces), tests, docs (record + build site), serve, bench.
 
-    nox -s examples                      record every scenario
-    nox -s examples -- closed-port       just one (several slugs may be given)
-    nox -s examples -- --repeat 50 SLUG  record N times; fails if the trace's shape varies
-    nox -s docs                          record every scenario, then build site/ (--strict)
-    nox -s serve                         preview the site from the traces in build/traces/
+    nox -s examples                          record every scenario
+    nox -s examples -- closed-port           just one (several slugs may be given)
+    nox -s examples -- --update SLUG         accept a changed shape into examples/shapes/
+    nox -s examples -- --repeat 50 SLUG      record N times; fails if the trace's shape varies
+    nox -s docs                              record every scenario, then build site/ (--strict)
+    nox -s serve                             preview the site from the traces in build/traces/
+
+The lab (examples/lab/) and the site's build (docs/fieldguide/) are one installable
+project (pyproject.toml): every session installs it, editable, with its test extras.
 """
 
 import time
@@ -15,26 +19,24 @@ nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = ["examples", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
-REQUIREMENTS = "requirements.txt"
-
 
 def _install(session: nox.Session) -> None:
-    session.install("-r", REQUIREMENTS)
+    # compiled at install: every lab worker, mkdocs and the notebook's kernel import from
+    # bytecode even where PYTHONDONTWRITEBYTECODE is set (uv does not compile by default)
+    session.install("-e", ".[test]", env={"UV_COMPILE_BYTECODE": "1"})
 
 
 @nox.session
 def examples(session: nox.Session) -> None:
     """Record every scenario's trace (or the slugs given) into build/traces/."""
     _install(session)
-    session.chdir("examples")
     session.run("python", "-m", "lab", "run", *session.posargs)
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Time the lab's own overhead and the whole catalogue; figures in build/bench/."""
+    """Time the lab's own overhead, the whole catalogue and `nox -s docs`; figures in build/bench/."""
     _install(session)
-    session.chdir("examples")
     session.run("python", "-m", "lab", "bench", *session.posargs)
 
 
@@ -43,7 +45,7 @@ def docs(session: nox.Session) -> None:
     """Record every scenario fresh, then build the site into site/ (--strict)."""
     _install(session)
     started = time.monotonic()
-    session.run("python", "-m", "lab", "run", env={"PYTHONPATH": "examples"})
+    session.run("python", "-m", "lab", "run")
     recorded = time.monotonic()
     session.run("mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
     done = time.monotonic()
@@ -59,8 +61,8 @@ def serve(session: nox.Session) -> None:
     example without recording it again shows the build's "trace is older" error.
     """
     _install(session)
-    session.run("mkdocs", "serve", "--watch", "examples", "--watch", "build/traces", *session.posargs,
-                env={"NO_MKDOCS_2_WARNING": "1"})
+    session.run("mkdocs", "serve", "--watch", "examples", "--watch", "build/traces", "--watch", "docs/fieldguide",
+                *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session

@@ -1,18 +1,21 @@
-"""Shared fixtures: the lab on the path, and one fresh recording per test session."""
+"""Shared fixtures: one fresh recording per test session, and the site built from it.
+
+The lab (examples/lab/) and the site's build (docs/fieldguide/) are installed packages
+(`pip install -e .`, as nox does).
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
-sys.path.insert(0, str(EXAMPLES))
-
-from lab.runner import TRACES, LabUnavailable, Result, Runner  # noqa: E402
-from lab.scenarios import all_slugs  # noqa: E402
+from lab.artifact import ROOT, TRACES
+from lab.preflight import LabUnavailable
+from lab.runner import Result, Runner
+from lab.scenarios import all_slugs
 
 
 @pytest.fixture(scope="session")
@@ -29,9 +32,6 @@ def recorded() -> dict[str, Result]:
 # The site's tests read the HTML of a site built from the traces recorded by this same
 # test session (`recorded` above), with `mkdocs build --strict` into a temporary folder
 # (a developer's site/ from `nox -s docs` is left alone).
-
-import os  # noqa: E402
-import subprocess  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from lab import shapes
+from lab.artifact import ROOT
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = ROOT / "examples"
 
 EXAMPLE_FILES = {
     "passes": '''
@@ -36,8 +38,8 @@ EXAMPLE_FILES = {
                 pass
 
         def claims(trace):
-            trace.next("client", "S")
-            trace.next("server", "R.")
+            trace.next("client", "S", name="client-syn")
+            trace.next("server", "R.", name="server-rst")
         ''',
     "raises": '''
         """An example with a bug."""
@@ -77,8 +79,22 @@ EXAMPLE_FILES = {
                 pass
 
         def claims(trace):
-            trace.next("client", "S")
-            trace.next("server", "F.", what="the server answers with a FIN")
+            trace.next("client", "S", name="client-syn")
+            trace.next("server", "F.", name="server-fin", what="the server answers with a FIN")
+        ''',
+    "unclaimed": '''
+        """A claim for the SYN only: the RST is nobody's."""
+        TITLE, PHASE, HOSTS = "unclaimed", "opening", ("client", "server")
+
+        def run(client, server):
+            sock = client.socket()
+            try:
+                sock.connect((server.ip, 9))
+            except ConnectionRefusedError:
+                pass
+
+        def claims(trace):
+            trace.next("client", "S", name="client-syn")
         ''',
     "reach-out": '''
         """Every lab host tries to leave the lab."""
@@ -107,12 +123,21 @@ EXAMPLE_FILES = {
 }
 
 
+# the committed shapes of the examples above that pass
+SHAPES = {
+    "passes": [["client", "S", False, "client-syn"], ["server", "R.", False, "server-rst"]],
+    "reach-out": [],
+}
+
+
 @pytest.fixture
 def broken(tmp_path: Path) -> Path:
     folder = tmp_path / "examples"
-    folder.mkdir()
+    (folder / "shapes").mkdir(parents=True)
     for slug, source in EXAMPLE_FILES.items():
         (folder / (slug.replace("-", "_") + ".py")).write_text(textwrap.dedent(source))
+    for slug, shape in SHAPES.items():
+        (folder / "shapes" / f"{slug}.txt").write_text(shapes.as_text(slug, shape))
     return folder
 
 
@@ -122,7 +147,7 @@ class Lab:
     def __init__(self, tmp_path: Path, examples: Path | None) -> None:
         self.out = tmp_path / "traces"
         self.marker = uuid.uuid4().hex
-        self.env = {**os.environ, "PYTHONPATH": str(EXAMPLES), "LAB_RUN_MARKER": self.marker}
+        self.env = {**os.environ, "LAB_RUN_MARKER": self.marker}
         if examples:
             self.env["LAB_EXAMPLES"] = str(examples)
 
@@ -204,6 +229,38 @@ def test_a_claim_the_capture_contradicts_fails_and_publishes_nothing(lab: Lab) -
     lab.assert_nothing_left()
 
 
+def test_an_unclaimed_packet_fails_naming_it_and_printing_the_trace(lab: Lab) -> None:
+    proc = lab.run("unclaimed")
+    assert proc.returncode == 1
+    assert "unclaimed failed" in proc.stderr
+    assert "every captured packet is named by a claim or declared noise" in proc.stderr
+    assert "unclaimed: packet 2 (unnamed) server [R.]" in proc.stderr
+    assert "UNCLAIMED" in proc.stderr and "Flags [R.]" in proc.stderr  # the trace, each line tagged
+    lab.assert_nothing_left()
+
+
+def test_a_changed_shape_fails_until_it_is_accepted_with_update(lab: Lab, broken: Path) -> None:
+    committed = broken / "shapes" / "passes.txt"
+    committed.write_text(committed.read_text().replace("server-rst", "server-fin").replace("[R.]", "[F.]"))
+    proc = lab.run("passes")
+    assert proc.returncode == 1
+    assert "passes failed" in proc.stderr and "the shape differs from the committed one" in proc.stderr
+    assert "-server  [F.]" in proc.stderr and "+server  [R.]" in proc.stderr  # a reviewable diff
+    assert "--update passes" in proc.stderr
+    lab.assert_nothing_left()
+    proc = lab.run("--update", "passes")
+    assert proc.returncode == 0, proc.stderr
+    assert committed.read_text() == shapes.as_text("passes", SHAPES["passes"])
+    lab.assert_nothing_left({"passes.pcap", "passes.txt", "passes.json"})
+
+
+def test_a_scenario_without_a_committed_shape_fails(lab: Lab, broken: Path) -> None:
+    (broken / "shapes" / "passes.txt").unlink()
+    proc = lab.run("passes")
+    assert proc.returncode == 1 and "no committed shape" in proc.stderr
+    lab.assert_nothing_left()
+
+
 def test_a_failed_run_removes_the_previous_trace(lab: Lab) -> None:
     lab.out.mkdir()
     for suffix in (".pcap", ".txt", ".json"):
@@ -282,7 +339,9 @@ def unprivileged(tmp_path: Path, broken: Path):
             path = f"{home / 'bin'}:{path}"
         env = {**lab.env, "PATH": path, "HOME": str(home), "LAB_EXAMPLES": str(home / "examples"),
                "PYTHONDONTWRITEBYTECODE": "1",
-               # the venv's interpreter may live where nobody can read: use the system one
+               # the venv's interpreter may live where nobody can read: the system one is given
+               # the lab's source folder and the venv's packages (an editable install's hook
+               # is a .pth file, which PYTHONPATH does not run)
                "PYTHONPATH": os.pathsep.join([str(EXAMPLES), *site.getsitepackages()])}
         argv = ["/usr/bin/python3", *lab.argv(*args)[1:]]
         return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],

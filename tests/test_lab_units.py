@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 
 import pytest
+from lab.artifact import Packet, shape_of
 from lab.capture import _count_packets
 from lab.recording import Transcript, describe_error
 from lab.scenarios import UnknownScenario, all_slugs, check
-from lab.trace import Packet, Trace, shape, tcpdump_flags
+from lab.trace import Trace
+from lab.wire import tcpdump_flags
 from lab.worker import counter_deltas
 
 
@@ -51,10 +54,10 @@ HANDSHAKE_RST = [
 
 def test_next_follows_the_timeline_and_wraps_sequence_numbers() -> None:
     trace = Trace(HANDSHAKE_RST, [])
-    syn = trace.next("client", "S")
-    trace.next("server", "R.", ack=syn.seq + 1, within=0.01)  # ISN + 1 wraps to 0
+    syn = trace.next("client", "S", name="client-syn")
+    trace.next("server", "R.", name="server-rst", ack=syn.seq + 1, within=0.01)  # ISN + 1 wraps to 0
     assert trace.passed and len(trace.claims) == 2
-    assert trace.claims[1]["packet"] == 2
+    assert trace.claims[1]["packet"] == 2 and trace.claims[1]["name"] == "server-rst"
 
 
 @pytest.mark.parametrize("wrong", [
@@ -62,18 +65,53 @@ def test_next_follows_the_timeline_and_wraps_sequence_numbers() -> None:
 ])
 def test_next_fails_on_other_flags_fields_or_timing(wrong: dict) -> None:
     trace = Trace(HANDSHAKE_RST, [])
-    trace.next("client", "S")
+    trace.next("client", "S", name="client-syn")
     flags = wrong.pop("flags")
-    trace.next("server", flags, **wrong)
+    trace.next("server", flags, name="server-rst", **wrong)
     assert not trace.passed
 
 
 def test_next_fails_when_the_sender_sent_nothing_more() -> None:
     trace = Trace(HANDSHAKE_RST, [])
-    trace.next("server", "R.")
-    missing = trace.next("server", "R.")
+    trace.next("server", "R.", name="server-rst")
+    missing = trace.next("server", "R.", name="another-rst")
     assert not trace.passed and "sent nothing more" in trace.claims[-1]["detail"]
     assert missing.number == 0
+
+
+def test_every_packet_is_named_or_declared_noise() -> None:
+    trace = Trace(HANDSHAKE_RST, [])
+    trace.next("client", "S", name="client-syn")
+    trace.finish()
+    assert not trace.passed
+    assert trace.claims[-1]["detail"] == "unclaimed: packet 2 (unnamed) server [R.]"
+    trace = Trace(HANDSHAKE_RST, [])
+    trace.next("client", "S", name="client-syn")
+    assert [p.number for p in trace.noise("server", "R.", reason="not the story")] == [2]
+    trace.finish()
+    assert trace.passed
+    assert [(p.name, p.noise) for p in trace.named_packets()] == [("client-syn", None), (None, "not the story")]
+
+
+@pytest.mark.parametrize("bad", ["Client-SYN", "client syn", "client_syn", "-syn", "syn-", "1st", ""])
+def test_names_are_short_lower_case_and_hyphenated(bad: str) -> None:
+    trace = Trace(HANDSHAKE_RST, [])
+    trace.next("client", "S", name=bad)
+    assert not trace.passed and "lower-case and hyphenated" in trace.claims[-1]["detail"]
+
+
+def test_a_name_names_one_packet_but_a_group_claim_several() -> None:
+    trace = Trace(HANDSHAKE_RST, [])
+    trace.next("client", "S", name="twice")
+    trace.next("server", "R.", name="twice")
+    assert not trace.passed and "already names packet 1" in trace.claims[-1]["detail"]
+    handshake = [packet(1, "client", "S", seq=9), packet(2, "server", "S.", seq=99, ack=10),
+                 packet(3, "client", ".", seq=10, ack=100)]
+    trace = Trace(handshake, [])
+    syn, synack, ack = trace.handshake("client", "server")
+    trace.finish()
+    assert trace.passed and {p.name for p in trace.named_packets()} == {"handshake"}
+    assert (syn.number, synack.number, ack.number) == (1, 2, 3)
 
 
 def test_no_and_count() -> None:
@@ -111,11 +149,27 @@ def test_errors_are_described_with_their_errno_name() -> None:
     assert describe_error(TimeoutError("timed out"))["errno"] is None
 
 
-def test_shape_ignores_numbers_but_not_roles_flags_or_data() -> None:
+def test_shape_ignores_numbers_but_not_roles_flags_data_or_names() -> None:
     a = [packet(1, "client", "P.", seq=1, payload=5)]
     b = [packet(1, "client", "P.", seq=999, payload=7, time=3.0)]
     c = [packet(1, "client", "P.", payload=0)]
-    assert shape(a) == shape(b) != shape(c)
+    d = [dataclasses.replace(a[0], name="request")]
+    assert shape_of(a) == shape_of(b) != shape_of(c)
+    assert shape_of(a) != shape_of(d) == [["client", "P.", True, "request"]]
+
+
+def test_a_committed_shape_is_a_readable_file_and_a_change_is_a_diff(tmp_path, monkeypatch) -> None:
+    from lab import scenarios, shapes
+
+    monkeypatch.setattr(scenarios, "EXAMPLES", tmp_path)
+    shape = [["client", "S", False, "client-syn"], ["server", "R.", False, "server-rst"]]
+    assert "no committed shape" in shapes.difference("x", shape)
+    assert shapes.accept("x", shape) and not shapes.accept("x", shape)
+    text = (tmp_path / "shapes" / "x.txt").read_text()
+    assert "client  [S]    -     client-syn\nserver  [R.]   -     server-rst\n" in text
+    assert shapes.difference("x", shape) == ""
+    changed = shapes.difference("x", [shape[0], ["server", "F.", False, "server-fin"]])
+    assert "-server  [R.]   -     server-rst" in changed and "+server  [F.]   -     server-fin" in changed
 
 
 def test_unknown_slugs_are_named_with_the_known_ones() -> None:
@@ -138,6 +192,7 @@ def test_differing_shapes_fail_every_run_of_that_slug_and_publish_nothing(tmp_pa
     runner.out = tmp_path
     same = [["client", "S", False], ["server", "R.", False]]
     other = [["client", "S", False], ["client", "S", False], ["server", "R.", False]]
+    runner.update = False
     results = [Result("x", True, 0.1, shape=same, files=tmp_path / "a"),
                Result("x", True, 0.1, shape=other, files=tmp_path / "b")]
     runner._publish(["x"], results)

@@ -14,9 +14,12 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
+from fieldguide import render
+from fieldguide.placeholders import REQUIRED, Context, PageError, expand_page
+from lab import artifact
+from lab.artifact import ROOT
 from lab.scenarios import all_slugs, path_of
 
-ROOT = Path(__file__).resolve().parents[1]
 SLUGS = all_slugs()
 
 pytestmark = pytest.mark.timeout(600)
@@ -51,9 +54,10 @@ def test_page_shows_its_own_trace_text(built_site: Path, recorded_traces: Path, 
                       page, re.DOTALL)
     assert block, f"{slug}: no trace block"
     assert text_of(block.group(1)) == (recorded_traces / f"{slug}.txt").read_text()
-    packets = recording(recorded_traces, slug)["packets"]
-    for p in packets:  # every packet can be linked to
-        assert f'id="packet-{p["number"]}"' in page
+    rec = artifact.load(slug, recorded_traces)
+    for p in rec.packets:  # every packet can be linked to, by number and by name
+        assert f'id="packet-{p.number}"' in page
+        assert f'id="{render.name_id(rec, p)}"' in page and p.name
 
 
 @pytest.mark.parametrize("slug", SLUGS)
@@ -207,6 +211,11 @@ BREAKAGES = {
         "claims": [{"claim": "server sends [R.]", "passed": False}]})),
     "stale": lambda d: os.utime(d / "closed-port.json", (0, 0)),
     "tampered-pcap": lambda d: (d / "closed-port.pcap").write_bytes(b"\0" * 24),
+    "unnamed-packet": lambda d: (d / "closed-port.json").write_text(
+        (d / "closed-port.json").read_text().replace('"name": "server-rst"', '"name": null')),
+    "not-json": lambda d: (d / "closed-port.json").write_text("{"),
+    "no-outcomes": lambda d: (d / "closed-port.json").write_text(json.dumps({
+        k: v for k, v in json.loads((d / "closed-port.json").read_text()).items() if k != "outcomes"})),
 }
 
 
@@ -223,25 +232,58 @@ def test_a_broken_trace_fails_the_build_naming_the_scenario(recorded_traces: Pat
     assert "scenario closed-port" in proc.stdout + proc.stderr
 
 
-def test_without_drafts_a_scenario_without_page_fails_the_build(recorded_traces: Path, tmp_path: Path) -> None:
-    written = {p.stem for p in (ROOT / "docs" / "scenarios").glob("*.md")}
-    missing = sorted(set(SLUGS) - written)
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+def test_a_scenario_without_a_page_fails_the_build(recorded_traces: Path, tmp_path: Path) -> None:
+    """An example (and its recording) with no docs/scenarios/SLUG.md: the build names it."""
+    examples = tmp_path / "examples"
+    shutil.copytree(ROOT / "examples", examples, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(examples / "closed_port.py", examples / "closed_port_again.py")
+    traces = tmp_path / "traces"
+    shutil.copytree(recorded_traces, traces, ignore=shutil.ignore_patterns(".run-*"))
+    for suffix in (".pcap", ".txt"):
+        shutil.copy(traces / f"closed-port{suffix}", traces / f"closed-port-again{suffix}")
+    (traces / "closed-port-again.json").write_text(
+        (traces / "closed-port.json").read_text().replace('"slug": "closed-port"', '"slug": "closed-port-again"'))
+    proc = _build(tmp_path, FIELDGUIDE_TRACES=str(traces), LAB_EXAMPLES=str(examples))
+    assert proc.returncode != 0, "the build passed although closed-port-again has no page"
+    assert "scenario closed-port-again: no page docs/scenarios/closed-port-again.md" in proc.stdout + proc.stderr
+
+
+def _build(tmp_path: Path, docs: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    """`mkdocs build --strict` of the repository's site, or of a copy of its docs folder."""
+    config = ROOT / "mkdocs.yml"
+    if docs is not None:  # a copy of mkdocs.yml beside the copied docs (hooks are relative to it)
+        config = docs.parent / "mkdocs.yml"
+        shutil.copy(ROOT / "mkdocs.yml", config)
+    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config),
+                           "--site-dir", str(tmp_path / "site")],
                           cwd=ROOT, capture_output=True, text=True, check=False,
-                          env={**os.environ, "FIELDGUIDE_DRAFT_PAGES": "0", "NO_MKDOCS_2_WARNING": "1"})
-    if not missing:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return
-    assert proc.returncode != 0, f"the build passed although {missing} have no page"
-    for slug in missing:
-        assert f"scenario {slug}: no page docs/scenarios/{slug}.md" in proc.stdout + proc.stderr
+                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1", **env})
 
 
-def test_draft_pages_say_they_are_drafts(built_site: Path) -> None:
-    written = {p.stem for p in (ROOT / "docs" / "scenarios").glob("*.md")}
-    for slug in SLUGS:
-        draft = "the explanation of this scenario is not written yet" in page_of(built_site, slug)
-        assert draft == (slug not in written), slug
+PAGE_BREAKAGES = {
+    "numeric": ("{{ packet client-syn }}", "{{ packet 1 }}",
+                "packets are referred to by name, not by number: {{ packet NAME }} (packet 1 is 'client-syn')"),
+    "unknown-name": ("{{ packet client-syn }}", "{{ packet client-hello }}",
+                     "closed-port has no packet named 'client-hello' (its names: client-syn, server-rst)"),
+    "unknown-placeholder": ("{{ packet client-syn }}", "{{ packets client-syn }}", "unknown placeholder 'packets'"),
+}
+
+
+@pytest.mark.parametrize("breakage", PAGE_BREAKAGES)
+def test_a_wrong_packet_reference_fails_the_build_naming_page_and_line(recorded_traces: Path, tmp_path: Path,
+                                                                       breakage: str) -> None:
+    good, bad, message = PAGE_BREAKAGES[breakage]
+    docs = tmp_path / "copy" / "docs"
+    shutil.copytree(ROOT / "docs", docs)
+    page = docs / "scenarios" / "closed-port.md"
+    source = page.read_text()
+    assert good in source
+    line = source[: source.index(good)].count("\n") + 1
+    page.write_text(source.replace(good, bad, 1))
+    proc = _build(tmp_path, docs)
+    assert proc.returncode != 0, f"the build passed with {bad}"
+    assert f"scenario closed-port: docs/scenarios/closed-port.md, line {line}: {bad}: {message}" in (
+        proc.stdout + proc.stderr)
 
 
 def test_search_is_configured_for_english_and_chinese(built_site: Path) -> None:
@@ -253,16 +295,31 @@ def test_search_is_configured_for_english_and_chinese(built_site: Path) -> None:
     assert (built_site / "assets" / "javascripts" / "lunr" / "min" / "lunr.zh.min.js").is_file()
 
 
-def test_a_draft_page_has_every_generated_block() -> None:
-    """A scenario recorded before its page is written gets a draft that passes the page checks."""
-    sys.path.insert(0, str(ROOT / "docs" / "hooks"))
-    import fieldguide
+def test_expansion_rejects_numbers_and_unknown_names_with_the_line(recorded_traces: Path) -> None:
+    recordings = {"closed-port": artifact.load("closed-port", recorded_traces)}
+    ctx = Context("scenarios/closed-port.md", "closed-port", recordings, [])
+    page = "".join("{{ " + name + " }}\n" for name in REQUIRED)
+    assert "[client&#45;syn]" in expand_page(page + "{{ packet client-syn }}\n", ctx)
+    for wrong in ("{{ packet 2 }}", "{{ packet nope }}", "{{ packet }}", "{{ tcpdump_line closed-port 1 }}"):
+        with pytest.raises(PageError, match=f"closed-port.md, line {len(REQUIRED) + 3}: "):
+            expand_page(page + "\n<!-- a comment\n-->" + wrong, ctx)
+    with pytest.raises(PageError, match="lacks {{ provenance }}"):
+        expand_page(page.replace("{{ provenance }}", ""), ctx)
 
-    draft = fieldguide.DRAFT.format(slug="some-slug")
-    used = {m.group(1) for m in fieldguide.PLACEHOLDER.finditer(draft)}
-    assert set(fieldguide.REQUIRED) <= used
-    assert used <= set(fieldguide.PLACEHOLDERS)
-    assert "docs/scenarios/some-slug.md" in draft
+
+def test_the_baseline_page_describes_every_packet(recorded_traces: Path) -> None:
+    """graceful-close, read first, walks through every packet of its capture by name."""
+    source = (ROOT / "docs" / "scenarios" / "graceful-close.md").read_text()
+    named = set(re.findall(r"\{\{ packet ([a-z0-9-]+) \}\}", source))
+    rec = artifact.load("graceful-close", recorded_traces)
+    assert {p.name for p in rec.packets} <= named
+
+
+def test_no_page_numbers_a_packet_in_its_prose() -> None:
+    """Packet numbers change when a capture does; names do not."""
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        found = re.findall(r"\bpackets? \d+|\{\{ packet \d+ \}\}", page.read_text())
+        assert not found, f"{page.relative_to(ROOT)}: {found}"
 
 
 # Readers cite these in code reviews: /scenarios/SLUG/#fix-or-avoid, #packet-3. Renaming one
@@ -278,4 +335,8 @@ def test_page_keeps_its_citable_anchors(built_site: Path, recorded_traces: Path,
     sections = re.findall(r'<h2 id="([^"]+)"', page)
     assert sections == STABLE_SECTIONS
     packets = {int(n) for n in re.findall(r'id="packet-(\d+)"', page)}
-    assert packets == set(range(1, len(recording(recorded_traces, slug)["packets"]) + 1))
+    rec = artifact.load(slug, recorded_traces)
+    assert packets == set(range(1, len(rec.packets) + 1))
+    ids = re.findall(r'\sid="([^"]+)"', page)
+    for p in rec.packets:  # #client-syn is as citable as #packet-1
+        assert ids.count(render.name_id(rec, p)) == 1

@@ -3,26 +3,23 @@ the browser: every symptom's packet link lands on an anchored trace line)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "docs" / "hooks"))
-symptoms = pytest.importorskip("symptoms")
+from fieldguide import symptoms
+from lab.artifact import Packet, Recording
 
 
-def packet(number: int, sender: str, receiver: str, flags: str, port: int = 40000) -> dict[str, Any]:
+def packet(number: int, sender: str, receiver: str, flags: str, port: int = 40000) -> Packet:
     addresses = {"client": "192.0.2.1", "server": "192.0.2.2"}
     client_side = sender == "client"
-    return {"number": number, "sender": sender, "receiver": receiver, "flags": flags, "proto": "tcp",
-            "src": addresses[sender], "dst": addresses[receiver],
-            "sport": port if client_side else 80, "dport": 80 if client_side else port}
+    return Packet(number, 0.0, sender, receiver, addresses[sender], addresses[receiver],
+                  port if client_side else 80, 80 if client_side else port, flags, 0, 0, 0, 0, 64, 0,
+                  name=f"p{number}")
 
 
-def recording(packets: list[dict[str, Any]], outcomes: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    return {"slug": "made-up", "title": "Made up", "packets": packets, "outcomes": outcomes}
+def recording(packets: list[Packet], outcomes: dict[str, list[dict[str, Any]]]) -> Recording:
+    return Recording("made-up", "Made up", "closing", "", "", "", "", {}, {}, "", outcomes, {}, [],
+                     packets, [], "", 0.0, {})
 
 
 def reset(call: str) -> dict[str, Any]:
@@ -36,7 +33,7 @@ def test_the_last_rst_of_a_connection_explains_its_reset() -> None:
                       packet(3, "client", "server", "."), packet(4, "server", "client", "R.")],
                      {"client": [reset("recv(1024)")], "server": []})
     [seen] = symptoms.seen_in(data)
-    assert (seen.packet, seen.why, seen.key) == (4, "the RST it received", "ECONNRESET")
+    assert (seen.packet.number, seen.anchor, seen.why, seen.key) == (4, "p4", "the RST it received", "ECONNRESET")
     assert seen.text == "ConnectionResetError: [Errno 104] Connection reset by peer"
 
 
@@ -46,7 +43,7 @@ def test_each_failed_call_gets_its_own_connection() -> None:
                       packet(3, "client", "server", "S", 2), packet(4, "server", "client", "R.", 2)],
                      {"client": [{"call": "connect(('192.0.2.2', 80))", **refused},
                                  {"call": "connect(('192.0.2.2', 9))", **refused}]})
-    assert [s.packet for s in symptoms.seen_in(data)] == [2, 4]
+    assert [s.packet.number for s in symptoms.seen_in(data)] == [2, 4]
 
 
 def test_a_timeout_is_explained_by_the_syn_not_the_syn_ack() -> None:
@@ -56,8 +53,8 @@ def test_a_timeout_is_explained_by_the_syn_not_the_syn_ack() -> None:
                      {"client": [{"call": "connect(('192.0.2.2', 80))", **timeout}],
                       "server": [{"call": "log", "returned": repr("Request timed out: TimeoutError('timed out')")}]})
     client, server = symptoms.seen_in(data)
-    assert (client.packet, client.why) == (1, "the SYN it sent")
-    assert (server.packet, server.why, server.source) == (3, "the FIN it sent", "log")
+    assert (client.packet.number, client.why) == (1, "the SYN it sent")
+    assert (server.packet.number, server.why, server.source) == (3, "the FIN it sent", "log")
     assert server.text == "Request timed out: TimeoutError('timed out')"
 
 
@@ -71,7 +68,7 @@ def test_a_logged_errno_is_read_from_the_line() -> None:
     data = recording([packet(1, "client", "server", "S"), packet(2, "client", "server", "R.")],
                      {"server": [{"call": "log", "returned": repr("ConnectionResetError: [Errno 104] Connection reset by peer")}]})
     [seen] = symptoms.seen_in(data)
-    assert (seen.key, seen.packet) == ("ECONNRESET", 2)
+    assert (seen.key, seen.packet.number) == ("ECONNRESET", 2)
 
 
 def test_every_quoted_line_has_an_https_source_and_matches_something_we_record() -> None:
