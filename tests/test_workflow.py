@@ -55,6 +55,15 @@ def test_it_records_fresh_as_root_and_builds_with_nox(workflow: dict[Any, Any]) 
     assert not any("cache" in u for u in uses), "a cached build/ could publish old traces"
 
 
+def test_it_publishes_only_what_passed_the_tests_ci_runs(workflow: dict[Any, Any]) -> None:
+    """The weekly run on a new runner kernel must not publish what CI's tests would refuse."""
+    runs = [s.get("run", "") for s in workflow["jobs"]["build"]["steps"]]
+    tests = next(i for i, run in enumerate(runs) if "./.ci/run" in run)
+    build = next(i for i, run in enumerate(runs) if "nox -s docs" in run)
+    assert tests < build, "the site is built before the tests ran"
+    assert "CI=true" in runs[tests] and runs[tests].startswith("sudo")
+
+
 def test_it_deploys_the_built_site_to_pages(workflow: dict[Any, Any]) -> None:
     mkdocs = yaml.safe_load((ROOT / "mkdocs.yml").read_text().split("\nmarkdown_extensions:")[0])
     site_dir = mkdocs.get("site_dir", "site").rstrip("/") + "/"

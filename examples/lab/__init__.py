@@ -9,8 +9,8 @@ An example in `examples/` is one file:
     def run(client, server):       # the socket calls of each host, in order
         ...
 
-    def claims(trace):             # what the capture and the applications must show
-        ...
+    def claims(trace):             # what the capture and the applications must show,
+        ...                        # naming every packet: trace.next(..., name="server-rst")
 
 Optional: CAPTURE_ON (host whose eth0 is captured, default the first),
 TIMEOUT (seconds, default 20), TRACE_OPTIONS (extra tcpdump -r options, e.g. ["-v"]).
@@ -20,6 +20,16 @@ host.record(label, fn, ...), host.note(what, value), host.start(fn, ...),
 host.process(argv or fn, ...), host.receives(flags, source=...), host.raw_peer(),
 host.wiretap(), host.lose_state(port) (a silent reboot), host.sh(...), host.nft(...), host.sysctl(key, value), host.counters(),
 host.until(what, condition) and host.counter_reaches(name, n) (kernel state with no event
-to wait on), host.accept_queue(listener), host.conntrack().  Claims API: examples/lab/trace.py
-(trace.counter(host, "TcpExtListenOverflows", 1) checks a counter's rise).
+to wait on), host.accept_queue(listener), host.conntrack().
+
+Claims API (examples/lab/trace.py): trace.next(sender, flags, name=..., **fields),
+trace.handshake(client, server, name="handshake"), trace.noise(sender, flags, reason=...),
+trace.no / count / check, trace.counter(host, "TcpExtListenOverflows", 1),
+trace.raised / returned. Every packet must be named or declared noise; the shape
+(examples/shapes/SLUG.txt) must match the committed one (`--update` accepts a change).
+
+The modules: artifact (what a recording is), scenarios (the catalogue), hosts, netns,
+rtnetlink, threads, process, peer, wire (the lab's hosts and what they send), capture
+(tcpdump), recording (socket calls), trace (claims), shapes, preflight, worker, zygote,
+runner (scheduling and publishing), bench.
 """
