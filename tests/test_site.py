@@ -151,10 +151,10 @@ def test_tcpdump_page_quotes_our_own_capture(built_site: Path, recorded_traces: 
 def test_notebook_tabulates_every_rst(built_site: Path, recorded_traces: Path) -> None:
     page = (built_site / "rst-census" / "index.html").read_text()
     for slug in SLUGS:
-        for p in recording(recorded_traces, slug)["packets"]:
-            if "R" in p["flags"]:
-                assert f'href="../scenarios/{slug}/#packet-{p["number"]}"' in html.unescape(page), (
-                    f"notebook lacks {slug}'s RST, packet {p['number']}")
+        rec = artifact.load(slug, recorded_traces)
+        for p in rec.resets():
+            assert f'href="../scenarios/{slug}/#{render.name_id(rec, p)}"' in html.unescape(page), (
+                f"notebook lacks {slug}'s RST {p.name}")
     assert "data:image/png;base64," in page, "the notebook drew no figure"
 
 

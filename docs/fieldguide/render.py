@@ -244,12 +244,13 @@ def trace_html(rec: Recording, own_page: bool = True) -> str:
         first, rest = (record.split("\n", 1) + [""])[:2]
         spoken = f"packet {p.number}, {mark}" + (", a reset" if p.is_rst else "")
         title = f"{mark}: {p.noise}" if p.noise else mark
+        # the name's anchor is a span: Material hides every a[id] inside highlighted code
         lines.append(
-            f'<span class="fg-packet{kind}" id="{anchor}">'
+            f'<span class="fg-packet{kind}" id="{anchor}"><span class="fg-anchor" id="{named}"></span>'
             f'<a class="fg-packet-number" href="#{named}" data-packet="{p.number}"'
             f' aria-label="{plain(spoken)}"></a>'
             f"{_escape_pre(first)}"
-            f'<a class="fg-packet-name" id="{named}" href="#{named}" data-name="{plain(mark)}"'
+            f'<a class="fg-packet-name" href="#{named}" data-name="{plain(mark)}"'
             f' title="{plain(title)}" aria-hidden="true"></a>'
             f"\n{_escape_pre(rest)}</span>")
     return (f'<div class="highlight fg-trace" data-slug="{rec.slug}"><pre><code>'
