@@ -267,8 +267,8 @@ def test_symptom_index_links_to_packets(watched: Watched, site_url: str,
     anchor = urlparse(link.get_attribute("href")).fragment
     link.click()
     page.wait_for_url(f"**#{anchor}")
-    target = page.locator(f"#{anchor}")  # the packet's name, at the end of its trace line
-    target.wait_for()
+    target = page.locator(f"#{anchor}")  # the (empty) anchor of the packet's name, on its trace line
+    target.wait_for(state="attached")
     assert target.evaluate("el => el.matches(':target') && el.closest('.fg-packet') !== null")
     line = page.locator(f".fg-packet:has(#{anchor})")
     assert line.evaluate("el => getComputedStyle(el).outlineStyle") != "none", "the :target highlight"
