@@ -11,8 +11,6 @@ The lab (examples/lab/) and the site's build (docs/fieldguide/) are one installa
 project (pyproject.toml): every session installs it, editable, with its test extras.
 """
 
-import time
-
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
@@ -42,15 +40,10 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Record every scenario fresh, then build the site into site/ (--strict)."""
+    """Record every scenario fresh and build the site into site/ (--strict), overlapped
+    (docs/fieldguide/build.py): the build waits for the recording's end to read it."""
     _install(session)
-    started = time.monotonic()
-    session.run("python", "-m", "lab", "run")
-    recorded = time.monotonic()
-    session.run("mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
-    done = time.monotonic()
-    session.log(f"recording {recorded - started:.1f} s, rendering {done - recorded:.1f} s,"
-                f" total {done - started:.1f} s")
+    session.run("python", "-m", "fieldguide.build", *session.posargs)
 
 
 @nox.session

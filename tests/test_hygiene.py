@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from lab import shapes
-from lab.artifact import ROOT
+from lab.artifact import FOLDER_FILES, ROOT
 
 EXAMPLES = ROOT / "examples"
 
@@ -162,6 +162,7 @@ class Lab:
     def assert_nothing_left(self, published: set[str] = frozenset()) -> None:
         assert self.processes() == []
         left = {p.name for p in self.out.iterdir()} if self.out.exists() else set()
+        left -= set(FOLDER_FILES)  # the folder's lock and sealing key stay, by design
         assert left == published, f"left behind: {left - published}"
 
 
@@ -260,7 +261,7 @@ def test_a_failed_run_removes_the_previous_trace(lab: Lab) -> None:
 
 
 def test_ctrl_c_stops_every_worker_and_removes_its_files(lab: Lab) -> None:
-    proc = subprocess.Popen(lab.argv("hangs", "hangs", "passes"), env=lab.env,
+    proc = subprocess.Popen(lab.argv("hangs", "passes"), env=lab.env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 20
     while not any(cmd.startswith("tcpdump") for cmd in lab.processes()):  # capturing: mid-run
@@ -274,7 +275,8 @@ def test_ctrl_c_stops_every_worker_and_removes_its_files(lab: Lab) -> None:
 
 
 def test_a_killed_runner_takes_every_worker_with_it(lab: Lab) -> None:
-    """SIGKILL leaves the runner no chance to clean up: its zygote sees its stdin close."""
+    """SIGKILL leaves the runner no chance to clean up: its zygote sees its stdin close,
+    kills every worker (each takes its PID namespace with it) and removes their folders."""
     proc = subprocess.Popen(lab.argv("hangs", "passes"), env=lab.env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
@@ -287,10 +289,8 @@ def test_a_killed_runner_takes_every_worker_with_it(lab: Lab) -> None:
     while lab.processes():  # they die asynchronously: wait, bounded
         assert time.monotonic() < deadline, lab.processes()
         time.sleep(0.01)
-    # its private folders remain (nobody was left to remove them), never an artifact;
-    # the next run removes them
-    left = {p.name for p in lab.out.iterdir()}
-    assert not {name for name in left if not name.startswith(".run-")}
+    # the zygote saw its stdin close: it killed the workers and removed their folders
+    lab.assert_nothing_left()
     assert lab.run("passes").returncode == 0
     lab.assert_nothing_left({"passes.pcap", "passes.txt", "passes.json"})
 
@@ -376,4 +376,4 @@ def test_bench_measures_the_lab_on_an_empty_scenario(tmp_path: Path) -> None:
     assert figures["rounds"] == 3
     assert 0 < figures["min_s"] <= figures["median_s"] <= figures["max_s"]
     assert set(figures["median_stage_s"]) >= {"hosts", "capture_start", "scenario", "capture_stop"}
-    assert {p.name for p in tmp_path.iterdir()} == {"empty.pcap", "empty.txt", "empty.json"}
+    assert {p.name for p in tmp_path.iterdir()} - set(FOLDER_FILES) == {"empty.pcap", "empty.txt", "empty.json"}

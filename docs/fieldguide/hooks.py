@@ -1,16 +1,22 @@
 """The MkDocs events of the site's build (docs/hooks/events.py hands them to MkDocs).
 
-on_config: every recording is loaded and checked (or the build fails, naming each scenario)
-           and the scenario pages are put in the navigation, grouped by phase;
+on_config: the notebook's kernel starts; the build waits for a run still recording (its
+           lock), then every recording is loaded and checked (or the build fails, naming
+           each scenario) and held, shared, until the build ends; the scenario pages are
+           put in the navigation, grouped by phase;
 on_files: each pcap (and its JSON) is published under /traces/, with the vendored Mermaid;
           the census notebook, executing since on_config, is built last (notebook.py);
 on_pre_page: the notebook's page waits for its execution;
 on_page_markdown: the page's placeholders are expanded (placeholders.py);
-on_post_page: the Mermaid script only on pages that draw a diagram (mermaid.py).
+on_post_page: the Mermaid script only on pages that draw a diagram (mermaid.py);
+on_post_build / on_build_error: the recordings are let go.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
 from pathlib import Path
 
 from mkdocs.config.defaults import MkDocsConfig
@@ -18,26 +24,43 @@ from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
 from mkdocs.structure.pages import Page
 
-from lab.artifact import ArtifactError, Recording
+from lab.artifact import ArtifactError, Recording, locked
 
 from . import mermaid, notebook, symptoms
 from .placeholders import PHASE_LABELS, Context, PageError, expand_page
 from .recordings import load_all
 
+log = logging.getLogger("mkdocs.hooks.fieldguide")
+
 recordings: dict[str, Recording] = {}
 quoted: list = []
 mermaid_scripts: list[str] = []
-census: list[notebook.Execution] = []  # the notebook's execution, started once the recordings hold
+census: list[notebook.Execution] = []  # the notebook's execution
+held = contextlib.ExitStack()  # the recordings' lock, shared, from on_config to the build's end
+
+
+def _warm_up() -> None:
+    """What the build needs later and can load now, while a run may still be recording."""
+    import jieba  # the search index's Chinese segmentation: loading its dictionary takes long
+
+    jieba.setLogLevel(logging.WARNING)
+    jieba.initialize()
 
 
 def on_config(config: MkDocsConfig) -> MkDocsConfig:
+    threading.Thread(target=_warm_up, name="warm-up", daemon=True).start()
+    census[:] = [notebook.Execution(Path(config.docs_dir) / notebook.SOURCE)]
+    held.close()
+    held.enter_context(locked(on_wait=log.info))  # a run still recording: wait for its end
     try:
         recordings.clear()
         recordings.update(load_all())
         quoted[:] = symptoms.load_quoted()
     except (ArtifactError, ValueError) as exc:
+        census[0].cancel()
+        held.close()
         raise PluginError(str(exc)) from None
-    census[:] = [notebook.Execution(Path(config.docs_dir) / notebook.SOURCE)]
+    census[0].recordings_ready.set()
     mermaid_scripts[:] = mermaid.split_scripts(config.extra_javascript)
     groups = []
     for phase, label in PHASE_LABELS.items():
@@ -91,3 +114,13 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
 
 def on_post_page(output: str, page: Page, config: MkDocsConfig) -> str:
     return mermaid.where_needed(output, page.url, mermaid_scripts)
+
+
+def on_post_build(config: MkDocsConfig) -> None:
+    held.close()
+
+
+def on_build_error(error: Exception) -> None:
+    for execution in census:
+        execution.cancel()
+    held.close()

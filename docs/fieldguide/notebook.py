@@ -2,9 +2,11 @@
 while the other pages are built, instead of after them.
 
 Executing it costs a kernel's start and pandas', matplotlib's and scapy's imports: about
-as long as building every other page. The build starts it once the recordings are
-checked, builds the other pages meanwhile, and waits for it only when its own page comes
-(hooks.py puts that page last). mkdocs-jupyter then renders the executed copy
+as long as building every other page. The build starts the kernel and runs the
+notebook's first code cell (its imports) at once, even while the lab is still recording;
+the cells that read the recordings run once they are checked (`recordings_ready`); the
+other pages are built meanwhile, and the build waits for the notebook only when its own
+page comes (hooks.py puts that page last). mkdocs-jupyter then renders the executed copy
 (`execute: false` in mkdocs.yml: nothing runs twice) and publishes it for download.
 """
 
@@ -29,8 +31,14 @@ class Execution:
     def __init__(self, source: Path) -> None:
         self.source = source
         self.error: BaseException | None = None
+        self.recordings_ready = threading.Event()
+        self.cancelled = False
         self._thread = threading.Thread(target=self._run, name="notebook", daemon=True)
         self._thread.start()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.recordings_ready.set()
 
     def _run(self) -> None:
         import nbformat
@@ -39,8 +47,21 @@ class Execution:
         try:
             nb = nbformat.read(self.source, as_version=4)
             # cwd: the notebook's own folder, as Jupyter runs it; errors stop the build
-            NotebookClient(nb, timeout=120, allow_errors=False,
-                           resources={"metadata": {"path": str(self.source.parent)}}).execute()
+            client = NotebookClient(nb, timeout=120, allow_errors=False,
+                                    resources={"metadata": {"path": str(self.source.parent)}})
+            code = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"]
+            client.reset_execution_trackers()
+            with client.setup_kernel():
+                assert client.kc is not None
+                info = client.wait_for_reply(client.kc.kernel_info())
+                assert info is not None
+                nb.metadata["language_info"] = info["content"]["language_info"]
+                for index, cell in enumerate(nb.cells):
+                    if code and index > code[0]:  # past the imports: the recordings are read
+                        self.recordings_ready.wait()
+                        if self.cancelled:
+                            return
+                    client.execute_cell(cell, index)
             EXECUTED.parent.mkdir(parents=True, exist_ok=True)
             partial = EXECUTED.with_suffix(".part")
             nbformat.write(nb, partial)

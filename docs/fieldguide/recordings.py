@@ -1,17 +1,21 @@
 """Every recording the site is built from, checked before any page is: or the build fails by name.
 
 A scenario fails the build when its recording is missing, older than its example or the
-lab, failed a claim, has a packet neither named nor declared noise, has a pcap that does
-not match its SHA-256 or a text trace that does not match its pcap, or has no page.
+lab, is not sealed by the run that made it (a field, a line or a byte edited by hand, or
+files from two runs), has packets other than its pcap's, failed a claim, has a packet
+neither named nor declared noise, or has no page. The page shows only what the pcap and
+the run's own sealed record say.
 """
 
 from __future__ import annotations
 
 import ast
-import hashlib
+import dataclasses
+import hmac
 
 from lab import scenarios
-from lab.artifact import ROOT, ArtifactError, Recording, load
+from lab.artifact import ROOT, ArtifactError, Recording, key, load, seal
+from lab.capture import read_packets
 
 from .render import check_anchors, records
 
@@ -24,9 +28,13 @@ def example_why(slug: str) -> str:
     return " ".join(" ".join(doc.split("\n\n")[1:]).split())
 
 
-def load_checked(slug: str) -> Recording:
+def load_checked(slug: str, secret: bytes) -> Recording:
     rec = load(slug)
     assert rec.pcap is not None
+    pcap = rec.pcap.read_bytes()
+    if not hmac.compare_digest(rec.signature, seal(rec, rec.text.encode(), pcap, secret)):
+        raise ArtifactError("the recording is not the one its run sealed (edited, or put together from"
+                            f" several runs); record it again: `nox -s examples -- {slug}`")
     json_file = rec.pcap.with_suffix(".json")
     lab_sources = sorted((scenarios.EXAMPLES / "lab").glob("*.py"))
     newer = [p for p in [scenarios.path_of(slug), *lab_sources] if p.stat().st_mtime > json_file.stat().st_mtime]
@@ -38,8 +46,9 @@ def load_checked(slug: str) -> Recording:
     unnamed = [p.label() for p in rec.packets if not p.name and not p.noise]
     if unnamed:
         raise ArtifactError("packets neither named by a claim nor declared noise: " + "; ".join(unnamed))
-    if hashlib.sha256(rec.pcap.read_bytes()).hexdigest() != rec.pcap_sha256:
-        raise ArtifactError(f"{rec.pcap.name} does not match the SHA-256 its JSON recorded")
+    derived = read_packets(rec.pcap, rec.addresses)  # the packets shown are the pcap's own
+    if derived != [dataclasses.replace(p, name=None, noise=None) for p in rec.packets]:
+        raise ArtifactError(f"the packets of {slug}.json are not those of {rec.pcap.name}")
     records(rec)  # the text and the capture must agree packet for packet
     check_anchors(rec)
     return rec
@@ -49,9 +58,10 @@ def load_all() -> dict[str, Recording]:
     """slug -> its checked recording, for every example; ArtifactError listing every problem."""
     found, problems = {}, []
     slugs = scenarios.all_slugs()
+    secret = key()
     for slug in slugs:
         try:
-            found[slug] = load_checked(slug)
+            found[slug] = load_checked(slug, secret)
         except (ArtifactError, ValueError, KeyError) as exc:
             problems.append(f"scenario {slug}: {exc}")
     pages = {p.stem for p in (DOCS / "scenarios").glob("*.md")}

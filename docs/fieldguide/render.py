@@ -20,14 +20,17 @@ from lab.artifact import Packet, Recording
 _RECORD_START = re.compile(r"^\S")
 # counters a reader of a TCP page cares about first; the rest go in a fold
 _TCP_COUNTER = re.compile(r"^(Tcp|TcpExt)")
-_SAFE = re.compile(r"[A-Za-z0-9 ]")
+# every ASCII character Markdown, HTML or an extension could read as syntax (and line breaks,
+# which would end a table row), as a character reference; letters, digits, spaces and
+# non-ASCII text stay as they are
+_INERT = str.maketrans({c: f"&#{ord(c)};" for c in map(chr, range(128)) if not (c.isalnum() or c == " ")})
 
 
 # -- recorded text, escaped by construction ------------------------------------------------
 
 def plain(text: object) -> str:
-    """Recorded text as inert page text: everything but letters, digits and spaces as &#N;."""
-    return "".join(c if _SAFE.match(c) else f"&#{ord(c)};" for c in str(text))
+    """Recorded text as inert page text: all ASCII but letters, digits and spaces as &#N;."""
+    return str(text).translate(_INERT)
 
 
 def literal(text: object) -> str:

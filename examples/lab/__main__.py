@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -31,10 +34,24 @@ def _print_result(result: Result) -> None:
         print(f"{mark} {result.slug:<24} {result.seconds:6.2f} s", flush=True)
 
 
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def die_with_parent(sig: int) -> None:
+    """Have the kernel send `sig` to this process when its parent ends (nox, a shell, this runner)."""
+    parent = os.getppid()
+    _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    if os.getppid() != parent:  # the parent ended before the request took effect
+        os.kill(os.getpid(), sig)
+
+
 @contextlib.contextmanager
 def busy_cpus(count: int) -> Iterator[None]:
-    """Busy-loop processes for the duration, to show a trace does not depend on an idle machine."""
-    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    """Busy-loop processes for the duration, to show a trace does not depend on an idle machine.
+    Each dies with the runner, however the runner ends."""
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                              preexec_fn=lambda: die_with_parent(signal.SIGKILL)) for _ in range(count)]
     try:
         yield
     finally:
@@ -43,12 +60,56 @@ def busy_cpus(count: int) -> Iterator[None]:
             loop.wait()
 
 
+class Interrupted(KeyboardInterrupt):
+    pass
+
+
+class BadInput(ValueError):
+    pass
+
+
+def stop_on_signals() -> None:
+    """SIGINT and SIGTERM stop the run and its cleanup runs to the end (a second signal, as
+    nox sends SIGTERM 0.3 s after SIGINT, is ignored); the parent's end is a SIGTERM."""
+    def handler(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Interrupted(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    die_with_parent(signal.SIGTERM)
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def cpus(text: str) -> int:
+    value = int(text)
+    available = len(os.sched_getaffinity(0))
+    if not 0 <= value <= available:
+        raise argparse.ArgumentTypeError(f"must be between 0 and this machine's {available} CPUs, not {value}")
+    return value
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    # every input is checked before anything is touched or deleted
+    repeated = sorted({s for s in args.slugs if args.slugs.count(s) > 1})
+    if repeated:
+        raise BadInput(f"given more than once: {', '.join(repeated)} (use --repeat N)")
     slugs = check(args.slugs) if args.slugs else all_slugs()
     runner = Runner(out=args.out, jobs=args.jobs, update=args.update)
     started = time.monotonic()
+
+    def announce() -> None:  # `nox -s docs` starts the site's build once it reads this line
+        print(f"recording into {args.out}", flush=True)
+
     with busy_cpus(args.busy):
-        results = runner.run(slugs, repeat=args.repeat,
+        results = runner.run(slugs, repeat=args.repeat, on_locked=announce,
                              on_result=_print_result if args.repeat == 1 else None)
     failed = [r for r in results if not r.ok]
     if args.repeat > 1:
@@ -75,10 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab", description="Record TCP reset scenarios.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="record scenarios and check their claims")
-    run.add_argument("--repeat", type=int, default=1, help="record each N times; shapes must agree")
-    run.add_argument("--jobs", type=int, default=None, help="scenarios run at once")
-    run.add_argument("--busy", type=int, default=0, metavar="N",
-                     help="keep N CPUs busy meanwhile (determinism under load)")
+    run.add_argument("--repeat", type=positive, default=1, help="record each N times; shapes must agree")
+    run.add_argument("--jobs", type=positive, default=None, help="scenarios run at once")
+    run.add_argument("--busy", type=cpus, default=0, metavar="N",
+                     help="keep N CPUs busy meanwhile (determinism under load; at most the CPUs there are)")
     run.add_argument("--out", type=Path, default=TRACES, help="where artifacts go (build/traces)")
     run.add_argument("--update", action="store_true",
                      help="accept each recorded shape into examples/shapes/ instead of failing on a change")
@@ -87,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="measure the lab's own cost and the catalogue's")
     bench.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args(argv)
+    stop_on_signals()
     try:
         if args.command == "list":
             print("\n".join(all_slugs()))
@@ -95,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             from .bench import main as bench_main
             return bench_main(args)
         return cmd_run(args)
-    except UnknownScenario as exc:
+    except (UnknownScenario, BadInput) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except LabUnavailable as exc:

@@ -9,9 +9,15 @@ through this module, so that a field added or renamed here is renamed everywhere
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import hashlib
+import hmac
 import json
 import os
+import secrets
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +26,33 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository (examples/lab/ -> .
 # the one definition of where recordings live; tests point it elsewhere
 TRACES = Path(os.environ.get("FIELDGUIDE_TRACES") or ROOT / "build" / "traces")
 SUFFIXES = (".pcap", ".txt", ".json")
+FOLDER_FILES = (".lock", ".key")  # the folder's own: its lock (locked()) and its sealing key (key())
+
+
+@contextlib.contextmanager
+def locked(folder: Path | None = None, exclusive: bool = False, on_wait: Callable[[str], None] | None = None
+           ) -> Iterator[None]:
+    """Hold FOLDER/.lock: exclusively while a run records and publishes, shared while a
+    build reads. A reader never sees half a run; two runs never interleave. The lock is
+    the kernel's (flock): it is released when its holder ends, however it ends."""
+    base = folder or TRACES
+    base.mkdir(parents=True, exist_ok=True)
+    fd = os.open(base / FOLDER_FILES[0], os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            if on_wait:
+                on_wait(f"{base} is in use by {holder}; waiting for it to finish")
+            fcntl.flock(fd, mode)
+        if exclusive:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"a run (pid {os.getpid()})\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 class ArtifactError(ValueError):
@@ -89,6 +122,7 @@ class Recording:
     pcap_sha256: str
     seconds: float
     timings: dict[str, float]
+    signature: str = ""  # the run's seal over this record, its text and its pcap (seal())
     text: str = field(default="", repr=False, compare=False)  # SLUG.txt: tcpdump's own text
     pcap: Path | None = field(default=None, repr=False, compare=False)
 
@@ -120,8 +154,9 @@ class Recording:
         except ValueError as exc:
             raise ArtifactError(f"{slug}.json is not JSON: {exc}") from None
         stored = {f.name for f in dataclasses.fields(cls)} - {"text", "pcap"}
-        if not isinstance(data, dict) or stored - set(data):
-            missing = sorted(stored - set(data)) if isinstance(data, dict) else ["everything"]
+        required = stored - {"signature"}
+        if not isinstance(data, dict) or required - set(data):
+            missing = sorted(required - set(data)) if isinstance(data, dict) else ["everything"]
             raise ArtifactError(f"{slug}.json lacks {', '.join(missing)}")
         if data["slug"] != slug:
             raise ArtifactError(f"{slug}.json is the recording of {data['slug']!r}")
@@ -129,7 +164,35 @@ class Recording:
             data["packets"] = [Packet.from_json(p) for p in data["packets"]]
         except TypeError as exc:
             raise ArtifactError(f"{slug}.json: a packet does not fit the schema: {exc}") from None
-        return cls(**{k: data[k] for k in stored})
+        return cls(**{k: data[k] for k in stored if k in data})
+
+
+# -- the seal: a record is the run's own, unedited ------------------------------------------
+# The runner seals each published set with a key kept beside the recordings (never
+# published); the build refuses a set whose seal does not match. A JSON field, a line of
+# the text or a byte of the pcap changed by hand, or a set put together from two runs,
+# no longer matches.
+
+def key(folder: Path | None = None, create: bool = False) -> bytes:
+    path = (folder or TRACES) / FOLDER_FILES[1]
+    if create and not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError):
+        raise ArtifactError(f"no key in {path.parent} to check the recordings' seals: record them again"
+                            " (`nox -s examples`)") from None
+
+
+def seal(rec: Recording, text: bytes, pcap: bytes, secret: bytes) -> str:
+    data = json.loads(rec.to_json())
+    data.pop("signature")
+    message = json.dumps(data, sort_keys=True, ensure_ascii=False).encode()
+    for part in (text, pcap):
+        message += hashlib.sha256(part).digest()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
 def paths(slug: str, folder: Path | None = None) -> tuple[Path, Path, Path]:

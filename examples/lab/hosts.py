@@ -198,9 +198,9 @@ class Host:
         The kernel leaves expired entries out of the listing: an entry that is gone
         here is one the host has forgotten.
         """
-        with netns.inside(self.fd), open("/proc/thread-self/net/nf_conntrack") as f:
-            # drop the "ipv4     2 " columns (family) that conntrack -L does not show
-            return [line.split(None, 2)[2] for line in f.read().splitlines()]
+        # conntrack(8) asks the kernel over netlink, which a rootless run may do in its own
+        # namespaces; /proc/net/nf_conntrack is for the machine's root only
+        return self.sh("conntrack", "-L").splitlines()
 
     @staticmethod
     def accept_queue(listener: Any) -> int:
@@ -261,8 +261,8 @@ def build(names: tuple[str, ...], transcript: Transcript,
     One `ip -batch` per host configures it from inside its namespace; the veth
     to the next host is created there with its far end put straight into the
     next namespace, so no lab interface ever exists on the machine itself.
-    on_interface=(name, fn): call fn(host) as soon as that host's eth0 exists
-    (the capture starts while the rest of the line is configured).
+    on_interface=(name, fn): call fn(host) as soon as that host's eth0 is configured and
+    up (the capture starts while the rest of the line is configured).
     """
     if not 1 <= len(names) <= len(SUBNETS) + 1:
         raise ValueError(f"a lab line has 1 to {len(SUBNETS) + 1} hosts, not {len(names)}")
@@ -277,7 +277,8 @@ def build(names: tuple[str, ...], transcript: Transcript,
             host.sysctl("net.ipv4.ip_forward", 1)
         batch = ["link set lo up"]
         if i < len(hosts) - 1:
-            far_end = f"/proc/{os.getpid()}/fd/{hosts[i + 1].fd}"
+            # this process as /proc numbers it (the run is PID 1 of a PID namespace of its own)
+            far_end = f"/proc/{os.readlink('/proc/self')}/fd/{hosts[i + 1].fd}"
             # distinct interface indexes at the two ends: the kernel (linkwatch) then
             # brings the carrier up at once, instead of in a batch up to a second later
             batch.append(f"link add {plan[i][-1][0]} index {10 + 2 * i} mtu {MTU} type veth"
@@ -291,10 +292,8 @@ def build(names: tuple[str, ...], transcript: Transcript,
             elif j > i:
                 batch.append(f"route add {SUBNETS[j]} via {hosts[i + 1].addresses[0]}")
         host.sh("ip", "-batch", "-", input="\n".join(batch) + "\n")
-        if on_interface:
-            target = names.index(on_interface[0])
-            if i == max(target - 1, 0):  # this batch made the target's eth0
-                on_interface[1](hosts[target])
+        if on_interface and i == names.index(on_interface[0]):  # its eth0 exists and is up
+            on_interface[1](host)
     for host in hosts:
         rtnetlink.wait_for_links_up(host.fd, host.name)
     if len(hosts) > 1:

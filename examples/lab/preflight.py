@@ -7,7 +7,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-TOOLS = {"tcpdump": "tcpdump", "nsenter": "util-linux", "nft": "nftables", "ss": "iproute2"}
+TOOLS = {"tcpdump": "tcpdump", "nsenter": "util-linux", "nft": "nftables", "ss": "iproute2", "ip": "iproute2",
+         "conntrack": "conntrack"}
+# Debian installs nft, tcpdump, ip and conntrack in /usr/sbin, which a normal user's PATH lacks
+SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 
 class LabUnavailable(RuntimeError):
@@ -16,6 +19,8 @@ class LabUnavailable(RuntimeError):
 
 def preflight() -> list[str]:
     """Check tools and privileges; return the prefix that runs a worker with enough rights."""
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    os.environ["PATH"] = os.pathsep.join(path + [d for d in SBIN if d not in path])  # for every child too
     missing = [f"{tool} (Debian package {pkg})" for tool, pkg in TOOLS.items() if not shutil.which(tool)]
     if missing:
         raise LabUnavailable("missing " + ", ".join(missing) + ": apt-get install "

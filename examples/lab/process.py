@@ -82,16 +82,26 @@ def kill_group(pgid: int, leader: subprocess.Popen[bytes] | None = None) -> None
     """SIGKILL a process group and return once every member is gone.
 
     A leader that is our own child is reaped first: a zombie still counts as a member."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
+    kill_groups([pgid], leader)
+
+
+def kill_groups(pgids: list[int], leader: subprocess.Popen[bytes] | None = None) -> None:
+    """SIGKILL every group at once, then wait until all their members are gone."""
+    alive = []
+    for pgid in pgids:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+            alive.append(pgid)
+        except ProcessLookupError:
+            pass
     if leader is not None:
         leader.wait()
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:  # members die asynchronously; no event says when
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.001)
+    while alive and time.monotonic() < deadline:  # members die asynchronously; no event says when
+        for pgid in list(alive):
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                alive.remove(pgid)
+        if alive:
+            time.sleep(0.001)

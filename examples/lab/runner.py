@@ -9,11 +9,10 @@ older trace that looks fresh.
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -23,13 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import shapes
-from .artifact import SUFFIXES, TRACES, Recording, shape_of
-from .capture import read_packets, tcpdump_version, trace_text
+from . import shapes, worker
+from .artifact import SUFFIXES, TRACES, Recording, key, locked, seal
 from .preflight import preflight
 from .process import kill_group
-from .scenarios import Scenario, load
-from .trace import evaluate
+from .scenarios import MAX_TIMEOUT
 from .zygote import Zygote
 
 
@@ -60,7 +57,7 @@ class Runner:
 
     # -- one run -------------------------------------------------------------
     def _work(self, slug: str) -> Result:
-        scenario = load(slug)
+        """One confined run of the slug in a fresh worker; the example is imported only there."""
         tmp = Path(tempfile.mkdtemp(prefix=f".run-{slug}-{os.getpid()}-", dir=self.out))
         with self._lock:
             self._folders.append(tmp)
@@ -70,7 +67,7 @@ class Runner:
         try:
             # the worker dumps its threads' stacks and exits at its own timeout;
             # this one only catches a worker too stuck to do even that
-            code = child.wait(timeout=scenario.timeout + 10)
+            code = child.wait(timeout=worker.IMPORT_TIMEOUT + MAX_TIMEOUT + 10)
         finally:
             kill_group(child.pid)
         seconds = time.monotonic() - started
@@ -78,53 +75,38 @@ class Runner:
         log = log_file.read_text(errors="replace") if log_file.exists() else ""
         if code is None:
             log += "\n(the worker did not answer its own timeout)"
-        if log.startswith("Timeout (") or "\nTimeout (" in log:  # faulthandler's header
-            return Result(slug, False, seconds,
-                          f"timed out after {scenario.timeout:g} s; where each host was:\n{log}")
-        report_file = tmp / "worker.json"
-        if not report_file.exists():
+        status = worker.status_of(tmp)
+        if status is None:
+            if log.startswith("Timeout (") or "\nTimeout (" in log:  # faulthandler's header
+                try:
+                    limit = f"timed out after {json.loads((tmp / worker.SCENARIO).read_text())['timeout']:g} s"
+                except (OSError, ValueError, KeyError):
+                    limit = f"importing the example took longer than {worker.IMPORT_TIMEOUT:g} s"
+                return Result(slug, False, seconds, f"{limit}; where each host was:\n{log}")
             return Result(slug, False, seconds, f"worker exited {code}:\n{log}")
-        report = json.loads(report_file.read_text())
-        return self._finish(scenario, tmp, report, seconds)
-
-    def _finish(self, scenario: Scenario, tmp: Path, report: dict[str, Any], seconds: float) -> Result:
-        slug = scenario.slug
-        pcap = tmp / f"{slug}.pcap"
-        text = trace_text(pcap, scenario.trace_options) if pcap.exists() else ""
-        if report["error"]:
-            return Result(slug, False, seconds, "the example raised:\n" + report["error"]
-                          + "\ncapture so far:\n" + text)
-        hosts = report["hosts"]
-        by_host: dict[str, list[Any]] = {h: [] for h in hosts}
-        for entry in report["outcomes"]:
-            by_host[entry["host"]].append({k: v for k, v in entry.items() if k != "host"})
-        trace = evaluate(scenario, read_packets(pcap, hosts), report["outcomes"], report["counters"])
-        packets = trace.named_packets()
-        rec = Recording(
-            slug=slug, title=scenario.title, phase=scenario.phase, summary=scenario.summary,
-            recorded_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            kernel=report["kernel"], tcpdump_version=tcpdump_version(),
-            hosts={name: ips[0] for name, ips in hosts.items()}, addresses=hosts,
-            captured_on=report["captured_on"], outcomes=by_host, counters=report["counters"],
-            claims=trace.claims, packets=packets, shape=shape_of(packets),
-            pcap_sha256=hashlib.sha256(pcap.read_bytes()).hexdigest(),
-            seconds=round(seconds, 3), timings=report["timings"],
-        )
-        failed = [c for c in trace.claims if not c["passed"]]
-        if failed:
-            lines = [f"claim failed: {c['claim']} -- {c.get('detail', '')}" for c in failed]
-            return Result(slug, False, seconds, "\n".join(lines) + "\ncapture:\n" + _numbered(text, packets),
-                          rec.shape, rec)
+        if not status["ok"]:
+            return Result(slug, False, seconds, status["problem"])
+        rec = worker.recording_of(tmp, slug)
+        assert rec is not None
         difference = "" if self.update else shapes.difference(slug, rec.shape)
         if difference:
             return Result(slug, False, seconds, difference, rec.shape, rec)
-        (tmp / f"{slug}.txt").write_text(text)
-        (tmp / f"{slug}.json").write_text(rec.to_json())
         return Result(slug, True, seconds, "", rec.shape, rec, tmp)
 
     # -- many runs ---------------------------------------------------------------
-    def run(self, slugs: list[str], repeat: int = 1, on_result: Any = None) -> list[Result]:
-        self.out.mkdir(parents=True, exist_ok=True)
+    def run(self, slugs: list[str], repeat: int = 1, on_result: Any = None,
+            on_locked: Any = None) -> list[Result]:
+        """Record each slug `repeat` times; publish those that passed. on_locked() is called
+        once the run holds its folder (a build started after that waits for the run)."""
+        if not slugs or repeat < 1 or len(set(slugs)) != len(slugs) or (self.jobs is not None and self.jobs < 1):
+            raise ValueError("slugs must be distinct and given, repeat and jobs at least 1")
+        with locked(self.out, exclusive=True,
+                    on_wait=lambda message: print(message, file=sys.stderr, flush=True)):
+            if on_locked:
+                on_locked()
+            return self._run_locked(slugs, repeat, on_result)
+
+    def _run_locked(self, slugs: list[str], repeat: int, on_result: Any) -> list[Result]:
         self._remove_orphaned_folders()
         slugs = self._longest_first(slugs)
         for slug in slugs:
@@ -183,7 +165,9 @@ class Runner:
 
     def _publish(self, slugs: list[str], results: list[Result]) -> None:
         """Publish each slug's first run, only if all its runs passed with one shape, the
-        committed one (each run was compared with it; with update, that shape is accepted)."""
+        committed one (each run was compared with it; with update, that shape is accepted),
+        sealed with the key of the folder it is published in."""
+        secret = b""
         for slug in slugs:
             mine = [r for r in results if r.slug == slug]
             if not all(r.ok for r in mine):
@@ -193,30 +177,20 @@ class Runner:
                 continue
             if self.update:
                 shapes.accept(slug, mine[0].shape)
-            assert mine[0].files is not None
+            first = mine[0]
+            assert first.files is not None and first.recording is not None
+            secret = secret or key(self.out, create=True)
+            files = {suffix: first.files / f"{slug}{suffix}" for suffix in SUFFIXES}
+            first.recording.signature = seal(first.recording, files[".txt"].read_bytes(),
+                                             files[".pcap"].read_bytes(), secret)
+            files[".json"].write_text(first.recording.to_json())
             for suffix in SUFFIXES:  # the json last: its presence means a complete set
-                os.replace(mine[0].files / f"{slug}{suffix}", self.out / f"{slug}{suffix}")
+                os.replace(files[suffix], self.out / f"{slug}{suffix}")
 
 
 def _fail(results: list[Result], problem: str) -> None:
     for r in results:
         r.ok, r.problem = False, problem
-
-
-def _numbered(text: str, packets: list[Any]) -> str:
-    """The trace text with each record's number and name (or noise) in front, for a failure."""
-    records: list[str] = []
-    for line in text.splitlines():
-        if line[:1].strip() or not records:
-            records.append(line)
-        else:
-            records[-1] += "\n" + line
-    out = []
-    for i, record in enumerate(records):
-        p = packets[i] if i < len(packets) else None
-        tag = (p.name or ("noise" if p.noise else "UNCLAIMED")) if p else "?"
-        out.append(f"{i + 1:>3} {tag:<18} {record}")
-    return "\n".join(out) + "\n"
 
 
 def format_shapes(results: list[Result]) -> str:

@@ -1,4 +1,8 @@
-"""The catalogue: every `examples/*.py` file is one scenario, named by its slug."""
+"""The catalogue: every `examples/*.py` file is one scenario, named by its slug.
+
+A slug is accepted only if it is in the catalogue's own list (never turned into a path
+first), and an example's settings are checked when it is loaded, before anything runs.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,9 @@ def use_examples(folder: Path) -> None:
 
 PHASES = ("opening", "established", "closing", "middleboxes")
 DEFAULT_TIMEOUT = 20.0
+MAX_TIMEOUT = 600.0  # a run is bounded in time whatever an example asks
+MAX_HOSTS = 4
+TRACE_OPTIONS = {"-v", "-vv", "-vvv", "-K", "-S"}  # tcpdump -r options an example may add
 
 
 class UnknownScenario(LookupError):
@@ -41,10 +48,16 @@ def all_slugs() -> list[str]:
 
 
 def check(slugs: list[str]) -> list[str]:
-    unknown = [s for s in slugs if not path_of(s).is_file() or s.startswith("_") or "_" in s]
+    """The slugs, if each is in the catalogue; UnknownScenario naming the others."""
+    known = set(all_slugs())
+    unknown = [s for s in slugs if s not in known]
     if unknown:
         raise UnknownScenario(unknown)
     return slugs
+
+
+class BadExample(ValueError):
+    """An example's settings are not usable; the message names the example and the setting."""
 
 
 @dataclass(frozen=True)
@@ -92,9 +105,40 @@ def load(slug: str) -> Scenario:
         if name not in sys.modules:
             _import(name, slug)
     scenario = Scenario(slug, sys.modules[name])
-    if scenario.phase not in PHASES:
-        raise ValueError(f"{slug}: PHASE must be one of {PHASES}")
+    validate(scenario)
     return scenario
+
+
+def validate(scenario: Scenario) -> None:
+    where = f"examples/{path_of(scenario.slug).name}"
+    problems = []
+    module = scenario.module
+    for required in ("TITLE", "PHASE", "HOSTS", "run", "claims"):
+        if not hasattr(module, required):
+            problems.append(f"{required} is missing")
+    if problems:
+        raise BadExample(f"{where}: " + "; ".join(problems))
+    if not isinstance(module.TITLE, str) or not module.TITLE.strip():
+        problems.append("TITLE must be a non-empty string")
+    if scenario.phase not in PHASES:
+        problems.append(f"PHASE must be one of {', '.join(PHASES)}")
+    hosts = module.HOSTS
+    if (not isinstance(hosts, (tuple, list)) or not 1 <= len(hosts) <= MAX_HOSTS
+            or not all(isinstance(h, str) and h.isidentifier() for h in hosts) or len(set(hosts)) != len(hosts)):
+        problems.append(f"HOSTS must be 1 to {MAX_HOSTS} distinct names (identifiers)")
+    elif scenario.capture_on not in hosts:
+        problems.append(f"CAPTURE_ON must be one of HOSTS {tuple(hosts)}")
+    try:
+        timeout = scenario.timeout
+    except (TypeError, ValueError):
+        timeout = float("nan")
+    if not 0 < timeout <= MAX_TIMEOUT:  # also false for nan
+        problems.append(f"TIMEOUT must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}")
+    options = getattr(module, "TRACE_OPTIONS", [])
+    if not isinstance(options, (list, tuple)) or not set(options) <= TRACE_OPTIONS:
+        problems.append(f"TRACE_OPTIONS may only hold {', '.join(sorted(TRACE_OPTIONS))}")
+    if problems:
+        raise BadExample(f"{where}: " + "; ".join(problems))
 
 
 def _import(name: str, slug: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +17,8 @@ class HostThread(threading.Thread):
         self.host, self.fn, self.args = host, fn, args
         self.result: Any = None
         self.error: BaseException | None = None
+        self._task = ""  # this thread's folder in /proc, as /proc numbers it
+        self._proc_known = threading.Event()
 
     def wait_blocked(self, timeout: float = 5.0) -> None:
         """Wait until this thread sleeps in the kernel (a blocked recv, accept...).
@@ -23,7 +26,10 @@ class HostThread(threading.Thread):
         Read from /proc: the thread's state is S and it waits on something else
         than a futex (the Python interpreter's own locks).
         """
-        task = f"/proc/self/task/{self.native_id}"
+        # the run is PID 1 of its own PID namespace: its thread ids are not /proc's, so the
+        # thread tells its /proc folder itself (/proc/thread-self, read from inside it)
+        self._proc_known.wait(timeout)
+        task = self._task
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -40,6 +46,8 @@ class HostThread(threading.Thread):
             time.sleep(0.001)  # /proc offers no event for "now sleeping"; poll it
 
     def run(self) -> None:
+        self._task = os.path.realpath("/proc/thread-self")
+        self._proc_known.set()
         netns.enter_for_good(self.host.fd)
         try:
             self.result = self.fn(*self.args)

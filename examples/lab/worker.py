@@ -1,36 +1,50 @@
-"""Run one scenario in this process: build its hosts, capture, run it, report.
+"""Run one scenario, confined (lab/sandbox.py): import it, build its hosts, capture, run it,
+check its claims, and leave its artifacts in the run's folder.
 
-    python -m lab.worker SLUG OUTDIR
+    python -m lab.worker SLUG FOLDER
 
-Writes OUTDIR/SLUG.pcap and OUTDIR/worker.json. The runner's zygote forks
-each worker into a process group of its own and calls record(), so a timeout
-or Ctrl-C kills it with everything it started; its namespaces die with it.
-`python -m lab.worker` runs one the same way, by hand, for debugging.
+Writes FOLDER/SLUG.{pcap,txt,json} when every claim holds, and FOLDER/worker.json
+(`{"ok": ..., "problem": ...}`) in every case it can. The runner's zygote forks each
+worker into a process group of its own and calls record(); the example is imported
+there, never in the runner or the zygote, so an example that exits or loops at import
+fails only its own run. `python -m lab.worker` runs one the same way, by hand.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import faulthandler
+import hashlib
 import json
 import platform
 import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 from . import hosts as lab_hosts
-from .capture import Capture
+from . import sandbox, scenarios
+from .artifact import ROOT, Recording, shape_of
+from .capture import Capture, read_packets, tcpdump_version, trace_text
 from .recording import Transcript
-from .scenarios import load
+from .scenarios import Scenario, load
+from .trace import evaluate
+
+IMPORT_TIMEOUT = 20.0  # seconds an example may take to import (its own timeout starts after)
+STATUS = "worker.json"
+SCENARIO = "scenario.json"  # written once the example is imported: what the runner may quote
 
 
 def counter_deltas(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before.get(k, 0) for k in sorted(after) if after[k] != before.get(k, 0)}
 
 
-def run(slug: str, outdir: Path) -> dict:
+def run(scenario: Scenario, folder: Path) -> dict[str, Any]:
+    """Build the hosts, capture, run the example; what happened (no judgement yet)."""
+    slug = scenario.slug
     timings: dict[str, float] = {}
-    report: dict = {"slug": slug, "kernel": platform.release(), "error": None}
+    report: dict[str, Any] = {"kernel": platform.release(), "error": None}
     mark = time.monotonic()
 
     def lap(name: str) -> None:
@@ -39,12 +53,11 @@ def run(slug: str, outdir: Path) -> dict:
         timings[name] = round(now - mark, 4)
         mark = now
 
-    scenario = load(slug)
     transcript = Transcript()
     captures: list[Capture] = []
 
     def start_capture(host: lab_hosts.Host) -> None:  # tcpdump starts while the rest is built
-        captures.append(Capture(host.fd, "eth0", outdir / f"{slug}.pcap"))
+        captures.append(Capture(host.fd, "eth0", folder / f"{slug}.pcap"))
 
     built = lab_hosts.build(scenario.hosts, transcript, (scenario.capture_on, start_capture))
     report["hosts"] = {h.name: h.addresses for h in built}
@@ -76,14 +89,96 @@ def run(slug: str, outdir: Path) -> dict:
     return report
 
 
-def record(slug: str, outdir: Path) -> int:
-    """Run the scenario under a watchdog and write OUTDIR/worker.json; the exit code."""
+def judge(scenario: Scenario, folder: Path, report: dict[str, Any], started: float) -> tuple[bool, str]:
+    """Check the claims against the capture; write SLUG.txt and SLUG.json if they hold."""
+    slug = scenario.slug
+    pcap = folder / f"{slug}.pcap"
+    text = trace_text(pcap, scenario.trace_options) if pcap.exists() else ""
+    if report["error"]:
+        return False, "the example raised:\n" + report["error"] + "\ncapture so far:\n" + text
+    addresses = report["hosts"]
+    by_host: dict[str, list[Any]] = {h: [] for h in addresses}
+    for entry in report["outcomes"]:
+        by_host[entry["host"]].append({k: v for k, v in entry.items() if k != "host"})
+    trace = evaluate(scenario, read_packets(pcap, addresses), report["outcomes"], report["counters"])
+    packets = trace.named_packets()
+    failed = [c for c in trace.claims if not c["passed"]]
+    if failed:
+        lines = [f"claim failed: {c['claim']} -- {c.get('detail', '')}" for c in failed]
+        return False, "\n".join(lines) + "\ncapture:\n" + numbered(text, packets)
+    rec = Recording(
+        slug=slug, title=scenario.title, phase=scenario.phase, summary=scenario.summary,
+        recorded_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        kernel=report["kernel"], tcpdump_version=tcpdump_version(),
+        hosts={name: ips[0] for name, ips in addresses.items()}, addresses=addresses,
+        captured_on=report["captured_on"], outcomes=by_host, counters=report["counters"],
+        claims=trace.claims, packets=packets, shape=shape_of(packets),
+        pcap_sha256=hashlib.sha256(pcap.read_bytes()).hexdigest(),
+        seconds=round(time.monotonic() - started, 3), timings=report["timings"],
+    )
+    (folder / f"{slug}.txt").write_text(text)
+    (folder / f"{slug}.json").write_text(rec.to_json())
+    return True, ""
+
+
+def numbered(text: str, packets: list[Any]) -> str:
+    """The trace text with each record's number and name (or noise) in front, for a failure."""
+    records: list[str] = []
+    for line in text.splitlines():
+        if line[:1].strip() or not records:
+            records.append(line)
+        else:
+            records[-1] += "\n" + line
+    out = []
+    for i, record in enumerate(records):
+        p = packets[i] if i < len(packets) else None
+        tag = (p.name or ("noise" if p.noise else "UNCLAIMED")) if p else "?"
+        out.append(f"{i + 1:>3} {tag:<18} {record}")
+    return "\n".join(out) + "\n"
+
+
+def _inside(slug: str, folder: Path) -> int:
+    """PID 1 of the run's namespaces: import the example, run it, judge it."""
+    started = time.monotonic()
+    status: dict[str, Any] = {"ok": False, "problem": ""}
+    faulthandler.dump_traceback_later(IMPORT_TIMEOUT, exit=True)  # an example that loops at import
+    try:
+        scenario = load(slug)
+    except BaseException as exc:  # SystemExit too: an example must not end the run's process
+        status["problem"] = (f"examples/{scenarios.path_of(slug).name} cannot be loaded:\n"
+                             + "".join(traceback.format_exception(exc)))
+        (folder / STATUS).write_text(json.dumps(status))
+        return 1
+    (folder / SCENARIO).write_text(json.dumps({"timeout": scenario.timeout}))
     # a hung example: print where every host's thread is stuck, then exit
-    faulthandler.dump_traceback_later(load(slug).timeout, exit=True)
-    report = run(slug, outdir)
-    (outdir / "worker.json").write_text(json.dumps(report, indent=1))
-    return 1 if report["error"] else 0
+    faulthandler.dump_traceback_later(scenario.timeout, exit=True)
+    report = run(scenario, folder)
+    faulthandler.cancel_dump_traceback_later()
+    status["ok"], status["problem"] = judge(scenario, folder, report, started)
+    (folder / STATUS).write_text(json.dumps(status))
+    return 0 if status["ok"] else 1
+
+
+def record(slug: str, folder: Path) -> int:
+    """Run the scenario in its sandbox (this process must be single-threaded); the exit code."""
+    read_only = sorted({ROOT, scenarios.EXAMPLES}, key=str)
+    code = sandbox.run_confined(lambda: _inside(slug, folder), writable=folder, read_only=read_only)
+    return code if code >= 0 else 128 - code  # killed by a signal: 128 + its number
+
+
+def status_of(folder: Path) -> dict[str, Any] | None:
+    """What the worker left in its folder: worker.json, or None if it left nothing."""
+    try:
+        return json.loads((folder / STATUS).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def recording_of(folder: Path, slug: str) -> Recording | None:
+    path = folder / f"{slug}.json"
+    return Recording.from_json(path.read_text(), slug) if path.is_file() else None
 
 
 if __name__ == "__main__":
-    sys.exit(record(sys.argv[1], Path(sys.argv[2])))
+    sys.exit(record(sys.argv[1], Path(sys.argv[2]).resolve()))
+

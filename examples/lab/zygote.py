@@ -16,9 +16,12 @@ When stdin closes, every child still running is killed and the zygote exits.
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +30,7 @@ import traceback
 from pathlib import Path
 
 from . import scenarios, worker
-from .process import kill_group
+from .process import kill_group, kill_groups
 
 
 def _send(message: dict) -> None:
@@ -35,11 +38,30 @@ def _send(message: dict) -> None:
 
 
 def _warm() -> None:
-    for slug in scenarios.all_slugs():
+    """Import what the examples import (read from their source, not by running them): an
+    example is executed only in its own worker, so one that exits or loops at import
+    fails its own run, not the zygote."""
+    import scapy.layers.inet  # noqa: F401  (the lab reads every capture with it)
+
+    for name in sorted({m for slug in scenarios.all_slugs() for m in _imports(scenarios.path_of(slug))}):
         try:
-            scenarios.load(slug)
-        except Exception:  # the child that runs it will report the error
+            importlib.import_module(name)
+        except Exception:  # the worker that imports the example will report it
             pass
+
+
+def _imports(path: Path) -> set[str]:
+    try:
+        tree = ast.parse(path.read_text())
+    except (OSError, SyntaxError, ValueError):
+        return set()
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+    return found
 
 
 def _child(request: dict, inherited: list[int]) -> None:
@@ -72,24 +94,27 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner decides when runs stop
     _warm()
     _send({"ready": True})
-    children: dict[int, tuple[int, int]] = {}  # pidfd -> (request id, pid)
+    children: dict[int, tuple[int, int, str]] = {}  # pidfd -> (request id, pid, run folder)
     pending = b""
     while True:
         ready, _, _ = select.select([0, *children], [], [])
         for fd in ready:
             if fd != 0:
-                run_id, pid = children.pop(fd)
+                run_id, pid, _ = children.pop(fd)
                 os.close(fd)
                 _, status = os.waitpid(pid, 0)
                 _send({"id": run_id, "exit": os.waitstatus_to_exitcode(status)})
                 continue
             data = os.read(0, 65536)
-            if not data:  # the runner is gone or done: nothing may outlive it
-                for _, pid in children.values():
-                    try:
-                        os.killpg(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+            if not data:  # the runner is gone (even SIGKILLed) or done: nothing may outlive it
+                pids = [pid for _, pid, _ in children.values()]
+                for pid in pids:
+                    os.killpg(pid, signal.SIGKILL)  # each leads its group until reaped below
+                for pid in pids:
+                    os.waitpid(pid, 0)  # a zombie leader would keep its group alive
+                kill_groups(pids)  # and wait for the rest of each group
+                for _, _, folder in children.values():
+                    shutil.rmtree(folder, ignore_errors=True)  # nobody is left to read it
                 return
             pending += data
             while b"\n" in pending:
@@ -98,7 +123,7 @@ def main() -> None:
                 pid = os.fork()
                 if pid == 0:
                     _child(request, list(children))
-                children[os.pidfd_open(pid)] = (request["id"], pid)
+                children[os.pidfd_open(pid)] = (request["id"], pid, request["folder"])
                 _send({"id": request["id"], "pid": pid})
 
 
@@ -182,9 +207,7 @@ class Zygote:
             if self._closed:
                 return
             self._closed = True
-            for child in self._children.values():
-                if child.pid and not child.exited.is_set():
-                    kill_group(child.pid)
+            kill_groups([c.pid for c in self._children.values() if c.pid and not c.exited.is_set()])
         kill_group(self.proc.pid, leader=self.proc)
         self.proc.wait()
 
