@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 from lab import shapes
 from lab.artifact import FOLDER_FILES, ROOT
+from lab.scenarios import all_slugs
 
 EXAMPLES = ROOT / "examples"
 
@@ -109,6 +111,109 @@ EXAMPLE_FILES = {
 }
 
 
+# the run() and claims() of "passes", to end the examples below that test something else
+CLOSED_PORT = """
+
+def run_closed_port(client, server):
+    sock = client.socket()
+    try:
+        sock.connect((server.ip, 9))
+    except ConnectionRefusedError:
+        pass
+
+
+def claims(trace):
+    trace.next("client", "S", name="client-syn")
+    trace.next("server", "R.", name="server-rst")
+"""
+
+EXAMPLE_FILES.update({
+    "confined": '''
+        """The example's own code reaches beyond the lab and tries to outlive the run."""
+        import os
+        import socket
+        import subprocess
+
+        TITLE, PHASE, HOSTS = "confined", "opening", ("client", "server")
+
+        def run(client, server):
+            host, port = os.environ["LAB_TEST_OUTSIDE"].rsplit(":", 1)
+            bare = socket.socket()  # no host's socket: the run's own network namespace
+            bare.settimeout(2)
+            try:
+                bare.connect((host, int(port)))
+                client.note("bare connect", "connected")
+            except OSError as exc:
+                client.note("bare connect", type(exc).__name__)
+            bare.close()
+            subprocess.Popen(["setsid", "sleep", "1000"])  # leaves the process group
+            subprocess.Popen(["sh", "-c", "(sleep 1001 &) &"])  # a double fork
+            run_closed_port(client, server)
+        ''',
+    "limits": '''
+        """The example writes into the source tree, writes a huge file, takes 3 GiB."""
+        import os
+
+        TITLE, PHASE, HOSTS = "limits", "opening", ("client", "server")
+
+        def run(client, server):
+            attempts = {
+                "write into the source tree": lambda: open(os.environ["LAB_TEST_TREE"], "wb").write(b"x"),
+                "write 300 MiB": lambda: open("big", "wb").write(bytes(300 << 20)),
+                "take 3 GiB": lambda: bytearray(3 << 30),
+            }
+            for what, attempt in attempts.items():
+                try:
+                    attempt()
+                    client.note(what, "done")
+                except (OSError, MemoryError) as exc:
+                    client.note(what, type(exc).__name__)
+            run_closed_port(client, server)
+        ''',
+    "exits-at-import": '''
+        """An example that ends the process when imported."""
+        import sys
+
+        sys.exit(3)
+        ''',
+    "loops-at-import": '''
+        """An example that never finishes importing."""
+        while True:
+            pass
+        ''',
+    "endless-timeout": '''
+        """An example that asks for no time bound."""
+        TITLE, PHASE, HOSTS = "endless", "opening", ("client", "server")
+        TIMEOUT = float("inf")
+
+        def run(client, server):
+            pass
+
+        def claims(trace):
+            pass
+        ''',
+    "html-title": '''
+        """A title that would be markup in the navigation."""
+        TITLE, PHASE, HOSTS = "a <script>alert(1)</script> title", "opening", ("client", "server")
+
+        def run(client, server):
+            pass
+
+        def claims(trace):
+            pass
+        ''',
+    "capture-on-server": '''
+        """The capture on the server's side of the link."""
+        TITLE, PHASE, HOSTS = "capture on server", "opening", ("client", "server")
+        CAPTURE_ON = "server"
+
+        def run(client, server):
+            run_closed_port(client, server)
+        ''',
+})
+ENDS_WITH_CLOSED_PORT = ("confined", "limits", "capture-on-server")
+
+
 # a claim for the SYN only: the RST is nobody's
 EXAMPLE_FILES["unclaimed"] = EXAMPLE_FILES["passes"].replace(
     'trace.next("server", "R.", name="server-rst")', "pass  # the RST is left unclaimed")
@@ -116,6 +221,9 @@ EXAMPLE_FILES["unclaimed"] = EXAMPLE_FILES["passes"].replace(
 # the committed shapes of the examples above that pass
 SHAPES = {
     "passes": [["client", "S", False, "client-syn"], ["server", "R.", False, "server-rst"]],
+    "confined": [["client", "S", False, "client-syn"], ["server", "R.", False, "server-rst"]],
+    "limits": [["client", "S", False, "client-syn"], ["server", "R.", False, "server-rst"]],
+    "capture-on-server": [["client", "S", False, "client-syn"], ["server", "R.", False, "server-rst"]],
     "reach-out": [],
 }
 
@@ -125,7 +233,8 @@ def broken(tmp_path: Path) -> Path:
     folder = tmp_path / "examples"
     (folder / "shapes").mkdir(parents=True)
     for slug, source in EXAMPLE_FILES.items():
-        (folder / (slug.replace("-", "_") + ".py")).write_text(textwrap.dedent(source))
+        source = textwrap.dedent(source) + (CLOSED_PORT if slug in ENDS_WITH_CLOSED_PORT else "")
+        (folder / (slug.replace("-", "_") + ".py")).write_text(source)
     for slug, shape in SHAPES.items():
         (folder / "shapes" / f"{slug}.txt").write_text(shapes.as_text(slug, shape))
     return folder
@@ -317,17 +426,20 @@ def unprivileged(tmp_path: Path, broken: Path):
     home = Path(tempfile.mkdtemp(prefix="lab-unprivileged-"))
     home.chmod(0o777)
     shutil.copytree(broken, home / "examples")
+    shutil.copytree(EXAMPLES, home / "catalogue", ignore=shutil.ignore_patterns("__pycache__"))
     (home / "bin").mkdir()
 
-    def run(lab: Lab, *args: str, fake_unshare: bool = False) -> subprocess.CompletedProcess[str]:
+    def run(lab: Lab, *args: str, fake_unshare: bool = False, catalogue: bool = False
+            ) -> subprocess.CompletedProcess[str]:
         lab.out = home / "traces"
-        path = "/usr/sbin:/usr/bin:/sbin:/bin"
+        path = "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games"  # Debian's PATH for a user
         if fake_unshare:  # as on a machine where user namespaces are forbidden
             fake = home / "bin" / "unshare"
             fake.write_text("#!/bin/sh\necho 'unshare: unshare failed: Operation not permitted' >&2\nexit 1\n")
             fake.chmod(0o755)
             path = f"{home / 'bin'}:{path}"
-        env = {**lab.env, "PATH": path, "HOME": str(home), "LAB_EXAMPLES": str(home / "examples"),
+        examples = home / ("catalogue" if catalogue else "examples")
+        env = {**lab.env, "PATH": path, "HOME": str(home), "LAB_EXAMPLES": str(examples),
                "PYTHONDONTWRITEBYTECODE": "1",
                # the venv's interpreter may live where nobody can read: the system one is given
                # the lab's source folder and the venv's packages (an editable install's hook
@@ -356,6 +468,168 @@ def test_rootless_run_records_a_trace(lab: Lab, unprivileged) -> None:
     proc = unprivileged(lab, "passes")
     assert proc.returncode == 0, proc.stderr
     lab.assert_nothing_left({"passes.pcap", "passes.txt", "passes.json"})
+
+
+# -- hardening: what a hostile user tried ------------------------------------------------------
+
+def test_a_slug_names_a_scenario_never_a_path(lab: Lab, broken: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "elsewhere" / "victim.py"
+    victim.parent.mkdir()
+    victim.write_text("open(__file__ + '.ran', 'w').write('ran')\n")
+    for suffix in (".json", ".txt", ".pcap"):
+        victim.with_suffix(suffix).write_text("not the lab's")
+    slug = os.path.relpath(victim.with_suffix(""), broken)  # ../elsewhere/victim
+    proc = lab.run(slug)
+    assert proc.returncode == 2 and f"unknown scenario {slug}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not victim.with_suffix(".py.ran").exists(), "the file was imported and run"
+    assert all(victim.with_suffix(s).read_text() == "not the lab's" for s in (".json", ".txt", ".pcap"))
+    lab.assert_nothing_left()
+
+
+def test_example_code_reaches_only_the_lab_and_nothing_it_starts_outlives_the_run(lab: Lab) -> None:
+    """A bare socket in run() lives in the run's own empty network namespace; processes that
+    leave the process group (setsid, a double fork) die with the run's PID namespace."""
+    outside = socket.socket()
+    outside.bind(("127.0.0.1", 0))
+    outside.listen()
+    outside.setblocking(False)
+    with outside:
+        proc = lab.run("confined", env={"LAB_TEST_OUTSIDE": "127.0.0.1:%d" % outside.getsockname()[1]})
+        assert proc.returncode == 0, proc.stderr
+        with pytest.raises(BlockingIOError):
+            outside.accept()  # nobody connected to the machine's own listener
+    notes = {e["call"]: e["returned"] for e in json.loads((lab.out / "confined.json").read_text())["outcomes"]["client"]
+             if "returned" in e}
+    assert notes["bare connect"] == repr("OSError"), notes  # ENETUNREACH: no interface, no route
+    lab.assert_nothing_left({"confined.pcap", "confined.txt", "confined.json"})  # no sleep 1000 either
+
+
+def test_a_run_is_bounded_in_memory_file_size_and_where_it_writes(lab: Lab) -> None:
+    probe = ROOT / "build" / f"lab-escape-{lab.marker}"
+    probe.parent.mkdir(exist_ok=True)
+    proc = lab.run("limits", env={"LAB_TEST_TREE": str(probe)})
+    assert proc.returncode == 0, proc.stderr
+    notes = {e["call"]: e["returned"] for e in json.loads((lab.out / "limits.json").read_text())["outcomes"]["client"]
+             if "returned" in e}
+    assert notes == {"write into the source tree": repr("OSError"),  # read-only: EROFS
+                     "write 300 MiB": repr("OSError"),  # beyond the file size limit: EFBIG
+                     "take 3 GiB": repr("MemoryError")}, notes
+    assert not probe.exists()
+    lab.assert_nothing_left({"limits.pcap", "limits.txt", "limits.json"})
+
+
+def test_an_example_broken_at_import_fails_alone_naming_itself(lab: Lab) -> None:
+    proc = lab.run("exits-at-import", "loops-at-import", "passes", env={"LAB_IMPORT_TIMEOUT": "2"})
+    assert proc.returncode == 1
+    assert "exits-at-import failed" in proc.stderr and "examples/exits_at_import.py cannot be loaded" in proc.stderr
+    assert "SystemExit: 3" in proc.stderr
+    assert "loops-at-import failed" in proc.stderr
+    assert "importing the example took longer than 2 s" in proc.stderr and "loops_at_import.py" in proc.stderr
+    lab.assert_nothing_left({"passes.pcap", "passes.txt", "passes.json"})  # the others still run
+
+
+def test_an_example_asking_for_no_time_bound_is_refused(lab: Lab) -> None:
+    proc = lab.run("endless-timeout")
+    assert proc.returncode == 1
+    assert "examples/endless_timeout.py" in proc.stderr
+    assert "TIMEOUT must be a number of seconds above 0 and at most 600" in proc.stderr
+    lab.assert_nothing_left()
+
+
+def test_an_example_whose_title_is_markup_is_refused(lab: Lab) -> None:
+    proc = lab.run("html-title")
+    assert proc.returncode == 1
+    assert "examples/html_title.py" in proc.stderr and "TITLE must be plain text" in proc.stderr
+    lab.assert_nothing_left()
+
+
+def test_the_capture_can_be_on_the_server(lab: Lab) -> None:
+    proc = lab.run("capture-on-server")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((lab.out / "capture-on-server.json").read_text())
+    assert data["captured_on"] == "server eth0"
+    lab.assert_nothing_left({"capture-on-server.pcap", "capture-on-server.txt", "capture-on-server.json"})
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--repeat", "0", "passes"], "must be at least 1, not 0"),
+    (["--repeat", "-1", "passes"], "must be at least 1, not -1"),
+    (["--jobs", "-1", "passes"], "must be at least 1, not -1"),
+    (["--busy", "1000", "passes"], "must be between 0 and this machine's"),
+    (["passes", "passes"], "given more than once: passes"),
+], ids=["repeat-0", "repeat-negative", "jobs-negative", "busy-1000", "slug-twice"])
+def test_bad_input_is_refused_before_anything_is_touched(lab: Lab, argv: list[str], message: str) -> None:
+    lab.out.mkdir()
+    for suffix in (".pcap", ".txt", ".json"):
+        (lab.out / f"passes{suffix}").write_text("the last good run")
+    proc = lab.run(*argv)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    lab.assert_nothing_left({"passes.pcap", "passes.txt", "passes.json"})
+    assert (lab.out / "passes.json").read_text() == "the last good run"
+
+
+def _wait_until_capturing(lab: Lab, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 20
+    while not any(cmd.startswith("tcpdump") for cmd in lab.processes()):  # mid-run
+        assert time.monotonic() < deadline and proc.poll() is None, "the run never started"
+        time.sleep(0.01)
+
+
+def test_ctrl_c_through_nox_still_cleans_up(lab: Lab) -> None:
+    """nox passes Ctrl-C on as SIGINT, then SIGTERM 0.3 s later: the cleanup survives both."""
+    proc = subprocess.Popen(lab.argv("hangs", "passes", "--busy", "1"), env=lab.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_until_capturing(lab, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)  # nox's own delay before its SIGTERM, imitated
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    lab.assert_nothing_left()  # no worker, no busy loop, no .run-* folder
+
+
+def test_a_run_whose_parent_is_killed_stops_and_cleans_up(lab: Lab) -> None:
+    """Killing nox alone must not leave `python -m lab run` (and its busy loops) running."""
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time;"
+                               " subprocess.Popen(sys.argv[1:]); time.sleep(1000)",
+                               *lab.argv("hangs", "--busy", "1")], env=lab.env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_until_capturing(lab, parent)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while lab.processes():  # the runner got SIGTERM from the kernel and cleans up: bounded
+        assert time.monotonic() < deadline, lab.processes()
+        time.sleep(0.01)
+    lab.assert_nothing_left()
+
+
+def test_two_runs_in_one_folder_take_turns(lab: Lab) -> None:
+    first = subprocess.Popen(lab.argv("hangs"), env=lab.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_until_capturing(lab, first)
+    second = subprocess.Popen(lab.argv("passes"), env=lab.env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    assert second.stderr is not None
+    line = second.stderr.readline()  # it says so, then waits for the lock
+    assert "is in use by a run (pid" in line and "waiting for it to finish" in line, line
+    first.send_signal(signal.SIGINT)
+    first.wait(timeout=20)
+    assert second.wait(timeout=30) == 0, second.stderr.read()
+    lab.assert_nothing_left({"passes.pcap", "passes.txt", "passes.json"})
+
+
+def test_rootless_runs_the_whole_catalogue_with_a_users_own_path(lab: Lab, unprivileged, tmp_path: Path) -> None:
+    """As user nobody, with a normal user's PATH (no /usr/sbin, where Debian puts nft,
+    tcpdump, ip and conntrack): every scenario of the catalogue records."""
+    if subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                       "unshare", "--user", "--map-current-user", "true"]).returncode != 0:
+        pytest.skip("unprivileged user namespaces are not allowed on this machine")
+    proc = unprivileged(lab, catalogue=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"{len(all_slugs())}/{len(all_slugs())} runs passed" in proc.stdout
 
 
 def test_lab_hosts_cannot_reach_anything_outside(lab: Lab) -> None:

@@ -204,18 +204,36 @@ def test_pages_request_nothing_from_outside(built_site: Path) -> None:
     assert not outside, "\n".join(outside)
 
 
+def _edit_json(d: Path, change) -> None:
+    data = json.loads((d / "closed-port.json").read_text())
+    change(data)
+    (d / "closed-port.json").write_text(json.dumps(data))
+
+
+def _swap_pcap(d: Path) -> None:
+    """Another scenario's pcap in its place, with the SHA-256 the JSON gives updated to match."""
+    shutil.copy(d / "linger-zero.pcap", d / "closed-port.pcap")
+    digest = hashlib.sha256((d / "closed-port.pcap").read_bytes()).hexdigest()
+    _edit_json(d, lambda data: data.update(pcap_sha256=digest))
+
+
+# each a way a hostile user (or a bug) could make the build publish what no run showed
 BREAKAGES = {
     "missing": lambda d: (d / "closed-port.json").unlink(),
-    "failed-claim": lambda d: (d / "closed-port.json").write_text(json.dumps({
-        **json.loads((d / "closed-port.json").read_text()),
-        "claims": [{"claim": "server sends [R.]", "passed": False}]})),
+    "failed-claim": lambda d: _edit_json(d, lambda data: data.update(
+        claims=[{"claim": "server sends [R.]", "passed": False}])),
     "stale": lambda d: os.utime(d / "closed-port.json", (0, 0)),
     "tampered-pcap": lambda d: (d / "closed-port.pcap").write_bytes(b"\0" * 24),
-    "unnamed-packet": lambda d: (d / "closed-port.json").write_text(
-        (d / "closed-port.json").read_text().replace('"name": "server-rst"', '"name": null')),
+    "unnamed-packet": lambda d: _edit_json(d, lambda data: data["packets"][1].update(name=None)),
     "not-json": lambda d: (d / "closed-port.json").write_text("{"),
-    "no-outcomes": lambda d: (d / "closed-port.json").write_text(json.dumps({
-        k: v for k, v in json.loads((d / "closed-port.json").read_text()).items() if k != "outcomes"})),
+    "no-outcomes": lambda d: _edit_json(d, lambda data: data.pop("outcomes")),
+    "flags-edited": lambda d: _edit_json(d, lambda data: data["packets"][1].update(flags="F.")),
+    "text-edited": lambda d: (d / "closed-port.txt").write_text(
+        (d / "closed-port.txt").read_text().replace("Flags [R.]", "Flags [F.]")),
+    "outcome-edited": lambda d: _edit_json(d, lambda data: data["outcomes"]["client"][-1].update(
+        message="[Errno 110] Connection timed out", errno="ETIMEDOUT")),
+    "pcap-swapped": _swap_pcap,
+    "key-missing": lambda d: (d / ".key").unlink(),
 }
 
 
@@ -229,7 +247,9 @@ def test_a_broken_trace_fails_the_build_naming_the_scenario(recorded_traces: Pat
                           cwd=ROOT, capture_output=True, text=True, check=False,
                           env={**os.environ, "FIELDGUIDE_TRACES": str(traces), "NO_MKDOCS_2_WARNING": "1"})
     assert proc.returncode != 0, f"the build passed with a {breakage} trace"
-    assert "scenario closed-port" in proc.stdout + proc.stderr
+    said = proc.stdout + proc.stderr
+    assert ("no key in" if breakage == "key-missing" else "scenario closed-port") in said, said[-2000:]
+    assert "Traceback" not in said, said[-3000:]
 
 
 def test_a_scenario_without_a_page_fails_the_build(recorded_traces: Path, tmp_path: Path) -> None:

@@ -54,7 +54,7 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
     held.enter_context(locked(on_wait=log.info))  # a run still recording: wait for its end
     try:
         recordings.clear()
-        recordings.update(load_all())
+        recordings.update(load_all(Path(config.docs_dir)))
         quoted[:] = symptoms.load_quoted()
     except (ArtifactError, ValueError) as exc:
         census[0].cancel()
@@ -64,6 +64,7 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
     mermaid_scripts[:] = mermaid.split_scripts(config.extra_javascript)
     groups = []
     for phase, label in PHASE_LABELS.items():
+        # a title is plain text (lab.scenarios.validate): Material writes it as it is
         pages = [{rec.title: f"scenarios/{slug}.md"} for slug, rec in recordings.items() if rec.phase == phase]
         if pages:
             groups.append({label: pages})

@@ -95,7 +95,7 @@ def expand_page(markdown: str, ctx: Context) -> str:
 
     out = PLACEHOLDER.sub(expand, markdown)
     if ctx.slug is not None:
-        out = (f"# {ctx.own.title}\n\n" + out.rstrip("\n") + "\n\n"
+        out = (f"# {render.plain(ctx.own.title)}\n\n" + out.rstrip("\n") + "\n\n"
                + symptoms.you_may_have_seen(ctx.own, ctx.quoted, ctx.src) + "\n")
     return out
 

@@ -12,15 +12,13 @@ from __future__ import annotations
 import ast
 import dataclasses
 import hmac
+from pathlib import Path
 
 from lab import scenarios
-from lab.artifact import ROOT, ArtifactError, Recording, key, load, seal
+from lab.artifact import ArtifactError, Recording, key, load, seal
 from lab.capture import read_packets
 
 from .render import check_anchors, records
-
-DOCS = ROOT / "docs"
-
 
 def example_why(slug: str) -> str:
     """The example docstring after its first paragraph: the mechanism, in the author's words."""
@@ -54,8 +52,9 @@ def load_checked(slug: str, secret: bytes) -> Recording:
     return rec
 
 
-def load_all() -> dict[str, Recording]:
-    """slug -> its checked recording, for every example; ArtifactError listing every problem."""
+def load_all(docs: Path) -> dict[str, Recording]:
+    """slug -> its checked recording, for every example; ArtifactError listing every problem
+    (docs: the site's docs folder, where each scenario's page must be)."""
     found, problems = {}, []
     slugs = scenarios.all_slugs()
     secret = key()
@@ -64,7 +63,7 @@ def load_all() -> dict[str, Recording]:
             found[slug] = load_checked(slug, secret)
         except (ArtifactError, ValueError, KeyError) as exc:
             problems.append(f"scenario {slug}: {exc}")
-    pages = {p.stem for p in (DOCS / "scenarios").glob("*.md")}
+    pages = {p.stem for p in (docs / "scenarios").glob("*.md")}
     for slug in sorted(set(slugs) - pages):
         problems.append(f"scenario {slug}: no page docs/scenarios/{slug}.md (copy docs/scenarios/closed-port.md)")
     for slug in sorted(pages - set(slugs)):

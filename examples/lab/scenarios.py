@@ -118,8 +118,8 @@ def validate(scenario: Scenario) -> None:
             problems.append(f"{required} is missing")
     if problems:
         raise BadExample(f"{where}: " + "; ".join(problems))
-    if not isinstance(module.TITLE, str) or not module.TITLE.strip():
-        problems.append("TITLE must be a non-empty string")
+    if not isinstance(module.TITLE, str) or not module.TITLE.strip() or set("<>&") & set(module.TITLE):
+        problems.append("TITLE must be plain text (not empty, no <, > or &): it is the page's title")
     if scenario.phase not in PHASES:
         problems.append(f"PHASE must be one of {', '.join(PHASES)}")
     hosts = module.HOSTS

@@ -16,6 +16,7 @@ import datetime as dt
 import faulthandler
 import hashlib
 import json
+import os
 import platform
 import sys
 import time
@@ -31,7 +32,8 @@ from .recording import Transcript
 from .scenarios import Scenario, load
 from .trace import evaluate
 
-IMPORT_TIMEOUT = 20.0  # seconds an example may take to import (its own timeout starts after)
+# seconds an example may take to import (its own TIMEOUT starts after); tests shorten it
+IMPORT_TIMEOUT = float(os.environ.get("LAB_IMPORT_TIMEOUT", 20.0))
 STATUS = "worker.json"
 SCENARIO = "scenario.json"  # written once the example is imported: what the runner may quote
 

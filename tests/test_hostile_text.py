@@ -1,0 +1,163 @@
+"""Recorded text is shown as text, never run as HTML: a run whose every recorded field is
+hostile (a call's name, an exception's class and message, bytes a server sent, a log line
+with double backticks) is built into a site and opened in Chromium.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lab.artifact import ROOT
+
+HOSTILE = 'x` <img src=x onerror=alert(1)> `y | *b* {{ packet 1 }} :material-close: ``z`` <script>alert(2)</script>'
+EXAMPLE = '''"""A run whose applications meet hostile text in every field that is recorded."""
+
+import socket
+import struct
+
+TITLE = "Hostile text"  # a title is plain text: the lab refuses <, > and & in it
+PHASE, HOSTS = "established", ("client", "server")
+TEXT = %r
+
+
+class Hostile(Exception):
+    pass
+
+
+Hostile.__name__ = Hostile.__qualname__ = "<img src=x onerror=alert(3)>"
+
+
+def fail():
+    raise Hostile(TEXT)
+
+
+def run(client, server):
+    listener = server.socket()
+    listener.bind((server.ip, 8888))
+    listener.listen()
+    sock = client.socket()
+    sock.connect((server.ip, 8888))
+    conn, _ = listener.accept()
+    with server.receives(".", source=client):
+        conn.sendall(TEXT.encode())  # bytes the server sent...
+    sock.recv(4096)  # ...and the client received
+    try:
+        client.record(TEXT, fail)  # a call named, and failing, with hostile text
+    except Hostile:
+        pass
+    server.note("log", "ValueError: `` " + TEXT + " ``")  # a log line naming an exception
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with server.receives("R.", source=client):
+        sock.close()
+
+
+def claims(trace):
+    trace.handshake("client", "server")
+    trace.next("server", "P.", name="server-data")
+    trace.next("client", ".", name="server-data-ack")
+    trace.next("client", "R.", name="client-rst")
+''' % HOSTILE
+PAGE = """{{ short_answer }}
+
+## The trace
+
+{{ trace }}
+
+The RST: {{ packet client-rst }}.
+
+## The exchange
+
+{{ diagram }}
+
+## What each application saw
+
+{{ outcomes }}
+
+## Which counters moved
+
+{{ counters }}
+
+## The example
+
+{{ example }}
+
+## Provenance
+
+{{ provenance }}
+"""
+
+
+@pytest.fixture(scope="module")
+def hostile_site(recorded_traces: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("hostile")
+    examples = base / "examples"
+    shutil.copytree(ROOT / "examples", examples, ignore=shutil.ignore_patterns("__pycache__"))
+    (examples / "hostile_text.py").write_text(EXAMPLE)
+    traces = base / "traces"
+    shutil.copytree(recorded_traces, traces, ignore=shutil.ignore_patterns(".run-*"))
+    env = {**os.environ, "LAB_EXAMPLES": str(examples), "FIELDGUIDE_TRACES": str(traces), "NO_MKDOCS_2_WARNING": "1"}
+    record = subprocess.run([sys.executable, "-m", "lab", "run", "--out", str(traces), "--update", "hostile-text"],
+                            env=env, capture_output=True, text=True)
+    assert record.returncode == 0, record.stderr
+    shutil.copytree(ROOT / "docs", base / "docs")
+    (base / "docs" / "scenarios" / "hostile-text.md").write_text(PAGE)
+    shutil.copy(ROOT / "mkdocs.yml", base / "mkdocs.yml")
+    build = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(base / "site")],
+                           cwd=base, env=env, capture_output=True, text=True)  # cwd: snippets read examples/
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    return base / "site"
+
+
+PAGES = ["scenarios/hostile-text/index.html", "symptoms/index.html", "index.html"]
+
+
+def test_no_recorded_text_becomes_markup(hostile_site: Path) -> None:
+    for page in sorted(hostile_site.rglob("*.html")):
+        source = page.read_text()
+        for markup in ("<img src=x", "<script>alert", "<b>b</b>", "<em>b</em>"):
+            assert markup not in source, f"{page.relative_to(hostile_site)}: {markup}"
+    shown = re.sub(r"<[^>]+>", "", (hostile_site / PAGES[0]).read_text())
+    import html
+
+    assert HOSTILE in html.unescape(shown), "the hostile text is shown, as text"
+    assert "<img src=x onerror=alert(3)>" in html.unescape(shown), "the exception's class, as text"
+
+
+def test_no_script_runs_in_a_browser(hostile_site: Path) -> None:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("Playwright for Python is not installed") if not os.environ.get("CI") else pytest.fail("no Playwright")
+    executable = "/usr/bin/chromium"
+    if not Path(executable).is_file():
+        if os.environ.get("CI"):
+            pytest.fail("no chromium at /usr/bin/chromium (.ci/run installs it)")
+        pytest.skip("no chromium at /usr/bin/chromium")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(hostile_site))
+    handler.log_message = lambda *args: None  # type: ignore[method-assign]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    dialogs: list[str] = []
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=executable, headless=True, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
+            page: Any = browser.new_page()
+            page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+            for path in PAGES:
+                page.goto(f"http://127.0.0.1:{server.server_port}/{path}", wait_until="load")
+                page.wait_for_load_state("networkidle")
+            browser.close()
+    finally:
+        server.shutdown()
+    assert dialogs == [], f"recorded text ran as a script: alert({dialogs})"
