@@ -7,9 +7,12 @@ The lab (examples/lab/) and the site's build (docs/fieldguide/) are installed pa
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lab.artifact import ROOT, TRACES
@@ -51,3 +54,40 @@ def built_site(recorded_traces: Path, tmp_path_factory: pytest.TempPathFactory) 
         pytest.fail(f"mkdocs build failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}",
                     pytrace=False)
     return out
+
+
+# -- the browser ------------------------------------------------------------------------
+# Debian's chromium, driven by Playwright (never `playwright install`); one per session,
+# shared by every test that opens a page (Playwright's sync API allows one at a time).
+
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def chromium() -> str:
+    for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return ""
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must run the browser tests: .ci/run installs chromium)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("Playwright for Python is not installed (pip install playwright)")
+    executable = chromium()
+    if not executable:
+        _unavailable("no chromium at /usr/bin/chromium (apt-get install chromium); "
+                     "Playwright's own browser download is not used")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()

@@ -19,8 +19,6 @@ import gzip
 import hashlib
 import http.server
 import json
-import os
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -35,8 +33,6 @@ from lab.scenarios import all_slugs
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "build" / "screenshots"
 PAGE_WEIGHT = ROOT / "build" / "page-weight.json"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 DESKTOP = {"width": 1280, "height": 800}
 MOBILE = {"width": 390, "height": 844}
 SCREENSHOT_SCENARIO = "unread-data-close"  # a short trace, a RST, and a neighbour in tabs
@@ -50,19 +46,6 @@ Element.prototype.attachShadow = function (init) {
   return attachShadow.call(this, Object.assign({}, init, {mode: "open"}));
 };
 """
-
-
-def chromium() -> str:
-    for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
-        if candidate and Path(candidate).is_file():
-            return candidate
-    return ""
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI must run the browser tests: .ci/run installs chromium)")
-    pytest.skip(reason)
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -82,22 +65,6 @@ def site_url(built_site: Path) -> Iterator[str]:
     yield f"http://127.0.0.1:{server.server_address[1]}/"
     server.shutdown()
     thread.join()
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("Playwright for Python is not installed (pip install playwright)")
-    executable = chromium()
-    if not executable:
-        _unavailable("no chromium at /usr/bin/chromium (apt-get install chromium); "
-                     "Playwright's own browser download is not used")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
-        yield browser
-        browser.close()
 
 
 class Watched:
