@@ -4,7 +4,8 @@
     nox -s examples -- closed-port           just one (several slugs may be given)
     nox -s examples -- --update SLUG         accept a changed shape into examples/shapes/
     nox -s examples -- --repeat 50 SLUG      record N times; fails if the trace's shape varies
-    nox -s docs                              record every scenario, then build site/ (--strict)
+    nox -s docs                              record every scenario and build site/ (--strict)
+    nox -s site                              build site/ from build/traces/ (what the tests recorded)
     nox -s serve                             preview the site from the traces in build/traces/
 
 The lab (examples/lab/) and the site's build (docs/fieldguide/) are one installable
@@ -47,6 +48,14 @@ def docs(session: nox.Session) -> None:
 
 
 @nox.session
+def site(session: nox.Session) -> None:
+    """Build site/ (--strict) from the traces already in build/traces/, recording nothing:
+    the Pages workflow publishes exactly what `nox -s tests` recorded and checked."""
+    _install(session)
+    session.run("mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+@nox.session
 def serve(session: nox.Session) -> None:
     """Preview the site with live reload, from the traces already in build/traces/.
 
@@ -54,7 +63,8 @@ def serve(session: nox.Session) -> None:
     example without recording it again shows the build's "trace is older" error.
     """
     _install(session)
-    session.run("mkdocs", "serve", "--watch", "examples", "--watch", "build/traces", "--watch", "docs/fieldguide",
+    # (edits of docs/fieldguide/ need a restart: a running server keeps its modules)
+    session.run("mkdocs", "serve", "--watch", "examples", "--watch", "build/traces",
                 *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
 
 

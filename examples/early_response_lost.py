@@ -121,7 +121,7 @@ def claims(trace):
                     rst.win > 0 and "TS" in rst.options, f"win {rst.win}, options {rst.options}")
         later = [p for p in trace.packets if p.time > rst.time and p.sport == rst.dport and p.dport == rst.sport]
         trace.check(f"connection {n}: the client's failed write sent nothing, no packet after the RST",
-                    not later, ", ".join(p.label() for p in later))
+                    not later, ", ".join(trace.label(p) for p in later))
     trace.no("client", "R", what="the client never sends a RST")
     trace.no("client", "F", what="nor a FIN")
 

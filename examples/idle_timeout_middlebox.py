@@ -75,7 +75,7 @@ def claims(trace):
     request = trace.next("client", "P.", name="request-after-idle", payload=5, after=IDLE_TIMEOUT - 0.01,
                          what="the idle timeout later (1 s, to a kernel tick), the client sends its next request")
     trace.check("it is the first packet since the connection went idle",
-                request.number == quiet.number + 1, f"packet {request.number}")
+                request.number == quiet.number + 1, trace.label(request))
     rst = trace.next("server", "R", name="router-rst", seq=request.ack, win=0, options=(), within=0.05,
                      what="a bare RST comes back at once from the server's address,"
                           " seq = the request's ack, win 0, no options")

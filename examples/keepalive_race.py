@@ -126,7 +126,7 @@ def claims(trace):
     trace.next("server", ".", name="c3-client-fin-ack")
     resets = [p for p in trace.packets if "R" in p.flags]
     trace.check("the only RST of the run is the one that answered http.client's reuse",
-                resets == [rst], ", ".join(p.label() for p in resets))
+                resets == [rst], ", ".join(trace.label(p) for p in resets))
     trace.no("client", "R", what="the client never sends a RST")
 
     trace.counter("server", "TcpOutRsts", 1)

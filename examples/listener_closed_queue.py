@@ -51,7 +51,7 @@ def claims(trace):
                             what="and the second one, though it never sent data")
     # both come from the one close(); the kernel may reschedule between them (cond_resched), so no time bound
     trace.check("nothing else happens between the two RSTs",
-                second_rst.number == first_rst.number + 1, f"packets {first_rst.number} and {second_rst.number}")
+                second_rst.number == first_rst.number + 1, f"{trace.label(first_rst)}, {trace.label(second_rst)}")
     trace.check("the two RSTs go to the two clients' ports",
                 {first_rst.dport, second_rst.dport} == {request.sport, hs2.sport},
                 f"RSTs to ports {first_rst.dport} and {second_rst.dport}")

@@ -79,12 +79,16 @@ def test_next_fails_when_the_sender_sent_nothing_more() -> None:
     assert missing.number == 0
 
 
+def _claim(trace: Trace, starts: str) -> dict:
+    return next(c for c in trace.claims if c["claim"].startswith(starts))
+
+
 def test_every_packet_is_named_or_declared_noise() -> None:
     trace = Trace(HANDSHAKE_RST, [])
     trace.next("client", "S", name="client-syn")
     trace.finish()
     assert not trace.passed
-    assert trace.claims[-1]["detail"] == "unclaimed: packet 2 (unnamed) server [R.]"
+    assert _claim(trace, "every captured packet")["detail"] == "unclaimed: packet 2 (unnamed) server [R.]"
     trace = Trace(HANDSHAKE_RST, [])
     trace.next("client", "S", name="client-syn")
     assert [p.number for p in trace.noise("server", "R.", reason="not the story")] == [2]
@@ -93,11 +97,33 @@ def test_every_packet_is_named_or_declared_noise() -> None:
     assert [(p.name, p.noise) for p in trace.named_packets()] == [("client-syn", None), (None, "not the story")]
 
 
+def test_noise_is_a_step_of_the_timeline_and_needs_a_reason() -> None:
+    """Noise in the middle: the claims after it go on from there."""
+    packets = [packet(1, "client", "S"), packet(2, "server", "S."), packet(3, "server", "."),
+               packet(4, "server", "R.")]
+    trace = Trace(packets, [])
+    trace.next("client", "S", name="client-syn")
+    trace.next("server", "S.", name="server-syn-ack")
+    trace.noise("server", ".", reason="a duplicate ACK")
+    trace.next("server", "R.", name="server-rst")
+    trace.finish()
+    assert trace.passed, trace.claims
+    trace = Trace(packets[:1], [])
+    trace.noise("client", "S", reason=" ")
+    assert not trace.passed and "no reason given" in trace.claims[-1]["detail"]
+
+
 @pytest.mark.parametrize("bad", ["Client-SYN", "client syn", "client_syn", "-syn", "syn-", "1st", ""])
 def test_names_are_short_lower_case_and_hyphenated(bad: str) -> None:
     trace = Trace(HANDSHAKE_RST, [])
     trace.next("client", "S", name=bad)
     assert not trace.passed and "lower-case and hyphenated" in trace.claims[-1]["detail"]
+
+
+def test_names_are_short() -> None:
+    trace = Trace(HANDSHAKE_RST, [])
+    trace.next("client", "S", name="a" * 41)
+    assert not trace.passed
 
 
 def test_a_name_names_one_packet_but_a_group_claim_several() -> None:
@@ -112,6 +138,27 @@ def test_a_name_names_one_packet_but_a_group_claim_several() -> None:
     trace.finish()
     assert trace.passed and {p.name for p in trace.named_packets()} == {"handshake"}
     assert (syn.number, synack.number, ack.number) == (1, 2, 3)
+
+
+def test_two_group_claims_cannot_share_a_name() -> None:
+    twice = [packet(n + 3 * k, s, f, seq=100 * k + q, ack=a)
+             for k in (0, 1) for n, s, f, q, a in ((1, "client", "S", 9, 0), (2, "server", "S.", 99, 10 + 100 * k),
+                                                    (3, "client", ".", 10, 100 + 100 * k))]
+    trace = Trace(twice, [])
+    trace.handshake("client", "server")
+    trace.handshake("client", "server")
+    assert not trace.passed and "already names packet 1" in trace.claims[-3]["detail"]
+
+
+@pytest.mark.parametrize("name", ["handshake-2", "packet-3", "noise-1"])
+def test_a_name_that_would_take_another_packets_anchor_is_refused(name: str) -> None:
+    packets = [packet(1, "client", "S", seq=9), packet(2, "server", "S.", seq=99, ack=10),
+               packet(3, "client", ".", seq=10, ack=100), packet(4, "server", "R.", seq=100, ack=10)]
+    trace = Trace(packets, [])
+    trace.handshake("client", "server")
+    trace.next("server", "R.", name=name)
+    trace.finish()
+    assert not trace.passed
 
 
 def test_no_and_count() -> None:

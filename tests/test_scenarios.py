@@ -94,3 +94,10 @@ def test_every_trace_keeps_its_shape_over_consecutive_runs(tmp_path) -> None:
     for slug in SLUGS:
         mine = [r for r in results if r.slug == slug]
         assert all(r.ok for r in mine), f"{slug}:\n{mine[0].problem}\n{format_shapes(mine)}"
+
+
+def test_every_committed_shape_belongs_to_a_scenario() -> None:
+    """A shape left behind by a renamed or removed example would never be checked again."""
+    committed = {p.stem for p in (shapes.path_of("x").parent).glob("*.txt")}
+    assert committed == set(SLUGS), f"shapes without example: {committed - set(SLUGS)}; examples without shape:" \
+                                    f" {set(SLUGS) - committed}"

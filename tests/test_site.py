@@ -271,9 +271,10 @@ def test_a_scenario_without_a_page_fails_the_build(recorded_traces: Path, tmp_pa
 def _build(tmp_path: Path, docs: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     """`mkdocs build --strict` of the repository's site, or of a copy of its docs folder."""
     config = ROOT / "mkdocs.yml"
-    if docs is not None:  # a copy of mkdocs.yml beside the copied docs (hooks are relative to it)
+    if docs is not None:  # a copy of mkdocs.yml beside the copied docs (paths are relative to it)
         config = docs.parent / "mkdocs.yml"
         shutil.copy(ROOT / "mkdocs.yml", config)
+        (docs.parent / "examples").symlink_to(ROOT / "examples")
     return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config),
                            "--site-dir", str(tmp_path / "site")],
                           cwd=ROOT, capture_output=True, text=True, check=False,
@@ -286,6 +287,8 @@ PAGE_BREAKAGES = {
     "unknown-name": ("{{ packet client-syn }}", "{{ packet client-hello }}",
                      "closed-port has no packet named 'client-hello' (its names: client-syn, server-rst)"),
     "unknown-placeholder": ("{{ packet client-syn }}", "{{ packets client-syn }}", "unknown placeholder 'packets'"),
+    "malformed": ("{{ packet client-syn }}", "{{ Packet 1 }}",
+                  "not a placeholder (write {{ name args }}, lower-case; packets by name)"),
 }
 
 
@@ -325,6 +328,10 @@ def test_expansion_rejects_numbers_and_unknown_names_with_the_line(recorded_trac
             expand_page(page + "\n<!-- a comment\n-->" + wrong, ctx)
     with pytest.raises(PageError, match="lacks {{ provenance }}"):
         expand_page(page.replace("{{ provenance }}", ""), ctx)
+    with pytest.raises(PageError, match=f"closed-port.md, line {len(REQUIRED) + 5}: "):  # after 4 lines of front matter
+        expand_page(page + "{{ packet #1 }}", ctx, first_line=5)
+    with pytest.raises(PageError, match="packet names server-rst are also section anchors"):
+        expand_page(page + "## Server RST\n", ctx)
 
 
 def test_the_baseline_page_describes_every_packet(recorded_traces: Path) -> None:

@@ -50,7 +50,7 @@ def test_it_records_fresh_as_root_and_builds_with_nox(workflow: dict[Any, Any]) 
     runs = "\n".join(step.get("run", "") for step in steps(workflow, "build"))
     for package in sorted(set(TOOLS.values())):  # every Debian package the lab's preflight asks for
         assert package in runs, f"the runner lacks {package}"
-    build = next(step["run"] for step in steps(workflow, "build") if "nox -s docs" in step.get("run", ""))
+    build = next(step["run"] for step in steps(workflow, "build") if "nox -s site" in step.get("run", ""))
     assert build.startswith("sudo"), "the lab needs root on GitHub's Ubuntu runners"
     uses = [step.get("uses", "") for step in steps(workflow, "build")]
     assert not any("cache" in u for u in uses), "a cached build/ could publish old traces"
@@ -60,9 +60,11 @@ def test_it_publishes_only_what_passed_the_tests_ci_runs(workflow: dict[Any, Any
     """The weekly run on a new runner kernel must not publish what CI's tests would refuse."""
     runs = [s.get("run", "") for s in workflow["jobs"]["build"]["steps"]]
     tests = next(i for i, run in enumerate(runs) if "./.ci/run" in run)
-    build = next(i for i, run in enumerate(runs) if "nox -s docs" in run)
+    build = next(i for i, run in enumerate(runs) if "nox -s site" in run)
     assert tests < build, "the site is built before the tests ran"
     assert "CI=true" in runs[tests] and runs[tests].startswith("sudo")
+    assert not any("nox -s docs" in run or "nox -s examples" in run for run in runs), (
+        "recording again after the tests would publish a recording nobody checked")
 
 
 def test_it_deploys_the_built_site_to_pages(workflow: dict[Any, Any]) -> None:

@@ -107,8 +107,10 @@ def on_pre_page(page: Page, config: MkDocsConfig, files: Files) -> Page:
 def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Files) -> str:
     src = page.file.src_uri
     slug = src.removeprefix("scenarios/").removesuffix(".md") if src.startswith("scenarios/") else None
+    source = page.file.content_string  # its front matter (if any) is gone from `markdown`
+    first_line = 1 + source.count("\n", 0, max(source.find(markdown[:200]), 0)) if markdown else 1
     try:
-        return expand_page(markdown, Context(src, slug, recordings, quoted))
+        return expand_page(markdown, Context(src, slug, recordings, quoted), first_line)
     except PageError as exc:
         raise PluginError(str(exc)) from None
 

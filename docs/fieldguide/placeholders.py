@@ -27,6 +27,8 @@ assert set(PHASE_LABELS) == set(PHASES)
 # every scenario page has these, each on a line of its own
 REQUIRED = ("short_answer", "trace", "diagram", "outcomes", "counters", "example", "provenance")
 PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)((?:\s+[\w.-]+)*)\s*\}\}")
+ANYTHING_IN_BRACES = re.compile(r"\{\{.*?\}\}")
+HEADING = re.compile(r"^#{2,6}\s+(.+?)\s*$", re.MULTILINE)
 COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
 
 
@@ -70,11 +72,23 @@ def placeholder(name: str) -> Callable[[Expander], Expander]:
     return register
 
 
-def expand_page(markdown: str, ctx: Context) -> str:
+def expand_page(markdown: str, ctx: Context, first_line: int = 1) -> str:
     """The page's Markdown with every placeholder expanded (and, on a scenario page, its
-    title on top and "You may have seen" at the end)."""
+    title on top and "You may have seen" at the end). first_line: the line of the page's
+    file where `markdown` starts (after its front matter), for the errors."""
     # guidance for authors, not for readers; newlines kept so that line numbers stay true
     markdown = COMMENT.sub(lambda m: "\n" * m.group(0).count("\n"), markdown)
+    where = f"scenario {ctx.slug}: " if ctx.slug else ""
+
+    def line_of(offset: int) -> int:
+        return first_line + markdown.count("\n", 0, offset)
+
+    for braces in ANYTHING_IN_BRACES.finditer(markdown):  # {{ Packet 1 }} must not reach a reader
+        if not PLACEHOLDER.fullmatch(braces.group(0)):
+            raise PageError(f"{where}docs/{ctx.src}, line {line_of(braces.start())}: {braces.group(0)}:"
+                            " not a placeholder (write {{ name args }}, lower-case; packets by name)")
+    if ctx.slug is not None:
+        _check_names_against_headings(markdown, ctx)
     if ctx.slug is not None:
         used = {m.group(1) for m in PLACEHOLDER.finditer(markdown)}
         missing = [name for name in REQUIRED if name not in used]
@@ -84,20 +98,30 @@ def expand_page(markdown: str, ctx: Context) -> str:
 
     def expand(match: re.Match[str]) -> str:
         name, args = match.group(1), match.group(2).split()
-        line = markdown.count("\n", 0, match.start()) + 1
         try:
             if name not in PLACEHOLDERS:
                 raise LookupError(f"unknown placeholder {name!r} (known: {', '.join(sorted(PLACEHOLDERS))})")
             return PLACEHOLDERS[name](ctx, args)
         except (LookupError, ValueError, IndexError) as exc:
-            where = f"scenario {ctx.slug}: " if ctx.slug else ""
-            raise PageError(f"{where}docs/{ctx.src}, line {line}: {match.group(0)}: {exc}") from exc
+            raise PageError(f"{where}docs/{ctx.src}, line {line_of(match.start())}: {match.group(0)}: {exc}") from exc
 
     out = PLACEHOLDER.sub(expand, markdown)
     if ctx.slug is not None:
         out = (f"# {render.plain(ctx.own.title)}\n\n" + out.rstrip("\n") + "\n\n"
                + symptoms.you_may_have_seen(ctx.own, ctx.quoted, ctx.src) + "\n")
     return out
+
+
+def _check_names_against_headings(markdown: str, ctx: Context) -> None:
+    """A packet's anchor must not be a section's (#provenance must stay the section)."""
+    from pymdownx.slugs import slugify  # the slugify mkdocs.yml gives the table of contents
+
+    slug = slugify(case="lower")
+    sections = {slug(m.group(1), "-") for m in HEADING.finditer(markdown)} | {"you-may-have-seen"}
+    taken = sorted(sections & {ctx.own.anchor(p) for p in ctx.own.packets})
+    if taken:
+        raise PageError(f"scenario {ctx.slug}: docs/{ctx.src}: packet names {', '.join(taken)} are also"
+                        " section anchors of the page; rename them in the example's claims()")
 
 
 def _packet_name(rec: Recording, args: list[str], usage: str) -> str:

@@ -14,7 +14,7 @@ import dataclasses
 import hmac
 from pathlib import Path
 
-from lab import scenarios
+from lab import scenarios, shapes
 from lab.artifact import ArtifactError, Recording, key, load, seal
 from lab.capture import read_packets
 
@@ -49,6 +49,9 @@ def load_checked(slug: str, secret: bytes) -> Recording:
         raise ArtifactError(f"the packets of {slug}.json are not those of {rec.pcap.name}")
     records(rec)  # the text and the capture must agree packet for packet
     check_anchors(rec)
+    difference = shapes.difference(slug, rec.shape)  # the committed shape, as the run checked it
+    if difference:
+        raise ArtifactError(difference)
     return rec
 
 

@@ -60,9 +60,8 @@ def packet_id(slug: str, number: int, own_page: bool = True) -> str:
 
 
 def name_id(rec: Recording, p: Packet, own_page: bool = True) -> str:
-    """The anchor of a packet's name: the name, or NAME-K for the K-th packet of a group."""
-    group = rec.named(p.name) if p.name else [p]
-    anchor = (p.name if len(group) == 1 else f"{p.name}-{group.index(p) + 1}") if p.name else f"noise-{p.number}"
+    """The anchor of a packet's name (lab.artifact.anchors); another page's gets its slug in front."""
+    anchor = rec.anchor(p)
     return anchor if own_page else f"{rec.slug}-{anchor}"
 
 

@@ -22,8 +22,8 @@ one it sent itself (a local abort), an end of stream (RemoteDisconnected) from t
 received, a timeout from the SYN (or FIN) it sent and whose answer never came in time.
 The hook picks the first such packet in the capture; the page's own trace anchors it.
 
-It reads the recordings pages.py has loaded and checked; its two blocks are placeholders
-of the one registry there ({{ symptom_index }}, {{ you_may_have_seen }}).
+It reads the recordings recordings.py has loaded and checked; the index is the placeholder
+{{ symptom_index }} (placeholders.py), and "You may have seen" is added by expand_page().
 """
 
 from __future__ import annotations

@@ -95,6 +95,23 @@ class Packet:
         return cls(**{**data, "options": tuple(data.get("options", ()))})
 
 
+def anchors(packets: list[Packet]) -> dict[int, str]:
+    """Each packet's anchor on its page, by name: the name, NAME-K for the K-th packet of a
+    group claim, noise-N for noise. The lab refuses names whose anchors would collide."""
+    groups: dict[str, list[int]] = {}
+    for p in packets:
+        if p.name:
+            groups.setdefault(p.name, []).append(p.number)
+    found = {}
+    for p in packets:
+        if not p.name:
+            found[p.number] = f"noise-{p.number}"
+        else:
+            members = groups[p.name]
+            found[p.number] = p.name if len(members) == 1 else f"{p.name}-{members.index(p.number) + 1}"
+    return found
+
+
 def shape_of(packets: list[Packet]) -> list[list[Any]]:
     """What a reviewer must see change: who sent which flags, in order, data or not, and names."""
     return [[p.sender, p.flags, p.payload > 0, p.name or "(noise)"] for p in packets]
@@ -137,6 +154,9 @@ class Recording:
 
     def packet(self, name: str) -> Packet:
         return self.named(name)[0]
+
+    def anchor(self, p: Packet) -> str:
+        return anchors(self.packets)[p.number]
 
     def resets(self) -> list[Packet]:
         return [p for p in self.packets if p.is_rst]

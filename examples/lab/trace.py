@@ -18,9 +18,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .artifact import Packet
+from .artifact import Packet, anchors
 
 NAME = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
+MAX_NAME = 40
 
 
 @dataclass
@@ -34,7 +35,8 @@ class Trace:
     cursor: int = 0  # packets before this index are behind the timeline
     names: dict[int, str] = field(default_factory=dict)  # packet number -> name
     noises: dict[int, str] = field(default_factory=dict)  # packet number -> why it is noise
-    groups: set[str] = field(default_factory=set)  # names given by group claims
+    groups: dict[str, int] = field(default_factory=dict)  # name -> the one group claim that gave it
+    _group_claims: int = 0
 
     # -- recording ------------------------------------------------------------
     def _claim(self, text: str, ok: bool, detail: str = "", packet: Packet | None = None) -> bool:
@@ -51,22 +53,29 @@ class Trace:
     def passed(self) -> bool:
         return all(c["passed"] for c in self.claims)
 
-    def _give(self, packet: Packet, name: str, group: bool = False) -> str:
-        """Name a packet; the problem, if the name is malformed or already taken."""
-        if not NAME.match(name):
-            return f"name {name!r} is not short, lower-case and hyphenated"
+    def _give(self, packet: Packet, name: str, group: int = 0) -> str:
+        """Name a packet (group: the group claim's number, 0 for none); the problem, if the
+        name is malformed or already taken (by another claim, or another group claim)."""
+        if not NAME.match(name) or len(name) > MAX_NAME:
+            return f"name {name!r} is not short (at most {MAX_NAME}), lower-case and hyphenated"
+        if name.startswith(("packet-", "noise-")):
+            return f"name {name!r} looks like a numbered anchor (packet-N, noise-N)"
         taken = [n for n, given in self.names.items() if given == name]
-        if taken and not (group and name in self.groups):
+        if taken and not (group and self.groups.get(name) == group):
             return f"name {name!r} already names packet {taken[0]}"
         if group:
-            self.groups.add(name)
+            self.groups[name] = group
         if packet.number:
             self.names[packet.number] = name
         return ""
 
+    def label(self, p: Packet) -> str:
+        """A packet as a failed claim shows it: number, name (as claimed so far), sender, flags."""
+        return _describe(p, self.names.get(p.number), self.noises.get(p.number))
+
     # -- packets ---------------------------------------------------------------
     def next(self, sender: str, flags: str, *, name: str, within: float | None = None,
-             after: float | None = None, what: str = "", _group: bool = False, **fields: Any) -> Packet:
+             after: float | None = None, what: str = "", _group: int = 0, **fields: Any) -> Packet:
         """The next packet `sender` sends on the timeline has exactly these flags and fields;
         it is called `name` from now on (in later claims, on the page, in SLUG.json).
 
@@ -103,27 +112,44 @@ class Trace:
         """A group claim: the three-way handshake [S], [S.], [.], its SYN-ACK acknowledging
         the SYN and the ACK the SYN-ACK; the three packets share `name`."""
         about = f" ({what})" if what else ""
-        syn = self.next(client, "S", name=name, _group=True, what=f"{name}: {client} sends its SYN{about}")
-        synack = self.next(server, "S.", name=name, _group=True, ack=syn.seq + 1,
+        self._group_claims += 1
+        group = self._group_claims
+        syn = self.next(client, "S", name=name, _group=group, what=f"{name}: {client} sends its SYN{about}")
+        synack = self.next(server, "S.", name=name, _group=group, ack=syn.seq + 1,
                            what=f"{name}: {server} answers with a SYN-ACK")
-        ack = self.next(client, ".", name=name, _group=True, ack=synack.seq + 1,
+        ack = self.next(client, ".", name=name, _group=group, ack=synack.seq + 1,
                         what=f"{name}: {client} completes the handshake")
         return syn, synack, ack
 
-    def noise(self, sender: str, flags: str, *, reason: str) -> list[Packet]:
-        """Declare packets that are expected but not part of the story (each unnamed packet
-        `sender` sends with these flags); `reason` is shown beside them on the page."""
-        found = [p for p in self.packets
-                 if p.sender == sender and p.flags == flags and p.number not in self.names]
-        for p in found:
-            self.noises[p.number] = reason
+    def noise(self, sender: str, flags: str, *, reason: str, count: int = 1) -> list[Packet]:
+        """The next `count` packets `sender` sends on the timeline have these flags and are
+        expected but not part of the story: declared noise, with `reason` shown beside them."""
+        found = []
+        for _ in range(count):
+            p = next((q for q in self.packets[self.cursor:] if q.sender == sender), None)
+            problems = [] if p is None or p.flags == flags else [f"flags [{p.flags}]"]
+            problems += [] if reason.strip() else ["no reason given"]
+            if p is None:
+                problems.append(f"{sender} sent nothing more")
+            else:
+                self.cursor = self.packets.index(p) + 1
+                self.noises[p.number] = reason
+                found.append(p)
+            self._claim(f"expected noise: {sender} sends [{flags}] ({reason})", not problems,
+                        (f"packet {p.number}" if p else "") + (": " + ", ".join(problems) if problems else ""), p)
         return found
 
     def finish(self) -> None:
-        """Strict: every packet is named by a claim or declared noise."""
+        """Strict: every packet is named by a claim or declared noise, and every name's
+        anchor on the page is its own."""
         unclaimed = [p for p in self.packets if p.number not in self.names and p.number not in self.noises]
         self._claim("every captured packet is named by a claim or declared noise", not unclaimed,
-                    "unclaimed: " + "; ".join(p.label() for p in unclaimed) if unclaimed else "")
+                    "unclaimed: " + "; ".join(self.label(p) for p in unclaimed) if unclaimed else "")
+        given = anchors(self.named_packets())
+        clashes = sorted({a for a in given.values() if list(given.values()).count(a) > 1}
+                         | {a for a in given.values() if re.fullmatch(r"packet-\d+", a)})
+        self._claim("every packet's name gives it an anchor of its own", not clashes,
+                    "shared anchors: " + ", ".join(clashes) if clashes else "")
 
     def named_packets(self) -> list[Packet]:
         """The packets with the names and noise reasons the claims gave them."""
@@ -135,7 +161,7 @@ class Trace:
         """`sender` never sends a packet carrying `flag` (e.g. "F" or "R") in the whole trace."""
         found = [p for p in self.packets if p.sender == sender and flag in p.flags]
         self._claim(what or f"{sender} never sends a packet with flag {flag}",
-                    not found, ", ".join(p.label() for p in found))
+                    not found, ", ".join(self.label(p) for p in found))
 
     def count(self, sender: str, flags: str, expected: int, what: str = "") -> None:
         found = [p for p in self.packets if p.sender == sender and p.flags == flags]
@@ -170,6 +196,10 @@ class Trace:
         got = found[nth] if len(found) > nth else None
         self._claim(f"{host}'s {call}() returns {value}", bool(got) and got.get("returned") == value,
                     (got.get("raised") or got.get("returned")) if got else "no such call")
+
+
+def _describe(p: Packet, name: str | None, noise: str | None) -> str:
+    return f"packet {p.number} ({name or ('noise' if noise else 'unnamed')}) {p.sender} [{p.flags}]"
 
 
 def _same(field_name: str, got: Any, wanted: Any) -> bool:
