@@ -12,23 +12,46 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 
+from lab.__main__ import die_with_parent
 from lab.artifact import ROOT
 
 
 def main(mkdocs_args: list[str]) -> int:
+    # killing nox (its parent) stops this, and this stops both children: nothing records on
+    die_with_parent(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    children: list[subprocess.Popen[str]] = []
+    try:
+        return _record_and_build(mkdocs_args, children)
+    except KeyboardInterrupt:
+        print("interrupted: the recording and the build were stopped", file=sys.stderr)
+        return 130
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()  # the runner cleans up on SIGTERM
+                child.wait()
+
+
+def _record_and_build(mkdocs_args: list[str], children: list[subprocess.Popen[str]]) -> int:
     started = time.monotonic()
-    run = subprocess.Popen([sys.executable, "-m", "lab", "run"], stdout=subprocess.PIPE, text=True)
+    run = subprocess.Popen([sys.executable, "-m", "lab", "run"], stdout=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: die_with_parent(signal.SIGTERM))
+    children.append(run)
     assert run.stdout is not None
     for line in run.stdout:  # until the run holds build/traces (or ends without it)
         print(line, end="", flush=True)
         if line.startswith("recording into "):
             break
     build = subprocess.Popen([sys.executable, "-m", "mkdocs", "build", "--strict", *mkdocs_args], cwd=ROOT,
-                             env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+                             env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+                             preexec_fn=lambda: die_with_parent(signal.SIGTERM))
+    children.append(build)
     for line in run.stdout:
         print(line, end="", flush=True)
     recorded = time.monotonic()

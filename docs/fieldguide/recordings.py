@@ -38,6 +38,9 @@ def load_checked(slug: str, secret: bytes) -> Recording:
     newer = [p for p in [scenarios.path_of(slug), *lab_sources] if p.stat().st_mtime > json_file.stat().st_mtime]
     if newer:
         raise ArtifactError(f"the trace is older than {newer[0].name}; record it again: `nox -s examples -- {slug}`")
+    if rec.sources_sha256 != scenarios.sources_digest(slug):  # a copy's dates prove nothing
+        raise ArtifactError("the trace was recorded from another version of the example or the lab;"
+                            f" record it again: `nox -s examples -- {slug}`")
     failed = [c["claim"] for c in rec.claims if not c["passed"]]
     if failed or not rec.claims:
         raise ArtifactError("the recording's claims did not hold: " + "; ".join(failed or ["no claims"]))

@@ -285,14 +285,16 @@ def trace_block(rec: Recording, own_page: bool = True) -> str:
 
 
 def mermaid(rec: Recording) -> str:
-    """A sequenceDiagram of the capture: one numbered arrow per packet, RSTs end in a cross."""
-    hosts = rec.hosts
+    """A sequenceDiagram of the capture: one numbered arrow per packet, RSTs end in a cross.
+    Participants are h0, h1... with the host's name as label (a name like "end" is Mermaid's)."""
+    ids = {name: f"h{i}" for i, name in enumerate(rec.hosts)}
     lines = ["```mermaid", "sequenceDiagram", "    autonumber"]
-    for name, ip in hosts.items():
-        lines.append(f"    participant {name} as {name} {ip}")
+    for name, ip in rec.hosts.items():
+        lines.append(f"    participant {ids[name]} as {name} {ip}")
+    if any(p.sender not in ids or p.receiver not in ids for p in rec.packets):
+        lines.append("    participant unknown as unknown address")
     for p in rec.packets:
-        sender = p.sender if p.sender in hosts else "unknown"
-        receiver = p.receiver if p.receiver in hosts else "unknown"
+        sender, receiver = ids.get(p.sender, "unknown"), ids.get(p.receiver, "unknown")
         if p.number > 1 and gap_ms(rec, p) >= 10:
             lines.append(f"    Note over {sender},{receiver}: {_ms(gap_ms(rec, p))} later")
         arrow = "-x" if p.is_rst else "->>"

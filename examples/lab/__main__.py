@@ -19,7 +19,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .artifact import TRACES
+from . import scenarios
+from .artifact import ROOT, TRACES, ArtifactError
 from .preflight import LabUnavailable
 from .runner import Result, Runner, format_shapes
 from .scenarios import UnknownScenario, all_slugs, check
@@ -102,11 +103,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if repeated:
         raise BadInput(f"given more than once: {', '.join(repeated)} (use --repeat N)")
     slugs = check(args.slugs) if args.slugs else all_slugs()
-    runner = Runner(out=args.out, jobs=args.jobs, update=args.update)
+    out = args.out.resolve()
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out {args.out} is not a folder")
+    for kept in (scenarios.EXAMPLES, ROOT / "docs"):
+        if out.is_relative_to(kept):
+            raise BadInput(f"--out {args.out} is inside {kept}: recordings go elsewhere (build/traces)")
+    runner = Runner(out=out, jobs=args.jobs, update=args.update)
     started = time.monotonic()
 
     def announce() -> None:  # `nox -s docs` starts the site's build once it reads this line
-        print(f"recording into {args.out}", flush=True)
+        print(f"recording into {out}", flush=True)
 
     with busy_cpus(args.busy):
         results = runner.run(slugs, repeat=args.repeat, on_locked=announce,
@@ -160,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UnknownScenario, BadInput) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except LabUnavailable as exc:
+    except (LabUnavailable, ArtifactError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:

@@ -37,7 +37,7 @@ def locked(folder: Path | None = None, exclusive: bool = False, on_wait: Callabl
     the kernel's (flock): it is released when its holder ends, however it ends."""
     base = folder or TRACES
     base.mkdir(parents=True, exist_ok=True)
-    fd = os.open(base / FOLDER_FILES[0], os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(base / FOLDER_FILES[0], os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     try:
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         try:
@@ -139,6 +139,7 @@ class Recording:
     pcap_sha256: str
     seconds: float
     timings: dict[str, float]
+    sources_sha256: str = ""  # the example's and the lab's sources it was recorded from
     signature: str = ""  # the run's seal over this record, its text and its pcap (seal())
     text: str = field(default="", repr=False, compare=False)  # SLUG.txt: tcpdump's own text
     pcap: Path | None = field(default=None, repr=False, compare=False)
@@ -174,7 +175,7 @@ class Recording:
         except ValueError as exc:
             raise ArtifactError(f"{slug}.json is not JSON: {exc}") from None
         stored = {f.name for f in dataclasses.fields(cls)} - {"text", "pcap"}
-        required = stored - {"signature"}
+        required = stored - {"signature", "sources_sha256"}
         if not isinstance(data, dict) or required - set(data):
             missing = sorted(required - set(data)) if isinstance(data, dict) else ["everything"]
             raise ArtifactError(f"{slug}.json lacks {', '.join(missing)}")
@@ -200,10 +201,16 @@ def key(folder: Path | None = None, create: bool = False) -> bytes:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
     try:
-        return bytes.fromhex(path.read_text().strip())
-    except (OSError, ValueError):
+        secret = bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
         raise ArtifactError(f"no key in {path.parent} to check the recordings' seals: record them again"
                             " (`nox -s examples`)") from None
+    except (OSError, ValueError):
+        secret = b""
+    if len(secret) < 16:
+        raise ArtifactError(f"{path} is not a key the lab wrote: delete it and record again"
+                            " (`nox -s examples`)")
+    return secret
 
 
 def seal(rec: Recording, text: bytes, pcap: bytes, secret: bytes) -> str:

@@ -102,6 +102,7 @@ class Runner:
             raise ValueError("slugs must be distinct and given, repeat and jobs at least 1")
         with locked(self.out, exclusive=True,
                     on_wait=lambda message: print(message, file=sys.stderr, flush=True)):
+            key(self.out, create=True)  # a broken key is reported before any trace is removed
             if on_locked:
                 on_locked()
             return self._run_locked(slugs, repeat, on_result)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x20000000, 0x40000000
 MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
+PR_SET_PDEATHSIG = 1
 MAX_MEMORY_BYTES = 2 << 30  # address space: the lab needs a few hundred MB
 MAX_FILE_BYTES = 256 << 20  # a pcap of any scenario is far smaller
 
@@ -51,8 +52,9 @@ def limit() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_FILE_BYTES, MAX_FILE_BYTES))
 
 
-def read_only_except(read_only: list[Path], writable: Path) -> None:
-    """In this (new) mount namespace: `read_only` folders read-only, `writable` still writable."""
+def read_only_except(read_only: list[Path], writable: Path, hidden: list[Path]) -> None:
+    """In this (new) mount namespace: `read_only` folders read-only, `writable` still writable,
+    `hidden` files replaced by an empty one (the folder's sealing key)."""
     _mount(None, "/", MS_REC | MS_PRIVATE)  # nothing done here reaches the machine's mounts
     for folder in read_only:
         _mount(str(folder), str(folder), MS_BIND | MS_REC)
@@ -60,9 +62,12 @@ def read_only_except(read_only: list[Path], writable: Path) -> None:
     if any(writable.is_relative_to(folder) for folder in read_only):
         _mount(str(writable), str(writable), MS_BIND)
         _mount(None, str(writable), MS_REMOUNT | MS_BIND)
+    for path in hidden:
+        if path.is_file():
+            _mount("/dev/null", str(path), MS_BIND)
 
 
-def run_confined(fn: Callable[[], int], writable: Path, read_only: list[Path]) -> int:
+def run_confined(fn: Callable[[], int], writable: Path, read_only: list[Path], hidden: list[Path] = ()) -> int:
     """Run fn() as PID 1 of new PID, network and mount namespaces; its exit code.
 
     Called in a single-threaded process (the zygote's fresh fork). A signal that kills
@@ -70,11 +75,21 @@ def run_confined(fn: Callable[[], int], writable: Path, read_only: list[Path]) -
     """
     limit()
     _check(_libc.unshare(CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWNS), "unshare (pid, net, mount)")
+    alive_r, alive_w = os.pipe()  # its write end lives as long as this process
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
-            read_only_except(read_only, writable)
+            os.close(alive_w)
+            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # even if it leaves the group
+            os.set_blocking(alive_r, False)
+            try:
+                if os.read(alive_r, 1) == b"":  # the parent died before the request took effect
+                    os._exit(1)
+            except BlockingIOError:  # still alive: from now on its death kills this one
+                pass
+            os.close(alive_r)
+            read_only_except(read_only, writable, list(hidden))
             os.chdir(writable)  # relative paths an example writes land in the run's folder
             code = fn()
         except BaseException:
@@ -83,6 +98,7 @@ def run_confined(fn: Callable[[], int], writable: Path, read_only: list[Path]) -
             traceback.print_exc()
         finally:
             os._exit(code)
+    os.close(alive_r)
     # PID 1 of a namespace ignores the signals it has no handler for; this parent does not
     signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGKILL))
     _, status = os.waitpid(pid, 0)

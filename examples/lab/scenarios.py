@@ -6,8 +6,10 @@ first), and an example's settings are checked when it is loaded, before anything
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+import re
 import sys
 import threading
 from dataclasses import dataclass
@@ -44,7 +46,17 @@ def path_of(slug: str) -> Path:
 
 
 def all_slugs() -> list[str]:
-    return sorted(p.stem.replace("_", "-") for p in EXAMPLES.glob("*.py") if not p.stem.startswith("_"))
+    """Every examples/snake_case.py but _private ones; other names are not scenarios."""
+    return sorted(p.stem.replace("_", "-") for p in EXAMPLES.glob("*.py")
+                  if re.fullmatch(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*", p.stem))
+
+
+def sources_digest(slug: str) -> str:
+    """SHA-256 over the example's source and the lab's: what a recording was made from."""
+    digest = hashlib.sha256()
+    for path in [path_of(slug), *sorted((EXAMPLES / "lab").glob("*.py"))]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def check(slugs: list[str]) -> list[str]:

@@ -26,7 +26,7 @@ from typing import Any
 
 from . import hosts as lab_hosts
 from . import sandbox, scenarios
-from .artifact import ROOT, Recording, shape_of
+from .artifact import FOLDER_FILES, ROOT, Recording, shape_of
 from .capture import Capture, read_packets, tcpdump_version, trace_text
 from .recording import Transcript
 from .scenarios import Scenario, load
@@ -117,6 +117,7 @@ def judge(scenario: Scenario, folder: Path, report: dict[str, Any], started: flo
         claims=trace.claims, packets=packets, shape=shape_of(packets),
         pcap_sha256=hashlib.sha256(pcap.read_bytes()).hexdigest(),
         seconds=round(time.monotonic() - started, 3), timings=report["timings"],
+        sources_sha256=scenarios.sources_digest(slug),
     )
     (folder / f"{slug}.txt").write_text(text)
     (folder / f"{slug}.json").write_text(rec.to_json())
@@ -164,7 +165,8 @@ def _inside(slug: str, folder: Path) -> int:
 def record(slug: str, folder: Path) -> int:
     """Run the scenario in its sandbox (this process must be single-threaded); the exit code."""
     read_only = sorted({ROOT, scenarios.EXAMPLES}, key=str)
-    code = sandbox.run_confined(lambda: _inside(slug, folder), writable=folder, read_only=read_only)
+    code = sandbox.run_confined(lambda: _inside(slug, folder), writable=folder, read_only=read_only,
+                                hidden=[folder.parent / FOLDER_FILES[1]])  # the sealing key
     return code if code >= 0 else 128 - code  # killed by a signal: 128 + its number
 
 
