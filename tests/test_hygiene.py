@@ -148,6 +148,16 @@ EXAMPLE_FILES.update({
             bare.close()
             subprocess.Popen(["setsid", "sleep", "1000"])  # leaves the process group
             subprocess.Popen(["sh", "-c", "(sleep 1001 &) &"])  # a double fork
+            # undo the read-only tree, write outside the run's folder, reach a process outside
+            remount = subprocess.run(["mount", "-o", "remount,bind,rw", os.environ["LAB_TEST_TREE"]],
+                                     capture_output=True)
+            client.note("remount rw", remount.returncode)
+            try:
+                open(os.environ["LAB_TEST_TMP"], "w").write("escaped")
+                client.note("write outside", "done")
+            except OSError as exc:
+                client.note("write outside", type(exc).__name__)
+            client.note("sees the tester", os.path.exists(f"/proc/{os.environ['LAB_TEST_PID']}/ns/net"))
             run_closed_port(client, server)
         ''',
     "limits": '''
@@ -494,14 +504,20 @@ def test_example_code_reaches_only_the_lab_and_nothing_it_starts_outlives_the_ru
     outside.bind(("127.0.0.1", 0))
     outside.listen()
     outside.setblocking(False)
+    outside_file = Path(f"/tmp/lab-escape-{lab.marker}")
     with outside:
-        proc = lab.run("confined", env={"LAB_TEST_OUTSIDE": "127.0.0.1:%d" % outside.getsockname()[1]})
+        proc = lab.run("confined", env={"LAB_TEST_OUTSIDE": "127.0.0.1:%d" % outside.getsockname()[1],
+                                        "LAB_TEST_TREE": str(ROOT), "LAB_TEST_TMP": str(outside_file),
+                                        "LAB_TEST_PID": str(os.getpid())})
         assert proc.returncode == 0, proc.stderr
         with pytest.raises(BlockingIOError):
             outside.accept()  # nobody connected to the machine's own listener
     notes = {e["call"]: e["returned"] for e in json.loads((lab.out / "confined.json").read_text())["outcomes"]["client"]
              if "returned" in e}
     assert notes["bare connect"] == repr("OSError"), notes  # ENETUNREACH: no interface, no route
+    assert notes["remount rw"] != "0", "the example made the tree writable again"
+    assert notes["write outside"] == repr("OSError") and not outside_file.exists()  # EROFS, even /tmp
+    assert notes["sees the tester"] == "False", "a process outside the run is reachable in /proc"
     lab.assert_nothing_left({"confined.pcap", "confined.txt", "confined.json"})  # no sleep 1000 either
 
 

@@ -10,8 +10,11 @@ namespace and a mount namespace of its own, with bounded memory, file size and t
   double fork);
 - an example's bare `socket.socket()` lives in a network namespace with no interface up
   and no route: only the lab's hosts (namespaces of their own) can send anything;
-- the source tree is mounted read-only; only the run's own folder is writable, and no
-  file may grow beyond MAX_FILE_BYTES; the address space is capped at MAX_MEMORY_BYTES.
+- every file system is read-only (locked: the run has no capability outside its own user
+  namespace to remount it); only the run's own folder is writable, and no file may grow
+  beyond MAX_FILE_BYTES; each process's address space is capped at MAX_MEMORY_BYTES;
+- its /proc is its PID namespace's own: no process outside the run, and so none of the
+  machine's namespaces, can be reached through it.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x20000000, 0x40000000
-MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 4096, 16384, 1 << 18
+SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 1  # x86-64
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 47, 2
 PR_SET_PDEATHSIG = 1
 MAX_MEMORY_BYTES = 2 << 30  # address space: the lab needs a few hundred MB
 MAX_FILE_BYTES = 256 << 20  # a pcap of any scenario is far smaller
@@ -41,9 +46,9 @@ def _check(result: int, what: str) -> None:
         raise SandboxError(f"{what}: {os.strerror(ctypes.get_errno())}")
 
 
-def _mount(source: str | None, target: str, flags: int) -> None:
-    _check(_libc.mount(source.encode() if source else None, target.encode(), None, flags, None),
-           f"mount {target}")
+def _mount(source: str | None, target: str, flags: int, fstype: str | None = None) -> None:
+    _check(_libc.mount(source.encode() if source else None, target.encode(),
+                       fstype.encode() if fstype else None, flags, None), f"mount {target}")
 
 
 def limit() -> None:
@@ -52,28 +57,93 @@ def limit() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_FILE_BYTES, MAX_FILE_BYTES))
 
 
-def read_only_except(read_only: list[Path], writable: Path, hidden: list[Path]) -> None:
-    """In this (new) mount namespace: `read_only` folders read-only, `writable` still writable,
-    `hidden` files replaced by an empty one (the folder's sealing key)."""
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def _read_only(path: str, recursive: bool, on: bool = True) -> None:
+    """mount_setattr(2): the mount at `path` (and every mount below it) read-only, or not."""
+    attr = _MountAttr(MOUNT_ATTR_RDONLY if on else 0, 0 if on else MOUNT_ATTR_RDONLY, 0, 0)
+    flags = AT_RECURSIVE if recursive else 0
+    _check(_libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), flags, ctypes.byref(attr),
+                         ctypes.sizeof(attr)), f"mount_setattr {path}")
+
+
+def read_only_except(writable: Path, hidden: list[Path]) -> None:
+    """In this (new) mount namespace: every file system read-only but /proc (sysctls) and
+    `writable`; `hidden` files replaced by an empty one (the folder's sealing key)."""
     _mount(None, "/", MS_REC | MS_PRIVATE)  # nothing done here reaches the machine's mounts
-    for folder in read_only:
-        _mount(str(folder), str(folder), MS_BIND | MS_REC)
-        _mount(None, str(folder), MS_REMOUNT | MS_BIND | MS_RDONLY)
-    if any(writable.is_relative_to(folder) for folder in read_only):
-        _mount(str(writable), str(writable), MS_BIND)
-        _mount(None, str(writable), MS_REMOUNT | MS_BIND)
+    _read_only("/", recursive=True)
+    _read_only("/proc", recursive=False, on=False)
+    _mount(str(writable), str(writable), MS_BIND)
+    _read_only(str(writable), recursive=False, on=False)
     for path in hidden:
         if path.is_file():
             _mount("/dev/null", str(path), MS_BIND)
 
 
-def run_confined(fn: Callable[[], int], writable: Path, read_only: list[Path], hidden: list[Path] = ()) -> int:
-    """Run fn() as PID 1 of new PID, network and mount namespaces; its exit code.
+def _own_user_namespace() -> None:
+    """Move into a new user namespace with the same uid and gid: the mounts above become
+    locked (no remount can undo them) and no capability is left outside it (no setns into
+    the machine's namespaces). A helper still outside writes the id maps."""
+    uid, gid = os.geteuid(), os.getegid()
+    ready_r, ready_w = os.pipe()
+    helper = os.fork()
+    if helper == 0:
+        code = 1
+        try:
+            os.close(ready_w)
+            os.read(ready_r, 1)  # the parent has unshared
+            parent = os.getppid()
+            for name, line in (("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+                with open(f"/proc/{parent}/{name}", "w") as f:
+                    f.write(line)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(ready_r)
+    _check(_libc.unshare(CLONE_NEWUSER), "unshare (user)")
+    os.write(ready_w, b"x")
+    os.close(ready_w)
+    _, status = os.waitpid(helper, 0)
+    if status != 0:
+        raise SandboxError("the run's user namespace could not be mapped")
+    _keep_capabilities_across_exec()
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _keep_capabilities_across_exec() -> None:
+    """tcpdump, nft, ip run as the user's own uid in a rootless run: give them this
+    namespace's capabilities (inheritable + ambient), as `unshare --keep-caps` does."""
+    header, data = _CapHeader(0x20080522, 0), (_CapData * 2)()
+    _check(_libc.capget(ctypes.byref(header), data), "capget")
+    for half in data:
+        half.inheritable = half.permitted
+    _check(_libc.capset(ctypes.byref(header), data), "capset")
+    for cap in range(64):
+        if _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0:
+            break  # past the last capability this kernel knows
+
+
+def run_confined(fn: Callable[[], int], writable: Path, hidden: list[Path] = ()) -> int:
+    """Run fn() as PID 1 of new PID, network and mount namespaces, in a user namespace of its
+    own; its exit code.
 
     Called in a single-threaded process (the zygote's fresh fork). A signal that kills
     this process (the runner's SIGKILL of its process group) kills the child with it.
     """
     limit()
+    _check(_libc.unshare(CLONE_NEWNS), "unshare (mount)")
+    read_only_except(writable, list(hidden))
+    _own_user_namespace()
     _check(_libc.unshare(CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWNS), "unshare (pid, net, mount)")
     alive_r, alive_w = os.pipe()  # its write end lives as long as this process
     pid = os.fork()
@@ -89,7 +159,8 @@ def run_confined(fn: Callable[[], int], writable: Path, read_only: list[Path], h
             except BlockingIOError:  # still alive: from now on its death kills this one
                 pass
             os.close(alive_r)
-            read_only_except(read_only, writable, list(hidden))
+            # this PID namespace's own /proc: no process outside the run can be reached through it
+            _mount("proc", "/proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "proc")
             os.chdir(writable)  # relative paths an example writes land in the run's folder
             code = fn()
         except BaseException:
