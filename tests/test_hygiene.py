@@ -191,6 +191,16 @@ EXAMPLE_FILES.update({
         while True:
             pass
         ''',
+    "imports-a-program": '''
+        """An example whose source names a module that runs a program when imported."""
+        TITLE, PHASE, HOSTS = "imports a program", "opening", ("client", "server")
+
+        def never_called():
+            import lib2to3.__main__  # noqa: F401  (sys.exit()s when imported)
+
+        def run(client, server):
+            run_closed_port(client, server)
+        ''',
     "endless-timeout": '''
         """An example that asks for no time bound."""
         TITLE, PHASE, HOSTS = "endless", "opening", ("client", "server")
@@ -221,7 +231,7 @@ EXAMPLE_FILES.update({
             run_closed_port(client, server)
         ''',
 })
-ENDS_WITH_CLOSED_PORT = ("confined", "limits", "capture-on-server")
+ENDS_WITH_CLOSED_PORT = ("confined", "limits", "capture-on-server", "imports-a-program")
 
 
 # a claim for the SYN only: the RST is nobody's
@@ -234,6 +244,7 @@ SHAPES = {
     "confined": [["client", "S", False, "client-syn"], ["server", "R.", False, "server-rst"]],
     "limits": [["client", "S", False, "client-syn"], ["server", "R.", False, "server-rst"]],
     "capture-on-server": [["client", "S", False, "client-syn"], ["server", "R.", False, "server-rst"]],
+    "imports-a-program": [["client", "S", False, "client-syn"], ["server", "R.", False, "server-rst"]],
     "reach-out": [],
 }
 
@@ -543,6 +554,14 @@ def test_an_example_broken_at_import_fails_alone_naming_itself(lab: Lab) -> None
     assert "loops-at-import failed" in proc.stderr
     assert "importing the example took longer than 2 s" in proc.stderr and "loops_at_import.py" in proc.stderr
     lab.assert_nothing_left({"passes.pcap", "passes.txt", "passes.json"})  # the others still run
+
+
+def test_what_an_example_imports_never_runs_in_the_zygote(lab: Lab) -> None:
+    """The zygote warms the libraries the examples name, but never a program's __main__."""
+    proc = lab.run("imports-a-program", "passes")
+    assert proc.returncode == 0, proc.stderr
+    lab.assert_nothing_left({f"{slug}{suffix}" for slug in ("imports-a-program", "passes")
+                             for suffix in (".pcap", ".txt", ".json")})
 
 
 def test_an_example_asking_for_no_time_bound_is_refused(lab: Lab) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import json
 import os
 import select
@@ -38,15 +39,22 @@ def _send(message: dict) -> None:
 
 
 def _warm() -> None:
-    """Import what the examples import (read from their source, not by running them): an
-    example is executed only in its own worker, so one that exits or loops at import
-    fails its own run, not the zygote."""
+    """Import the libraries the examples import (read from their source, not by running them):
+    an example, and any module of the examples' own folder, is executed only in its worker,
+    confined, so one that exits or loops at import fails its own run, not the zygote."""
     import scapy.layers.inet  # noqa: F401  (the lab reads every capture with it)
 
-    for name in sorted({m for slug in scenarios.all_slugs() for m in _imports(scenarios.path_of(slug))}):
+    names = {m for slug in scenarios.all_slugs() for m in _imports(scenarios.path_of(slug))}
+    for name in sorted(names):
+        if name in sys.modules or name.split(".")[-1] == "__main__":  # a __main__ runs a program
+            continue
         try:
+            spec = importlib.util.find_spec(name.split(".")[0])
+            origin = Path(spec.origin).resolve() if spec and spec.origin else None
+            if origin is None or origin.is_relative_to(scenarios.EXAMPLES):
+                continue  # not an installed library: the examples' own code
             importlib.import_module(name)
-        except Exception:  # the worker that imports the example will report it
+        except BaseException:  # even SystemExit: the worker that imports the example reports it
             pass
 
 
