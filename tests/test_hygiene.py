@@ -27,21 +27,32 @@ from lab.scenarios import all_slugs
 
 EXAMPLES = ROOT / "examples"
 
+# a closed port's two packets: the run() and claims() that end the examples which test
+# something else ("passes" is nothing more)
+CLOSED_PORT = """
+
+def run_closed_port(client, server):
+    sock = client.socket()
+    try:
+        sock.connect((server.ip, 9))
+    except ConnectionRefusedError:
+        pass
+
+
+def claims(trace):
+    trace.next("client", "S", name="client-syn")
+    trace.next("server", "R.", name="server-rst")
+"""
+
+CLOSED_PORT_SHAPE = [["client", "S", False, "client-syn"], ["server", "R.", False, "server-rst"]]
+
 EXAMPLE_FILES = {
     "passes": '''
         """Connect to a closed port."""
         TITLE, PHASE, HOSTS = "passes", "opening", ("client", "server")
 
         def run(client, server):
-            sock = client.socket()
-            try:
-                sock.connect((server.ip, 9))
-            except ConnectionRefusedError:
-                pass
-
-        def claims(trace):
-            trace.next("client", "S", name="client-syn")
-            trace.next("server", "R.", name="server-rst")
+            run_closed_port(client, server)
         ''',
     "raises": '''
         """An example with a bug."""
@@ -110,22 +121,6 @@ EXAMPLE_FILES = {
         ''',
 }
 
-
-# the run() and claims() of "passes", to end the examples below that test something else
-CLOSED_PORT = """
-
-def run_closed_port(client, server):
-    sock = client.socket()
-    try:
-        sock.connect((server.ip, 9))
-    except ConnectionRefusedError:
-        pass
-
-
-def claims(trace):
-    trace.next("client", "S", name="client-syn")
-    trace.next("server", "R.", name="server-rst")
-"""
 
 EXAMPLE_FILES.update({
     "confined": '''
@@ -231,22 +226,14 @@ EXAMPLE_FILES.update({
             run_closed_port(client, server)
         ''',
 })
-ENDS_WITH_CLOSED_PORT = ("confined", "limits", "capture-on-server", "imports-a-program")
-
-
 # a claim for the SYN only: the RST is nobody's
-EXAMPLE_FILES["unclaimed"] = EXAMPLE_FILES["passes"].replace(
-    'trace.next("server", "R.", name="server-rst")', "pass  # the RST is left unclaimed")
+EXAMPLE_FILES["unclaimed"] = EXAMPLE_FILES["passes"]
+ENDINGS = {slug: CLOSED_PORT for slug in ("passes", "confined", "limits", "capture-on-server", "imports-a-program")}
+ENDINGS["unclaimed"] = CLOSED_PORT.replace('trace.next("server", "R.", name="server-rst")',
+                                           "pass  # the RST is left unclaimed")
 
 # the committed shapes of the examples above that pass
-SHAPES = {
-    "passes": [["client", "S", False, "client-syn"], ["server", "R.", False, "server-rst"]],
-    "confined": [["client", "S", False, "client-syn"], ["server", "R.", False, "server-rst"]],
-    "limits": [["client", "S", False, "client-syn"], ["server", "R.", False, "server-rst"]],
-    "capture-on-server": [["client", "S", False, "client-syn"], ["server", "R.", False, "server-rst"]],
-    "imports-a-program": [["client", "S", False, "client-syn"], ["server", "R.", False, "server-rst"]],
-    "reach-out": [],
-}
+SHAPES = {**{slug: CLOSED_PORT_SHAPE for slug in ENDINGS if slug != "unclaimed"}, "reach-out": []}
 
 
 @pytest.fixture
@@ -254,7 +241,7 @@ def broken(tmp_path: Path) -> Path:
     folder = tmp_path / "examples"
     (folder / "shapes").mkdir(parents=True)
     for slug, source in EXAMPLE_FILES.items():
-        source = textwrap.dedent(source) + (CLOSED_PORT if slug in ENDS_WITH_CLOSED_PORT else "")
+        source = textwrap.dedent(source) + ENDINGS.get(slug, "")
         (folder / (slug.replace("-", "_") + ".py")).write_text(source)
     for slug, shape in SHAPES.items():
         (folder / "shapes" / f"{slug}.txt").write_text(shapes.as_text(slug, shape))

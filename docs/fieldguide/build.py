@@ -17,8 +17,8 @@ import subprocess
 import sys
 import time
 
-from lab.__main__ import die_with_parent
 from lab.artifact import ROOT
+from lab.process import die_with_parent
 
 
 def main(mkdocs_args: list[str]) -> int:

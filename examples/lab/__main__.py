@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 from . import scenarios
 from .artifact import ROOT, TRACES, ArtifactError
 from .preflight import LabUnavailable
+from .process import die_with_parent
 from .runner import Result, Runner, format_shapes
 from .scenarios import UnknownScenario, all_slugs, check
 
@@ -33,18 +33,6 @@ def _print_result(result: Result) -> None:
     mark = "ok  " if result.ok else "FAIL"
     with _printing:
         print(f"{mark} {result.slug:<24} {result.seconds:6.2f} s", flush=True)
-
-
-PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def die_with_parent(sig: int) -> None:
-    """Have the kernel send `sig` to this process when its parent ends (nox, a shell, this runner)."""
-    parent = os.getppid()
-    _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
-    if os.getppid() != parent:  # the parent ended before the request took effect
-        os.kill(os.getpid(), sig)
 
 
 @contextlib.contextmanager

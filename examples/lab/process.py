@@ -12,6 +12,7 @@ a pipe the lab reads lines from; its stderr goes to the worker's log.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import select
@@ -23,6 +24,9 @@ from collections.abc import Callable
 from typing import Any
 
 from . import netns
+
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
 
 def python_argv(fn: Callable[..., Any], args: tuple[Any, ...]) -> list[str]:
     """The argv that runs fn(*args) in a new Python: fn is found again by its file and name."""
@@ -105,3 +109,11 @@ def kill_groups(pgids: list[int], leader: subprocess.Popen[bytes] | None = None)
                 alive.remove(pgid)
         if alive:
             time.sleep(0.001)
+
+
+def die_with_parent(sig: int) -> None:
+    """Have the kernel send `sig` to this process when its parent ends (nox, a shell, this runner)."""
+    parent = os.getppid()
+    _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    if os.getppid() != parent:  # the parent ended before the request took effect
+        os.kill(os.getpid(), sig)

@@ -26,11 +26,12 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+from .process import PR_SET_PDEATHSIG
+
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 4096, 16384, 1 << 18
 SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 1  # x86-64
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 47, 2
-PR_SET_PDEATHSIG = 1
 MAX_MEMORY_BYTES = 2 << 30  # address space: the lab needs a few hundred MB
 MAX_FILE_BYTES = 256 << 20  # a pcap of any scenario is far smaller
 
