@@ -63,13 +63,16 @@ def claims(trace):
                         what=f"early client {n}: its connection waits in the accept queue")
     again = trace.next("server", "S.", name="syn-ack-again", seq=synack.seq, after=0.9,
                        what="about 1 s later the server retransmits the late client's SYN-ACK")
-    trace.next("client", ".", name="late-ack-again", ack=again.seq + 1, what="the client acknowledges it again")
+    ack_again = trace.next("client", ".", name="late-ack-again", ack=again.seq + 1,
+                           what="the client acknowledges it again")
     request = trace.next("client", "P.", name="late-request", payload=5,
                          what="after the server accepted one connection, the late client sends its request")
     trace.next("server", ".", name="late-request-ack", ack=request.seq + 5,
                what="the server acknowledges it: the connection now exists on the server too")
     trace.no("server", "R", what="the server never sends a RST")
     trace.no("client", "R", what="nor does the client")
+    trace.dropped("server", "TCP_LISTEN_OVERFLOW", packet=ack_again,
+                  what="the server's kernel drops that ACK: its accept queue is full")
     trace.counter("server", "TcpExtListenOverflows", 1,
                   what="the server counts the ACK it dropped as one accept queue overflow")
     trace.counter("server", "TcpOutRsts", 0, what="the server sends no RST")

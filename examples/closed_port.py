@@ -21,7 +21,7 @@ def run(client, server):
 
 def claims(trace):
     syn = trace.next("client", "S", name="client-syn")
-    rst = trace.next("server", "R.", name="server-rst", seq=0, ack=syn.seq + 1, win=0)
+    rst = trace.next("server", "R.", name="server-rst", reason="NO_SOCKET", seq=0, ack=syn.seq + 1, win=0)
     trace.check("the RST carries no TCP option: no socket made it", rst.options == (), f"options {rst.options}")
     trace.raised("client", "connect", "ECONNREFUSED")
     trace.counter("server", "TcpOutRsts", 1)

@@ -61,14 +61,14 @@ def claims(trace):
 
     syn = trace.next("client", "S", name="port-8080-syn",
                      what="the client connects to port 8080, which the firewall rejects")
-    forged = trace.next("server", "R.", name="router-rst", seq=0, ack=syn.seq + 1, win=0, options=(), within=0.05,
+    forged = trace.next("server", "R.", name="router-rst", reason=None, seq=0, ack=syn.seq + 1, win=0, options=(), within=0.05,
                         what="a RST comes back from the server's address: [R.] seq 0, ack ISN + 1, win 0, no options")
     trace.check("that RST arrives with TTL 64: it was made one hop away, by the router",
                 forged.ttl == 64, f"TTL {forged.ttl}")
 
     syn9 = trace.next("client", "S", name="port-9-syn",
                       what="for comparison, the client connects to port 9, where nothing listens")
-    real = trace.next("server", "R.", name="server-rst", seq=0, ack=syn9.seq + 1, win=0, options=(), within=0.05,
+    real = trace.next("server", "R.", name="server-rst", reason="NO_SOCKET", seq=0, ack=syn9.seq + 1, win=0, options=(), within=0.05,
                       what="the real server's RST for a closed port has the very same TCP header")
     trace.check("but the real server's RST arrives with TTL 63", real.ttl == 63, f"TTL {real.ttl}")
     trace.check("the IP ID does not tell them apart here: both RSTs have IP ID 0",

@@ -76,7 +76,7 @@ def claims(trace):
                          what="the idle timeout later (1 s, to a kernel tick), the client sends its next request")
     trace.check("it is the first packet since the connection went idle",
                 request.number == quiet.number + 1, trace.label(request))
-    rst = trace.next("server", "R", name="router-rst", seq=request.ack, win=0, options=(), within=0.05,
+    rst = trace.next("server", "R", name="router-rst", reason=None, seq=request.ack, win=0, options=(), within=0.05,
                      what="a bare RST comes back at once from the server's address,"
                           " seq = the request's ack, win 0, no options")
     trace.check("that RST arrives with TTL 64: it was made one hop away, by the router",

@@ -36,7 +36,7 @@ def run(client, server):
 
 def claims(trace):
     _, _, hs = trace.handshake("client", "server")
-    rst = trace.next("client", "R.", name="client-rst", seq=hs.seq, ack=hs.ack,
+    rst = trace.next("client", "R.", name="client-rst", reason="TCP_STATE", seq=hs.seq, ack=hs.ack,
                      what="the client's close() sends [R.] at its next sequence number")
     trace.check("the RST carries the live socket's window and timestamp option",
                 rst.win > 0 and "TS" in rst.options, f"win {rst.win}, options {rst.options}")

@@ -69,7 +69,7 @@ def claims(trace):
     trace.next("client", ".", name="server-data-ack", ack=hello.seq + 5)
     rcv_nxt = hello.seq + 5
 
-    forged = trace.next("server", "R.", name="forged-rst-in-window", seq=rcv_nxt + IN_WINDOW, ttl=64,
+    forged = trace.next("server", "R.", name="forged-rst-in-window", reason=None, seq=rcv_nxt + IN_WINDOW, ttl=64,
                         what=f"a RST claiming to be from the server arrives, seq rcv_nxt + {IN_WINDOW}"
                              " (inside the window, not exact)")
     trace.check("its TTL (64) betrays it: the real server's segments arrive with TTL 63, one hop away",
@@ -80,7 +80,7 @@ def claims(trace):
     trace.next("client", "P.", name="client-data", payload=10, what="the connection lives: the client sends 10 bytes")
     trace.next("server", ".", name="client-data-ack", ttl=63, what="the real server acknowledges them")
 
-    trace.next("server", "R.", name="forged-rst-exact", seq=rcv_nxt, ttl=64,
+    trace.next("server", "R.", name="forged-rst-exact", reason=None, seq=rcv_nxt, ttl=64,
                what="a second forged RST arrives with seq exactly rcv_nxt")
     anyone = trace.next("server", "P.", name="server-data-after", payload=7, ttl=63,
                         what="the client stays silent; later the real server sends 7 more bytes")

@@ -36,7 +36,7 @@ def claims(trace):
     trace.handshake("client", "server")
     data = trace.next("client", "P.", name="client-data", payload=5, what="the client sends 5 bytes")
     trace.next("server", ".", name="client-data-ack", ack=data.seq + 5, what="the server's kernel acknowledges them")
-    rst = trace.next("server", "R.", name="server-rst", ack=data.seq + 5,
+    rst = trace.next("server", "R.", name="server-rst", reason="TCP_ABORT_ON_CLOSE", ack=data.seq + 5,
                      what="on close() the server sends [R.], acking the unread bytes")
     trace.check("the RST carries the live socket's window and timestamp option",
                 rst.win > 0 and "TS" in rst.options, f"win {rst.win}, options {rst.options}")

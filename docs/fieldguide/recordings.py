@@ -10,7 +10,6 @@ the run's own sealed record say.
 from __future__ import annotations
 
 import ast
-import dataclasses
 import hmac
 from pathlib import Path
 
@@ -48,7 +47,7 @@ def load_checked(slug: str, secret: bytes) -> Recording:
     if unnamed:
         raise ArtifactError("packets neither named by a claim nor declared noise: " + "; ".join(unnamed))
     derived = read_packets(rec.pcap, rec.addresses)  # the packets shown are the pcap's own
-    if derived != [dataclasses.replace(p, name=None, noise=None) for p in rec.packets]:
+    if derived != [p.wire() for p in rec.packets]:
         raise ArtifactError(f"the packets of {slug}.json are not those of {rec.pcap.name}")
     records(rec)  # the text and the capture must agree packet for packet
     check_anchors(rec)

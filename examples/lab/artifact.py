@@ -82,10 +82,18 @@ class Packet:
     options: tuple[str, ...] = ()  # TCP option kinds in order, tcpdump's names: "mss", "TS", "nop"...
     name: str | None = None  # the claim's (or group claim's) name for it
     noise: str | None = None  # or why it is expected noise
+    # what the kernel said of it (lab/kernel_events.py), where its tracepoints were recorded:
+    kernel: dict[str, Any] | None = None  # a RST: the tcp_send_reset that made it; None: no TCP stack did
+    received: dict[str, Any] | None = None  # a RST: the tcp_receive_reset of the socket that accepted it
+    dropped: dict[str, Any] | None = None  # the kfree_skb that dropped it, with the kernel's reason
 
     @property
     def is_rst(self) -> bool:
         return self.proto == "tcp" and "R" in self.flags
+
+    def wire(self) -> Packet:
+        """Only what the pcap itself says: without the claims' names and the kernel's words."""
+        return dataclasses.replace(self, name=None, noise=None, kernel=None, received=None, dropped=None)
 
     def label(self) -> str:
         return f"packet {self.number} ({self.name or 'unnamed'}) {self.sender} [{self.flags}]"
@@ -140,6 +148,11 @@ class Recording:
     seconds: float
     timings: dict[str, float]
     sources_sha256: str = ""  # the example's and the lab's sources it was recorded from
+    # the kernel's account (lab/tracer.py): what was traced or why not, every event of the
+    # run with its time, and each socket's path through the TCP states
+    tracing: dict[str, Any] = field(default_factory=dict)
+    kernel_events: list[dict[str, Any]] = field(default_factory=list)
+    states: dict[str, list[str]] = field(default_factory=dict)
     signature: str = ""  # the run's seal over this record, its text and its pcap (seal())
     text: str = field(default="", repr=False, compare=False)  # SLUG.txt: tcpdump's own text
     pcap: Path | None = field(default=None, repr=False, compare=False)

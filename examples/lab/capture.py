@@ -184,6 +184,17 @@ _OPTION_NAMES = {"MSS": "mss", "SAckOK": "sackOK", "SAck": "sack", "Timestamp": 
                  "WScale": "wscale", "EOL": "eol", "MD5": "md5", "AO": "tcp-ao", "TFO": "tfo"}
 
 
+def first_packet_time(pcap: Path) -> float:
+    """The capture's first packet's time (seconds since the epoch); 0.0 if there is none."""
+    data = pcap.read_bytes()[:32]
+    if len(data) < 32:
+        return 0.0
+    magic = data[:4]
+    order = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    seconds, fraction = struct.unpack(order + "II", data[24:32])
+    return seconds + fraction / (1e9 if magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d") else 1e6)
+
+
 def read_packets(pcap: Path, hosts: dict[str, list[str]]) -> list[Packet]:
     """The pcap's IPv4 TCP segments and ICMP messages, each attributed to its host."""
     from scapy.layers.inet import ICMP, IP, TCP

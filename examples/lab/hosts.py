@@ -47,6 +47,8 @@ class Host:
     def __init__(self, name: str, transcript: Transcript) -> None:
         self.name = name
         self.fd = netns.new_namespace()
+        # which kernel events are this host's (lab/tracer.py): its namespace's number, from now on
+        self.netns_inode, self.made_ns = os.fstat(self.fd).st_ino, time.monotonic_ns()
         self.addresses: list[str] = []
         self._transcript = transcript
         self._threads: list[HostThread] = []

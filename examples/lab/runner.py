@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import shapes, worker
+from . import shapes, tracer, worker
 from .artifact import SUFFIXES, TRACES, Recording, key, locked, seal
 from .preflight import preflight
 from .process import kill_group
@@ -54,6 +54,7 @@ class Runner:
         self._zygote: Zygote | None = None
         self._lock = threading.Lock()
         self._folders: list[Path] = []
+        self._tracer: tracer.Tracer | None = None
 
     # -- one run -------------------------------------------------------------
     def _work(self, slug: str) -> Result:
@@ -63,13 +64,18 @@ class Runner:
             self._folders.append(tmp)
         assert self._zygote is not None
         started = time.monotonic()
-        child = self._zygote.fork(slug, tmp)
+        assert self._tracer is not None
+        answering = tracer.Server(self._tracer, tmp)  # the worker asks it for its kernel events
         try:
-            # the worker dumps its threads' stacks and exits at its own timeout;
-            # this one only catches a worker too stuck to do even that
-            code = child.wait(timeout=worker.IMPORT_TIMEOUT + MAX_TIMEOUT + 10)
+            child = self._zygote.fork(slug, tmp)
+            try:
+                # the worker dumps its threads' stacks and exits at its own timeout;
+                # this one only catches a worker too stuck to do even that
+                code = child.wait(timeout=worker.IMPORT_TIMEOUT + MAX_TIMEOUT + 10)
+            finally:
+                kill_group(child.pid)
         finally:
-            kill_group(child.pid)
+            answering.close()
         seconds = time.monotonic() - started
         log_file = tmp / "worker.log"
         log = log_file.read_text(errors="replace") if log_file.exists() else ""
@@ -129,7 +135,11 @@ class Runner:
                     on_result(mine[-1])
             return mine
 
-        self._zygote = Zygote(self.prefix)
+        starting = ThreadPoolExecutor(max_workers=1).submit(tracer.Tracer.start)  # while the zygote warms
+        try:
+            self._zygote = Zygote(self.prefix)
+        finally:
+            self._tracer = starting.result()
         try:
             futures = [pool.submit(consecutive, slug) for slug in slugs]
             for future in futures:
@@ -142,6 +152,7 @@ class Runner:
             raise
         finally:
             self._zygote.close()
+            self._tracer.close()
             for folder in self._folders:
                 shutil.rmtree(folder, ignore_errors=True)
             self._folders.clear()

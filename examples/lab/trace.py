@@ -4,8 +4,12 @@
     trace.next("server", "R.", name="server-rst", seq=0, ack=syn.seq + 1)  # one packet, named
     trace.noise("client", ".", reason="...")                               # expected, not the story
     trace.raised("client", "connect", "ECONNREFUSED")
+    trace.next("client", "R", name="client-rst", reason="TCP_ABORT_ON_DATA")  # the kernel's reason
+    trace.dropped("server", "TCP_LISTEN_OVERFLOW", packet=ack)            # skb:kfree_skb's reason
 
-Every claim is recorded with pass/fail; the run fails if any fails. Strict: every captured
+Every claim is recorded with pass/fail; the run fails if any fails. A claim on the kernel's
+tracepoints (reason, state, dropped) is recorded as not checked (passed None) where they
+were not traced: never as passed. Strict: every captured
 packet must be named by a claim or declared noise, or `finish()` fails the run naming it.
 Names are short, lower-case and hyphenated, unique in a scenario (a group claim gives
 its packets one name); pages refer to packets by them: {{ packet server-rst }}.
@@ -22,6 +26,7 @@ from .artifact import Packet, anchors
 
 NAME = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 MAX_NAME = 40
+_UNSET: Any = object()  # a keyword not given (None means something)
 
 
 @dataclass
@@ -32,6 +37,8 @@ class Trace:
     outcomes: list[dict[str, Any]]
     counters: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> nstat deltas
     claims: list[dict[str, Any]] = field(default_factory=list)
+    tracing: dict[str, Any] = field(default_factory=dict)  # what the kernel's tracepoints recorded, or why not
+    events: list[dict[str, Any]] = field(default_factory=list)  # the run's kernel events (lab/tracer.py)
     cursor: int = 0  # packets before this index are behind the timeline
     names: dict[int, str] = field(default_factory=dict)  # packet number -> name
     noises: dict[int, str] = field(default_factory=dict)  # packet number -> why it is noise
@@ -51,7 +58,25 @@ class Trace:
 
     @property
     def passed(self) -> bool:
-        return all(c["passed"] for c in self.claims)
+        return all(c["passed"] is not False for c in self.claims)
+
+    def _unchecked(self, event: str) -> str:
+        """Why claims on this tracepoint cannot be checked in this run ("" if they can)."""
+        if not self.tracing.get("recorded"):
+            return "not checked: " + (self.tracing.get("why") or "the kernel's events were not recorded")
+        if event not in self.tracing.get("events", []):
+            return f"not checked: {event} was not recorded ({self.tracing.get('missing', {}).get(event, '')})"
+        return ""
+
+    def _kernel_claim(self, text: str, event: str, ok: Any, detail: str, packet: Packet | None = None) -> bool:
+        why = self._unchecked(event)
+        if why:
+            entry: dict[str, Any] = {"claim": text, "passed": None, "detail": why}
+            if packet is not None and packet.number:
+                entry.update(packet=packet.number, name=self.names.get(packet.number))
+            self.claims.append(entry)
+            return True
+        return self._claim(text, bool(ok()), detail, packet)
 
     def _give(self, packet: Packet, name: str, group: int = 0) -> str:
         """Name a packet (group: the group claim's number, 0 for none); the problem, if the
@@ -75,11 +100,14 @@ class Trace:
 
     # -- packets ---------------------------------------------------------------
     def next(self, sender: str, flags: str, *, name: str, within: float | None = None,
-             after: float | None = None, what: str = "", _group: int = 0, **fields: Any) -> Packet:
+             after: float | None = None, what: str = "", reason: Any = _UNSET, state: str | None = None,
+             _group: int = 0, **fields: Any) -> Packet:
         """The next packet `sender` sends on the timeline has exactly these flags and fields;
         it is called `name` from now on (in later claims, on the page, in SLUG.json).
 
         within/after: seconds since the previous matched packet (a bound on timing).
+        reason, state (a RST): the kernel's tcp_send_reset for it gave this reason (and the
+        sending socket's state); reason=None: no TCP stack sent it (no such event).
         Returns the packet (a placeholder that fails later claims if there is none).
         """
         wanted = ", ".join(f"{k} {v}" for k, v in fields.items())
@@ -102,6 +130,8 @@ class Trace:
                 problems.append(naming)
             detail = f"packet {p.number}" + (": " + ", ".join(problems) if problems else "")
             self._claim(text, not problems, detail, p)
+            if reason is not _UNSET or state is not None:
+                self.sent_by(p, reason, state)
             return p
         self._claim(text, False, f"{sender} sent nothing more (wanted [{flags}], to be named {name!r})")
         self.cursor = len(self.packets)
@@ -156,6 +186,33 @@ class Trace:
         return [dataclasses.replace(p, name=self.names.get(p.number),
                                     noise=None if p.number in self.names else self.noises.get(p.number))
                 for p in self.packets]
+
+    # -- the kernel's own word (tracepoints) ----------------------------------------------
+    def sent_by(self, p: Packet, reason: Any = _UNSET, state: str | None = None) -> None:
+        """The kernel's tcp_send_reset for RST `p` gave this reason (and the sending socket's
+        state); reason=None: no TCP stack of the lab sent it (nftables, a forged segment)."""
+        name = self.names.get(p.number) or f"packet {p.number}"
+        kernel = p.kernel
+        got = "no tcp_send_reset event" if kernel is None else f"{kernel['reason']} in {kernel['state']}"
+        if reason is None:
+            self._kernel_claim(f"no TCP stack sent {name} (no tcp_send_reset event)", "tcp_send_reset",
+                               lambda: kernel is None, got, p)
+            return
+        wanted = " and ".join(x for x in (reason if reason is not _UNSET else "", state or "") if x)
+        self._kernel_claim(f"the kernel sent {name} for {wanted}", "tcp_send_reset",
+                           lambda: kernel is not None and (reason is _UNSET or kernel["reason"] == reason)
+                           and (state is None or kernel["state"] == state), got, p)
+
+    def dropped(self, host: str, reason: str, packet: Packet | None = None, what: str = "") -> None:
+        """The kernel of `host` dropped a TCP segment with this skb:kfree_skb reason (that
+        packet of the capture, if given)."""
+        found = [e for e in self.events if e["event"] == "kfree_skb" and e["host"] == host]
+        if packet is not None:
+            found = [e for e in found if e.get("packet") == packet.number]
+        which = f" {self.names.get(packet.number) or f'packet {packet.number}'}" if packet is not None else " a segment"
+        self._kernel_claim(what or f"{host}'s kernel dropped{which} for {reason}", "kfree_skb",
+                           lambda: any(e["reason"] == reason for e in found),
+                           ", ".join(f"{e['reason']} at {e['location']}" for e in found) or "no such drop", packet)
 
     def no(self, sender: str, flag: str, what: str = "") -> None:
         """`sender` never sends a packet carrying `flag` (e.g. "F" or "R") in the whole trace."""
@@ -212,9 +269,10 @@ _MISSING = Packet(0, float("nan"), "?", "?", "", "", 0, 0, "", -1, -1, -1, -1, -
 
 
 def evaluate(scenario: Any, packets: list[Packet], outcomes: list[dict[str, Any]],
-             counters: dict[str, dict[str, int]]) -> Trace:
+             counters: dict[str, dict[str, int]], tracing: dict[str, Any] | None = None,
+             events: list[dict[str, Any]] | None = None) -> Trace:
     """Run the scenario's claims() on its run, then the strictness check."""
-    trace = Trace(packets, outcomes, counters)
+    trace = Trace(packets, outcomes, counters, tracing=tracing or {}, events=events or [])
     try:
         scenario.module.claims(trace)
     except Exception as exc:  # a claim that cannot even be evaluated is a failed claim

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from . import hosts as lab_hosts
-from . import sandbox, scenarios
+from . import kernel_events, sandbox, scenarios, tracer
 from .artifact import FOLDER_FILES, Recording, shape_of
-from .capture import Capture, read_packets, tcpdump_version, trace_text
+from .capture import Capture, first_packet_time, read_packets, tcpdump_version, trace_text
 from .recording import Transcript
 from .scenarios import Scenario, load
 from .trace import evaluate
@@ -81,6 +81,11 @@ def run(scenario: Scenario, folder: Path) -> dict[str, Any]:
         report["counters"] = {h.name: counter_deltas(before[h.name], h.counters()) for h in built}
         capture.stop(also_close=[s for h in built for s in h.packet_sockets()])
         lap("capture_stop")
+        # what the kernel said in these hosts' namespaces, up to now (lab/tracer.py)
+        until = time.monotonic_ns()
+        report["clock_offset_ns"] = time.time_ns() - time.monotonic_ns()
+        report["traced"] = tracer.ask(folder, {h.netns_inode: (h.name, h.made_ns) for h in built}, until)
+        lap("kernel_events")
     finally:
         capture.kill()
         for h in built:
@@ -102,9 +107,13 @@ def judge(scenario: Scenario, folder: Path, report: dict[str, Any], started: flo
     by_host: dict[str, list[Any]] = {h: [] for h in addresses}
     for entry in report["outcomes"]:
         by_host[entry["host"]].append({k: v for k, v in entry.items() if k != "host"})
-    trace = evaluate(scenario, read_packets(pcap, addresses), report["outcomes"], report["counters"])
+    traced = report["traced"]
+    recorded = traced["tracing"]["recorded"]
+    events = kernel_events.timed(traced["events"], report["clock_offset_ns"], first_packet_time(pcap)) if recorded else []
+    packets = kernel_events.annotate(read_packets(pcap, addresses), events, recorded)
+    trace = evaluate(scenario, packets, report["outcomes"], report["counters"], traced["tracing"], events)
     packets = trace.named_packets()
-    failed = [c for c in trace.claims if not c["passed"]]
+    failed = [c for c in trace.claims if c["passed"] is False]
     if failed:
         lines = [f"claim failed: {c['claim']} -- {c.get('detail', '')}" for c in failed]
         return False, "\n".join(lines) + "\ncapture:\n" + numbered(text, packets)
@@ -118,6 +127,8 @@ def judge(scenario: Scenario, folder: Path, report: dict[str, Any], started: flo
         pcap_sha256=hashlib.sha256(pcap.read_bytes()).hexdigest(),
         seconds=round(time.monotonic() - started, 3), timings=report["timings"],
         sources_sha256=scenarios.sources_digest(slug),
+        tracing={**traced["tracing"], "kernel": report["kernel"]},
+        states=kernel_events.states(events), kernel_events=kernel_events.strip(events),
     )
     (folder / f"{slug}.txt").write_text(text)
     (folder / f"{slug}.json").write_text(rec.to_json())

@@ -1,0 +1,414 @@
+"""The kernel's own account of each run, from its tracepoints: every RST a TCP stack sent
+and why (tcp:tcp_send_reset), the state of each socket that accepted one
+(tcp:tcp_receive_reset), each socket's states (sock:inet_sock_set_state), the errors
+it reported (sock:inet_sk_error_report) and the packets it dropped (skb:kfree_skb).
+
+Tracepoints are global and the scenarios run in parallel with the same addresses, so
+one bpftrace process per runner watches the whole machine and prints, with each event,
+the network namespace it happened in (its inode number, read from the socket or the
+packet's device) and the time (CLOCK_MONOTONIC). An event belongs to the run whose
+namespace had that number at that time: exact, however many runs share the addresses.
+inet_sk_error_report carries no socket; it is given the namespace of the event next to it
+on the same CPU for the same four-tuple (the kernel reports the error in the same call:
+tcp_reset(), tcp_write_err(), tcp_done_with_error()).
+
+The worker asks for its run's events over a Unix socket in its run's folder, once its
+capture has stopped; the runner first makes bpftrace read everything up to that time
+(a marker event on every CPU), then answers. Where tracing is impossible (not root, no
+bpftrace, no tracefs, a kernel without the field), the answer says so and why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .wire import tcpdump_flags
+
+SOCKET = "kernel.sock"  # in each run's folder: the worker's line to the runner's tracer
+EVENTS = ("tcp_send_reset", "tcp_receive_reset", "inet_sock_set_state", "inet_sk_error_report", "kfree_skb")
+FORMATS = {"tcp_send_reset": "tcp/tcp_send_reset", "tcp_receive_reset": "tcp/tcp_receive_reset",
+           "inet_sock_set_state": "sock/inet_sock_set_state", "inet_sk_error_report": "sock/inet_sk_error_report",
+           "kfree_skb": "skb/kfree_skb"}
+TRACEFS = "/sys/kernel/tracing"
+MARK = 0x3FFFFFF1  # getpgid() of this pid (above any pid_max) is the runner's marker: ESRCH, no effect
+START_TIMEOUT = 20.0
+PORT = "($P >> 8) | (($P & 0xff) << 8)"  # network to host order, in bpftrace
+
+# the namespace of a socket, and of a packet (its device's, else its socket's)
+_SK_NS = "((struct sock *)$S)->__sk_common.skc_net.net->ns.inum"
+_PROBES = {
+    "tcp_send_reset": """
+tracepoint:tcp:tcp_send_reset {
+  $ns = args->skaddr != 0 ? SKNS(args->skaddr) : ((struct sk_buff *)args->skbaddr)->dev->nd_net.net->ns.inum;
+  $sa = (struct sockaddr_in *)args->saddr; $da = (struct sockaddr_in *)args->daddr;
+  if ($ns != HOME) { printf("E tcp_send_reset %llu %d %u %llx %d %d %s %d %s %d\\n", nsecs, cpu, $ns, args->skaddr,
+    args->state, args->reason, ntop($sa->sin_addr.s_addr), PORT($sa->sin_port), ntop($da->sin_addr.s_addr),
+    PORT($da->sin_port)); }
+}""",
+    "tcp_receive_reset": """
+tracepoint:tcp:tcp_receive_reset {
+  $ns = SKNS(args->skaddr);
+  if ($ns != HOME) { printf("E tcp_receive_reset %llu %d %u %llx %d %s %d %s %d\\n", nsecs, cpu, $ns, args->skaddr,
+    ((struct sock *)args->skaddr)->__sk_common.skc_state, ntop(args->saddr), args->sport, ntop(args->daddr),
+    args->dport); }
+}""",
+    "inet_sock_set_state": """
+tracepoint:sock:inet_sock_set_state /args->protocol == 6/ {
+  $ns = SKNS(args->skaddr);
+  if ($ns != HOME) { printf("E inet_sock_set_state %llu %d %u %llx %d %d %s %d %s %d\\n", nsecs, cpu, $ns,
+    args->skaddr, args->oldstate, args->newstate, ntop(args->saddr), args->sport, ntop(args->daddr), args->dport); }
+}""",
+    "inet_sk_error_report": """
+tracepoint:sock:inet_sk_error_report /args->protocol == 6 && args->error != 0/ {
+  printf("E inet_sk_error_report %llu %d 0 0 %d %s %d %s %d\\n", nsecs, cpu, args->error, ntop(args->saddr),
+    args->sport, ntop(args->daddr), args->dport);
+}""",
+    "kfree_skb": """
+tracepoint:skb:kfree_skb /args->reason > 1 && args->protocol == 0x0800/ {
+  $skb = (struct sk_buff *)args->skbaddr;
+  $ns = $skb->dev != 0 ? $skb->dev->nd_net.net->ns.inum : ($skb->sk != 0 ? SKNS($skb->sk) : 0);
+  $ip = (struct iphdr *)($skb->head + $skb->network_header);
+  if ($ns != HOME && $ip->protocol == 6) {
+    $th = (struct tcphdr *)($skb->head + $skb->transport_header);
+    printf("E kfree_skb %llu %d %u 0 %d %s %d %s %d %d %u %s\\n", nsecs, cpu, $ns, args->reason, ntop($ip->saddr),
+      PORT($th->source), ntop($ip->daddr), PORT($th->dest), *(uint8 *)($skb->head + $skb->transport_header + 13),
+      $th->seq, ksym(args->location));
+  }
+}""",
+}
+# the fields each probe reads from its event (the kernel must have them)
+_NEEDS = {"tcp_send_reset": ("skbaddr", "skaddr", "state", "reason", "saddr", "daddr"),
+          "tcp_receive_reset": ("skaddr", "sport", "dport", "saddr", "daddr"),
+          "inet_sock_set_state": ("skaddr", "oldstate", "newstate", "protocol", "saddr", "daddr"),
+          "inet_sk_error_report": ("error", "protocol", "saddr", "daddr"),
+          "kfree_skb": ("skbaddr", "location", "protocol", "reason")}
+_HEAD = """
+BEGIN { printf("R ready\\n"); }
+tracepoint:syscalls:sys_enter_getpgid /args->pid == MARKPID/ { printf("M %llu %d\\n", nsecs, cpu); }
+"""
+
+
+def _script(events: list[str], home: int) -> str:
+    text = _HEAD + "".join(_PROBES[e] for e in events)
+    text = re.sub(r"SKNS\(([^()]*(?:\([^()]*\)[^()]*)*)\)", lambda m: _SK_NS.replace("$S", m.group(1)), text)
+    text = re.sub(r"PORT\(([^()]*)\)", lambda m: "(" + PORT.replace("$P", m.group(1)) + ")", text)
+    return text.replace("HOME", str(home)).replace("MARKPID", str(MARK))
+
+
+def _in_tracefs(command: str) -> list[str]:
+    """argv running a shell command with tracefs mounted, in a mount namespace of its own
+    (nothing is left mounted on the machine)."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            f"mountpoint -q {TRACEFS} || mount -t tracefs nodev {TRACEFS} || exit 3; {command}"]
+
+
+def symbols(print_fmt: str) -> dict[str, dict[int, str]]:
+    """Each field's numbers -> names, from an event format's __print_symbolic() tables:
+    the names the kernel itself prints (TCP_LISTEN, NO_SOCKET, TCP_LISTEN_OVERFLOW...)."""
+    found: dict[str, dict[int, str]] = {}
+    for fieldname, table in re.findall(r"__print_symbolic\(REC->(\w+),((?:\s*\{\s*\d+,\s*\"[^\"]*\"\s*\},?)+)",
+                                       print_fmt):
+        found[fieldname] = {int(n): name for n, name in re.findall(r"\{\s*(\d+),\s*\"([^\"]*)\"\s*\}", table)}
+    if "REC->state ?" in print_fmt:  # tcp_send_reset prints a state of 0 (no socket) as UNKNOWN
+        found.setdefault("state", {})[0] = "UNKNOWN"
+    return found
+
+
+class Tracer:
+    """One bpftrace for a whole run of the catalogue (start() or the reason it cannot)."""
+
+    def __init__(self) -> None:
+        self.status: dict[str, Any] = {"recorded": False, "events": [], "missing": {}}
+        self.names: dict[str, dict[str, dict[int, str]]] = {}
+        self._proc: subprocess.Popen[str] | None = None
+        self._events: list[tuple[Any, ...]] = []
+        self._marks: dict[int, int] = {}
+        self._lost = 0
+        self._cond = threading.Condition()
+        self._ready = threading.Event()
+        self._failure = ""
+        self._stderr: list[str] = []
+
+    # -- starting ------------------------------------------------------------------
+    @classmethod
+    def start(cls) -> Tracer:
+        tracer = cls()
+        why = tracer._unavailable()
+        if why:
+            tracer.status["why"] = why
+            return tracer
+        try:
+            tracer._launch()
+        except (OSError, RuntimeError) as exc:
+            tracer.close()
+            tracer.status = {"recorded": False, "events": [], "missing": {}, "why": str(exc)}
+        return tracer
+
+    def _unavailable(self) -> str:
+        if os.geteuid() != 0:
+            return ("the lab ran without root: the kernel's tracepoints are the machine's, not a user"
+                    " namespace's (they need CAP_BPF and CAP_PERFMON and tracefs)")
+        missing = [tool for tool in ("bpftrace", "unshare") if not shutil.which(tool)]
+        if missing:
+            return f"{' and '.join(missing)} not installed (Debian package bpftrace)"
+        return ""
+
+    def _launch(self) -> None:
+        paths = " ".join(f"{TRACEFS}/events/{FORMATS[e]}/format" for e in EVENTS)
+        probe = subprocess.run(_in_tracefs(f"for f in {paths}; do echo \"== $f\"; cat \"$f\" 2>/dev/null; done"),
+                               capture_output=True, text=True, timeout=10)
+        if probe.returncode == 3:
+            raise RuntimeError(f"tracefs cannot be mounted: {probe.stderr.strip()}")
+        formats = dict(re.findall(r"== \S+/events/\w+/(\w+)/format\n(.*?)(?=\n== |\Z)", probe.stdout, re.S))
+        events = []
+        for event in EVENTS:
+            text = formats.get(event, "")
+            fields = set(re.findall(r"field:[^;]*?(\w+)(?:\[\d+\])?;", text))
+            lacking = [f for f in _NEEDS[event] if f not in fields]
+            if not text.strip():
+                self.status["missing"][event] = "this kernel has no such tracepoint"
+            elif lacking:
+                self.status["missing"][event] = f"this kernel's {event} has no field {', '.join(lacking)}"
+            else:
+                events.append(event)
+                self.names[event] = symbols(text.partition("print fmt:")[2])
+        if "tcp_send_reset" in self.names:  # its states are printed by macro names: the numbers are these
+            states = self.names.get("inet_sock_set_state", {}).get("newstate", {})
+            self.names["tcp_send_reset"]["state"] = {**states, **self.names["tcp_send_reset"].get("state", {})}
+        if not events:
+            raise RuntimeError("none of the tracepoints can be used: " + json.dumps(self.status["missing"]))
+        home = os.stat("/proc/self/ns/net").st_ino  # the machine's own traffic is never a run's
+        self._proc = subprocess.Popen(_in_tracefs('exec bpftrace -e "$0"') + [_script(events, home)],
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, start_new_session=True)
+        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read_errors, daemon=True).start()
+        if not self._ready.wait(START_TIMEOUT) or self._failure:
+            stderr = "\n".join(line for line in self._stderr if "RLIMIT_MEMLOCK" not in line)[-2000:]
+            raise RuntimeError(f"bpftrace did not start: {self._failure or 'no answer'}\n{stderr}".strip())
+        version = subprocess.run(["bpftrace", "--version"], capture_output=True, text=True).stdout.strip()
+        self.status.update(recorded=True, events=events, by=version or "bpftrace")
+
+    def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:
+            kind, _, rest = line.rstrip("\n").partition(" ")
+            with self._cond:
+                if kind == "E":
+                    self._events.append(tuple(rest.split(" ")))
+                elif kind == "M":
+                    t, cpu = rest.split()
+                    self._marks[int(cpu)] = max(self._marks.get(int(cpu), 0), int(t))
+                    self._cond.notify_all()
+                elif kind == "R":
+                    self._ready.set()
+                elif "Lost" in line:  # bpftrace: "Lost N events"
+                    self._lost += int(re.search(r"\d+", line).group()) if re.search(r"\d+", line) else 1
+        self._failure = self._failure or "bpftrace exited"
+        self._ready.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def _read_errors(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        for line in self._proc.stderr:
+            self._stderr.append(line.rstrip())
+
+    def close(self) -> None:
+        if self._proc and self._proc.poll() is None:
+            os.killpg(self._proc.pid, 15)
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._proc.pid, 9)
+                self._proc.wait()
+
+    # -- a run's events ------------------------------------------------------------
+    def flush(self, until: int, timeout: float = 10.0) -> bool:
+        """Wait until bpftrace has printed every event up to `until` (CLOCK_MONOTONIC ns):
+        a marker fired on each CPU after that time comes after them in its CPU's buffer."""
+        cpus = sorted(os.sched_getaffinity(0))
+
+        def mark() -> None:
+            for cpu in cpus:
+                os.sched_setaffinity(0, {cpu})  # this thread only
+                try:
+                    os.getpgid(MARK)
+                except OSError:
+                    pass
+
+        for _ in range(2):  # twice: bpftrace has polled every CPU's buffer again since
+            thread = threading.Thread(target=mark)
+            thread.start()
+            thread.join()
+            deadline = time.monotonic() + timeout
+            with self._cond:
+                while not all(self._marks.get(c, 0) > until for c in cpus):
+                    if self._failure or not self._cond.wait(max(0.0, deadline - time.monotonic())):
+                        return False
+                until = max(self._marks[c] for c in cpus)
+        return True
+
+    def collect(self, namespaces: dict[int, tuple[str, int]], until: int) -> dict[str, Any]:
+        """The run's events: those in its namespaces (inode -> (host, made at ns)), from the
+        moment each was made until `until`, with the kernel's names for numbers."""
+        if not self.status["recorded"]:
+            return {"tracing": self.status, "events": []}
+        complete = self.flush(until)
+        with self._cond:
+            everything = list(self._events)
+            lost = self._lost
+        owner = {}  # each event of this run, by its index: its host
+        for i, e in enumerate(everything):
+            ns, t = int(e[3]), int(e[1])
+            if ns in namespaces and namespaces[ns][1] <= t <= until:
+                owner[i] = namespaces[ns][0]
+        by_cpu: dict[str, list[int]] = {}
+        for i, e in enumerate(everything):
+            by_cpu.setdefault(e[2], []).append(i)
+        for indexes in by_cpu.values():  # error reports: their neighbour's namespace
+            indexes.sort(key=lambda i: int(everything[i][1]))
+            for k, i in enumerate(indexes):
+                e = everything[i]
+                if e[0] != "inet_sk_error_report" and not (e[0] == "kfree_skb" and e[3] == "0"):
+                    continue
+                if not int(e[1]) <= until:
+                    continue
+                for j in (indexes[k - 1] if k else None, indexes[k + 1] if k + 1 < len(indexes) else None):
+                    if j is not None and j in owner and _same_flow(everything[j], e):
+                        owner[i] = owner[j]
+                        break
+        events = [self._decode(everything[i], owner[i]) for i in sorted(owner, key=lambda i: int(everything[i][1]))]
+        status = dict(self.status)
+        if not complete:
+            status["incomplete"] = "bpftrace did not confirm every event up to the end of the run"
+        if lost:
+            status["incomplete"] = f"bpftrace lost {lost} events during this run of the catalogue"
+        return {"tracing": status, "events": events}
+
+    def _decode(self, e: tuple[Any, ...], host: str) -> dict[str, Any]:
+        name, t, _cpu, _ns, sk, *rest = e
+        out: dict[str, Any] = {"event": name, "t_ns": int(t), "host": host}
+        names = self.names.get(name, {})
+
+        def named(fieldname: str, value: str) -> str:
+            return names.get(fieldname, {}).get(int(value), value)
+
+        if name == "tcp_send_reset":
+            state, reason, *flow = rest
+            out.update(socket=sk if sk != "0" else None, state=named("state", state), reason=named("reason", reason))
+        elif name == "tcp_receive_reset":
+            state, *flow = rest
+            states = self.names.get("inet_sock_set_state", {}).get("newstate", {})
+            out.update(socket=sk, state=states.get(int(state), state))
+        elif name == "inet_sock_set_state":
+            old, new, *flow = rest
+            out.update(socket=sk, oldstate=named("oldstate", old), newstate=named("newstate", new))
+        elif name == "inet_sk_error_report":
+            error, *flow = rest
+            out.update(error=int(error), errno=_errno_name(int(error)))
+        else:  # kfree_skb
+            reason, *flow = rest
+            out.update(reason=named("reason", reason))
+            flow, extra = flow[:4], flow[4:]
+            out.update(flags=_tcp_flags(int(extra[0])), seq=int.from_bytes(int(extra[1]).to_bytes(4, "little"), "big"),
+                       location=extra[2])
+        saddr, sport, daddr, dport = flow[:4]
+        out.update(src=saddr, sport=int(sport), dst=daddr, dport=int(dport))
+        return out
+
+
+def _same_flow(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    def flow(e: tuple[Any, ...]) -> tuple[str, ...]:
+        offset = {"tcp_send_reset": 7, "tcp_receive_reset": 6, "inet_sock_set_state": 7,
+                  "inet_sk_error_report": 6, "kfree_skb": 6}[e[0]]
+        return tuple(e[offset:offset + 4])
+    fa, fb = flow(a), flow(b)
+    return fa == fb or fa == (fb[2], fb[3], fb[0], fb[1])
+
+
+def _errno_name(number: int) -> str:
+    return errno.errorcode.get(number, str(number))
+
+
+def _tcp_flags(bits: int) -> str:
+    return tcpdump_flags(bits)
+
+
+# -- the two ends of the worker's question ------------------------------------------------
+class Server:
+    """The runner's side: answers one question on FOLDER/kernel.sock, for one run."""
+
+    def __init__(self, tracer: Tracer, folder: Path) -> None:
+        self._tracer = tracer
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        with _short(folder) as path:  # a socket's path is at most 107 bytes
+            self._sock.bind(path)
+        self._sock.listen(1)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self._sock.accept()
+        except OSError:  # closed: the run ended without asking
+            return
+        with conn:
+            try:
+                conn.settimeout(30)
+                request = json.loads(conn.makefile("r").readline())
+                namespaces = {int(k): (v[0], int(v[1])) for k, v in request["namespaces"].items()}
+                answer = self._tracer.collect(namespaces, int(request["until"]))
+            except Exception as exc:  # noqa: BLE001  (a malformed question gets an answer, not a hang)
+                answer = {"tracing": {"recorded": False, "events": [], "missing": {},
+                                      "why": f"the tracer failed: {type(exc).__name__}: {exc}"}, "events": []}
+            try:
+                conn.sendall(json.dumps(answer).encode() + b"\n")
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        self._thread.join(timeout=35)
+
+
+@contextlib.contextmanager
+def _short(folder: Path) -> Iterator[str]:
+    """FOLDER/kernel.sock by a path short enough for a Unix socket, however deep FOLDER is."""
+    fd = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{SOCKET}"
+    finally:
+        os.close(fd)
+
+
+def ask(folder: Path, namespaces: dict[int, tuple[str, int]], until: int) -> dict[str, Any]:
+    """The worker's side: this run's kernel events, or why there are none."""
+    path = folder / SOCKET
+    if not path.exists():
+        return {"tracing": {"recorded": False, "events": [], "missing": {},
+                            "why": "the run had no tracer (a worker started by hand, not by the runner)"},
+                "events": []}
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as conn:
+        conn.settimeout(60)
+        with _short(folder) as short:
+            conn.connect(short)
+        conn.sendall(json.dumps({"namespaces": {str(k): list(v) for k, v in namespaces.items()},
+                                 "until": until}).encode() + b"\n")
+        return json.loads(conn.makefile("r").readline())
