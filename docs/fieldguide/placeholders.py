@@ -164,7 +164,7 @@ def _diagram(ctx: Context, args: list[str]) -> str:
     """{{ diagram }}, {{ diagram beside SLUG }} (tabs)."""
     if args[:1] == ["beside"]:
         return _tabs(ctx.own, ctx.recording(args[1]), lambda r, mine: render.mermaid(r))
-    return render.mermaid(ctx.own)
+    return render.mermaid(ctx.own) + "\n\n" + render.states_table(ctx.own)
 
 
 @placeholder("outcomes")

@@ -209,8 +209,17 @@ def who_resets(rec: Recording) -> list[str]:
         lines.append(
             f"{sender} sends {literal(describe_packet(rec, p))} to {p.receiver}: "
             f"[{plain(p.name or 'packet ' + str(p.number))}](#{name_id(rec, p)}), "
-            f"{_ms(gap_ms(rec, p))} after the packet before it" + (f"; {anomaly}" if anomaly else ""))
+            f"{_ms(gap_ms(rec, p))} after the packet before it" + (f"; {anomaly}" if anomaly else "")
+            + (f"; {kernel_says(rec, p)}" if rec.tracing.get("recorded") else ""))
     return lines
+
+
+def kernel_says(rec: Recording, p: Packet) -> str:
+    """A RST in the kernel's words: the tcp_send_reset that made it, or that none did."""
+    if p.kernel is None:
+        return "**no TCP stack sent it**: no host's kernel recorded a " + literal("tcp_send_reset") + " for it"
+    return (f"{plain(p.kernel['host'])}'s kernel records reason {literal(p.kernel['reason'])}"
+            f" from a socket in {literal(p.kernel['state'])}")
 
 
 # -- blocks --------------------------------------------------------------------------
@@ -246,6 +255,8 @@ def trace_html(rec: Recording, own_page: bool = True) -> str:
         first, rest = (record.split("\n", 1) + [""])[:2]
         spoken = f"packet {p.number}, {mark}" + (", a reset" if p.is_rst else "")
         title = f"{mark}: {p.noise}" if p.noise else mark
+        if p.is_rst and rec.tracing.get("recorded"):
+            title += f" (tcp_send_reset: {p.kernel['reason']} in {p.kernel['state']})" if p.kernel else " (no tcp_send_reset)"
         # the name's anchor is a span: Material hides every a[id] inside highlighted code
         lines.append(
             f'<span class="fg-packet{kind}" id="{anchor}"><span class="fg-anchor" id="{named}"></span>'
@@ -263,7 +274,8 @@ def claims_list(rec: Recording, own_page: bool = True) -> str:
     """What this build checked against the capture: the example's claims(), each with its packet."""
     items = []
     for claim in rec.claims:
-        mark = ":material-check:" if claim["passed"] else ":material-close:"
+        mark = {True: ":material-check:", False: ":material-close:"}.get(claim["passed"],
+                                                                      ":material-help-circle-outline: not checked:")
         where = ""
         if claim.get("packet"):
             p = rec.packets[claim["packet"] - 1]
@@ -274,12 +286,86 @@ def claims_list(rec: Recording, own_page: bool = True) -> str:
     return "\n".join(items)
 
 
+def _packet_link(rec: Recording, number: int | None, own_page: bool = True) -> str:
+    if not number:
+        return "not on the wire"
+    p = rec.packets[number - 1]
+    return f"[{plain(p.name or 'packet ' + str(p.number))}](#{name_id(rec, p, own_page)})"
+
+
+def not_traced(rec: Recording) -> str:
+    """Why the kernel's events are missing from this recording ("" if none is)."""
+    t = rec.tracing
+    if not t.get("recorded"):
+        return "The kernel's events were not recorded in this build: " + plain(t.get("why") or "no reason given") + "."
+    gaps = [f"{literal(e)} ({plain(why)})" for e, why in t.get("missing", {}).items()]
+    gaps += [plain(t["incomplete"])] if t.get("incomplete") else []
+    return ("Not recorded: " + "; ".join(gaps) + ".") if gaps else ""
+
+
+def kernel_word(rec: Recording, own_page: bool = True) -> str:
+    """What the kernel's tracepoints said during the run: each RST sent (tcp_send_reset, its
+    reason and the sending socket's state) and accepted (tcp_receive_reset), each drop
+    (skb:kfree_skb, its reason and function), each error reported to a socket."""
+    missing = not_traced(rec)
+    if not rec.tracing.get("recorded"):
+        return f'!!! warning "The kernel\'s own word: not recorded"\n\n    {missing}\n'
+    out = []
+    sent = [e for e in rec.kernel_events if e["event"] == "tcp_send_reset"]
+    resets = rec.resets()
+    if resets or sent:
+        out += ["| RST | sent by | tcp_send_reset: reason | sender's state | accepted by (tcp_receive_reset) |",
+                "|---|---|---|---|---|"]
+        for p in resets:
+            who = (f"{plain(p.kernel['host'])}'s kernel", literal(p.kernel["reason"]), literal(p.kernel["state"])) \
+                if p.kernel else ("**no TCP stack**", "no event", "")
+            got = (f"{plain(p.received['host'])}, in {literal(p.received['state'])}" if p.received
+                   else "no " + literal("tcp_receive_reset"))
+            out.append(f"| {_packet_link(rec, p.number, own_page)} | {' | '.join(who)} | {got} |")
+        for e in sent:
+            if not e.get("packet"):
+                out.append(f"| never on the wire here | {plain(e['host'])}'s kernel | {literal(e['reason'])}"
+                           f" | {literal(e['state'])} | |")
+        out.append("")
+    drops = [e for e in rec.kernel_events if e["event"] == "kfree_skb"]
+    if drops:
+        out += ["| dropped | by | skb:kfree_skb reason | in |", "|---|---|---|---|"]
+        out += [f"| {_packet_link(rec, e.get('packet'), own_page)} | {plain(e['host'])} | {literal(e['reason'])}"
+                f" | {literal(e['location'] + '()')} |" for e in drops]
+        out.append("")
+    errors = [e for e in rec.kernel_events if e["event"] == "inet_sk_error_report"]
+    if errors:
+        out += ["| error reported to | errno (inet_sk_error_report) |", "|---|---|"]
+        out += [f"| {plain(e['host'])} {literal(e['src'] + '.' + str(e['sport']) + ' > ' + e['dst'] + '.' + str(e['dport']))}"
+                f" | {literal(e['errno'])} ({e['error']}) |" for e in errors]
+        out.append("")
+    if not out:
+        out = ["No RST, drop or socket error was recorded by the kernel in this run.", ""]
+    if missing:
+        out += [missing, ""]
+    return (f'???+ abstract "The kernel\'s own word: {len(resets)} RST(s), {len(drops)} drop(s),'
+            f' {len(errors)} error(s)"\n\n' + indent("\n".join(out)) + "\n")
+
+
+def states_table(rec: Recording) -> str:
+    """Each socket's path through the TCP states, as sock:inet_sock_set_state recorded it."""
+    if not rec.tracing.get("recorded") or "inet_sock_set_state" not in rec.tracing.get("events", []):
+        return f"<small>Socket states: {not_traced(rec) or 'not recorded.'}</small>"
+    if not rec.states:
+        return "<small>No socket changed state in this run.</small>"
+    rows = ["| socket | its states, in order (sock:inet_sock_set_state) |", "|---|---|"]
+    for label, path in rec.states.items():
+        rows.append(f"| {literal(label)} | " + " → ".join(literal(s.removeprefix("TCP_")) for s in path) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def trace_block(rec: Recording, own_page: bool = True) -> str:
     note = (f"Captured on the {rec.captured_on} by tcpdump {rec.tcpdump_version};"
             f" each line is numbered in the margin and named by its claim at the end; both link to it.")
     return "\n".join([
         trace_html(rec, own_page), "",
         f"<small>{plain(note)}</small>", "",
+        kernel_word(rec, own_page), "",
         f'??? success "What this build checked against the {rec.slug} capture"', "",
         indent(claims_list(rec, own_page)), ""])
 
@@ -357,5 +443,10 @@ def provenance(rec: Recording, pcap_link: str) -> str:
         (f"- **Capture**: [{rec.slug}.pcap]({pcap_link}) ({len(rec.packets)} packets,"
          f" {rec.pcap.stat().st_size} bytes; opens in Wireshark)"),
         f'- **SHA-256**: <code class="fg-sha256">{rec.pcap_sha256}</code>',
+        "- **The kernel's events**: " + (
+            f"tracepoints {', '.join(literal(e) for e in rec.tracing.get('events', []))} recorded by"
+            f" {plain(rec.tracing.get('by', ''))} on Linux {plain(rec.tracing.get('kernel', rec.kernel))}"
+            + (f"; {not_traced(rec)}" if not_traced(rec) else "")
+            if rec.tracing.get("recorded") else not_traced(rec)),
     ])
     return '!!! info "Provenance"\n\n' + indent(body) + "\n"
