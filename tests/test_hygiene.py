@@ -652,6 +652,16 @@ def test_rootless_runs_the_whole_catalogue_with_a_users_own_path(lab: Lab, unpri
     proc = unprivileged(lab, catalogue=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"{len(all_slugs())}/{len(all_slugs())} runs passed" in proc.stdout
+    # the kernel's tracepoints are the machine's: without root, each record says so and why,
+    # and a claim on them is not checked, never passed
+    for slug in all_slugs():
+        data = json.loads((lab.out / f"{slug}.json").read_text())
+        assert data["tracing"]["recorded"] is False and "without root" in data["tracing"]["why"], data["tracing"]
+        assert data["kernel_events"] == [] and data["states"] == {}
+        assert all(p.get("kernel") is None and p.get("received") is None for p in data["packets"])
+    claims = json.loads((lab.out / "closed-port.json").read_text())["claims"]
+    reason = next(c for c in claims if c["claim"] == "the kernel sent server-rst for NO_SOCKET")
+    assert reason["passed"] is None and reason["detail"].startswith("not checked: the lab ran without root")
 
 
 def test_lab_hosts_cannot_reach_anything_outside(lab: Lab) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import ipaddress
@@ -49,11 +48,11 @@ def test_artifacts_exist_and_agree(result: Result) -> None:
     packets = read_packets(pcap, data["addresses"])
     rec = load_recording(slug)  # the schema's own reading of it
     # the same packets as the pcap, each with the name its claim gave it (or a noise reason)
-    assert [dataclasses.replace(p, name=None, noise=None) for p in rec.packets] == packets
+    assert [p.wire() for p in rec.packets] == packets
     assert all(bool(p.name) != bool(p.noise) for p in rec.packets), [p.label() for p in rec.packets]
     assert rec.shape == [[p.sender, p.flags, p.payload > 0, p.name or "(noise)"] for p in rec.packets]
     assert shapes.difference(slug, rec.shape) == "", "the published trace's shape is not the committed one"
-    assert data["claims"] and all(c["passed"] for c in data["claims"])
+    assert data["claims"] and all(c["passed"] is True for c in data["claims"]), "as root every claim is checked"
     # outcomes: per host, each entry either returned or raised with an errno name
     assert set(data["outcomes"]) <= set(data["hosts"])
     for entries in data["outcomes"].values():
@@ -101,3 +100,39 @@ def test_every_committed_shape_belongs_to_a_scenario() -> None:
     committed = {p.stem for p in (shapes.path_of("x").parent).glob("*.txt")}
     assert committed == set(SLUGS), f"shapes without example: {committed - set(SLUGS)}; examples without shape:" \
                                     f" {set(SLUGS) - committed}"
+
+
+# -- the kernel's own word -------------------------------------------------------------------
+
+def test_the_kernel_word_is_recorded_for_every_rst(result: Result) -> None:
+    rec = load_recording(result.slug)
+    assert rec.tracing["recorded"] is True, rec.tracing
+    assert set(rec.tracing["events"]) == {"tcp_send_reset", "tcp_receive_reset", "inet_sock_set_state",
+                                          "inet_sk_error_report", "kfree_skb"}
+    assert rec.tracing["kernel"] == rec.kernel and not rec.tracing.get("incomplete")
+    for p in rec.resets():
+        assert p.kernel is None or (p.kernel["event"] == "tcp_send_reset" and p.kernel["reason"]
+                                    and p.kernel["state"] and p.kernel["host"] in rec.hosts), p
+    sent = [e for e in rec.kernel_events if e["event"] == "tcp_send_reset" and e.get("packet")]
+    assert len(sent) == sum(1 for p in rec.resets() if p.kernel), "each RST event ties to one packet"
+    # every socket that connected or listened shows its path, which starts where a socket starts
+    for label, path in rec.states.items():
+        assert label.split()[0] in rec.hosts and len(path) >= 2 and path[0] in ("TCP_CLOSE", "TCP_LISTEN"), (label, path)
+
+
+def test_no_kernel_event_lands_in_another_scenario(recorded: dict[str, Result]) -> None:
+    """The catalogue ran in parallel, every scenario with the same addresses: each event
+    given to a scenario is about a flow of its own capture (ephemeral ports differ per run),
+    a listener on one of its ports, or a connect that has no port yet."""
+    for slug in recorded:
+        rec = load_recording(slug)
+        flows = {(p.src, p.sport, p.dst, p.dport) for p in rec.packets}
+        flows |= {(d, dp, s, sp) for s, sp, d, dp in flows}
+        ports = {(p.src, p.sport) for p in rec.packets} | {(p.dst, p.dport) for p in rec.packets}
+        last = rec.packets[-1].time
+        for e in rec.kernel_events:
+            flow = (e["src"], e["sport"], e["dst"], e["dport"])
+            mine = (flow in flows or (e["dport"] == 0 and (e["src"], e["sport"]) in ports)
+                    or (e["sport"] == 0 and (e["dst"], e["dport"]) in ports))
+            assert mine, f"{slug}: an event about a flow not in its capture: {e}"
+            assert e["host"] in rec.hosts and -1.0 < e["time"] < last + 1.0, (slug, e)

@@ -270,26 +270,7 @@ class Tracer:
         with self._cond:
             everything = list(self._events)
             lost = self._lost
-        owner = {}  # each event of this run, by its index: its host
-        for i, e in enumerate(everything):
-            ns, t = int(e[3]), int(e[1])
-            if ns in namespaces and namespaces[ns][1] <= t <= until:
-                owner[i] = namespaces[ns][0]
-        by_cpu: dict[str, list[int]] = {}
-        for i, e in enumerate(everything):
-            by_cpu.setdefault(e[2], []).append(i)
-        for indexes in by_cpu.values():  # error reports: their neighbour's namespace
-            indexes.sort(key=lambda i: int(everything[i][1]))
-            for k, i in enumerate(indexes):
-                e = everything[i]
-                if e[0] != "inet_sk_error_report" and not (e[0] == "kfree_skb" and e[3] == "0"):
-                    continue
-                if not int(e[1]) <= until:
-                    continue
-                for j in (indexes[k - 1] if k else None, indexes[k + 1] if k + 1 < len(indexes) else None):
-                    if j is not None and j in owner and _same_flow(everything[j], e):
-                        owner[i] = owner[j]
-                        break
+        owner = attribute(everything, namespaces, until)
         events = [self._decode(everything[i], owner[i]) for i in sorted(owner, key=lambda i: int(everything[i][1]))]
         status = dict(self.status)
         if not complete:
@@ -328,6 +309,34 @@ class Tracer:
         saddr, sport, daddr, dport = flow[:4]
         out.update(src=saddr, sport=int(sport), dst=daddr, dport=int(dport))
         return out
+
+
+def attribute(everything: list[tuple[Any, ...]], namespaces: dict[int, tuple[str, int]], until: int) -> dict[int, str]:
+    """Which of the machine's events (as bpftrace printed them: name, t, cpu, ns, ...) are
+    this run's: index -> host. An event is the run's when its namespace is one of the run's
+    and it happened between the namespace's making and `until`: a namespace's number is
+    reused only after it is gone. An event without a namespace (an error report, a drop of
+    a packet with neither device nor socket) takes its neighbour's on the same CPU, when
+    that neighbour is about the same four-tuple: the kernel reports both in one call."""
+    owner = {}
+    for i, e in enumerate(everything):
+        ns, t = int(e[3]), int(e[1])
+        if ns in namespaces and namespaces[ns][1] <= t <= until:
+            owner[i] = namespaces[ns][0]
+    by_cpu: dict[str, list[int]] = {}
+    for i, e in enumerate(everything):
+        by_cpu.setdefault(e[2], []).append(i)
+    for indexes in by_cpu.values():
+        indexes.sort(key=lambda i: int(everything[i][1]))
+        for k, i in enumerate(indexes):
+            e = everything[i]
+            if e[3] != "0" or int(e[1]) > until:
+                continue
+            for j in (indexes[k - 1] if k else None, indexes[k + 1] if k + 1 < len(indexes) else None):
+                if j is not None and j in owner and _same_flow(everything[j], e):
+                    owner[i] = owner[j]
+                    break
+    return owner
 
 
 def _same_flow(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:

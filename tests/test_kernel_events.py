@@ -1,0 +1,118 @@
+"""The kernel's events: attribution to a run, ties to packets, claims on them (no namespaces)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lab.artifact import Packet
+from lab.kernel_events import annotate, states, strip
+from lab.trace import Trace
+from lab.tracer import attribute, symbols
+
+FMT = ('"skbaddr=%p state=%s reason=%s", REC->state ? __print_symbolic(REC->state, { TCP_ESTABLISHED,'
+       ' "TCP_ESTABLISHED" }) : "UNKNOWN", __print_symbolic(REC->reason, { 0, "NOT_SPECIFIED" },'
+       ' { 1, "NO_SOCKET" }, { 9, "TCP_TIMEWAIT_SOCKET" })')
+
+
+def test_names_are_the_kernels_own_from_its_format() -> None:
+    found = symbols(FMT)
+    assert found["reason"] == {0: "NOT_SPECIFIED", 1: "NO_SOCKET", 9: "TCP_TIMEWAIT_SOCKET"}
+    assert found["state"] == {0: "UNKNOWN"}  # the macro names are not numbers: taken elsewhere
+
+
+def _event(name: str, t: int, cpu: int, ns: int, flow: tuple[str, int, str, int], *fields: object) -> tuple:
+    return (name, str(t), str(cpu), str(ns), "0", *map(str, fields), flow[0], str(flow[1]), flow[2], str(flow[3]))
+
+
+FLOW = ("192.0.2.1", 40000, "192.0.2.2", 80)
+
+
+def test_a_reused_namespace_number_belongs_to_each_run_only_while_it_exists() -> None:
+    everything = [
+        _event("tcp_send_reset", 100, 0, 7, FLOW, 0, 1),  # run A's namespace 7
+        _event("tcp_send_reset", 300, 0, 7, FLOW, 0, 1),  # namespace 7 again: run B's, made at 250
+        _event("tcp_send_reset", 310, 1, 8, FLOW, 0, 1),  # another run's namespace entirely
+    ]
+    assert attribute(everything, {7: ("server", 50)}, until=200) == {0: "server"}
+    assert attribute(everything, {7: ("server", 250)}, until=400) == {1: "server"}
+    assert attribute(everything, {7: ("server", 250)}, until=299) == {}  # after the run's end: not its
+
+
+def test_an_error_report_takes_its_neighbours_namespace_on_the_same_cpu_and_flow() -> None:
+    back = (FLOW[2], FLOW[3], FLOW[0], FLOW[1])
+    everything = [
+        _event("inet_sock_set_state", 100, 0, 7, FLOW, 2, 7),
+        _event("inet_sk_error_report", 101, 0, 0, FLOW, 111),  # same CPU, same flow: namespace 7's
+        _event("inet_sock_set_state", 102, 1, 9, back, 1, 7),  # another run, same addresses, CPU 1
+        _event("inet_sk_error_report", 103, 1, 0, back, 104),  # next to the other run's: not ours
+        _event("inet_sk_error_report", 104, 0, 0, ("192.0.2.1", 1, "192.0.2.2", 2), 110),  # another flow
+    ]
+    assert attribute(everything, {7: ("client", 0)}, until=1000) == {0: "client", 1: "client"}
+
+
+def _packet(number: int, time: float, sender: str, flags: str, src: str, sport: int, dst: str, dport: int,
+            seq: int = 1) -> Packet:
+    receiver = "client" if sender == "server" else "server"
+    return Packet(number, time, sender, receiver, src, dst, sport, dport, flags, seq, 0, 0, 0, 64, 0)
+
+
+def test_events_tie_to_the_packets_they_made_accepted_or_dropped() -> None:
+    c, s = ("192.0.2.1", 40000), ("192.0.2.2", 80)
+    packets = [
+        _packet(1, 0.000, "client", "S", *c, *s, seq=5),
+        _packet(2, 0.010, "server", "R.", *s, *c),  # forged, in window: not accepted
+        _packet(3, 0.020, "server", "R.", *s, *c),  # made by the server's kernel, accepted
+    ]
+    events = [
+        {"event": "kfree_skb", "time": 0.0001, "host": "server", "reason": "NO_SOCKET", "location": "tcp_v4_rcv",
+         "src": c[0], "sport": c[1], "dst": s[0], "dport": s[1], "flags": "S", "seq": 5},
+        {"event": "tcp_send_reset", "time": 0.0199, "host": "server", "state": "UNKNOWN", "reason": "NO_SOCKET",
+         "src": s[0], "sport": s[1], "dst": c[0], "dport": c[1]},
+        {"event": "tcp_receive_reset", "time": 0.0201, "host": "client", "state": "TCP_SYN_SENT",
+         "src": c[0], "sport": c[1], "dst": s[0], "dport": s[1]},
+    ]
+    syn, forged, real = annotate(packets, events, recorded=True)
+    assert syn.dropped == {"event": "kfree_skb", "host": "server", "reason": "NO_SOCKET", "location": "tcp_v4_rcv"}
+    assert forged.kernel is None and forged.received is None  # no TCP stack sent it; nobody took it
+    assert real.kernel == {"event": "tcp_send_reset", "host": "server", "state": "UNKNOWN", "reason": "NO_SOCKET"}
+    assert real.received == {"event": "tcp_receive_reset", "host": "client", "state": "TCP_SYN_SENT"}
+    assert [e["packet"] for e in events] == [1, 3, 3]
+    assert annotate(packets, events, recorded=False) == packets  # nothing recorded: nothing said
+
+
+def test_state_paths_name_sockets_by_host_and_flow_never_by_kernel_address() -> None:
+    def change(sk: str, old: str, new: str, sport: int, dst: str = "192.0.2.2", dport: int = 80) -> dict:
+        return {"event": "inet_sock_set_state", "host": "client", "socket": sk, "oldstate": old, "newstate": new,
+                "src": "192.0.2.1", "sport": sport, "dst": dst, "dport": dport, "time": 0.0}
+
+    events = [change("ffff1", "TCP_CLOSE", "TCP_SYN_SENT", 0), change("ffff1", "TCP_SYN_SENT", "TCP_CLOSE", 40000),
+              change("ffff1", "TCP_CLOSE", "TCP_LISTEN", 8080, "0.0.0.0", 0)]  # the memory reused
+    assert states(events) == {"client 192.0.2.1.40000 > 192.0.2.2.80": ["TCP_CLOSE", "TCP_SYN_SENT", "TCP_CLOSE"],
+                              "client 192.0.2.1.8080 (listening)": ["TCP_CLOSE", "TCP_LISTEN"]}
+    published = strip(events)
+    assert {e["socket"] for e in published} == {"client 192.0.2.1.40000 > 192.0.2.2.80",
+                                                "client 192.0.2.1.8080 (listening)"}
+    assert "ffff1" not in repr(published)
+
+
+def test_kernel_claims_are_not_checked_without_tracing_never_passed() -> None:
+    rst = dataclasses.replace(_packet(1, 0.0, "server", "R.", "192.0.2.2", 80, "192.0.2.1", 40000),
+                              kernel={"event": "tcp_send_reset", "host": "server", "state": "UNKNOWN",
+                                      "reason": "NO_SOCKET"})
+    untraced = Trace([rst], [], tracing={"recorded": False, "why": "the lab ran without root"})
+    untraced.next("server", "R.", name="server-rst", reason="NO_SOCKET")
+    untraced.dropped("server", "TCP_LISTEN_OVERFLOW")
+    assert [c["passed"] for c in untraced.claims] == [True, None, None]
+    assert all("not checked: the lab ran without root" == c["detail"] for c in untraced.claims[1:])
+    assert untraced.passed  # not checked is not a failure
+
+    traced = Trace([rst], [], tracing={"recorded": True, "events": ["tcp_send_reset", "kfree_skb"]})
+    traced.next("server", "R.", name="server-rst", reason="TCP_STATE")
+    traced.dropped("server", "TCP_LISTEN_OVERFLOW")
+    assert [c["passed"] for c in traced.claims] == [True, False, False]
+    assert traced.claims[1]["detail"] == "NO_SOCKET in UNKNOWN" and not traced.passed
+
+    forged = Trace([dataclasses.replace(rst, kernel=None)], [], tracing={"recorded": True, "events": ["tcp_send_reset"]})
+    forged.next("server", "R.", name="router-rst", reason=None)
+    assert forged.claims[1] == {"claim": "no TCP stack sent router-rst (no tcp_send_reset event)", "passed": True,
+                                "detail": "no tcp_send_reset event", "packet": 1, "name": "router-rst"}
