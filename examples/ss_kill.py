@@ -1,9 +1,9 @@
 """An operator kills an established connection with `ss -K`.
 
 `ss -K` asks the kernel to destroy the matching sockets (SOCK_DESTROY over
-sock_diag). For TCP the kernel aborts the connection as if the application had
-closed it with SO_LINGER 0: it sends the peer a RST (`[R.]`) at its next
-sequence number, and wakes the local application, whose blocked `recv()`
+sock_diag). For TCP the kernel aborts the connection (`tcp_abort()`): it sends the
+peer a RST (`[R.]`) at its next sequence number while the socket is still
+established, and wakes the local application, whose blocked `recv()`
 raises ConnectionAbortedError (ECONNABORTED). The peer's next `recv()` raises
 ConnectionResetError (ECONNRESET).
 """
