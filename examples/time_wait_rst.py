@@ -23,8 +23,6 @@ def run(client, server):
     listener.bind((server.ip, 8888))
     listener.listen()
     network = server.wiretap()  # late and repeated segments "from the server", made with scapy
-    # TIME-WAIT answers at most one stray segment per 500 ms by default; here it answers two
-    client.sysctl("net.ipv4.tcp_invalid_ratelimit", 0)
 
     for rfc1337 in (0, 1):
         client.sysctl("net.ipv4.tcp_rfc1337", rfc1337)

@@ -100,8 +100,10 @@ def isn_before(rec: Recording, p: Packet, src: str, sport: int, dst: str, dport:
 
 
 def relative(rec: Recording, p: Packet) -> tuple[int, int | None]:
-    """seq and ack relative to each side's ISN on this connection, as tcpdump shows them;
-    absolute where the capture has no SYN from that side. ack is None without the ACK flag."""
+    """seq and ack relative to each side's ISN on this connection (tcpdump itself makes only
+    segments with the ACK flag relative: SYNs and bare [R] it prints absolute; see
+    reading-tcpdump); absolute where the capture has no SYN from that side. ack is None
+    without the ACK flag."""
     mine = isn_before(rec, p, p.src, p.sport, p.dst, p.dport)
     theirs = isn_before(rec, p, p.dst, p.dport, p.src, p.sport)
     seq = (p.seq - mine) % 2**32 if mine is not None else p.seq
