@@ -135,23 +135,23 @@ class Runner:
                     on_result(mine[-1])
             return mine
 
-        starting = ThreadPoolExecutor(max_workers=1).submit(tracer.Tracer.start)  # while the zygote warms
+        self._tracer = tracer.Tracer.launch()  # attaches its probes while the zygote warms
         try:
             self._zygote = Zygote(self.prefix)
-        finally:
-            self._tracer = starting.result()
-        try:
+            self._tracer.ready()
             futures = [pool.submit(consecutive, slug) for slug in slugs]
             for future in futures:
                 results.extend(future.result())
             pool.shutdown(wait=True)
             self._publish(slugs, results)
         except BaseException:
-            self._zygote.close()  # kills every worker: the waiting threads return at once
+            if self._zygote:
+                self._zygote.close()  # kills every worker: the waiting threads return at once
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         finally:
-            self._zygote.close()
+            if self._zygote:
+                self._zygote.close()
             self._tracer.close()
             for folder in self._folders:
                 shutil.rmtree(folder, ignore_errors=True)

@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -34,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .process import die_with_parent
 from .wire import tcpdump_flags
 
 SOCKET = "kernel.sock"  # in each run's folder: the worker's line to the runner's tracer
@@ -143,7 +145,9 @@ class Tracer:
 
     # -- starting ------------------------------------------------------------------
     @classmethod
-    def start(cls) -> Tracer:
+    def launch(cls) -> Tracer:
+        """Start bpftrace (call from the thread that outlives the run: bpftrace dies with it,
+        even if the runner is killed); ready() waits until its probes are attached."""
         tracer = cls()
         why = tracer._unavailable()
         if why:
@@ -151,10 +155,26 @@ class Tracer:
             return tracer
         try:
             tracer._launch()
-        except (OSError, RuntimeError) as exc:
-            tracer.close()
-            tracer.status = {"recorded": False, "events": [], "missing": {}, "why": str(exc)}
+        except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+            tracer._give_up(exc)
         return tracer
+
+    def ready(self) -> Tracer:
+        if self._proc is None:
+            return self
+        try:
+            if not self._ready.wait(START_TIMEOUT) or self._failure:
+                stderr = "\n".join(line for line in self._stderr if "RLIMIT_MEMLOCK" not in line)[-2000:]
+                raise RuntimeError(f"bpftrace did not start: {self._failure or 'no answer'}\n{stderr}".strip())
+            version = subprocess.run(["bpftrace", "--version"], capture_output=True, text=True).stdout.strip()
+            self.status.update(recorded=True, by=version or "bpftrace")
+        except (OSError, RuntimeError) as exc:
+            self._give_up(exc)
+        return self
+
+    def _give_up(self, exc: BaseException) -> None:
+        self.close()
+        self.status = {"recorded": False, "events": [], "missing": {}, "why": str(exc)}
 
     def _unavailable(self) -> str:
         if os.geteuid() != 0:
@@ -192,14 +212,11 @@ class Tracer:
         home = os.stat("/proc/self/ns/net").st_ino  # the machine's own traffic is never a run's
         self._proc = subprocess.Popen(_in_tracefs('exec bpftrace -e "$0"') + [_script(events, home)],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, start_new_session=True)
+                                      text=True, start_new_session=True,
+                                      preexec_fn=lambda: die_with_parent(signal.SIGKILL))
+        self.status["events"] = events
         threading.Thread(target=self._read, daemon=True).start()
         threading.Thread(target=self._read_errors, daemon=True).start()
-        if not self._ready.wait(START_TIMEOUT) or self._failure:
-            stderr = "\n".join(line for line in self._stderr if "RLIMIT_MEMLOCK" not in line)[-2000:]
-            raise RuntimeError(f"bpftrace did not start: {self._failure or 'no answer'}\n{stderr}".strip())
-        version = subprocess.run(["bpftrace", "--version"], capture_output=True, text=True).stdout.strip()
-        self.status.update(recorded=True, events=events, by=version or "bpftrace")
 
     def _read(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
@@ -228,11 +245,11 @@ class Tracer:
 
     def close(self) -> None:
         if self._proc and self._proc.poll() is None:
-            os.killpg(self._proc.pid, 15)
+            os.killpg(self._proc.pid, signal.SIGTERM)
             try:
                 self._proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                os.killpg(self._proc.pid, 9)
+                os.killpg(self._proc.pid, signal.SIGKILL)
                 self._proc.wait()
 
     # -- a run's events ------------------------------------------------------------
