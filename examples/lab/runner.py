@@ -106,12 +106,19 @@ class Runner:
         once the run holds its folder (a build started after that waits for the run)."""
         if not slugs or repeat < 1 or len(set(slugs)) != len(slugs) or (self.jobs is not None and self.jobs < 1):
             raise ValueError("slugs must be distinct and given, repeat and jobs at least 1")
-        with locked(self.out, exclusive=True,
-                    on_wait=lambda message: print(message, file=sys.stderr, flush=True)):
-            key(self.out, create=True)  # a broken key is reported before any trace is removed
-            if on_locked:
-                on_locked()
-            return self._run_locked(slugs, repeat, on_result)
+        try:
+            with locked(self.out, exclusive=True,
+                        on_wait=lambda message: print(message, file=sys.stderr, flush=True)):
+                key(self.out, create=True)  # a broken key is reported before any trace is removed
+                if on_locked:
+                    on_locked()
+                return self._run_locked(slugs, repeat, on_result)
+        finally:
+            # the recordings are published and their folder let go: the site's build may read
+            # them while bpftrace's probes detach (it began once every run had its events)
+            if self._tracer:
+                self._tracer.close()
+                self._tracer = None
 
     def _run_locked(self, slugs: list[str], repeat: int, on_result: Any) -> list[Result]:
         self._remove_orphaned_folders()
@@ -135,10 +142,11 @@ class Runner:
                     on_result(mine[-1])
             return mine
 
-        self._tracer = tracer.Tracer.launch()  # attaches its probes while the zygote warms
+        self._tracer = tracer.Tracer.launch()  # attaches its probes while the first hosts are built
+        self._tracer.expect(len(slugs) * repeat)
+        threading.Thread(target=self._tracer.ready, daemon=True).start()
         try:
             self._zygote = Zygote(self.prefix)
-            self._tracer.ready()
             futures = [pool.submit(consecutive, slug) for slug in slugs]
             for future in futures:
                 results.extend(future.result())
@@ -152,7 +160,6 @@ class Runner:
         finally:
             if self._zygote:
                 self._zygote.close()
-            self._tracer.close()
             for folder in self._folders:
                 shutil.rmtree(folder, ignore_errors=True)
             self._folders.clear()

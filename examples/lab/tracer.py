@@ -12,9 +12,10 @@ inet_sk_error_report carries no socket; it is given the namespace of the event n
 on the same CPU for the same four-tuple (the kernel reports the error in the same call:
 tcp_reset(), tcp_write_err(), tcp_done_with_error()).
 
-The worker asks for its run's events over a Unix socket in its run's folder, once its
-capture has stopped; the runner first makes bpftrace read everything up to that time
-(a marker event on every CPU), then answers. Where tracing is impossible (not root, no
+The worker waits, over a Unix socket in its run's folder, until the probes are attached
+(bpftrace compiles them while the worker builds its hosts), runs its scenario, and asks
+for its events once its capture has stopped; the runner first makes bpftrace read
+everything up to that time (a marker event on every CPU), then answers. Where tracing is impossible (not root, no
 bpftrace, no tracefs, a kernel without the field), the answer says so and why.
 """
 
@@ -35,6 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from . import netns
 from .process import die_with_parent
 from .wire import tcpdump_flags
 
@@ -44,26 +46,91 @@ FORMATS = {"tcp_send_reset": "tcp/tcp_send_reset", "tcp_receive_reset": "tcp/tcp
            "inet_sock_set_state": "sock/inet_sock_set_state", "inet_sk_error_report": "sock/inet_sk_error_report",
            "kfree_skb": "skb/kfree_skb"}
 TRACEFS = "/sys/kernel/tracing"
-MARK = 0x3FFFFFF1  # getpgid() of this pid (above any pid_max) is the runner's marker: ESRCH, no effect
+# The runner's marker is a socket of its own set listening, in a network namespace of its
+# own, on each CPU: an inet_sock_set_state event like any other (each probe attached costs
+# about 0.1 s to detach; a syscall tracepoint would slow every syscall of the machine).
 START_TIMEOUT = 20.0
 PORT = "($P >> 8) | (($P & 0xff) << 8)"  # network to host order, in bpftrace
 
-# the namespace of a socket, and of a packet (its device's, else its socket's)
-_SK_NS = "((struct sock *)$S)->__sk_common.skc_net.net->ns.inum"
+# The kernel structures the probes read, by the offsets this kernel's BTF gives (pahole,
+# Debian package dwarves): declared in the script, so bpftrace need not load the whole BTF
+# (that alone took 0.45 s of its 0.9 s start). (struct, member) -> (name in the script, C type)
+LAYOUT = {
+    ("sock_common", "skc_state"): ("fg_sock", "state", "unsigned char"),
+    ("sock_common", "skc_net"): ("fg_sock", "net", "struct fg_net *"),
+    ("net", "ns"): ("fg_net", "ns", "struct fg_ns"),
+    ("ns_common", "inum"): ("fg_ns", "inum", "unsigned int"),
+    ("sk_buff", "dev"): ("fg_skb", "dev", "struct fg_dev *"),
+    ("sk_buff", "sk"): ("fg_skb", "sk", "struct fg_sock *"),
+    ("sk_buff", "transport_header"): ("fg_skb", "transport_header", "unsigned short"),
+    ("sk_buff", "network_header"): ("fg_skb", "network_header", "unsigned short"),
+    ("sk_buff", "head"): ("fg_skb", "head", "unsigned char *"),
+    ("net_device", "nd_net"): ("fg_dev", "net", "struct fg_net *"),
+}
+# wire formats (RFC 791, RFC 9293) and struct sockaddr_in: the same on every kernel
+_WIRE = """
+struct fg_iphdr { unsigned char version_ihl; unsigned char tos; unsigned short len; unsigned short id;
+  unsigned short frag; unsigned char ttl; unsigned char protocol; unsigned short check; unsigned int saddr;
+  unsigned int daddr; };
+struct fg_tcphdr { unsigned short source; unsigned short dest; unsigned int seq; unsigned int ack;
+  unsigned char offset; unsigned char flags; };
+struct fg_sin { unsigned short family; unsigned short port; unsigned int addr; };
+"""
+
+
+def offsets() -> dict[tuple[str, str], int]:
+    """Each LAYOUT member's byte offset in this kernel, from its BTF (pahole)."""
+    classes = sorted({c for c, _ in LAYOUT})
+    out = subprocess.run(["pahole", "-C", ",".join(classes), "/sys/kernel/btf/vmlinux"],
+                         capture_output=True, text=True, timeout=10).stdout
+    found: dict[tuple[str, str], int] = {}
+    current = ""
+    for line in out.splitlines():
+        opening = re.match(r"^struct (\w+) \{", line)
+        if opening:
+            current = opening.group(1)
+            continue
+        member = re.search(r"[\s*](\w+)(?:\[\d+\])?;\s+/\*\s+(\d+)(?::\s*\d+)?\s+\d+\s+\*/", line)
+        if member and (current, member.group(1)) in LAYOUT:
+            found.setdefault((current, member.group(1)), int(member.group(2)))
+    missing = sorted(f"{c}.{m}" for c, m in LAYOUT if (c, m) not in found)
+    if missing:
+        raise RuntimeError(f"this kernel's BTF has no {', '.join(missing)} (pahole)")
+    return found
+
+
+def declarations(found: dict[tuple[str, str], int]) -> str:
+    """The script's structs: each LAYOUT member at its offset, padding before it."""
+    structs: dict[str, list[tuple[int, str, str]]] = {}
+    for key, (struct, name, ctype) in LAYOUT.items():
+        structs.setdefault(struct, []).append((found[key], name, ctype))
+    sizes = {"unsigned char": 1, "unsigned short": 2, "unsigned int": 4, "struct fg_ns": 0}  # fg_ns: last
+    text = []
+    for struct in ("fg_ns", "fg_net", "fg_sock", "fg_dev", "fg_skb"):  # each before its use
+        members, at = [], 0
+        for offset, name, ctype in sorted(structs[struct]):
+            if offset > at:
+                members.append(f"char _{at}[{offset - at}];")
+            members.append(f"{ctype}{'' if ctype.endswith('*') else ' '}{name};")
+            at = offset + (8 if ctype.endswith("*") else sizes[ctype])
+        text.append(f"struct {struct} {{ {' '.join(members)} }};")
+    return "\n".join(text) + _WIRE
+
+
 _PROBES = {
     "tcp_send_reset": """
 tracepoint:tcp:tcp_send_reset {
-  $ns = args->skaddr != 0 ? SKNS(args->skaddr) : ((struct sk_buff *)args->skbaddr)->dev->nd_net.net->ns.inum;
-  $sa = (struct sockaddr_in *)args->saddr; $da = (struct sockaddr_in *)args->daddr;
+  $ns = args->skaddr != 0 ? SKNS(args->skaddr) : ((struct fg_skb *)args->skbaddr)->dev->net->ns.inum;
+  $sa = (struct fg_sin *)args->saddr; $da = (struct fg_sin *)args->daddr;
   if ($ns != HOME) { printf("E tcp_send_reset %llu %d %u %llx %d %d %s %d %s %d\\n", nsecs, cpu, $ns, args->skaddr,
-    args->state, args->reason, ntop($sa->sin_addr.s_addr), PORT($sa->sin_port), ntop($da->sin_addr.s_addr),
-    PORT($da->sin_port)); }
+    args->state, args->reason, ntop($sa->addr), PORT($sa->port), ntop($da->addr),
+    PORT($da->port)); }
 }""",
     "tcp_receive_reset": """
 tracepoint:tcp:tcp_receive_reset {
   $ns = SKNS(args->skaddr);
   if ($ns != HOME) { printf("E tcp_receive_reset %llu %d %u %llx %d %s %d %s %d\\n", nsecs, cpu, $ns, args->skaddr,
-    ((struct sock *)args->skaddr)->__sk_common.skc_state, ntop(args->saddr), args->sport, ntop(args->daddr),
+    ((struct fg_sock *)args->skaddr)->state, ntop(args->saddr), args->sport, ntop(args->daddr),
     args->dport); }
 }""",
     "inet_sock_set_state": """
@@ -79,13 +146,13 @@ tracepoint:sock:inet_sk_error_report /args->protocol == 6 && args->error != 0/ {
 }""",
     "kfree_skb": """
 tracepoint:skb:kfree_skb /args->reason > 1 && args->protocol == 0x0800/ {
-  $skb = (struct sk_buff *)args->skbaddr;
-  $ns = $skb->dev != 0 ? $skb->dev->nd_net.net->ns.inum : ($skb->sk != 0 ? SKNS($skb->sk) : 0);
-  $ip = (struct iphdr *)($skb->head + $skb->network_header);
+  $skb = (struct fg_skb *)args->skbaddr;
+  $ns = $skb->dev != 0 ? $skb->dev->net->ns.inum : ($skb->sk != 0 ? $skb->sk->net->ns.inum : 0);
+  $ip = (struct fg_iphdr *)($skb->head + $skb->network_header);
   if ($ns != HOME && $ip->protocol == 6) {
-    $th = (struct tcphdr *)($skb->head + $skb->transport_header);
+    $th = (struct fg_tcphdr *)($skb->head + $skb->transport_header);
     printf("E kfree_skb %llu %d %u 0 %d %s %d %s %d %d %u %s\\n", nsecs, cpu, $ns, args->reason, ntop($ip->saddr),
-      PORT($th->source), ntop($ip->daddr), PORT($th->dest), *(uint8 *)($skb->head + $skb->transport_header + 13),
+      PORT($th->source), ntop($ip->daddr), PORT($th->dest), $th->flags,
       $th->seq, ksym(args->location));
   }
 }""",
@@ -98,15 +165,14 @@ _NEEDS = {"tcp_send_reset": ("skbaddr", "skaddr", "state", "reason", "saddr", "d
           "kfree_skb": ("skbaddr", "location", "protocol", "reason")}
 _HEAD = """
 BEGIN { printf("R ready\\n"); }
-tracepoint:syscalls:sys_enter_getpgid /args->pid == MARKPID/ { printf("M %llu %d\\n", nsecs, cpu); }
 """
 
 
-def _script(events: list[str], home: int) -> str:
-    text = _HEAD + "".join(_PROBES[e] for e in events)
-    text = re.sub(r"SKNS\(([^()]*(?:\([^()]*\)[^()]*)*)\)", lambda m: _SK_NS.replace("$S", m.group(1)), text)
+def _script(events: list[str], home: int, layout: str) -> str:
+    text = layout + _HEAD + "".join(_PROBES[e] for e in events)
+    text = re.sub(r"SKNS\(([^()]*)\)", r"((struct fg_sock *)\1)->net->ns.inum", text)
     text = re.sub(r"PORT\(([^()]*)\)", lambda m: "(" + PORT.replace("$P", m.group(1)) + ")", text)
-    return text.replace("HOME", str(home)).replace("MARKPID", str(MARK))
+    return text.replace("HOME", str(home))
 
 
 def _in_tracefs(command: str) -> list[str]:
@@ -114,6 +180,13 @@ def _in_tracefs(command: str) -> list[str]:
     (nothing is left mounted on the machine)."""
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
             f"mountpoint -q {TRACEFS} || mount -t tracefs nodev {TRACEFS} || exit 3; {command}"]
+
+
+def _tracer_child() -> None:
+    """In bpftrace's process before it starts: it dies with the runner, and it compiles its
+    probes ahead of the workers that wait for them (a negative nice value: root only)."""
+    die_with_parent(signal.SIGKILL)
+    os.nice(-10)
 
 
 def symbols(print_fmt: str) -> dict[str, dict[int, str]]:
@@ -139,9 +212,14 @@ class Tracer:
         self._marks: dict[int, int] = {}
         self._lost = 0
         self._cond = threading.Condition()
-        self._ready = threading.Event()
+        self._ready = threading.Event()  # bpftrace printed its BEGIN line
+        self.attached = threading.Event()  # ready() is over: status says whether events are recorded
         self._failure = ""
         self._stderr: list[str] = []
+        self._mark_fd: int | None = None  # the marker's network namespace (flush())
+        self._mark_ns = ""
+        self._runs_left = -1  # runs that may still ask for events (expect()); at 0 bpftrace stops
+        self._stopping: threading.Thread | None = None
 
     # -- starting ------------------------------------------------------------------
     @classmethod
@@ -152,6 +230,7 @@ class Tracer:
         why = tracer._unavailable()
         if why:
             tracer.status["why"] = why
+            tracer.attached.set()
             return tracer
         try:
             tracer._launch()
@@ -160,7 +239,9 @@ class Tracer:
         return tracer
 
     def ready(self) -> Tracer:
+        """Wait until bpftrace's probes are attached (or give up, saying why)."""
         if self._proc is None:
+            self.attached.set()
             return self
         try:
             if not self._ready.wait(START_TIMEOUT) or self._failure:
@@ -170,6 +251,7 @@ class Tracer:
             self.status.update(recorded=True, by=version or "bpftrace")
         except (OSError, RuntimeError) as exc:
             self._give_up(exc)
+        self.attached.set()
         return self
 
     def _give_up(self, exc: BaseException) -> None:
@@ -180,9 +262,9 @@ class Tracer:
         if os.geteuid() != 0:
             return ("the lab ran without root: the kernel's tracepoints are the machine's, not a user"
                     " namespace's (they need CAP_BPF and CAP_PERFMON and tracefs)")
-        missing = [tool for tool in ("bpftrace", "unshare") if not shutil.which(tool)]
+        missing = [tool for tool in ("bpftrace", "pahole", "unshare") if not shutil.which(tool)]
         if missing:
-            return f"{' and '.join(missing)} not installed (Debian package bpftrace)"
+            return f"{' and '.join(missing)} not installed (Debian packages bpftrace, dwarves)"
         return ""
 
     def _launch(self) -> None:
@@ -207,13 +289,19 @@ class Tracer:
         if "tcp_send_reset" in self.names:  # its states are printed by macro names: the numbers are these
             states = self.names.get("inet_sock_set_state", {}).get("newstate", {})
             self.names["tcp_send_reset"]["state"] = {**states, **self.names["tcp_send_reset"].get("state", {})}
+        if "inet_sock_set_state" not in events:
+            raise RuntimeError("inet_sock_set_state, which the tracer's marker needs, cannot be used: "
+                               + self.status["missing"]["inet_sock_set_state"])
         if not events:
             raise RuntimeError("none of the tracepoints can be used: " + json.dumps(self.status["missing"]))
         home = os.stat("/proc/self/ns/net").st_ino  # the machine's own traffic is never a run's
-        self._proc = subprocess.Popen(_in_tracefs('exec bpftrace -e "$0"') + [_script(events, home)],
+        layout = declarations(offsets())
+        self._mark_fd = netns.new_namespace()
+        self._mark_ns = str(os.fstat(self._mark_fd).st_ino)
+        self._proc = subprocess.Popen(_in_tracefs('exec bpftrace -e "$0"') + [_script(events, home, layout)],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True, start_new_session=True,
-                                      preexec_fn=lambda: die_with_parent(signal.SIGKILL))
+                                      preexec_fn=_tracer_child)
         self.status["events"] = events
         threading.Thread(target=self._read, daemon=True).start()
         threading.Thread(target=self._read_errors, daemon=True).start()
@@ -224,11 +312,13 @@ class Tracer:
             kind, _, rest = line.rstrip("\n").partition(" ")
             with self._cond:
                 if kind == "E":
-                    self._events.append(tuple(rest.split(" ")))
-                elif kind == "M":
-                    t, cpu = rest.split()
-                    self._marks[int(cpu)] = max(self._marks.get(int(cpu), 0), int(t))
-                    self._cond.notify_all()
+                    event = tuple(rest.split(" "))
+                    if event[3] == self._mark_ns:  # name, t, cpu, ns: the runner's own marker
+                        cpu = int(event[2])
+                        self._marks[cpu] = max(self._marks.get(cpu, 0), int(event[1]))
+                        self._cond.notify_all()
+                    else:
+                        self._events.append(event)
                 elif kind == "R":
                     self._ready.set()
                 elif "Lost" in line:  # bpftrace: "Lost N events"
@@ -243,7 +333,28 @@ class Tracer:
         for line in self._proc.stderr:
             self._stderr.append(line.rstrip())
 
+    def expect(self, runs: int) -> None:
+        self._runs_left = runs
+
+    def run_over(self) -> None:
+        """A run has its events (or will never ask): once every run has, bpftrace stops, its
+        probes detaching (about 0.1 s each) while the last runs are judged and published."""
+        with self._cond:
+            self._runs_left -= 1
+            last = self._runs_left == 0
+        if last:
+            self._stopping = threading.Thread(target=self._stop)
+            self._stopping.start()
+
     def close(self) -> None:
+        if self._stopping:
+            self._stopping.join()
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._mark_fd is not None:
+            os.close(self._mark_fd)
+            self._mark_fd = None
         if self._proc and self._proc.poll() is None:
             os.killpg(self._proc.pid, signal.SIGTERM)
             try:
@@ -259,23 +370,23 @@ class Tracer:
         cpus = sorted(os.sched_getaffinity(0))
 
         def mark() -> None:
+            assert self._mark_fd is not None
+            netns.enter_for_good(self._mark_fd)  # this thread only, which ends here
             for cpu in cpus:
-                os.sched_setaffinity(0, {cpu})  # this thread only
-                try:
-                    os.getpgid(MARK)
-                except OSError:
-                    pass
+                os.sched_setaffinity(0, {cpu})
+                with socket.socket() as marker:
+                    marker.listen()  # CLOSE -> LISTEN, on this CPU
 
-        for _ in range(2):  # twice: bpftrace has polled every CPU's buffer again since
-            thread = threading.Thread(target=mark)
-            thread.start()
-            thread.join()
-            deadline = time.monotonic() + timeout
-            with self._cond:
-                while not all(self._marks.get(c, 0) > until for c in cpus):
-                    if self._failure or not self._cond.wait(max(0.0, deadline - time.monotonic())):
-                        return False
-                until = max(self._marks[c] for c in cpus)
+        # a CPU's buffer is read in the order it was written: once its marker is printed,
+        # so is every event that CPU wrote before it
+        thread = threading.Thread(target=mark)
+        thread.start()
+        thread.join()
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not all(self._marks.get(c, 0) > until for c in cpus):
+                if self._failure or not self._cond.wait(max(0.0, deadline - time.monotonic())):
+                    return False
         return True
 
     def collect(self, namespaces: dict[int, tuple[str, int]], until: int) -> dict[str, Any]:
@@ -375,7 +486,9 @@ def _tcp_flags(bits: int) -> str:
 
 # -- the two ends of the worker's question ------------------------------------------------
 class Server:
-    """The runner's side: answers one question on FOLDER/kernel.sock, for one run."""
+    """The runner's side, on FOLDER/kernel.sock, for one run: first "are the probes attached?"
+    (the worker builds its hosts meanwhile, and waits for the answer before the scenario
+    runs), then "which events were mine?"."""
 
     def __init__(self, tracer: Tracer, folder: Path) -> None:
         self._tracer = tracer
@@ -383,27 +496,39 @@ class Server:
         with _short(folder) as path:  # a socket's path is at most 107 bytes
             self._sock.bind(path)
         self._sock.listen(1)
+        self._over = False
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
+    def _run_over(self) -> None:
+        if not self._over:
+            self._over = True
+            self._tracer.run_over()
+
     def _serve(self) -> None:
-        try:
-            conn, _ = self._sock.accept()
-        except OSError:  # closed: the run ended without asking
-            return
-        with conn:
+        for _ in range(2):
             try:
-                conn.settimeout(30)
-                request = json.loads(conn.makefile("r").readline())
-                namespaces = {int(k): (v[0], int(v[1])) for k, v in request["namespaces"].items()}
-                answer = self._tracer.collect(namespaces, int(request["until"]))
-            except Exception as exc:  # noqa: BLE001  (a malformed question gets an answer, not a hang)
-                answer = {"tracing": {"recorded": False, "events": [], "missing": {},
-                                      "why": f"the tracer failed: {type(exc).__name__}: {exc}"}, "events": []}
-            try:
-                conn.sendall(json.dumps(answer).encode() + b"\n")
-            except OSError:
-                pass
+                conn, _ = self._sock.accept()
+            except OSError:  # closed: the run ended
+                return
+            with conn:
+                try:
+                    conn.settimeout(START_TIMEOUT + 30)
+                    request = json.loads(conn.makefile("r").readline())
+                    if request.get("wait"):
+                        self._tracer.attached.wait(START_TIMEOUT + 5)
+                        answer: dict[str, Any] = {"tracing": self._tracer.status}
+                    else:
+                        namespaces = {int(k): (v[0], int(v[1])) for k, v in request["namespaces"].items()}
+                        answer = self._tracer.collect(namespaces, int(request["until"]))
+                        self._run_over()
+                except Exception as exc:  # noqa: BLE001  (a malformed question gets an answer, not a hang)
+                    answer = {"tracing": {"recorded": False, "events": [], "missing": {},
+                                          "why": f"the tracer failed: {type(exc).__name__}: {exc}"}, "events": []}
+                try:
+                    conn.sendall(json.dumps(answer).encode() + b"\n")
+                except OSError:
+                    pass
 
     def close(self) -> None:
         try:
@@ -412,6 +537,7 @@ class Server:
             pass
         self._sock.close()
         self._thread.join(timeout=35)
+        self._run_over()
 
 
 @contextlib.contextmanager
@@ -424,6 +550,22 @@ def _short(folder: Path) -> Iterator[str]:
         os.close(fd)
 
 
+def _exchange(folder: Path, request: dict[str, Any]) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as conn:
+        conn.settimeout(START_TIMEOUT + 60)
+        with _short(folder) as short:
+            conn.connect(short)
+        conn.sendall(json.dumps(request).encode() + b"\n")
+        return json.loads(conn.makefile("r").readline())
+
+
+def wait_attached(folder: Path) -> None:
+    """The worker's side, before its scenario runs: wait until the runner's probes are
+    attached (or it has given up on them), so that no event of the run is missed."""
+    if (folder / SOCKET).exists():
+        _exchange(folder, {"wait": True})
+
+
 def ask(folder: Path, namespaces: dict[int, tuple[str, int]], until: int) -> dict[str, Any]:
     """The worker's side: this run's kernel events, or why there are none."""
     path = folder / SOCKET
@@ -431,10 +573,4 @@ def ask(folder: Path, namespaces: dict[int, tuple[str, int]], until: int) -> dic
         return {"tracing": {"recorded": False, "events": [], "missing": {},
                             "why": "the run had no tracer (a worker started by hand, not by the runner)"},
                 "events": []}
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as conn:
-        conn.settimeout(60)
-        with _short(folder) as short:
-            conn.connect(short)
-        conn.sendall(json.dumps({"namespaces": {str(k): list(v) for k, v in namespaces.items()},
-                                 "until": until}).encode() + b"\n")
-        return json.loads(conn.makefile("r").readline())
+    return _exchange(folder, {"namespaces": {str(k): list(v) for k, v in namespaces.items()}, "until": until})

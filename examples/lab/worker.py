@@ -69,6 +69,8 @@ def run(scenario: Scenario, folder: Path) -> dict[str, Any]:
     lap("hosts")
     capture.wait_ready()
     lap("capture_start")
+    tracer.wait_attached(folder)  # bpftrace attached its probes while the hosts were built
+    lap("tracer_wait")
     transcript.start = time.monotonic()
     try:
         try:
