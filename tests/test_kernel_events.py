@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 from lab.artifact import Packet
 from lab.kernel_events import annotate, states, strip
 from lab.trace import Trace
-from lab.tracer import attribute, symbols
+from lab.tracer import Tracer, attribute, declarations, parse_pahole, symbols
 
 FMT = ('"skbaddr=%p state=%s reason=%s", REC->state ? __print_symbolic(REC->state, { TCP_ESTABLISHED,'
        ' "TCP_ESTABLISHED" }) : "UNKNOWN", __print_symbolic(REC->reason, { 0, "NOT_SPECIFIED" },'
@@ -116,3 +117,51 @@ def test_kernel_claims_are_not_checked_without_tracing_never_passed() -> None:
     forged.next("server", "R.", name="router-rst", reason=None)
     assert forged.claims[1] == {"claim": "no TCP stack sent router-rst (no tcp_send_reset event)", "passed": True,
                                 "detail": "no tcp_send_reset event", "packet": 1, "name": "router-rst"}
+
+
+PAHOLE = """struct sock_common {
+	union {
+		__addrpair         skc_addrpair;         /*     0     8 */
+	};
+	volatile unsigned char     skc_state;            /*    18     1 */
+	unsigned char              skc_net_refcnt:1;     /*    19: 6  1 */
+	possible_net_t             skc_net;              /*    48     8 */
+};
+struct net {
+	struct ns_common           ns;                   /*   152    80 */
+};
+struct ns_common {
+	unsigned int               inum;                 /*    24     4 */
+};
+struct sk_buff {
+				struct net_device * dev; /*    16     8 */
+	struct sock *              sk;                   /*    24     8 */
+			__u16      transport_header;     /*   178     2 */
+			__u16      network_header;       /*   180     2 */
+			__u16      transport_header;     /*   999     2 */
+	unsigned char *            head;                 /*   192     8 */
+};
+struct net_device {
+	possible_net_t             nd_net;               /*   264     8 */
+};
+"""
+
+
+def test_the_probes_read_the_kernels_structures_at_the_offsets_its_btf_gives() -> None:
+    found = parse_pahole(PAHOLE)
+    assert found[("sock_common", "skc_state")] == 18 and found[("sock_common", "skc_net")] == 48
+    assert found[("sk_buff", "transport_header")] == 178  # the first listing of a union member
+    text = declarations(found)
+    assert "struct fg_sock { char _0[18]; unsigned char state; char _19[29]; struct fg_net *net; };" in text
+    assert "struct fg_net { char _0[152]; struct fg_ns ns; };" in text
+    assert "struct fg_ns { char _0[24]; unsigned int inum; };" in text
+    with pytest.raises(RuntimeError, match="this kernel's BTF has no sk_buff.head"):
+        parse_pahole(PAHOLE.replace("head;", "tail;"))  # a kernel whose structures changed
+
+
+def test_without_bpftrace_the_run_is_recorded_and_says_why(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bpftrace, pahole or unshare here
+    tracer = Tracer.launch().ready()
+    assert tracer.attached.is_set() and tracer.status["recorded"] is False
+    assert "not installed" in tracer.status["why"] or "without root" in tracer.status["why"]
+    assert tracer.collect({}, 0) == {"tracing": tracer.status, "events": []}

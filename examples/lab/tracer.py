@@ -81,8 +81,13 @@ struct fg_sin { unsigned short family; unsigned short port; unsigned int addr; }
 def offsets() -> dict[tuple[str, str], int]:
     """Each LAYOUT member's byte offset in this kernel, from its BTF (pahole)."""
     classes = sorted({c for c, _ in LAYOUT})
-    out = subprocess.run(["pahole", "-C", ",".join(classes), "/sys/kernel/btf/vmlinux"],
-                         capture_output=True, text=True, timeout=10).stdout
+    return parse_pahole(subprocess.run(["pahole", "-C", ",".join(classes), "/sys/kernel/btf/vmlinux"],
+                                       capture_output=True, text=True, timeout=10).stdout)
+
+
+def parse_pahole(out: str) -> dict[tuple[str, str], int]:
+    """LAYOUT's members' offsets in pahole's listing (`type name; /* offset size */`): the
+    first listing of a member counts (a union lists some twice)."""
     found: dict[tuple[str, str], int] = {}
     current = ""
     for line in out.splitlines():
