@@ -367,3 +367,15 @@ def test_page_keeps_its_citable_anchors(built_site: Path, recorded_traces: Path,
     ids = re.findall(r'\sid="([^"]+)"', page)
     for p in rec.packets:  # #client-syn is as citable as #packet-1
         assert ids.count(render.name_id(rec, p)) == 1
+
+
+def test_no_list_collapses_into_a_paragraph(built_site: Path) -> None:
+    """A list item holding a code block must not swallow the items after it: Markdown's lazy
+    continuation turns "- **Wireshark**: ..." into text of the paragraph before it (it also
+    shows in search excerpts). No rendered paragraph of any page starts a line with a marker."""
+    collapsed = []
+    for page in sorted(built_site.rglob("*.html")):
+        for paragraph in re.findall(r"<p>(.*?)</p>", page.read_text(), re.DOTALL):
+            if re.search(r"\n\s*[-*+] \S", paragraph):
+                collapsed.append(f"{page.relative_to(built_site)}: {paragraph[:120]!r}")
+    assert not collapsed, "\n".join(collapsed)
