@@ -380,3 +380,54 @@ def test_page_weight(browser: Any, site_url: str, built_site: Path) -> None:
     # the home page without Mermaid weighs well under a megabyte; Mermaid alone is 2.8 MB
     assert 0 < figures["home"]["transferred_bytes"] < 1_500_000, figures["home"]["transferred_bytes"]
     assert figures["largest_scenario"]["transferred_bytes"] > 2_800_000
+
+
+# -- citing a packet, seeing a RST ---------------------------------------------------------------
+
+def test_the_address_bar_keeps_the_packet_a_reader_opened_or_clicked(browser: Any, site_url: str) -> None:
+    """Readers cite packets in reviews: scrolling must not rewrite the address (Material's
+    navigation.tracking did), and a packet's number puts its link in the bar and on the clipboard."""
+    watched = Watched(browser, viewport=DESKTOP, color_scheme="light")
+    watched.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    rec = recording("keepalive-race")
+    rst = next(p for p in rec["packets"] if "R" in p["flags"])
+    page = open_page(watched, f"{site_url}scenarios/keepalive-race/#{rst['name']}")
+    page.mouse.wheel(0, 900)
+    page.wait_for_function("window.scrollY > 0")
+    page.mouse.wheel(0, 900)
+    assert page.evaluate("location.hash") == f"#{rst['name']}"
+    first = page.locator(".fg-packet-number").first
+    first.scroll_into_view_if_needed()
+    first.click()
+    target = first.get_attribute("href")
+    assert page.evaluate("location.hash") == target
+    page.wait_for_function("document.querySelector('.fg-packet[data-copied]') !== null")
+    assert page.evaluate("navigator.clipboard.readText()") == page.evaluate("location.href")
+    watched.close()
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_rsts_are_marked_in_the_diagram_in_either_palette(browser: Any, site_url: str, scheme: str) -> None:
+    """Each RST arrow is labelled "RST" and sits in a tinted band; the diagram has a title and a
+    description for screen readers."""
+    watched = Watched(browser, viewport=DESKTOP, color_scheme=scheme)
+    slug = "firewall-reject"
+    page = open_page(watched, f"{site_url}scenarios/{slug}/")
+    for _ in range(3):  # the toggle cycles automatic -> light -> dark
+        if (page.locator("body").get_attribute("data-md-color-scheme") == "slate") == (scheme == "dark"):
+            break
+        page.locator("form[data-md-component='palette'] label:visible").first.click()
+    assert (page.locator("body").get_attribute("data-md-color-scheme") == "slate") == (scheme == "dark")
+    wait_for_diagrams(page)
+    svg = "document.querySelector('div.mermaid').shadowRoot.querySelector('svg')"
+    labels = page.evaluate(f"[...{svg}.querySelectorAll('text.messageText')].map(t => t.textContent)")
+    rsts = [p for p in recording(slug)["packets"] if "R" in p["flags"]]
+    assert [label for label in labels if label.startswith("RST ")] == [
+        label for label in labels if any(f"({p['name']})" in label for p in rsts)]
+    assert len([label for label in labels if label.startswith("RST ")]) == len(rsts)
+    bands = page.evaluate(f"{svg}.querySelectorAll('rect.rect').length")
+    assert bands == len(rsts)
+    title = page.evaluate(f"({svg}.querySelector('title') || {{}}).textContent")
+    description = page.evaluate(f"({svg}.querySelector('desc') || {{}}).textContent")
+    assert title and slug in title and description and "RSTs:" in description
+    watched.close()

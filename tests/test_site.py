@@ -379,3 +379,23 @@ def test_no_list_collapses_into_a_paragraph(built_site: Path) -> None:
             if re.search(r"\n\s*[-*+] \S", paragraph):
                 collapsed.append(f"{page.relative_to(built_site)}: {paragraph[:120]!r}")
     assert not collapsed, "\n".join(collapsed)
+
+
+def test_no_edit_link_points_nowhere(built_site: Path) -> None:
+    """The repository is one setting (FIELDGUIDE_REPOSITORY); unset, pages show no edit or view
+    link, never a placeholder that 404s."""
+    for page in built_site.rglob("*.html"):
+        text = page.read_text()
+        assert "/edit/main/docs/" not in text and "github.com/example" not in text, page
+
+
+def test_edit_links_follow_the_one_repository_setting() -> None:
+    from fieldguide.hooks import _edit_links
+    from mkdocs.exceptions import PluginError
+
+    config = {"edit_uri": "", "theme": {"features": ["navigation.top"]}}
+    _edit_links(config, "https://github.com/org/repo")
+    assert config["edit_uri"] == "https://github.com/org/repo/edit/main/docs/"
+    assert {"content.action.edit", "content.action.view"} <= set(config["theme"]["features"])
+    with pytest.raises(PluginError, match="https://"):
+        _edit_links(config, "github.com/org/repo")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def _warm_up() -> None:
 
 def on_config(config: MkDocsConfig) -> MkDocsConfig:
     threading.Thread(target=_warm_up, name="warm-up", daemon=True).start()
+    _edit_links(config, os.environ.get("FIELDGUIDE_REPOSITORY", "").rstrip("/"))
     census[:] = [notebook.Execution(Path(config.docs_dir) / notebook.SOURCE)]
     held.close()
     held.enter_context(locked(on_wait=log.info))  # a run still recording: wait for its end
@@ -73,6 +75,18 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
         if isinstance(item, dict) and item.get("Scenarios") == "scenarios/":
             nav[i] = {"Scenarios": groups}
     return config
+
+
+def _edit_links(config: MkDocsConfig, repository: str) -> None:
+    """Edit and view links point at the repository when it is set, and nowhere otherwise."""
+    if not repository:
+        config["edit_uri"] = ""
+        return
+    if not repository.startswith("https://"):
+        raise PluginError(f"FIELDGUIDE_REPOSITORY must be the repository's https:// address, not {repository!r}")
+    config["edit_uri"] = f"{repository}/edit/main/docs/"
+    features = config["theme"]["features"]
+    features.extend(f for f in ("content.action.edit", "content.action.view") if f not in features)
 
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:

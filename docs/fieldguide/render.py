@@ -263,7 +263,7 @@ def trace_html(rec: Recording, own_page: bool = True) -> str:
         lines.append(
             f'<span class="fg-packet{kind}" id="{anchor}"><span class="fg-anchor" id="{named}"></span>'
             f'<a class="fg-packet-number" href="#{named}" data-packet="{p.number}"'
-            f' aria-label="{plain(spoken)}"></a>'
+            f' aria-label="{plain(spoken)}" title="link to this packet (click to copy it)"></a>'
             f"{_escape_pre(first)}"
             f'<a class="fg-packet-name" href="#{named}" data-name="{plain(mark)}"'
             f' title="{plain(title)}" aria-hidden="true"></a>'
@@ -373,10 +373,17 @@ def trace_block(rec: Recording, own_page: bool = True) -> str:
 
 
 def mermaid(rec: Recording) -> str:
-    """A sequenceDiagram of the capture: one numbered arrow per packet, RSTs end in a cross.
-    Participants are h0, h1... with the host's name as label (a name like "end" is Mermaid's)."""
+    """A sequenceDiagram of the capture: one numbered arrow per packet. A RST ends in a cross,
+    its label starts with "RST" and a tinted band marks it, in either palette. Participants are
+    h0, h1... with the host's name as label (a name like "end" is Mermaid's)."""
     ids = {name: f"h{i}" for i, name in enumerate(rec.hosts)}
-    lines = ["```mermaid", "sequenceDiagram", "    autonumber"]
+    resets = rec.resets()
+    lines = ["```mermaid", "sequenceDiagram", "    autonumber",
+             f"    accTitle: The {len(rec.packets)} packets of the {rec.slug} capture, in order",
+             "    accDescr: " + _mermaid_text(
+                 f"Between {', '.join(rec.hosts)}. "
+                 + ("RSTs: " + "; ".join(f"{p.name or p.number} from {p.sender} to {p.receiver}" for p in resets)
+                    if resets else "No RST.") + " The trace above lists every packet as text.")]
     for name, ip in rec.hosts.items():
         lines.append(f"    participant {ids[name]} as {name} {ip}")
     if any(p.sender not in ids or p.receiver not in ids for p in rec.packets):
@@ -386,15 +393,24 @@ def mermaid(rec: Recording) -> str:
         if p.number > 1 and gap_ms(rec, p) >= 10:
             lines.append(f"    Note over {sender},{receiver}: {_ms(gap_ms(rec, p))} later")
         arrow = "-x" if p.is_rst else "->>"
-        label = describe_packet(rec, p)
+        label = ("RST " if p.is_rst else "") + describe_packet(rec, p)
         if p.number > 1:
             label += f", +{_ms(gap_ms(rec, p))}"
         label += f" ({p.name or 'noise'})"
+        if p.is_rst:
+            lines.append("    rect rgba(229, 57, 53, 0.18)")
         lines.append(f"    {sender}{arrow}{receiver}: {label}")
         if p.is_rst and ttl_anomaly(rec, p):
             lines.append(f"    Note over {sender}: {ttl_anomaly(rec, p)}")
+        if p.is_rst:
+            lines.append("    end")
     lines.append("```")
     return "\n".join(lines)
+
+
+def _mermaid_text(text: str) -> str:
+    """One line of plain text for Mermaid: no line break, no statement separator."""
+    return " ".join(text.replace(";", ",").replace("#", "").split())
 
 
 def outcomes_table(rec: Recording) -> str:

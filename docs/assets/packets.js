@@ -1,0 +1,15 @@
+// A packet's margin number is its link: clicking it puts the packet's address in the
+// address bar (the browser does that) and on the clipboard, and says so beside the line.
+document.addEventListener("click", (event) => {
+  const link = event.target.closest("a.fg-packet-number");
+  if (!link) return;
+  const line = link.closest(".fg-packet");
+  const url = new URL(link.getAttribute("href"), location.href).href;
+  const said = () => {
+    line.setAttribute("data-copied", "link copied");
+    setTimeout(() => line.removeAttribute("data-copied"), 2000);
+  };
+  if (navigator.clipboard && window.isSecureContext) {
+    navigator.clipboard.writeText(url).then(said, () => {});
+  }
+});
