@@ -224,7 +224,7 @@ def _scenario_index(ctx: Context, args: list[str]) -> str:
                 "|---|---|---|---|"]
         for r in mine:
             summary = r.summary.replace("|", "\\|")  # the example's own Markdown
-            cells = [f"[{r.slug}]({ctx.link(f'scenarios/{r.slug}.md')})", summary,
+            cells = [f"[{render.plain(r.title)}]({ctx.link(f'scenarios/{r.slug}.md')})", summary,
                      render.resets_in_short(r), render.apps_in_short(r)]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
@@ -234,6 +234,12 @@ def _scenario_index(ctx: Context, args: list[str]) -> str:
 @placeholder("symptom_index")
 def _symptom_index(ctx: Context, args: list[str]) -> str:
     return symptoms.symptom_index(ctx.recordings, ctx.quoted, ctx.src)
+
+
+@placeholder("symptom_summary")
+def _symptom_summary(ctx: Context, args: list[str]) -> str:
+    """{{ symptom_summary }} (home): each error the scenarios met, linked into the symptom index."""
+    return symptoms.symptom_summary(ctx.recordings, ctx.src)
 
 
 @placeholder("capture_settings")

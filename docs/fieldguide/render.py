@@ -220,8 +220,8 @@ def kernel_says(rec: Recording, p: Packet) -> str:
     """A RST in the kernel's words: the tcp_send_reset that made it, or that none did."""
     if p.kernel is None:
         return "**no TCP stack sent it**: no host's kernel recorded a " + literal("tcp_send_reset") + " for it"
-    return (f"{plain(p.kernel['host'])}'s kernel records reason {literal(p.kernel['reason'])}"
-            f" from a socket in {literal(p.kernel['state'])}")
+    return (f"{plain(p.kernel['host'])}'s kernel records reason {literal(p.kernel['reason'])},"
+            f" its socket in {literal(p.kernel['state'])}")
 
 
 # -- blocks --------------------------------------------------------------------------
@@ -316,7 +316,7 @@ def kernel_word(rec: Recording, own_page: bool = True) -> str:
     sent = [e for e in rec.kernel_events if e["event"] == "tcp_send_reset"]
     resets = rec.resets()
     if resets or sent:
-        out += ["| RST | sent by | tcp_send_reset: reason | sender's state | accepted by (tcp_receive_reset) |",
+        out += ["| RST | sent by | tcp_send_reset: reason | state of the socket (UNKNOWN: none) | accepted by (tcp_receive_reset) |",
                 "|---|---|---|---|---|"]
         for p in resets:
             who = (f"{plain(p.kernel['host'])}'s kernel", literal(p.kernel["reason"]), literal(p.kernel["state"])) \

@@ -197,14 +197,30 @@ def _quoted_line(q: dict[str, Any]) -> str:
     return f"{plain(q['software'])}: {literal(q['text'])}{note} ([source]({q['source']}))"
 
 
-def symptom_index(recordings: dict[str, Recording], quoted: list[dict[str, Any]], src: str) -> str:
-    """Every captured failure, grouped by errno (or exception class), most scenarios first."""
+def _groups(recordings: dict[str, Recording]) -> tuple[dict[str, list[Seen]], list[str]]:
+    """Every captured failure by errno (or exception class), and the keys, most scenarios first."""
     groups: dict[str, list[Seen]] = {}
     for seen in (s for rec in recordings.values() for s in seen_in(rec)):
         groups.setdefault(seen.key, []).append(seen)
     if not groups:
         raise ValueError("no recording holds a failed call; run `nox -s docs`")
-    order = sorted(groups, key=lambda k: (-len({s.slug for s in groups[k]}), k))
+    return groups, sorted(groups, key=lambda k: (-len({s.slug for s in groups[k]}), k))
+
+
+def symptom_summary(recordings: dict[str, Recording], src: str) -> str:
+    """For the home page: each error the scenarios met, linked to its part of the index."""
+    groups, order = _groups(recordings)
+    out = []
+    for key in order:
+        count = len({s.slug for s in groups[key]})
+        out.append(f"- [**{plain(describe_key(key))}**]({_link(src, 'symptoms.md')}#{group_id(key)}):"
+                   f" {count} scenario{'s' if count > 1 else ''}")
+    return "\n".join(out)
+
+
+def symptom_index(recordings: dict[str, Recording], quoted: list[dict[str, Any]], src: str) -> str:
+    """Every captured failure, grouped by errno (or exception class), most scenarios first."""
+    groups, order = _groups(recordings)
     out = []  # a list, not a table: the error texts are long and phones are narrow
     for key in order:
         texts = sorted({s.text for s in groups[key]})

@@ -19,6 +19,9 @@ from typing import Any
 from .artifact import Packet
 
 SLACK = 0.0001  # seconds: the two clocks' conversion and the pcap's microseconds
+# tcp_v4_send_reset() traces a RST just before sending it, tcp_send_active_reset() just after
+# (tcp_output.c: after tcp_transmit_skb()); a capture on the far side sees it later still
+NEAR = 0.05
 
 
 def _wildcard(e: dict[str, Any]) -> bool:
@@ -28,9 +31,9 @@ def _wildcard(e: dict[str, Any]) -> bool:
 def annotate(packets: list[Packet], events: list[dict[str, Any]], recorded: bool) -> list[Packet]:
     """The packets with what the kernel said of them (unchanged if nothing was recorded).
 
-    A RST is sent after its tcp_send_reset (the first RST of that flow on the wire from then
-    on); a RST is accepted, or a packet dropped, after it was captured (the last such packet
-    on the wire until then)."""
+    A tcp_send_reset is tied to the RST of its flow nearest in time (within NEAR seconds,
+    either side); a RST is accepted, or a packet dropped, after it was captured (the last
+    such packet on the wire until then)."""
     if not recorded:
         return packets
     changes: dict[int, dict[str, Any]] = {p.number: {} for p in packets}
@@ -40,10 +43,10 @@ def annotate(packets: list[Packet], events: list[dict[str, Any]], recorded: bool
                 changes[p.number].update(kernel=None, received=None)
     for e in sorted(events, key=lambda e: e["time"]):
         if e["event"] == "tcp_send_reset":
-            p = _first(p for p in packets if p.is_rst and changes[p.number]["kernel"] is None
-                       and (p.src, p.sport) == (e["src"], e["sport"])
-                       and ((p.dst, p.dport) == (e["dst"], e["dport"]) or _wildcard(e))
-                       and p.time >= e["time"] - SLACK)
+            p = _nearest([p for p in packets if p.is_rst and changes[p.number]["kernel"] is None
+                          and (p.src, p.sport) == (e["src"], e["sport"])
+                          and ((p.dst, p.dport) == (e["dst"], e["dport"]) or _wildcard(e))
+                          and abs(p.time - e["time"]) <= NEAR], e["time"])
             if p:
                 changes[p.number]["kernel"] = {"event": e["event"], "host": e["host"], "state": e["state"],
                                                "reason": e["reason"]}
@@ -67,8 +70,8 @@ def annotate(packets: list[Packet], events: list[dict[str, Any]], recorded: bool
     return [dataclasses.replace(p, **changes[p.number]) if changes[p.number] else p for p in packets]
 
 
-def _first(found: Any) -> Packet | None:
-    return next(iter(found), None)
+def _nearest(found: list[Packet], time: float) -> Packet | None:
+    return min(found, key=lambda p: abs(p.time - time), default=None)
 
 
 def _last(found: Any) -> Packet | None:
