@@ -431,3 +431,46 @@ def test_rsts_are_marked_in_the_diagram_in_either_palette(browser: Any, site_url
     description = page.evaluate(f"({svg}.querySelector('desc') || {{}}).textContent")
     assert title and slug in title and description and "RSTs:" in description
     watched.close()
+
+
+CONTRAST = """() => {
+  const parse = c => { const m = c.match(/rgba?\\(([^)]+)\\)/)[1].split(',').map(Number);
+                       return {r: m[0], g: m[1], b: m[2], a: m.length > 3 ? m[3] : 1}; };
+  const lum = ({r, g, b}) => { const f = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+                               return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
+  const over = (fg, bg) => ({r: fg.r * fg.a + bg.r * (1 - fg.a), g: fg.g * fg.a + bg.g * (1 - fg.a),
+                             b: fg.b * fg.a + bg.b * (1 - fg.a)});
+  const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
+  const page = parse(getComputedStyle(document.body).backgroundColor);
+  const code = over(parse(getComputedStyle(document.querySelector('.fg-trace pre')).backgroundColor), page);
+  const number = document.querySelector('.fg-packet-number');
+  const target = document.querySelector('.fg-packet:target, .fg-packet:has(.fg-anchor:target)');
+  return {number: ratio(over(parse(getComputedStyle(number, '::before').color), code), code),
+          outline: ratio(over(parse(getComputedStyle(target).outlineColor), code), code)};
+}"""
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_packet_numbers_and_the_opened_packet_are_legible(browser: Any, site_url: str, scheme: str) -> None:
+    """WCAG: packet numbers (text) at least 4.5:1 against the trace, the opened packet's outline 3:1."""
+    watched = Watched(browser, viewport=DESKTOP, color_scheme=scheme)
+    name = next(p["name"] for p in recording("closed-port")["packets"] if "R" in p["flags"])
+    page = open_page(watched, f"{site_url}scenarios/closed-port/#{name}")
+    for _ in range(3):  # the toggle cycles automatic -> light -> dark
+        if (page.locator("body").get_attribute("data-md-color-scheme") == "slate") == (scheme == "dark"):
+            break
+        page.locator("form[data-md-component='palette'] label:visible").first.click()
+    contrast = page.evaluate(CONTRAST)
+    assert contrast["number"] >= 4.5 and contrast["outline"] >= 3.0, contrast
+    watched.close()
+
+
+def test_a_phone_reader_is_told_the_diagram_scrolls(browser: Any, site_url: str) -> None:
+    watched = Watched(browser, viewport=MOBILE, color_scheme="light", is_mobile=True)
+    page = open_page(watched, f"{site_url}scenarios/firewall-reject/")
+    wait_for_diagrams(page)
+    box = page.locator(".fg-diagram").first
+    assert box.evaluate("d => d.scrollWidth > d.clientWidth")  # wider than the screen...
+    hint = box.evaluate("d => getComputedStyle(d, '::after').content")
+    assert "swipe it sideways" in hint  # ...and it says so
+    watched.close()
