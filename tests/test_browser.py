@@ -474,3 +474,33 @@ def test_a_phone_reader_is_told_the_diagram_scrolls(browser: Any, site_url: str)
     hint = box.evaluate("d => getComputedStyle(d, '::after').content")
     assert "swipe it sideways" in hint  # ...and it says so
     watched.close()
+
+
+# what readers type, and the page that must come first (the symptom index for error strings)
+SEARCHES = {
+    "connection reset by peer": "symptoms", "reset by peer": "symptoms", "ECONNRESET": "symptoms",
+    "ECONNREFUSED": "symptoms", "Connection refused": "symptoms", "EPIPE": "symptoms", "Broken pipe": "symptoms",
+    "TimeoutError": "symptoms", "SO_LINGER": "linger-zero", "SOCK_DESTROY": "ss-kill", "TIME-WAIT": "time-wait-rst",
+    "tcp_rfc1337": "time-wait-rst", "tcp_abort_on_overflow": "backlog-overflow", "challenge ACK": "rst-injection",
+    "keepalive": "keepalive-probe-reset", "RST": "rst-census",
+}
+
+
+def test_search_puts_the_right_page_first(browser: Any, site_url: str) -> None:
+    watched = Watched(browser, viewport=DESKTOP, color_scheme="light")
+    page = open_page(watched, site_url)
+    page.wait_for_function("(document.querySelector('.md-search-result__meta') || {}).textContent"
+                           " === 'Type to start searching'", timeout=15000)
+    box = page.locator("input.md-search__input")
+    firsts = {}
+    for query in SEARCHES:
+        box.fill("")
+        box.press("End")  # Material searches on keyup: typing char by char would race its prefixes
+        page.wait_for_function("document.querySelectorAll('.md-search-result__item').length === 0")
+        box.fill(query)
+        box.press("End")
+        page.wait_for_function("document.querySelectorAll('.md-search-result__item').length > 0", timeout=15000)
+        href = page.locator(".md-search-result__item > a").first.get_attribute("href")
+        firsts[query] = urlparse(href).path.strip("/").split("/")[-1] or "home"
+    assert firsts == SEARCHES
+    watched.close()

@@ -251,7 +251,9 @@ def symptom_index(recordings: dict[str, Recording], quoted: list[dict[str, Any]]
 def you_may_have_seen(rec: Recording, quoted: list[dict[str, Any]], src: str) -> str:
     """The end of a scenario page: what its applications met, and the same in other software."""
     found = seen_in(rec)
-    out = ["## You may have seen", ""]
+    # not searched: every page's list of shared errnos would rank all of them alike; the
+    # symptom index is the page a search for an error should find
+    out = ["## You may have seen { data-search-exclude }", ""]
     if not found:
         out += ["No application call failed in this scenario's run: the reset (if any) happened where"
                 " no application was reading or writing. Its traces are the only symptom; the"
