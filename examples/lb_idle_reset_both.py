@@ -96,12 +96,18 @@ def claims(trace):
                 synack.ttl == response.ttl == 63, f"TTL {synack.ttl}, {response.ttl}")
     trace.next("client", ".", name="response-ack", ack=response.seq + 7,
                what="the client acknowledges the response; the flow goes idle")
-    rst = trace.next("server", "R", name="lb-rst-to-client", reason=None, seq=response.seq + 7, win=0,
+    rst = trace.next("server", "R", name="lb-rst-to-client", reason=None, seq=response.seq + 7, win=0, options=(),
                      after=IDLE_TIMEOUT, within=IDLE_TIMEOUT + 0.2,
                      what=f"{IDLE_TIMEOUT} s of silence later, a bare RST arrives in the server's name,"
                           " at exactly the client's next expected byte")
     trace.check("it arrives with TTL 64: made one hop away, by the load balancer",
                 rst.ttl == 64, f"TTL {rst.ttl}")
+    sent = [e for e in trace.events if e["event"] == "tcp_send_reset"]
+    trace._kernel_claim("no TCP stack of the lab sent a RST in the whole run (no tcp_send_reset event)",
+                        "tcp_send_reset", lambda: not sent, ", ".join(e["host"] for e in sent) or "none")
+    received = sorted(e["host"] for e in trace.events if e["event"] == "tcp_receive_reset")
+    trace._kernel_claim("client and server each accepted one RST, in ESTABLISHED (tcp_receive_reset)",
+                        "tcp_receive_reset", lambda: received == ["client", "server"], ", ".join(received))
     trace.raised("client", "recv", "ECONNRESET", nth=1)
     trace.raised("server", "recv", "ECONNRESET", nth=1)
     for host in ("client", "server"):
