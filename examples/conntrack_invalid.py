@@ -56,7 +56,7 @@ def one_connection(client, router, server, tap, listener):
     # a data segment "from the server", 10 MB beyond what the client has been told to expect
     segment = (IP(src=server.ip, dst=client.ip, flags="DF")
                / TCP(sport=BACKEND_PORT, dport=client_port, flags="PA",
-                     seq=ack[TCP].ack + AHEAD, ack=ack[TCP].seq, window=502) / b"stray")
+                     seq=(ack[TCP].ack + AHEAD) % 2**32, ack=ack[TCP].seq, window=502) / b"stray")
     return sock, conn, segment
 
 
