@@ -103,11 +103,11 @@ def claims(trace):
     trace.check("it arrives with TTL 64: made one hop away, by the load balancer",
                 rst.ttl == 64, f"TTL {rst.ttl}")
     sent = [e for e in trace.events if e["event"] == "tcp_send_reset"]
-    trace._kernel_claim("no TCP stack of the lab sent a RST in the whole run (no tcp_send_reset event)",
+    trace.kernel_check("no TCP stack of the lab sent a RST in the whole run (no tcp_send_reset event)",
                         "tcp_send_reset", lambda: not sent, ", ".join(e["host"] for e in sent) or "none")
     received = sorted(e["host"] for e in trace.events
                       if e["event"] == "tcp_receive_reset" and e["state"] == "TCP_ESTABLISHED")
-    trace._kernel_claim("client and server each accepted one RST, in ESTABLISHED (tcp_receive_reset)",
+    trace.kernel_check("client and server each accepted one RST, in ESTABLISHED (tcp_receive_reset)",
                         "tcp_receive_reset", lambda: received == ["client", "server"], ", ".join(received))
     trace.raised("client", "recv", "ECONNRESET", nth=1)
     trace.raised("server", "recv", "ECONNRESET", nth=1)

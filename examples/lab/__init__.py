@@ -25,7 +25,9 @@ to wait on), host.accept_queue(listener), host.conntrack().
 Claims API (examples/lab/trace.py): trace.next(sender, flags, name=..., **fields),
 trace.handshake(client, server, name="handshake"), trace.noise(sender, flags, reason=...),
 trace.no / count / check, trace.counter(host, "TcpExtListenOverflows", 1),
-trace.raised / returned. Every packet must be named or declared noise; the shape
+trace.raised / returned; the kernel's word: trace.next(..., reason="NO_SOCKET") (reason=None:
+no TCP stack sent it), trace.dropped(host, reason, packet=...), trace.kernel_check(what, event,
+ok, detail) on trace.events. Every packet must be named or declared noise; the shape
 (examples/shapes/SLUG.txt) must match the committed one (`--update` accepts a change).
 
 The modules: artifact (what a recording is), scenarios (the catalogue), hosts, netns,

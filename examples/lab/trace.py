@@ -68,7 +68,10 @@ class Trace:
             return f"not checked: {event} was not recorded ({self.tracing.get('missing', {}).get(event, '')})"
         return ""
 
-    def _kernel_claim(self, text: str, event: str, ok: Any, detail: str, packet: Packet | None = None) -> bool:
+    def kernel_check(self, text: str, event: str, ok: Any, detail: str = "", packet: Packet | None = None) -> bool:
+        """Any other claim on the kernel's events (`trace.events`, of tracepoint `event`):
+        ok() is called only where that tracepoint was recorded; elsewhere the claim is
+        recorded as not checked."""
         why = self._unchecked(event)
         if why:
             entry: dict[str, Any] = {"claim": text, "passed": None, "detail": why}
@@ -195,11 +198,11 @@ class Trace:
         kernel = p.kernel
         got = "no tcp_send_reset event" if kernel is None else f"{kernel['reason']} in {kernel['state']}"
         if reason is None:
-            self._kernel_claim(f"no TCP stack sent {name} (no tcp_send_reset event)", "tcp_send_reset",
+            self.kernel_check(f"no TCP stack sent {name} (no tcp_send_reset event)", "tcp_send_reset",
                                lambda: kernel is None, got, p)
             return
         wanted = " and ".join(x for x in (reason if reason is not _UNSET else "", state or "") if x)
-        self._kernel_claim(f"the kernel sent {name} for {wanted}", "tcp_send_reset",
+        self.kernel_check(f"the kernel sent {name} for {wanted}", "tcp_send_reset",
                            lambda: kernel is not None and (reason is _UNSET or kernel["reason"] == reason)
                            and (state is None or kernel["state"] == state), got, p)
 
@@ -210,7 +213,7 @@ class Trace:
         if packet is not None:
             found = [e for e in found if e.get("packet") == packet.number]
         which = f" {self.names.get(packet.number) or f'packet {packet.number}'}" if packet is not None else " a segment"
-        self._kernel_claim(what or f"{host}'s kernel dropped{which} for {reason}", "kfree_skb",
+        self.kernel_check(what or f"{host}'s kernel dropped{which} for {reason}", "kfree_skb",
                            lambda: any(e["reason"] == reason for e in found),
                            ", ".join(f"{e['reason']} at {e['location']}" for e in found) or "no such drop", packet)
 
