@@ -130,7 +130,7 @@ def claims(trace):
     # 2. nf_conntrack_tcp_be_liberal=1
     _, synack2, ack2 = trace.handshake("client", "router", name="handshake-liberal",
                                        what="a second connection, after nf_conntrack_tcp_be_liberal=1")
-    stray2 = trace.next("router", "P.", name="stray-segment-liberal", payload=5, seq=synack2.seq + 1 + AHEAD,
+    trace.next("router", "P.", name="stray-segment-liberal", payload=5, seq=synack2.seq + 1 + AHEAD,
                         ack=ack2.seq, what="the same kind of segment now arrives translated, from the service address")
     trace.next("client", ".", name="dup-ack", ack=synack2.seq + 1, payload=0, within=0.05,
                what="and answers with a duplicate ACK saying what it expects")

@@ -47,8 +47,11 @@ def test_an_error_report_takes_its_neighbours_namespace_on_the_same_cpu_and_flow
         _event("inet_sock_set_state", 102, 1, 9, back, 1, 7),  # another run, same addresses, CPU 1
         _event("inet_sk_error_report", 103, 1, 0, back, 104),  # next to the other run's: not ours
         _event("inet_sk_error_report", 104, 0, 0, ("192.0.2.1", 1, "192.0.2.2", 2), 110),  # another flow
+        _event("inet_sock_set_state", 105, 0, 7, FLOW, 1, 7),
+        _event("inet_sk_error_report", 106, 0, 0, back, 104),  # its peer's view of the flow: not this socket
+        _event("kfree_skb", 107, 0, 0, FLOW, 3),  # a drop with no namespace is never guessed
     ]
-    assert attribute(everything, {7: ("client", 0)}, until=1000) == {0: "client", 1: "client"}
+    assert attribute(everything, {7: ("client", 0)}, until=1000) == {0: "client", 1: "client", 5: "client"}
 
 
 def _packet(number: int, time: float, sender: str, flags: str, src: str, sport: int, dst: str, dport: int,
@@ -123,6 +126,7 @@ PAHOLE = """struct sock_common {
 	union {
 		__addrpair         skc_addrpair;         /*     0     8 */
 	};
+	short unsigned int         skc_family;           /*    16     2 */
 	volatile unsigned char     skc_state;            /*    18     1 */
 	unsigned char              skc_net_refcnt:1;     /*    19: 6  1 */
 	possible_net_t             skc_net;              /*    48     8 */
@@ -152,7 +156,8 @@ def test_the_probes_read_the_kernels_structures_at_the_offsets_its_btf_gives() -
     assert found[("sock_common", "skc_state")] == 18 and found[("sock_common", "skc_net")] == 48
     assert found[("sk_buff", "transport_header")] == 178  # the first listing of a union member
     text = declarations(found)
-    assert "struct fg_sock { char _0[18]; unsigned char state; char _19[29]; struct fg_net *net; };" in text
+    assert ("struct fg_sock { char _0[16]; unsigned short family; unsigned char state; char _19[29];"
+            " struct fg_net *net; };") in text
     assert "struct fg_net { char _0[152]; struct fg_ns ns; };" in text
     assert "struct fg_ns { char _0[24]; unsigned int inum; };" in text
     with pytest.raises(RuntimeError, match="this kernel's BTF has no sk_buff.head"):

@@ -253,7 +253,7 @@ def you_may_have_seen(rec: Recording, quoted: list[dict[str, Any]], src: str) ->
     found = seen_in(rec)
     # not searched: every page's list of shared errnos would rank all of them alike; the
     # symptom index is the page a search for an error should find
-    out = ["## You may have seen { data-search-exclude }", ""]
+    out = ["## You may have seen { #you-may-have-seen data-search-exclude }", ""]
     if not found:
         out += ["No application call failed in this scenario's run: the reset (if any) happened where"
                 " no application was reading or writing. Its traces are the only symptom; the"

@@ -56,6 +56,7 @@ PORT = "($P >> 8) | (($P & 0xff) << 8)"  # network to host order, in bpftrace
 # Debian package dwarves): declared in the script, so bpftrace need not load the whole BTF
 # (that alone took 0.45 s of its 0.9 s start). (struct, member) -> (name in the script, C type)
 LAYOUT = {
+    ("sock_common", "skc_family"): ("fg_sock", "family", "unsigned short"),
     ("sock_common", "skc_state"): ("fg_sock", "state", "unsigned char"),
     ("sock_common", "skc_net"): ("fg_sock", "net", "struct fg_net *"),
     ("net", "ns"): ("fg_net", "ns", "struct fg_ns"),
@@ -152,9 +153,13 @@ tracepoint:sock:inet_sk_error_report /args->protocol == 6 && args->error != 0/ {
     "kfree_skb": """
 tracepoint:skb:kfree_skb /args->reason > 1 && args->protocol == 0x0800/ {
   $skb = (struct fg_skb *)args->skbaddr;
-  $ns = $skb->dev != 0 ? $skb->dev->net->ns.inum : ($skb->sk != 0 ? $skb->sk->net->ns.inum : 0);
+  $rx = (struct fg_sock *)RXSK;
+  $ns = $skb->dev != 0 ? $skb->dev->net->ns.inum : ($rx != 0 ? $rx->net->ns.inum
+        : ($skb->sk != 0 ? $skb->sk->net->ns.inum : 0));
   $ip = (struct fg_iphdr *)($skb->head + $skb->network_header);
-  if ($ns != HOME && $ip->protocol == 6) {
+  // 17, AF_PACKET: a copy held by a packet socket (tcpdump's, the lab's taps), not the stack's drop
+  $copy = $skb->sk != 0 ? $skb->sk->family == 17 : 0;
+  if ($ns != HOME && $ns != 0 && !$copy && $ip->protocol == 6) {
     $th = (struct fg_tcphdr *)($skb->head + $skb->transport_header);
     printf("E kfree_skb %llu %d %u 0 %d %s %d %s %d %d %u %s\\n", nsecs, cpu, $ns, args->reason, ntop($ip->saddr),
       PORT($th->source), ntop($ip->daddr), PORT($th->dest), $th->flags,
@@ -173,8 +178,10 @@ BEGIN { printf("R ready\\n"); }
 """
 
 
-def _script(events: list[str], home: int, layout: str) -> str:
+def _script(events: list[str], home: int, layout: str, rx_sk: bool = True) -> str:
+    """rx_sk: kfree_skb has that field (the socket that dropped the packet; 6.12 and later)."""
     text = layout + _HEAD + "".join(_PROBES[e] for e in events)
+    text = text.replace("RXSK", "args->rx_sk" if rx_sk else "0")
     text = re.sub(r"SKNS\(([^()]*)\)", r"((struct fg_sock *)\1)->net->ns.inum", text)
     text = re.sub(r"PORT\(([^()]*)\)", lambda m: "(" + PORT.replace("$P", m.group(1)) + ")", text)
     return text.replace("HOME", str(home))
@@ -303,7 +310,8 @@ class Tracer:
         layout = declarations(offsets())
         self._mark_fd = netns.new_namespace()
         self._mark_ns = str(os.fstat(self._mark_fd).st_ino)
-        self._proc = subprocess.Popen(_in_tracefs('exec bpftrace -e "$0"') + [_script(events, home, layout)],
+        rx_sk = "rx_sk" in set(re.findall(r"field:[^;]*?(\w+);", formats.get("kfree_skb", "")))
+        self._proc = subprocess.Popen(_in_tracefs('exec bpftrace -e "$0"') + [_script(events, home, layout, rx_sk)],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True, start_new_session=True,
                                       preexec_fn=_tracer_child)
@@ -448,9 +456,9 @@ def attribute(everything: list[tuple[Any, ...]], namespaces: dict[int, tuple[str
     """Which of the machine's events (as bpftrace printed them: name, t, cpu, ns, ...) are
     this run's: index -> host. An event is the run's when its namespace is one of the run's
     and it happened between the namespace's making and `until`: a namespace's number is
-    reused only after it is gone. An event without a namespace (an error report, a drop of
-    a packet with neither device nor socket) takes its neighbour's on the same CPU, when
-    that neighbour is about the same four-tuple: the kernel reports both in one call."""
+    reused only after it is gone. An error report (it carries no socket) takes its
+    neighbour's namespace on the same CPU, when that neighbour is about the same socket's
+    four-tuple, seen the same way round: the kernel reports both in one call."""
     owner = {}
     for i, e in enumerate(everything):
         ns, t = int(e[3]), int(e[1])
@@ -463,7 +471,7 @@ def attribute(everything: list[tuple[Any, ...]], namespaces: dict[int, tuple[str
         indexes.sort(key=lambda i: int(everything[i][1]))
         for k, i in enumerate(indexes):
             e = everything[i]
-            if e[3] != "0" or int(e[1]) > until:
+            if e[0] != "inet_sk_error_report" or int(e[1]) > until:
                 continue
             for j in (indexes[k - 1] if k else None, indexes[k + 1] if k + 1 < len(indexes) else None):
                 if j is not None and j in owner and _same_flow(everything[j], e):
@@ -477,8 +485,7 @@ def _same_flow(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
         offset = {"tcp_send_reset": 7, "tcp_receive_reset": 6, "inet_sock_set_state": 7,
                   "inet_sk_error_report": 6, "kfree_skb": 6}[e[0]]
         return tuple(e[offset:offset + 4])
-    fa, fb = flow(a), flow(b)
-    return fa == fb or fa == (fb[2], fb[3], fb[0], fb[1])
+    return flow(a) == flow(b)  # the same socket's view: the peer's events see the flow reversed
 
 
 def _errno_name(number: int) -> str:
