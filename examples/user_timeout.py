@@ -3,12 +3,13 @@
 The server host has vanished (powered off, its link cut, a firewall dropping
 it) and nothing tells the client. The client sends a request on a socket with
 TCP_USER_TIMEOUT set to 1 s (by default it is 0: the retransmission count of
-net.ipv4.tcp_retries2 decides, about 15 minutes). Its kernel retransmits the
-request on its timer, twice within that second; when the oldest unacknowledged
-byte has waited 1 s, the kernel gives up: it closes the socket and the blocked
-`recv()` raises TimeoutError (ETIMEDOUT). Unlike a keepalive timeout, the
-kernel sends no RST: the connection just stops. The scenario's own time is
-that 1 s.
+net.ipv4.tcp_retries2 decides, about 15 minutes). Its kernel sends the request
+again on a tail loss probe, then twice on its retransmission timer. Linux
+counts the user timeout from the first timer retransmission, not from the
+request: 1 s after that retransmission the kernel gives up, closes the socket,
+and the blocked `recv()` raises TimeoutError (ETIMEDOUT). Unlike a keepalive
+timeout, the kernel sends no RST: the connection just stops. The scenario's
+own time is that: about 1.4 s.
 """
 
 import socket
