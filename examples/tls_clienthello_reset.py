@@ -69,12 +69,14 @@ def run(client, router, server):
     listener = server.socket()
     listener.bind((server.ip, 443))
     listener.listen()
-    served = threading.Semaphore(0)
+    held = threading.Semaphore(0)  # released when the server application holds a connection
+    served = threading.Semaphore(0)  # released when its handshake has failed
 
     def serve():  # the TLS server: accept, then wait for the client's ClientHello
         for _ in range(CONNECTIONS):
             conn, _ = listener.accept()
             tls = tls_server.wrap_socket(conn._sock, server_side=True, do_handshake_on_connect=False)
+            held.release()
             try:
                 server.record("do_handshake()", tls.do_handshake)
             except OSError:
@@ -89,6 +91,9 @@ def run(client, router, server):
             if name != BLOCKED:
                 continue
             c, s = hello[IP], hello[TCP]
+            # the example's one concession to determinism: a RST that came while the connection
+            # still waited in the server's accept queue would end it before its application saw it
+            held.acquire()
             to_client = IP(src=c.dst, dst=c.src) / TCP(sport=s.dport, dport=s.sport, flags="RA",
                                                        seq=s.ack, ack=s.seq + len(s.payload), window=0)
             to_server = IP(src=c.src, dst=c.dst) / TCP(sport=s.sport, dport=s.dport, flags="RA",
