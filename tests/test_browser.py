@@ -482,7 +482,9 @@ SEARCHES = {
     "ECONNREFUSED": "symptoms", "Connection refused": "symptoms", "EPIPE": "symptoms", "Broken pipe": "symptoms",
     "TimeoutError": "symptoms", "SO_LINGER": "linger-zero", "SOCK_DESTROY": "ss-kill", "TIME-WAIT": "time-wait-rst",
     "tcp_rfc1337": "time-wait-rst", "tcp_abort_on_overflow": "backlog-overflow", "challenge ACK": "rst-injection",
-    "keepalive": "keepalive-probe-reset", "RST": "rst-census",
+    "keepalive probe": "keepalive-probe-reset", "TCP_USER_TIMEOUT": "user-timeout", "RST": "rst-census",
+    "SYN cookies": "syn-flood-cookies", "conntrack": "conntrack-invalid", "ClientHello": "tls-clienthello-reset",
+    "docker-proxy": "accepted-then-reset",
 }
 
 
