@@ -506,3 +506,20 @@ def test_search_puts_the_right_page_first(browser: Any, site_url: str) -> None:
         firsts[query] = urlparse(href).path.strip("/").split("/")[-1] or "home"
     assert firsts == SEARCHES
     watched.close()
+
+
+def test_a_keyboard_reader_passes_a_long_trace_in_one_step(browser: Any, site_url: str) -> None:
+    """One tab stop per packet (its number), none for the drawn names, and a "skip the trace"
+    link first: the longest trace is not 2 x N tab stops deep."""
+    slug = max(SLUGS, key=lambda s: len(recording(s)["packets"]))
+    watched = Watched(browser, viewport=DESKTOP, color_scheme="light")
+    page = open_page(watched, f"{site_url}scenarios/{slug}/")
+    stops = page.evaluate("""() => [...document.querySelector('.fg-trace').querySelectorAll('a, [tabindex]')]
+        .filter(e => e.tabIndex >= 0).length""")
+    assert stops == len(recording(slug)["packets"])
+    skip = page.locator("a.fg-skip").first
+    skip.focus()
+    assert skip.is_visible()
+    page.keyboard.press("Enter")
+    assert page.evaluate("location.hash") == f"#after-trace-{slug}"
+    watched.close()

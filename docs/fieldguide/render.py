@@ -265,7 +265,7 @@ def trace_html(rec: Recording, own_page: bool = True) -> str:
             f'<a class="fg-packet-number" href="#{named}" data-packet="{p.number}"'
             f' aria-label="{plain(spoken)}" title="link to this packet (click to copy it)"></a>'
             f"{_escape_pre(first)}"
-            f'<a class="fg-packet-name" href="#{named}" data-name="{plain(mark)}"'
+            f'<a class="fg-packet-name" href="#{named}" data-name="{plain(mark)}" tabindex="-1"'
             f' title="{plain(title)}" aria-hidden="true"></a>'
             f"\n{_escape_pre(rest)}</span>")
     return (f'<div class="highlight fg-trace" data-slug="{rec.slug}"><pre><code>'
@@ -364,8 +364,11 @@ def states_table(rec: Recording) -> str:
 def trace_block(rec: Recording, own_page: bool = True) -> str:
     note = (f"Captured on the {rec.captured_on} by tcpdump {rec.tcpdump_version};"
             f" each line is numbered in the margin and named by its claim at the end; both link to it.")
+    # a keyboard reader passes a long trace in one step (each packet's number is a tab stop)
+    after = f"after-trace-{rec.slug}"
     return "\n".join([
-        trace_html(rec, own_page), "",
+        f'<a class="fg-skip" href="#{after}">Skip the trace ({len(rec.packets)} packets)</a>'
+        + trace_html(rec, own_page) + f'<span id="{after}" tabindex="-1"></span>', "",
         f"<small>{plain(note)}</small>", "",
         kernel_word(rec, own_page), "",
         f'??? success "What this build checked against the {rec.slug} capture"', "",
