@@ -182,3 +182,19 @@ def test_a_sockets_own_rst_is_traced_after_it_left() -> None:
     first, second = annotate(packets, events, recorded=True)
     assert first.kernel and first.kernel["reason"] == "TCP_ABORT_ON_CLOSE"
     assert second.kernel is None  # far from any event of its flow: no TCP stack made it
+
+
+def test_a_reset_dropped_on_output_does_not_take_the_next_resets_packet() -> None:
+    """A silent reboot: the dying socket's RST (TCP_STATE) is dropped by nftables, then a RST
+    for the same flow comes from no socket at all (NO_SOCKET): the packet is the second's."""
+    s, c = ("192.0.2.2", 80), ("192.0.2.1", 40000)
+    packets = [_packet(1, 0.0200, "server", "R", *s, *c)]
+
+    def reset(time: float, reason: str, state: str) -> dict:
+        return {"event": "tcp_send_reset", "time": time, "host": "server", "state": state, "reason": reason,
+                "src": s[0], "sport": s[1], "dst": c[0], "dport": c[1]}
+
+    events = [reset(0.0100, "TCP_STATE", "TCP_ESTABLISHED"), reset(0.01999, "NO_SOCKET", "UNKNOWN")]
+    (rst,) = annotate(packets, events, recorded=True)
+    assert rst.kernel is not None and rst.kernel["reason"] == "NO_SOCKET"
+    assert "packet" not in events[0]  # never on the wire

@@ -399,3 +399,21 @@ def test_edit_links_follow_the_one_repository_setting() -> None:
     assert {"content.action.edit", "content.action.view"} <= set(config["theme"]["features"])
     with pytest.raises(PluginError, match="https://"):
         _edit_links(config, "github.com/org/repo")
+
+
+def test_chinese_readers_get_a_title_a_summary_and_glibcs_own_error_texts(built_site: Path) -> None:
+    """Each scenario page opens with its Chinese title and summary; the symptom index gives
+    each errno as glibc prints it on a zh_CN system, recorded from the C library, not typed."""
+    from fieldguide import chinese
+
+    slugs = all_slugs()
+    zh = chinese.pages(slugs)
+    for slug in slugs:
+        page = html.unescape(page_of(built_site, slug))
+        assert f'<p class="fg-zh" lang="zh-CN"><strong>{zh[slug]["title"]}</strong>' in page, slug
+    recorded = chinese.glibc_messages(["ECONNRESET", "ECONNREFUSED"])
+    if not recorded["messages"]:
+        pytest.skip(recorded["why"])
+    symptoms_page = (built_site / "symptoms" / "index.html").read_text()
+    for text in recorded["messages"].values():
+        assert text in symptoms_page

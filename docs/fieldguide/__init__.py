@@ -51,5 +51,7 @@ Other pages may use {{ scenario_index }} (home), {{ symptom_index }},
 The modules: recordings.py loads and checks every recording (lab.artifact's schema);
 render.py turns one into Markdown and HTML (pure, unit-tested); placeholders.py is the
 one registry of placeholders and expands a page; symptoms.py is the symptom index;
+chinese.py gives Chinese readers each scenario's title and summary (chinese.yml: a new
+scenario needs its entry) and glibc's own Chinese error texts;
 mermaid.py serves Mermaid from the site; hooks.py wires them to MkDocs' events.
 """

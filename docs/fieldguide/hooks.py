@@ -27,6 +27,7 @@ from mkdocs.structure.pages import Page
 
 from lab.artifact import ArtifactError, Recording, locked
 
+from . import chinese as zh
 from . import mermaid, notebook, symptoms
 from .placeholders import PHASE_LABELS, Context, PageError, expand_page
 from .recordings import load_all
@@ -35,6 +36,7 @@ log = logging.getLogger("mkdocs.hooks.fieldguide")
 
 recordings: dict[str, Recording] = {}
 quoted: list = []
+chinese: dict = {}  # chinese.py: the pages' Chinese titles, glibc's Chinese error texts
 mermaid_scripts: list[str] = []
 census: list[notebook.Execution] = []  # the notebook's execution
 held = contextlib.ExitStack()  # the recordings' lock, shared, from on_config to the build's end
@@ -58,6 +60,9 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
         recordings.clear()
         recordings.update(load_all(Path(config.docs_dir)))
         quoted[:] = symptoms.load_quoted()
+        chinese.clear()
+        chinese["pages"] = zh.pages(list(recordings))
+        chinese.update(zh.glibc_messages(symptoms.errno_names(recordings)))
     except (ArtifactError, ValueError) as exc:
         census[0].cancel()
         held.close()
@@ -124,7 +129,7 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
     source = page.file.content_string  # its front matter (if any) is gone from `markdown`
     first_line = 1 + source.count("\n", 0, max(source.find(markdown[:200]), 0)) if markdown else 1
     try:
-        return expand_page(markdown, Context(src, slug, recordings, quoted), first_line)
+        return expand_page(markdown, Context(src, slug, recordings, quoted, chinese), first_line)
     except PageError as exc:
         raise PluginError(str(exc)) from None
 

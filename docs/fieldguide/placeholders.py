@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lab.artifact import Recording
@@ -44,6 +44,9 @@ class Context:
     slug: str | None  # the page's own scenario, on a scenario page
     recordings: dict[str, Recording]
     quoted: list[dict[str, Any]]
+    # for Chinese readers (chinese.py): "pages" slug -> {title, summary}; "messages" errno ->
+    # glibc's zh_CN text, "by" where it came from, or "why" it is missing
+    chinese: dict[str, Any] = field(default_factory=dict)
 
     @property
     def own(self) -> Recording:
@@ -107,7 +110,10 @@ def expand_page(markdown: str, ctx: Context, first_line: int = 1) -> str:
 
     out = PLACEHOLDER.sub(expand, markdown)
     if ctx.slug is not None:
-        out = (f"# {render.plain(ctx.own.title)}\n\n" + out.rstrip("\n") + "\n\n"
+        zh = ctx.chinese.get("pages", {}).get(ctx.slug)
+        chinese = (f'<p class="fg-zh" lang="zh-CN"><strong>{render.plain(zh["title"])}</strong>：'
+                   f'{render.plain(zh["summary"])}</p>\n\n') if zh else ""
+        out = (f"# {render.plain(ctx.own.title)}\n\n" + chinese + out.rstrip("\n") + "\n\n"
                + symptoms.you_may_have_seen(ctx.own, ctx.quoted, ctx.src) + "\n")
     return out
 
@@ -224,7 +230,10 @@ def _scenario_index(ctx: Context, args: list[str]) -> str:
                 "|---|---|---|---|"]
         for r in mine:
             summary = r.summary.replace("|", "\\|")  # the example's own Markdown
-            cells = [f"[{render.plain(r.title)}]({ctx.link(f'scenarios/{r.slug}.md')})", summary,
+            zh = ctx.chinese.get("pages", {}).get(r.slug)
+            title = f"[{render.plain(r.title)}]({ctx.link(f'scenarios/{r.slug}.md')})" + (
+                f'<br><small lang="zh-CN">{render.plain(zh["title"])}</small>' if zh else "")
+            cells = [title, summary,
                      render.resets_in_short(r), render.apps_in_short(r)]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
@@ -233,13 +242,13 @@ def _scenario_index(ctx: Context, args: list[str]) -> str:
 
 @placeholder("symptom_index")
 def _symptom_index(ctx: Context, args: list[str]) -> str:
-    return symptoms.symptom_index(ctx.recordings, ctx.quoted, ctx.src)
+    return symptoms.symptom_index(ctx.recordings, ctx.quoted, ctx.src, ctx.chinese)
 
 
 @placeholder("symptom_summary")
 def _symptom_summary(ctx: Context, args: list[str]) -> str:
     """{{ symptom_summary }} (home): each error the scenarios met, linked into the symptom index."""
-    return symptoms.symptom_summary(ctx.recordings, ctx.src)
+    return symptoms.symptom_summary(ctx.recordings, ctx.src, ctx.chinese)
 
 
 @placeholder("capture_settings")

@@ -207,19 +207,33 @@ def _groups(recordings: dict[str, Recording]) -> tuple[dict[str, list[Seen]], li
     return groups, sorted(groups, key=lambda k: (-len({s.slug for s in groups[k]}), k))
 
 
-def symptom_summary(recordings: dict[str, Recording], src: str) -> str:
+def _chinese(key: str, chinese: dict[str, Any]) -> str:
+    text = chinese.get("messages", {}).get(key)
+    return f' <span lang="zh-CN">{literal(text)}</span>' if text else ""
+
+
+def errno_names(recordings: dict[str, Recording]) -> list[str]:
+    """The errno names among the failures the scenarios met (ECONNRESET, ...)."""
+    groups, _ = _groups(recordings)
+    return [k for k in groups if isinstance(getattr(errno_module, k, None), int)]
+
+
+def symptom_summary(recordings: dict[str, Recording], src: str, chinese: dict[str, Any] | None = None) -> str:
     """For the home page: each error the scenarios met, linked to its part of the index."""
     groups, order = _groups(recordings)
     out = []
     for key in order:
         count = len({s.slug for s in groups[key]})
         out.append(f"- [**{plain(describe_key(key))}**]({_link(src, 'symptoms.md')}#{group_id(key)}):"
-                   f" {count} scenario{'s' if count > 1 else ''}")
+                   f" {count} scenario{'s' if count > 1 else ''}" + _chinese(key, chinese or {}))
     return "\n".join(out)
 
 
-def symptom_index(recordings: dict[str, Recording], quoted: list[dict[str, Any]], src: str) -> str:
-    """Every captured failure, grouped by errno (or exception class), most scenarios first."""
+def symptom_index(recordings: dict[str, Recording], quoted: list[dict[str, Any]], src: str,
+                  chinese: dict[str, Any] | None = None) -> str:
+    """Every captured failure, grouped by errno (or exception class), most scenarios first;
+    with glibc's Chinese text of each errno where it was recorded."""
+    chinese = chinese or {}
     groups, order = _groups(recordings)
     out = []  # a list, not a table: the error texts are long and phones are narrow
     for key in order:
@@ -230,16 +244,22 @@ def symptom_index(recordings: dict[str, Recording], quoted: list[dict[str, Any]]
     out.append("")
     for key in order:
         out += [f"## {plain(describe_key(key))} {{ #{group_id(key)} }}", ""]
+        if chinese.get("messages", {}).get(key):
+            out += [f"On a Chinese system ({plain(chinese['by'])}), the same error reads"
+                    f"{_chinese(key, chinese)} (中文系统上的报错).", ""]
         by_text: dict[str, list[Seen]] = {}
         for seen in groups[key]:
             by_text.setdefault(seen.text, []).append(seen)
         for text, seens in sorted(by_text.items()):
             kind = "logged by the server application" if all(s.source == "log" for s in seens) else "raised in Python"
             out += [f"{literal(text)} ({kind}), in:", ""]
+            # the scenarios' titles are not searched here: a search for SO_LINGER should find
+            # its scenario's page, not this index that names it
+            out += ['<div data-search-exclude markdown>', ""]
             for seen in sorted(seens, key=lambda s: (s.slug, s.host, s.call)):
                 page = _link(src, f"scenarios/{seen.slug}.md")
                 out.append(f"- [{plain(seen.title)}]({page}): {_where(seen, src, own_page=False)}")
-            out.append("")
+            out += ["", "</div>", ""]
         others = _quoted_for(quoted, {key})
         if others:
             out += ["The same event in software these scenarios do not run (quoted):", ""]

@@ -41,16 +41,23 @@ def annotate(packets: list[Packet], events: list[dict[str, Any]], recorded: bool
         for p in packets:
             if p.is_rst:
                 changes[p.number].update(kernel=None, received=None)
+    # each tcp_send_reset to the RST of its flow nearest in time, the closest pairs first: a RST
+    # that nftables dropped on output leaves an event with no packet, which must not take the
+    # packet of the RST sent a moment later for the same flow
+    pairs = sorted(((abs(p.time - e["time"]), i, p.number) for i, e in enumerate(events)
+                    if e["event"] == "tcp_send_reset" for p in packets
+                    if p.is_rst and (p.src, p.sport) == (e["src"], e["sport"])
+                    and ((p.dst, p.dport) == (e["dst"], e["dport"]) or _wildcard(e))
+                    and abs(p.time - e["time"]) <= NEAR))
+    for _, i, number in pairs:
+        e = events[i]
+        if changes[number]["kernel"] is None and "packet" not in e:
+            changes[number]["kernel"] = {"event": e["event"], "host": e["host"], "state": e["state"],
+                                         "reason": e["reason"]}
+            e["packet"] = number
     for e in sorted(events, key=lambda e: e["time"]):
         if e["event"] == "tcp_send_reset":
-            p = _nearest([p for p in packets if p.is_rst and changes[p.number]["kernel"] is None
-                          and (p.src, p.sport) == (e["src"], e["sport"])
-                          and ((p.dst, p.dport) == (e["dst"], e["dport"]) or _wildcard(e))
-                          and abs(p.time - e["time"]) <= NEAR], e["time"])
-            if p:
-                changes[p.number]["kernel"] = {"event": e["event"], "host": e["host"], "state": e["state"],
-                                               "reason": e["reason"]}
-                e["packet"] = p.number
+            continue
         elif e["event"] == "tcp_receive_reset":
             p = _last(p for p in packets if p.is_rst and changes[p.number]["received"] is None
                       and (p.dst, p.dport, p.src, p.sport) == (e["src"], e["sport"], e["dst"], e["dport"])
@@ -68,10 +75,6 @@ def annotate(packets: list[Packet], events: list[dict[str, Any]], recorded: bool
                                                 "location": e["location"]}
                 e["packet"] = p.number
     return [dataclasses.replace(p, **changes[p.number]) if changes[p.number] else p for p in packets]
-
-
-def _nearest(found: list[Packet], time: float) -> Packet | None:
-    return min(found, key=lambda p: abs(p.time - time), default=None)
 
 
 def _last(found: Any) -> Packet | None:

@@ -1,0 +1,47 @@
+"""For Chinese readers: each scenario's Chinese title and one-line summary (chinese.yml, written
+for this site), and the Chinese text of each error as glibc prints it on a zh_CN system,
+recorded from this machine's C library at build time, never typed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PAGES = Path(__file__).with_name("chinese.yml")
+LOCALE = "zh_CN.UTF-8"
+_ASK_GLIBC = """
+import errno, json, locale, os, sys
+locale.setlocale(locale.LC_ALL, "")  # without it, strerror() stays English
+names = json.loads(sys.argv[1])
+print(json.dumps({"glibc": os.confstr("CS_GNU_LIBC_VERSION"),
+                  "messages": {n: os.strerror(getattr(errno, n)) for n in names if hasattr(errno, n)}}))
+"""
+
+
+def pages(slugs: list[str]) -> dict[str, dict[str, str]]:
+    """slug -> {title, summary}; ValueError naming what is missing or extra."""
+    found = yaml.safe_load(PAGES.read_text(encoding="utf-8")) or {}
+    missing, extra = sorted(set(slugs) - set(found)), sorted(set(found) - set(slugs))
+    bad = [s for s, v in found.items() if not isinstance(v, dict) or not v.get("title") or not v.get("summary")]
+    if missing or extra or bad:
+        raise ValueError(f"{PAGES.name}: missing {missing}, without example {extra}, incomplete {bad}")
+    return found
+
+
+def glibc_messages(names: list[str]) -> dict[str, Any]:
+    """{"messages": errno name -> glibc's zh_CN text, "by": "glibc 2.36, zh_CN.UTF-8"}, or
+    {"messages": {}, "why": ...} where this machine has no such locale."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG"))}
+    proc = subprocess.run([sys.executable, "-c", _ASK_GLIBC, json.dumps(sorted(names))],
+                          env={**env, "LC_ALL": LOCALE}, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"messages": {}, "why": f"this machine has no {LOCALE} locale (Debian package locales-all)"}
+    answer = json.loads(proc.stdout)
+    return {"messages": answer["messages"], "by": f"{answer['glibc']}, {LOCALE}"}
