@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from lab.artifact import ROOT
 
 HOSTILE = 'x` <img src=x onerror=alert(1)> `y | *b* {{ packet 1 }} :material-close: ``z`` <script>alert(2)</script>'
@@ -111,6 +112,8 @@ def hostile_site(recorded_traces: Path, tmp_path_factory: pytest.TempPathFactory
     assert record.returncode == 0, record.stderr
     shutil.copytree(ROOT / "docs", base / "docs")
     (base / "docs" / "scenarios" / "hostile-text.md").write_text(PAGE)
+    with (base / "docs" / "fieldguide" / "chinese.yml").open("a", encoding="utf-8") as zh:  # hostile too
+        zh.write(yaml.safe_dump({"hostile-text": {"title": HOSTILE, "summary": HOSTILE}}, allow_unicode=True))
     shutil.copy(ROOT / "mkdocs.yml", base / "mkdocs.yml")
     build = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(base / "site")],
                            cwd=base, env=env, capture_output=True, text=True)  # cwd: snippets read examples/

@@ -25,9 +25,10 @@ print(json.dumps({"glibc": os.confstr("CS_GNU_LIBC_VERSION"),
 """
 
 
-def pages(slugs: list[str]) -> dict[str, dict[str, str]]:
-    """slug -> {title, summary}; ValueError naming what is missing or extra."""
-    found = yaml.safe_load(PAGES.read_text(encoding="utf-8")) or {}
+def pages(slugs: list[str], path: Path = PAGES) -> dict[str, dict[str, str]]:
+    """slug -> {title, summary} (path: the site's chinese.yml); ValueError naming what is
+    missing or extra."""
+    found = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     missing, extra = sorted(set(slugs) - set(found)), sorted(set(found) - set(slugs))
     bad = [s for s, v in found.items() if not isinstance(v, dict) or not v.get("title") or not v.get("summary")]
     if missing or extra or bad:
