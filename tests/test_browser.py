@@ -527,14 +527,13 @@ def test_a_keyboard_reader_passes_a_long_trace_in_one_step(browser: Any, site_ur
 
 
 def test_chinese_searches_reach_the_pages(browser: Any, site_url: str) -> None:
-    """连接重置 and the like find a page that explains them, not only the home page (a query
-    that starts with 被 still finds nothing: not solved)."""
+    """连接重置 and the like find a page that explains them, not only the home page."""
     watched = Watched(browser, viewport=DESKTOP, color_scheme="light")
     page = open_page(watched, site_url)
     page.wait_for_function("(document.querySelector('.md-search-result__meta') || {}).textContent"
                            " === 'Type to start searching'", timeout=15000)
     box = page.locator("input.md-search__input")
-    for query in ("连接重置", "拒绝连接", "超时", "对端重置"):
+    for query in ("连接重置", "拒绝连接", "超时", "被对端重置"):
         box.fill("")
         box.press("End")
         page.wait_for_function("document.querySelectorAll('.md-search-result__item').length === 0")

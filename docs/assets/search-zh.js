@@ -1,13 +1,21 @@
-// Chinese queries: Material searches the last word as a prefix (word*), and a prefix is not
-// split into words, so "连接重置" finds nothing while "连接重置 " (a finished word) is split
-// and found. When a Chinese phrase arrives whole (an input method commits it, or it is
-// pasted), finish it with a space before Material reads the query.
-const HAN_AT_END = /\p{Script=Han}$/u;
+// Chinese queries. The index splits Chinese text into words with jieba at build time; the
+// browser's search splits a query its own way (and searches its last word as a prefix),
+// so "被重置" finds nothing while "被 重置 " does. When a Chinese phrase arrives whole (an
+// input method commits it, or it is pasted), split it into words with the browser's own
+// Chinese word segmenter and finish it with a space, before Material reads the query.
+const HAN = /\p{Script=Han}/u;
+const words = "Segmenter" in Intl ? new Intl.Segmenter("zh", {granularity: "word"}) : null;
+
+function split(text) {
+  if (!words) return text;
+  // a run of two characters is one word already (超时): only longer runs are split
+  return text.replace(/\p{Script=Han}{3,}/gu, (run) => [...words.segment(run)].map((part) => part.segment).join(" "));
+}
 
 function finish(input) {
-  if (input instanceof HTMLInputElement && input.matches("input.md-search__input") && HAN_AT_END.test(input.value)) {
-    input.value += " ";
-  }
+  if (!(input instanceof HTMLInputElement) || !input.matches("input.md-search__input")) return;
+  if (!HAN.test(input.value)) return;
+  input.value = split(input.value.trimEnd()).replace(/\s+/g, " ") + " ";
 }
 
 document.addEventListener("compositionend", (event) => finish(event.target), true);
