@@ -9,7 +9,13 @@ document.addEventListener("click", (event) => {
     line.setAttribute("data-copied", "link copied");
     setTimeout(() => line.removeAttribute("data-copied"), 2000);
   };
+  const inBar = () => {  // no clipboard here (plain http, or refused): the address bar has it
+    line.setAttribute("data-copied", "link in the address bar");
+    setTimeout(() => line.removeAttribute("data-copied"), 2000);
+  };
   if (navigator.clipboard && window.isSecureContext) {
-    navigator.clipboard.writeText(url).then(said, () => {});
+    navigator.clipboard.writeText(url).then(said, inBar);
+  } else {
+    inBar();
   }
 });

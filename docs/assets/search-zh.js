@@ -12,13 +12,16 @@ function split(text) {
   return text.replace(/\p{Script=Han}{3,}/gu, (run) => [...words.segment(run)].map((part) => part.segment).join(" "));
 }
 
-function finish(input) {
+function finish(input, committed) {
   if (!(input instanceof HTMLInputElement) || !input.matches("input.md-search__input")) return;
-  if (!HAN.test(input.value)) return;
+  // only a phrase of two characters or more, committed at the end of the query: a reader
+  // typing one character at a time, or editing in the middle, keeps the box as typed
+  if (!committed || [...committed].length < 2 || !HAN.test(committed)) return;
+  if (input.selectionStart !== input.value.length) return;
   input.value = split(input.value.trimEnd()).replace(/\s+/g, " ") + " ";
 }
 
-document.addEventListener("compositionend", (event) => finish(event.target), true);
+document.addEventListener("compositionend", (event) => finish(event.target, event.data), true);
 document.addEventListener("input", (event) => {
-  if (!event.isComposing && event.data && [...event.data].length > 1) finish(event.target);
+  if (!event.isComposing) finish(event.target, event.data);
 }, true);

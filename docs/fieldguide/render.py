@@ -194,7 +194,8 @@ def resets_in_short(rec: Recording) -> str:
     """For the index: who sent each RST, and a TTL that gives a forger away."""
     lines = []
     for p in rec.resets():
-        seen_ttls = sorted({q.ttl for q in rec.packets if q.src == p.src and q.number != p.number})
+        seen_ttls = sorted({q.ttl for q in rec.packets if q.src == p.src and q.number != p.number
+                            and "R" not in q.flags} - {p.ttl})
         who = (f"{p.sender}'s address {literal('[' + p.flags + ']')}, TTL {p.ttl} ≠ {', '.join(map(str, seen_ttls))}"
                if ttl_anomaly(rec, p) else f"{p.sender} {literal('[' + p.flags + ']')}")
         if who not in lines:
@@ -326,9 +327,17 @@ def kernel_word(rec: Recording, own_page: bool = True) -> str:
             out.append(f"| {_packet_link(rec, p.number, own_page)} | {' | '.join(who)} | {got} |")
         for e in sent:
             if not e.get("packet"):
-                out.append(f"| never on the wire here | {plain(e['host'])}'s kernel | {literal(e['reason'])}"
+                out.append(f"| not on this link | {plain(e['host'])}'s kernel | {literal(e['reason'])}"
                            f" | {literal(e['state'])} | |")
+        for e in rec.kernel_events:
+            if e["event"] == "tcp_receive_reset" and not e.get("packet"):
+                out.append(f"| not on this link | | | | {plain(e['host'])}, in {literal(e['state'])} |")
         out.append("")
+        if any(p.received is None for p in resets):
+            out += ["No `tcp_receive_reset` for a RST: no socket took it as a reset. A TIME-WAIT socket"
+                    " ([`tcp_timewait_state_process()`](https://elixir.bootlin.com/linux/v6.18/source/net/ipv4/tcp_minisocks.c))"
+                    " or a request socket handles a RST without that event, and a RST that is dropped"
+                    " or ignored has none.", ""]
     drops = [e for e in rec.kernel_events if e["event"] == "kfree_skb"]
     if drops:
         out += ["| dropped | by | skb:kfree_skb reason | in |", "|---|---|---|---|"]
@@ -338,15 +347,22 @@ def kernel_word(rec: Recording, own_page: bool = True) -> str:
     errors = [e for e in rec.kernel_events if e["event"] == "inet_sk_error_report"]
     if errors:
         out += ["| error reported to | errno (inet_sk_error_report) |", "|---|---|"]
-        out += [f"| {plain(e['host'])} {literal(e['src'] + '.' + str(e['sport']) + ' > ' + e['dst'] + '.' + str(e['dport']))}"
-                f" | {literal(e['errno'])} ({e['error']}) |" for e in errors]
+        out += [f"| {plain(e['host'])} " + (
+                    literal(f"{e['src']}.{e['sport']} > {e['dst']}.{e['dport']}") if e["dport"]
+                    else f"{literal(e['src'] + '.' + str(e['sport']))}, its peer's address already cleared")
+                + f" | {literal(e['errno'])} ({e['error']}) |" for e in errors]
         out.append("")
     if not out:
         out = ["No RST, drop or socket error was recorded by the kernel in this run.", ""]
     if missing:
         out += [missing, ""]
-    return (f'???+ abstract "The kernel\'s own word: {len(resets)} RST(s), {len(drops)} drop(s),'
-            f' {len(errors)} error(s)"\n\n' + indent("\n".join(out)) + "\n")
+    off_wire = sum(1 for e in sent if not e.get("packet"))
+    counts = [f"{len(resets)} RST{'s' if len(resets) != 1 else ''} on the wire"]
+    counts += [f"{off_wire} sent but not on this link"] if off_wire else []
+    counts += [f"{len(drops)} drop{'s' if len(drops) != 1 else ''}", f"{len(errors)} error{'s' if len(errors) != 1 else ''}"]
+    which = "" if own_page else f" ({rec.slug})"
+    return (f'???+ abstract "The kernel\'s own word{which}: {", ".join(counts)}"\n\n'
+            + indent("\n".join(out)) + "\n")
 
 
 def states_table(rec: Recording) -> str:
@@ -358,6 +374,10 @@ def states_table(rec: Recording) -> str:
     rows = ["| socket | its states, in order (sock:inet_sock_set_state) |", "|---|---|"]
     for label, path in rec.states.items():
         rows.append(f"| {literal(label)} | " + " → ".join(literal(s.removeprefix("TCP_")) for s in path) + " |")
+    rows += ["", "<small>A socket that enters `TIME-WAIT` ends here at `CLOSE`: the kernel hands the"
+             " connection to a time-wait socket of its own"
+             " ([`tcp_time_wait()`](https://elixir.bootlin.com/linux/v6.18/source/net/ipv4/tcp_minisocks.c)),"
+             " whose states raise no event.</small>"]
     return "\n".join(rows) + "\n"
 
 

@@ -110,7 +110,9 @@ def states(events: list[dict[str, Any]]) -> dict[str, list[str]]:
                 current[key] = label
                 paths[label] = [e["oldstate"]]
             paths[label].append(e["newstate"])
-            if e["sport"] or label not in flows:
+            # name it by its fullest view: both ports (not a connect's unbound port, nor the
+            # peer a disconnect cleared), else its own port (a listener)
+            if label not in flows or _fullness(e) >= _fullness(flows[label]):
                 flows[label] = e
         if label:
             members.setdefault(label, []).append(e)
@@ -125,6 +127,10 @@ def states(events: list[dict[str, Any]]) -> dict[str, list[str]]:
         for member in members.get(label, []):
             member["_socket"] = name
     return named
+
+
+def _fullness(e: dict[str, Any]) -> int:
+    return 2 if e["sport"] and e["dport"] else 1 if e["sport"] else 0
 
 
 def strip(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
