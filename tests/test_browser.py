@@ -128,6 +128,35 @@ def open_page(watched: Watched, url: str) -> Any:
     return page
 
 
+def choose_palette(page: Any, scheme: str) -> None:
+    """Click Material's palette toggle (it cycles automatic -> light -> dark) until `scheme`."""
+    for _ in range(3):
+        if (page.locator("body").get_attribute("data-md-color-scheme") == "slate") == (scheme == "dark"):
+            break
+        page.locator("form[data-md-component='palette'] label:visible").first.click()
+    assert (page.locator("body").get_attribute("data-md-color-scheme") == "slate") == (scheme == "dark")
+
+
+def search_ready(page: Any) -> None:
+    """Material says "Type to start searching" once its worker has loaded the index; a query
+    typed before that is not run again."""
+    page.wait_for_function("(document.querySelector('.md-search-result__meta') || {}).textContent"
+                           " === 'Type to start searching'", timeout=15000)
+
+
+def search(page: Any, query: str) -> list[str]:
+    """The result links for `query`, typed into an emptied box. Material searches on keyup:
+    typing character by character would race its searches for each prefix."""
+    box = page.locator("input.md-search__input")
+    box.fill("")
+    box.press("End")
+    page.wait_for_function("document.querySelectorAll('.md-search-result__item').length === 0")
+    box.fill(query)
+    box.press("End")
+    page.wait_for_function("document.querySelectorAll('.md-search-result__item').length > 0", timeout=15000)
+    return page.locator(".md-search-result__item > a").evaluate_all("links => links.map(a => a.href)")
+
+
 def wait_for_diagrams(page: Any) -> None:
     """Every Mermaid block has become an SVG (Material renders them after load)."""
     page.wait_for_function(
@@ -249,10 +278,7 @@ def test_search_finds_econnreset_on_scenario_pages(browser: Any, site_url: str, 
     opener = page.locator("label.md-header__button[for='__search']")  # the narrow layout's button
     if opener.is_visible():
         opener.click()
-    # Material says "Type to start searching" once its worker has loaded the index; a query
-    # typed before that is not run again
-    page.wait_for_function("(document.querySelector('.md-search-result__meta') || {}).textContent"
-                           " === 'Type to start searching'", timeout=15000)
+    search_ready(page)
     page.locator("input.md-search__input").press_sequentially("ECONNRESET")  # Material reads keyups
     page.wait_for_function("document.querySelectorAll('.md-search-result__item').length > 0", timeout=15000)
     hrefs = page.locator(".md-search-result__item a").evaluate_all("links => links.map(a => a.href)")
@@ -413,11 +439,7 @@ def test_rsts_are_marked_in_the_diagram_in_either_palette(browser: Any, site_url
     watched = Watched(browser, viewport=DESKTOP, color_scheme=scheme)
     slug = "firewall-reject"
     page = open_page(watched, f"{site_url}scenarios/{slug}/")
-    for _ in range(3):  # the toggle cycles automatic -> light -> dark
-        if (page.locator("body").get_attribute("data-md-color-scheme") == "slate") == (scheme == "dark"):
-            break
-        page.locator("form[data-md-component='palette'] label:visible").first.click()
-    assert (page.locator("body").get_attribute("data-md-color-scheme") == "slate") == (scheme == "dark")
+    choose_palette(page, scheme)
     wait_for_diagrams(page)
     svg = "document.querySelector('div.mermaid').shadowRoot.querySelector('svg')"
     labels = page.evaluate(f"[...{svg}.querySelectorAll('text.messageText')].map(t => t.textContent)")
@@ -456,10 +478,7 @@ def test_packet_numbers_and_the_opened_packet_are_legible(browser: Any, site_url
     watched = Watched(browser, viewport=DESKTOP, color_scheme=scheme)
     name = next(p["name"] for p in recording("closed-port")["packets"] if "R" in p["flags"])
     page = open_page(watched, f"{site_url}scenarios/closed-port/#{name}")
-    for _ in range(3):  # the toggle cycles automatic -> light -> dark
-        if (page.locator("body").get_attribute("data-md-color-scheme") == "slate") == (scheme == "dark"):
-            break
-        page.locator("form[data-md-component='palette'] label:visible").first.click()
+    choose_palette(page, scheme)
     contrast = page.evaluate(CONTRAST)
     assert contrast["number"] >= 4.5 and contrast["outline"] >= 3.0, contrast
     watched.close()
@@ -492,19 +511,8 @@ SEARCHES = {
 def test_search_puts_the_right_page_first(browser: Any, site_url: str) -> None:
     watched = Watched(browser, viewport=DESKTOP, color_scheme="light")
     page = open_page(watched, site_url)
-    page.wait_for_function("(document.querySelector('.md-search-result__meta') || {}).textContent"
-                           " === 'Type to start searching'", timeout=15000)
-    box = page.locator("input.md-search__input")
-    firsts = {}
-    for query in SEARCHES:
-        box.fill("")
-        box.press("End")  # Material searches on keyup: typing char by char would race its prefixes
-        page.wait_for_function("document.querySelectorAll('.md-search-result__item').length === 0")
-        box.fill(query)
-        box.press("End")
-        page.wait_for_function("document.querySelectorAll('.md-search-result__item').length > 0", timeout=15000)
-        href = page.locator(".md-search-result__item > a").first.get_attribute("href")
-        firsts[query] = urlparse(href).path.strip("/").split("/")[-1] or "home"
+    search_ready(page)
+    firsts = {query: urlparse(search(page, query)[0]).path.strip("/").split("/")[-1] or "home" for query in SEARCHES}
     assert firsts == SEARCHES
     watched.close()
 
@@ -530,17 +538,8 @@ def test_chinese_searches_reach_the_pages(browser: Any, site_url: str) -> None:
     """连接重置 and the like find a page that explains them, not only the home page."""
     watched = Watched(browser, viewport=DESKTOP, color_scheme="light")
     page = open_page(watched, site_url)
-    page.wait_for_function("(document.querySelector('.md-search-result__meta') || {}).textContent"
-                           " === 'Type to start searching'", timeout=15000)
-    box = page.locator("input.md-search__input")
+    search_ready(page)
     for query in ("连接重置", "拒绝连接", "超时", "被对端重置"):
-        box.fill("")
-        box.press("End")
-        page.wait_for_function("document.querySelectorAll('.md-search-result__item').length === 0")
-        box.fill(query)
-        box.press("End")
-        page.wait_for_function("document.querySelectorAll('.md-search-result__item').length > 0", timeout=15000)
-        paths = {urlparse(h).path for h in page.locator(".md-search-result__item > a").evaluate_all(
-            "links => links.map(a => a.href)")}
+        paths = {urlparse(h).path for h in search(page, query)}
         assert any("/scenarios/" in p or "/symptoms/" in p for p in paths), (query, paths)
     watched.close()

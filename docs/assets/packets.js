@@ -5,16 +5,13 @@ document.addEventListener("click", (event) => {
   if (!link) return;
   const line = link.closest(".fg-packet");
   const url = new URL(link.getAttribute("href"), location.href).href;
-  const said = () => {
-    line.setAttribute("data-copied", "link copied");
+  const say = (words) => () => {
+    line.setAttribute("data-copied", words);
     setTimeout(() => line.removeAttribute("data-copied"), 2000);
   };
-  const inBar = () => {  // no clipboard here (plain http, or refused): the address bar has it
-    line.setAttribute("data-copied", "link in the address bar");
-    setTimeout(() => line.removeAttribute("data-copied"), 2000);
-  };
+  const inBar = say("link in the address bar");  // no clipboard (plain http, or refused)
   if (navigator.clipboard && window.isSecureContext) {
-    navigator.clipboard.writeText(url).then(said, inBar);
+    navigator.clipboard.writeText(url).then(say("link copied"), inBar);
   } else {
     inBar();
   }

@@ -56,9 +56,7 @@ def annotate(packets: list[Packet], events: list[dict[str, Any]], recorded: bool
                                          "reason": e["reason"]}
             e["packet"] = number
     for e in sorted(events, key=lambda e: e["time"]):
-        if e["event"] == "tcp_send_reset":
-            continue
-        elif e["event"] == "tcp_receive_reset":
+        if e["event"] == "tcp_receive_reset":
             p = _last(p for p in packets if p.is_rst and changes[p.number]["received"] is None
                       and (p.dst, p.dport, p.src, p.sport) == (e["src"], e["sport"], e["dst"], e["dport"])
                       and p.time <= e["time"] + SLACK)
@@ -78,10 +76,7 @@ def annotate(packets: list[Packet], events: list[dict[str, Any]], recorded: bool
 
 
 def _last(found: Any) -> Packet | None:
-    last = None
-    for last in found:
-        pass
-    return last
+    return ([*found] or [None])[-1]
 
 
 def timed(events: list[dict[str, Any]], offset_ns: int, first_packet: float) -> list[dict[str, Any]]:

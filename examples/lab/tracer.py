@@ -15,8 +15,9 @@ tcp_reset(), tcp_write_err(), tcp_done_with_error()).
 The worker waits, over a Unix socket in its run's folder, until the probes are attached
 (bpftrace compiles them while the worker builds its hosts), runs its scenario, and asks
 for its events once its capture has stopped; the runner first makes bpftrace read
-everything up to that time (a marker event on every CPU), then answers. Where tracing is impossible (not root, no
-bpftrace, no tracefs, a kernel without the field), the answer says so and why.
+everything up to that time (a marker event on every CPU), then answers. Where tracing is
+impossible (not root, no bpftrace, no tracefs, a kernel without the field), the answer
+says so and why.
 """
 
 from __future__ import annotations
@@ -46,9 +47,6 @@ FORMATS = {"tcp_send_reset": "tcp/tcp_send_reset", "tcp_receive_reset": "tcp/tcp
            "inet_sock_set_state": "sock/inet_sock_set_state", "inet_sk_error_report": "sock/inet_sk_error_report",
            "kfree_skb": "skb/kfree_skb"}
 TRACEFS = "/sys/kernel/tracing"
-# The runner's marker is a socket of its own set listening, in a network namespace of its
-# own, on each CPU: an inet_sock_set_state event like any other (each probe attached costs
-# about 0.1 s to detach; a syscall tracepoint would slow every syscall of the machine).
 START_TIMEOUT = 20.0
 PORT = "($P >> 8) | (($P & 0xff) << 8)"  # network to host order, in bpftrace
 
@@ -77,6 +75,11 @@ struct fg_tcphdr { unsigned short source; unsigned short dest; unsigned int seq;
   unsigned char offset; unsigned char flags; };
 struct fg_sin { unsigned short family; unsigned short port; unsigned int addr; };
 """
+
+
+def not_recorded(why: str) -> dict[str, Any]:
+    """The `tracing` of a run whose kernel events were not recorded, and why."""
+    return {"recorded": False, "events": [], "missing": {}, "why": why}
 
 
 def offsets() -> dict[tuple[str, str], int]:
@@ -214,7 +217,8 @@ def symbols(print_fmt: str) -> dict[str, dict[int, str]]:
 
 
 class Tracer:
-    """One bpftrace for a whole run of the catalogue (start() or the reason it cannot)."""
+    """One bpftrace for a whole run of the catalogue (launch(), then ready(); or the reason
+    it cannot)."""
 
     def __init__(self) -> None:
         self.status: dict[str, Any] = {"recorded": False, "events": [], "missing": {}}
@@ -268,7 +272,7 @@ class Tracer:
 
     def _give_up(self, exc: BaseException) -> None:
         self.close()
-        self.status = {"recorded": False, "events": [], "missing": {}, "why": str(exc)}
+        self.status = not_recorded(str(exc))
 
     def _unavailable(self) -> str:
         if os.geteuid() != 0:
@@ -286,11 +290,11 @@ class Tracer:
         if probe.returncode == 3:
             raise RuntimeError(f"tracefs cannot be mounted: {probe.stderr.strip()}")
         formats = dict(re.findall(r"== \S+/events/\w+/(\w+)/format\n(.*?)(?=\n== |\Z)", probe.stdout, re.S))
+        fields = {e: set(re.findall(r"field:[^;]*?(\w+)(?:\[\d+\])?;", formats.get(e, ""))) for e in EVENTS}
         events = []
         for event in EVENTS:
             text = formats.get(event, "")
-            fields = set(re.findall(r"field:[^;]*?(\w+)(?:\[\d+\])?;", text))
-            lacking = [f for f in _NEEDS[event] if f not in fields]
+            lacking = [f for f in _NEEDS[event] if f not in fields[event]]
             if not text.strip():
                 self.status["missing"][event] = "this kernel has no such tracepoint"
             elif lacking:
@@ -304,14 +308,12 @@ class Tracer:
         if "inet_sock_set_state" not in events:
             raise RuntimeError("inet_sock_set_state, which the tracer's marker needs, cannot be used: "
                                + self.status["missing"]["inet_sock_set_state"])
-        if not events:
-            raise RuntimeError("none of the tracepoints can be used: " + json.dumps(self.status["missing"]))
         home = os.stat("/proc/self/ns/net").st_ino  # the machine's own traffic is never a run's
         layout = declarations(offsets())
         self._mark_fd = netns.new_namespace()
         self._mark_ns = str(os.fstat(self._mark_fd).st_ino)
-        rx_sk = "rx_sk" in set(re.findall(r"field:[^;]*?(\w+);", formats.get("kfree_skb", "")))
-        self._proc = subprocess.Popen(_in_tracefs('exec bpftrace -e "$0"') + [_script(events, home, layout, rx_sk)],
+        script = _script(events, home, layout, rx_sk="rx_sk" in fields["kfree_skb"])
+        self._proc = subprocess.Popen(_in_tracefs('exec bpftrace -e "$0"') + [script],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True, start_new_session=True,
                                       preexec_fn=_tracer_child)
@@ -382,6 +384,9 @@ class Tracer:
         a marker fired on each CPU after that time comes after them in its CPU's buffer."""
         cpus = sorted(os.sched_getaffinity(0))
 
+        # the marker: a socket set listening, in a network namespace of the runner's own, on
+        # each CPU: an inet_sock_set_state event like any other (a probe of its own would cost
+        # about 0.1 s to detach; a syscall tracepoint would slow every syscall of the machine)
         def mark() -> None:
             assert self._mark_fd is not None
             netns.enter_for_good(self._mark_fd)  # this thread only, which ends here
@@ -440,12 +445,12 @@ class Tracer:
             out.update(socket=sk, oldstate=named("oldstate", old), newstate=named("newstate", new))
         elif name == "inet_sk_error_report":
             error, *flow = rest
-            out.update(error=int(error), errno=_errno_name(int(error)))
+            out.update(error=int(error), errno=errno.errorcode.get(int(error), error))
         else:  # kfree_skb
             reason, *flow = rest
             out.update(reason=named("reason", reason))
             flow, extra = flow[:4], flow[4:]
-            out.update(flags=_tcp_flags(int(extra[0])), seq=int.from_bytes(int(extra[1]).to_bytes(4, "little"), "big"),
+            out.update(flags=tcpdump_flags(int(extra[0])), seq=int.from_bytes(int(extra[1]).to_bytes(4, "little"), "big"),
                        location=extra[2])
         saddr, sport, daddr, dport = flow[:4]
         out.update(src=saddr, sport=int(sport), dst=daddr, dport=int(dport))
@@ -488,14 +493,6 @@ def _same_flow(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     return flow(a) == flow(b)  # the same socket's view: the peer's events see the flow reversed
 
 
-def _errno_name(number: int) -> str:
-    return errno.errorcode.get(number, str(number))
-
-
-def _tcp_flags(bits: int) -> str:
-    return tcpdump_flags(bits)
-
-
 # -- the two ends of the worker's question ------------------------------------------------
 class Server:
     """The runner's side, on FOLDER/kernel.sock, for one run: first "are the probes attached?"
@@ -535,8 +532,8 @@ class Server:
                         answer = self._tracer.collect(namespaces, int(request["until"]))
                         self._run_over()
                 except Exception as exc:  # noqa: BLE001  (a malformed question gets an answer, not a hang)
-                    answer = {"tracing": {"recorded": False, "events": [], "missing": {},
-                                          "why": f"the tracer failed: {type(exc).__name__}: {exc}"}, "events": []}
+                    answer = {"tracing": not_recorded(f"the tracer failed: {type(exc).__name__}: {exc}"),
+                              "events": []}
                 try:
                     conn.sendall(json.dumps(answer).encode() + b"\n")
                 except OSError:
@@ -582,7 +579,6 @@ def ask(folder: Path, namespaces: dict[int, tuple[str, int]], until: int) -> dic
     """The worker's side: this run's kernel events, or why there are none."""
     path = folder / SOCKET
     if not path.exists():
-        return {"tracing": {"recorded": False, "events": [], "missing": {},
-                            "why": "the run had no tracer (a worker started by hand, not by the runner)"},
+        return {"tracing": not_recorded("the run had no tracer (a worker started by hand, not by the runner)"),
                 "events": []}
     return _exchange(folder, {"namespaces": {str(k): list(v) for k, v in namespaces.items()}, "until": until})
