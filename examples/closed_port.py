@@ -26,3 +26,8 @@ def claims(trace):
     trace.raised("client", "connect", "ECONNREFUSED")
     trace.counter("server", "TcpOutRsts", 1)
     trace.counter("client", "TcpAttemptFails", 1, what="the client counts a failed connection attempt")
+
+
+def each_program(program, client, server):
+    """Each real client (lab/clients.py) asks the same closed port for a page."""
+    program.get(f"http://{server.ip}:8080/")

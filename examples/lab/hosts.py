@@ -92,6 +92,10 @@ class Host:
         """Record something the application observed (a log line, a status...)."""
         self._transcript.note(self.name, what, value)
 
+    def add_outcome(self, entry: dict[str, Any]) -> None:
+        """Record what a program run on this host printed (lab/clients.py)."""
+        self._transcript.add(self.name, entry)
+
     def receives(self, flags: str, source: Host | None = None, timeout: float = 5.0,
                  count: int = 1) -> Any:
         """`with host.receives(flags):` waits, after its body, for such a segment to arrive.

@@ -57,6 +57,9 @@ class Transcript:
         self._add({"host": host, "call": call, "returned": _show(result)})
         return result
 
+    def add(self, host: str, entry: dict[str, Any]) -> None:
+        self._add({"host": host, **entry})
+
     def note(self, host: str, what: str, value: Any) -> None:
         self._add({"host": host, "call": what, "returned": _show(value, limit=1000)})
 

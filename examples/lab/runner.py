@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import shapes, tracer, worker
+from . import clients, shapes, tracer, worker
 from .artifact import SUFFIXES, TRACES, Recording, key, locked, seal
 from .preflight import preflight
 from .process import kill_group
-from .scenarios import MAX_TIMEOUT
+from .scenarios import MAX_TIMEOUT, runs_clients
 from .zygote import Zygote
 
 
@@ -145,6 +145,8 @@ class Runner:
         self._tracer = tracer.Tracer.launch()  # attaches its probes while the first hosts are built
         self._tracer.expect(len(slugs) * repeat)
         threading.Thread(target=self._tracer.ready, daemon=True).start()
+        if any(runs_clients(slug) for slug in slugs):
+            clients.prepare()  # builds Go and Java once (if their sources changed), reads the versions
         try:
             self._zygote = Zygote(self.prefix)
             futures = [pool.submit(consecutive, slug) for slug in slugs]

@@ -12,7 +12,8 @@ namespace and a mount namespace of its own, with bounded memory, file size and t
   and no route: only the lab's hosts (namespaces of their own) can send anything;
 - every file system is read-only (locked: the run has no capability outside its own user
   namespace to remount it); only the run's own folder is writable, and no file may grow
-  beyond MAX_FILE_BYTES; each process's address space is capped at MAX_MEMORY_BYTES;
+  beyond MAX_FILE_BYTES; each process's address space is capped at MAX_MEMORY_BYTES
+  (a client program may raise its own to MAX_PROGRAM_MEMORY_BYTES, lab/clients.py);
 - its /proc is its PID namespace's own: no process outside the run, and so none of the
   machine's namespaces, can be reached through it.
 """
@@ -33,6 +34,9 @@ MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 4096, 163
 SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 1  # x86-64
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 47, 2
 MAX_MEMORY_BYTES = 2 << 30  # address space: the lab needs a few hundred MB
+# the hard limit: Node.js's fetch() (undici's WebAssembly parser) reserves about 10 GiB of
+# address space for WebAssembly's guard regions; a client program raises its soft limit to this
+MAX_PROGRAM_MEMORY_BYTES = 16 << 30
 MAX_FILE_BYTES = 256 << 20  # a pcap of any scenario is far smaller
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -54,7 +58,7 @@ def _mount(source: str | None, target: str, flags: int, fstype: str | None = Non
 
 def limit() -> None:
     """Bound this process and its children: address space and file size."""
-    resource.setrlimit(resource.RLIMIT_AS, (MAX_MEMORY_BYTES, MAX_MEMORY_BYTES))
+    resource.setrlimit(resource.RLIMIT_AS, (MAX_MEMORY_BYTES, MAX_PROGRAM_MEMORY_BYTES))
     resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_FILE_BYTES, MAX_FILE_BYTES))
 
 

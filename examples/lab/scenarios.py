@@ -59,6 +59,12 @@ def sources_digest(slug: str) -> str:
     return digest.hexdigest()
 
 
+def runs_clients(slug: str) -> bool:
+    """Whether the example defines each_program(), read from its source: the runner prepares
+    the client programs (lab/clients.py) without importing any example."""
+    return re.search(r"^def each_program\(", path_of(slug).read_text(), re.MULTILINE) is not None
+
+
 def check(slugs: list[str]) -> list[str]:
     """The slugs, if each is in the catalogue; UnknownScenario naming the others."""
     known = set(all_slugs())
@@ -100,6 +106,11 @@ class Scenario:
     @property
     def timeout(self) -> float:
         return float(getattr(self.module, "TIMEOUT", DEFAULT_TIMEOUT))
+
+    @property
+    def has_clients(self) -> bool:
+        """It runs each real client program (lab/clients.py) after its own steps."""
+        return callable(getattr(self.module, "each_program", None))
 
     @property
     def trace_options(self) -> list[str]:

@@ -184,6 +184,20 @@ class Trace:
         self._claim("every packet's name gives it an anchor of its own", not clashes,
                     "shared anchors: " + ", ".join(clashes) if clashes else "")
 
+    def program(self, entry: dict[str, Any], packets: list[Packet]) -> None:
+        """A real client program's run (lab/clients.py): its packets, one group named after
+        it (curl-1, curl-2...), and that it ended by itself within its time."""
+        name = entry["program"]["id"]
+        self._group_claims += 1
+        problems = [self._give(p, name, self._group_claims) for p in packets]
+        status = entry["exit_status"]
+        line = entry.get("returned") or entry.get("raised")
+        self._claim(f"{entry['program']['name']} ({entry['program']['version']}) ran as the client:"
+                    f" {line!r}, exit status {status}, {entry['connections']} connection(s)",
+                    isinstance(status, int) and not any(problems),
+                    "; ".join(filter(None, problems)) or f"packets {', '.join(map(str, entry['packets'])) or 'none'}",
+                    packets[0] if packets else None)
+
     def named_packets(self) -> list[Packet]:
         """The packets with the names and noise reasons the claims gave them."""
         return [dataclasses.replace(p, name=self.names.get(p.number),
@@ -273,12 +287,24 @@ _MISSING = Packet(0, float("nan"), "?", "?", "", "", 0, 0, "", -1, -1, -1, -1, -
 
 def evaluate(scenario: Any, packets: list[Packet], outcomes: list[dict[str, Any]],
              counters: dict[str, dict[str, int]], tracing: dict[str, Any] | None = None,
-             events: list[dict[str, Any]] | None = None) -> Trace:
-    """Run the scenario's claims() on its run, then the strictness check."""
-    trace = Trace(packets, outcomes, counters, tracing=tracing or {}, events=events or [])
+             events: list[dict[str, Any]] | None = None,
+             programs: list[tuple[dict[str, Any], list[Packet]]] | None = None) -> Trace:
+    """Run the scenario's claims() on its own run, then name each client program's packets
+    (programs: each program's outcome and packets, lab/clients.py), then the strictness check.
+    The scenario's claims see only its own packets, calls and kernel events: the programs
+    ran after it."""
+    programs = programs or []
+    theirs = {p.number for _, mine in programs for p in mine}
+    began = min((p.time for _, mine in programs for p in mine), default=float("inf"))
+    events = events or []
+    trace = Trace([p for p in packets if p.number not in theirs], [o for o in outcomes if "program" not in o],
+                  counters, tracing=tracing or {}, events=[e for e in events if e.get("time", 0) < began])
     try:
         scenario.module.claims(trace)
     except Exception as exc:  # a claim that cannot even be evaluated is a failed claim
         trace.check(f"claims() ran to the end ({type(exc).__name__}: {exc})", False)
+    trace.packets, trace.outcomes, trace.events = packets, outcomes, events
+    for entry, mine in programs:
+        trace.program(entry, mine)
     trace.finish()
     return trace

@@ -24,6 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from . import clients
 from . import hosts as lab_hosts
 from . import kernel_events, sandbox, scenarios, tracer
 from .artifact import FOLDER_FILES, Recording, shape_of
@@ -77,10 +78,19 @@ def run(scenario: Scenario, folder: Path) -> dict[str, Any]:
             scenario.module.run(*built)
             for h in built:
                 h.join_threads(timeout=scenario.timeout)
+            # the counters are the scenario's own: its programs' runs come after
+            report["counters"] = {h.name: counter_deltas(before[h.name], h.counters()) for h in built}
+            lap("scenario")
+            if scenario.has_clients:
+                for program in clients.each(built[0]):  # each real program, as the client, in turn
+                    scenario.module.each_program(program, *built)
+                    for h in built:
+                        h.join_threads(timeout=scenario.timeout)
+                lap("programs")
         except BaseException as exc:
             report["error"] = "".join(traceback.format_exception(exc))
-        lap("scenario")
-        report["counters"] = {h.name: counter_deltas(before[h.name], h.counters()) for h in built}
+        if "scenario" not in timings:
+            lap("scenario")
         capture.stop(also_close=[s for h in built for s in h.packet_sockets()])
         lap("capture_stop")
         # what the kernel said in these hosts' namespaces, up to now (lab/tracer.py)
@@ -106,14 +116,16 @@ def judge(scenario: Scenario, folder: Path, report: dict[str, Any], started: flo
     if report["error"]:
         return False, "the example raised:\n" + report["error"] + "\ncapture so far:\n" + text
     addresses = report["hosts"]
+    traced = report["traced"]
+    recorded = traced["tracing"]["recorded"]
+    first = first_packet_time(pcap)
+    events = kernel_events.timed(traced["events"], report["clock_offset_ns"], first) if recorded else []
+    packets = kernel_events.annotate(read_packets(pcap, addresses), events, recorded)
+    runs = clients.attribute(report["outcomes"], packets, events, first)  # each program's packets
     by_host: dict[str, list[Any]] = {h: [] for h in addresses}
     for entry in report["outcomes"]:
         by_host[entry["host"]].append({k: v for k, v in entry.items() if k != "host"})
-    traced = report["traced"]
-    recorded = traced["tracing"]["recorded"]
-    events = kernel_events.timed(traced["events"], report["clock_offset_ns"], first_packet_time(pcap)) if recorded else []
-    packets = kernel_events.annotate(read_packets(pcap, addresses), events, recorded)
-    trace = evaluate(scenario, packets, report["outcomes"], report["counters"], traced["tracing"], events)
+    trace = evaluate(scenario, packets, report["outcomes"], report["counters"], traced["tracing"], events, runs)
     packets = trace.named_packets()
     failed = [c for c in trace.claims if c["passed"] is False]
     if failed:

@@ -1,0 +1,282 @@
+"""Real HTTP clients at the client's end: curl, Node.js, Go, Java and Python's libraries.
+
+A scenario with a client says what its server does for each program, and the lab runs
+every program in turn, after the scenario's own steps, on the client host:
+
+    def each_program(program, client, server):       # in examples/SLUG.py
+        server.start(httpd.handle_request)           # the server's part, once per program
+        program.get(f"http://{server.ip}:8080/")     # runs it; what it printed is recorded
+
+The program's packets are in the scenario's trace, each group named after the program
+(curl-1, curl-2...); what it printed (its first line, the rest, its exit status) is in
+SLUG.json's outcomes with `program` (name and version), tied to its connections' packets.
+The programs are real files in examples/clients/; Go and Java are compiled once per run of
+the catalogue into build/clients/ (prepare()), never per scenario. A program whose tool is
+missing fails the run with the package to install.
+"""
+
+from __future__ import annotations
+
+import errno as errno_module
+import hashlib
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from . import netns
+from .artifact import ROOT
+from .preflight import LabUnavailable
+
+SOURCES = ROOT / "examples" / "clients"
+BUILT = Path(os.environ.get("FIELDGUIDE_CLIENTS") or ROOT / "build" / "clients")
+MANIFEST = "programs.json"  # what prepare() built: each program's argv and version
+RUN_TIMEOUT = 15.0  # seconds a program may take for one request before it is killed
+# the JVM reserves a quarter of the machine's memory for its heap by default: more than the
+# sandbox's address-space limit (lab/sandbox.py); a request needs very little
+JAVA = ["java", "-Xmx64m", "-Xss512k", "-XX:ReservedCodeCacheSize=32m", "-XX:CompressedClassSpaceSize=64m",
+        "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xshare:auto"]
+
+
+@dataclass(frozen=True)
+class Program:
+    name: str  # as the matrix and the trace name it: "curl", "node-http"...
+    label: str  # as a reader knows it: "Node.js http"
+    package: str  # where a new machine gets it (the message when it is missing)
+    tool: str  # the executable it needs
+
+    def argv(self, built: Path, method: str, url: str, body: str | None) -> list[str]:
+        """The command line of one request; body: a file of the upload's bytes (curl reads it)."""
+        size = [str(os.path.getsize(body))] if body else []
+        if self.name == "curl":
+            # -sS: no progress meter, errors still printed; -D -: the response's head on stdout
+            return ["curl", "-sS", "-o", "/dev/null", "-D", "-", "-k", "-X", method, url,
+                    *(["--data-binary", f"@{body}"] if body else [])]
+        if self.name.startswith("node-"):
+            script = {"node-http": "http_get.js", "node-fetch": "fetch.js"}[self.name]
+            return ["node", str(SOURCES / script), method, url, *size]
+        if self.name == "go-net-http":
+            return [str(built / "go-client"), method, url, *size]
+        if self.name.startswith("java-"):
+            main = {"java-httpclient": "HttpClientGet", "java-socket": "SocketGet"}[self.name]
+            return [*JAVA, "-cp", str(built / "java"), main, method, url, *size]
+        library = self.name.removeprefix("python-")
+        return [sys.executable, str(SOURCES / "python_client.py"), library, method, url, *size]
+
+
+PROGRAMS = (
+    Program("curl", "curl", "curl (Debian)", "curl"),
+    Program("node-http", "Node.js http", "nodejs (Debian)", "node"),
+    Program("node-fetch", "Node.js fetch", "nodejs (Debian)", "node"),
+    Program("go-net-http", "Go net/http", "golang-go (Debian)", "go"),
+    Program("java-httpclient", "Java HttpClient", "default-jdk-headless (Debian)", "javac"),
+    Program("java-socket", "Java Socket", "default-jdk-headless (Debian)", "javac"),
+    Program("python-requests", "Python requests", "requests (PyPI, in pyproject.toml)", ""),
+    Program("python-httpx", "Python httpx", "httpx (PyPI, in pyproject.toml)", ""),
+    Program("python-aiohttp", "Python aiohttp", "aiohttp (PyPI, in pyproject.toml)", ""),
+)
+BY_NAME = {p.name: p for p in PROGRAMS}
+
+
+# -- once per run of the catalogue: check the tools, build Go and Java, read the versions -----
+
+def missing_tools() -> list[str]:
+    """Each program that cannot run here, with the package that provides it."""
+    found = []
+    for p in PROGRAMS:
+        if p.tool:
+            absent = not shutil.which(p.tool) or (p.tool == "javac" and not shutil.which("java"))
+        else:
+            try:
+                version(p.name.removeprefix("python-"))
+                absent = False
+            except PackageNotFoundError:
+                absent = True
+        if absent:
+            found.append(f"{p.label} ({p.package})")
+    return found
+
+
+def _digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def _first_line(argv: list[str]) -> str:
+    out = subprocess.run(argv, capture_output=True, text=True, check=True)
+    return (out.stdout or out.stderr).splitlines()[0].strip()
+
+
+def prepare(built: Path = BUILT) -> dict[str, Any]:
+    """Build what needs building (only when its sources changed) and read every version;
+    write built/programs.json for the workers. LabUnavailable names what is missing."""
+    missing = missing_tools()
+    if missing:
+        raise LabUnavailable("the client scenarios run real programs; missing: " + ", ".join(missing)
+                             + ". Debian: apt-get install curl nodejs golang-go default-jdk-headless;"
+                             " Python: pip install -e . (requests, httpx, aiohttp)")
+    built.mkdir(parents=True, exist_ok=True)
+    go_source, java_sources = SOURCES / "http_get.go", sorted(SOURCES.glob("*.java"))
+    stamp = built / "sources.sha256"
+    digest = _digest([go_source, *java_sources, Path(__file__)])
+    if not stamp.exists() or stamp.read_text() != digest:
+        env = {**os.environ, "GOCACHE": str(built / "go-cache"), "GOPATH": str(built / "go-path"),
+               "GO111MODULE": "off", "CGO_ENABLED": "0"}
+        _build(["go", "build", "-o", str(built / "go-client"), str(go_source)], env)
+        shutil.rmtree(built / "java", ignore_errors=True)
+        _build(["javac", "-d", str(built / "java"), *map(str, java_sources)], dict(os.environ))
+        stamp.write_text(digest)
+    curl = _first_line(["curl", "--version"]).split()[1]
+    node = _first_line(["node", "--version"])
+    go = _first_line([str(built / "go-client"), "-version"])
+    java = re.search(r'"([^"]+)"', _first_line([*JAVA, "-version"]))
+    versions = {
+        "curl": f"curl {curl}", "node-http": f"Node.js {node}", "node-fetch": f"Node.js {node}",
+        "go-net-http": go, "java-httpclient": f"OpenJDK {java.group(1) if java else '?'}",
+    }
+    versions["java-socket"] = versions["java-httpclient"]
+    for library in ("requests", "httpx", "aiohttp"):
+        versions[f"python-{library}"] = f"{library} {version(library)} (Python {sys.version.split()[0]})"
+    manifest = {"built": str(built), "versions": versions}
+    (built / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def _build(argv: list[str], env: dict[str, str]) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise LabUnavailable(f"building the client programs failed: {' '.join(argv)}:\n{done.stderr}")
+
+
+def manifest(built: Path = BUILT) -> dict[str, Any]:
+    try:
+        return json.loads((built / MANIFEST).read_text())
+    except (OSError, ValueError):
+        raise RuntimeError(f"{built / MANIFEST} is missing: the runner prepares the client programs"
+                           " (lab/clients.py prepare()) before a scenario with clients runs") from None
+
+
+# -- in a run: one program, one request, on the client host --------------------------------------
+
+def _errno_named(lines: list[str]) -> str | None:
+    """The errno the program printed ("errno: 104" or "code: ECONNRESET"), by name."""
+    for line in lines:
+        found = re.fullmatch(r"(?:errno|code): (\w+)", line)
+        if found:
+            value = found.group(1)
+            if value.isdigit():
+                return errno_module.errorcode.get(int(value))
+            if isinstance(getattr(errno_module, value, None), int):
+                return value
+    return None
+
+
+def _room_for_wasm() -> None:
+    """The program's address-space limit up to the sandbox's hard limit (lab/sandbox.py): Node's
+    fetch() reserves about 10 GiB for WebAssembly and fails with "Out of memory" below it."""
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+
+
+class Run:
+    """A program running on a host: started, then waited for (start(), then .wait())."""
+
+    def __init__(self, program: Program, host: Any, method: str, url: str, body_size: int) -> None:
+        info = manifest()
+        body = None
+        if body_size:
+            body = f"body-{body_size}.bin"
+            if not os.path.exists(body):  # the run's own folder (its working directory)
+                with open(body, "wb") as f:
+                    f.write(b"x" * body_size)
+        self.program, self.host = program, host
+        self.argv = program.argv(Path(info["built"]), method, url, body)
+        self.call = f"{program.label}: {method} {url}" + (f" with a {body_size}-byte body" if body_size else "")
+        self.version = info["versions"][program.name]
+        self.started = time.time()
+        self._proc = subprocess.Popen(netns.command(host.fd, self.argv), stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(host.fd,),
+                                      env={**os.environ, "NODE_NO_WARNINGS": "1"}, preexec_fn=_room_for_wasm)
+
+    def wait(self, timeout: float = RUN_TIMEOUT) -> dict[str, Any]:
+        """Wait for the program to exit; record and return what it printed and its exit status."""
+        try:
+            out, _ = self._proc.communicate(timeout=timeout)
+            status: int | str = self._proc.returncode
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            out, _ = self._proc.communicate()
+            status = f"killed after {timeout:g} s"
+        lines = [line.rstrip() for line in out.decode(errors="replace").splitlines() if line.strip()]
+        entry: dict[str, Any] = {
+            "call": self.call, "program": {"name": self.program.label, "version": self.version, "id": self.program.name},
+            "output": lines, "exit_status": status,
+            # the wall-clock window the lab uses to find the program's connections (worker.judge)
+            "window": [self.started, time.time()],
+        }
+        first = lines[0] if lines else "(printed nothing)"
+        if status == 0:
+            entry["returned"] = first
+        else:
+            entry.update(raised=first, errno=_errno_named(lines), message=f"exit status {status}")
+        self.host.add_outcome(entry)
+        return entry
+
+
+class Client:
+    """One program, bound to the host it runs on: what each_program() receives."""
+
+    def __init__(self, program: Program, host: Any) -> None:
+        self.program, self.host = program, host
+        self.name, self.label = program.name, program.label
+
+    def start(self, method: str, url: str, body_size: int = 0) -> Run:
+        return Run(self.program, self.host, method, url, body_size)
+
+    def get(self, url: str) -> dict[str, Any]:
+        return self.start("GET", url).wait()
+
+    def post(self, url: str, body_size: int) -> dict[str, Any]:
+        return self.start("POST", url, body_size).wait()
+
+
+def each(host: Any) -> list[Client]:
+    return [Client(p, host) for p in PROGRAMS]
+
+
+# -- after the run: which packets were each program's ------------------------------------------
+
+def attribute(outcomes: list[dict[str, Any]], packets: list[Any], events: list[dict[str, Any]],
+              first_packet: float) -> list[tuple[dict[str, Any], list[Any]]]:
+    """Each program's outcome with its packets: those of every connection whose first packet
+    was captured while the program ran (an ICMP message by its own time). Each entry's
+    wall-clock `window` is replaced by what the recording keeps: `packets` (numbers),
+    `connections` (how many it opened: a retry or a reconnection shows here) and
+    `kernel_errors` (inet_sk_error_report's errno on its connections, in order)."""
+    runs = [e for e in outcomes if "program" in e]
+    first_seen: dict[frozenset[tuple[str, int]], float] = {}
+    for p in packets:
+        first_seen.setdefault(frozenset({(p.src, p.sport), (p.dst, p.dport)}), p.time)
+    found = []
+    for entry in runs:
+        start, end = (t - first_packet for t in entry.pop("window"))
+        mine = [p for p in packets if start <= (first_seen[frozenset({(p.src, p.sport), (p.dst, p.dport)})]
+                                                if p.proto == "tcp" else p.time) <= end]
+        ports = {(p.src, p.sport) for p in mine if p.proto == "tcp"} | {(p.dst, p.dport) for p in mine if p.proto == "tcp"}
+        entry["packets"] = [p.number for p in mine]
+        entry["connections"] = len({frozenset({(p.src, p.sport), (p.dst, p.dport)}) for p in mine
+                                    if p.proto == "tcp" and p.flags == "S"})
+        entry["kernel_errors"] = [e["errno"] for e in events if e["event"] == "inet_sk_error_report"
+                                  and (e["src"], e["sport"]) in ports]
+        found.append((entry, mine))
+    return found
