@@ -15,6 +15,7 @@ recorded below), where a refused port would have failed at connect().
 
 import http.client
 import select
+import socket
 
 TITLE = "Accepted, then reset: a port-forwarding proxy with nothing behind it"
 PHASE = "opening"
@@ -98,3 +99,32 @@ def claims(trace):
                   what="the proxy host counts two connections aborted on close with unread data")
     trace.counter("container", "TcpOutRsts", 2, what="the container's kernel refused the proxy's two SYNs")
     trace.counter("client", "TcpEstabResets", 2, what="the client lost two established connections to a RST")
+
+
+def forward_until_closed(server, listener, backend_address):
+    """docker-proxy's loop for one program's connections, until the listener is shut down."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:  # shut down: the program has exited
+            return
+        backend = server.socket()
+        try:
+            backend.connect(backend_address)
+        except ConnectionRefusedError:
+            select.select([conn], [], [], 5)  # the same race, decided the same way
+            conn.close()
+            backend.close()
+
+
+def each_program(program, client, server, container):
+    """Each real client asks the published port for a page; the proxy has nothing behind it."""
+    listener = server.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((server.ip, PUBLISHED + 1))
+    listener.listen()
+    forwarder = server.start(forward_until_closed, server, listener, (container.ip, APP_PORT))
+    program.get(f"http://{server.ip}:{PUBLISHED + 1}/")
+    listener.shutdown(socket.SHUT_RDWR)  # wakes the proxy's accept()
+    forwarder.join(5)
+    listener.close()

@@ -11,6 +11,8 @@ requests) does just that: it ignores the failed write and returns the 413.
 """
 
 import http.client
+import socket
+import struct
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -141,3 +143,55 @@ def claims(trace):
     logs = [o["returned"] for o in trace.calls("server", "log")]
     trace.check("the server logs both requests with status 413",
                 sum('"POST /upload HTTP/1.1" 413' in line for line in logs) == 2, " | ".join(logs))
+
+
+UPLOAD = 1_000_000  # each program's upload: more than the server's receive buffer holds unread
+PROGRAM_PORT = 8081
+TCP_FIN_WAIT2 = 5  # include/net/tcp_states.h
+
+
+def answer_early(server, listener):
+    """The server's part for one program: accept, wait until the request head and the first
+    bytes of its body have arrived, read the head only, answer 413 and shut down writing
+    (a FIN), then close once the client has reacted. Two races are decided here. A server
+    that closed before any body byte arrived would send a FIN alone (nothing unread): it
+    waits for body bytes. And a client that reads while it uploads (fetch, Go, Java's
+    HttpClient) would see either the 413 or a failed write, depending on whether the RST
+    came before its reader ran: the server closes only once the client has answered the
+    413 (closed its end: TIME-WAIT on the server) or has filled the server's receive window
+    without looking at it (tcpi_rcv_wnd 0: it is blocked writing)."""
+    conn, _ = listener.accept()
+
+    def head_and_body_queued():
+        try:
+            queued = conn.recv(65536, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        end = queued.find(b"\r\n\r\n")
+        return end >= 0 and len(queued) > end + 4
+
+    server.until("the request head and part of its body are queued, unread", head_and_body_queued, timeout=10)
+    queued = conn.recv(65536, socket.MSG_PEEK)
+    conn.recv(queued.index(b"\r\n\r\n") + 4)  # the head only
+    conn.sendall(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    conn.shutdown(socket.SHUT_WR)  # as http.server does: FIN first...
+
+    def client_reacted():
+        info = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 236)
+        state, receive_window = info[0], struct.unpack_from("I", info, 232)[0]  # tcpi_state, tcpi_rcv_wnd
+        return state != TCP_FIN_WAIT2 or receive_window == 0
+
+    server.until("the client closed its end, or filled the window without reading", client_reacted, timeout=10)
+    conn.close()  # ...then the RST, if the body is still unread and the connection still open
+
+
+def each_program(program, client, server):
+    """Each real client uploads the same 1 MB body; the server answers 413 early."""
+    listener = server.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((server.ip, PROGRAM_PORT))
+    listener.listen()
+    answering = server.start(answer_early, server, listener)
+    program.post(f"http://{server.ip}:{PROGRAM_PORT}/upload", UPLOAD)
+    answering.join(5)
+    listener.close()

@@ -9,6 +9,8 @@ client gets a RST (`[R.]`), whether it had sent data or not, and its recv()
 raises ConnectionResetError (ECONNRESET).
 """
 
+import socket
+
 TITLE = "Listener closed with a full accept queue: every waiting client is reset"
 PHASE = "opening"
 HOSTS = ("client", "server")
@@ -64,3 +66,17 @@ def claims(trace):
     trace.raised("client", "recv", "ECONNRESET", nth=0)
     trace.raised("client", "recv", "ECONNRESET", nth=1)
     trace.returned("client", "connect", "None", nth=1)
+
+
+def each_program(program, client, server):
+    """Each real client sends its request into an accept queue that is then closed."""
+    listener = server.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((server.ip, 8081))
+    listener.listen()
+    request = server.expects("P.", source=client)  # armed before the program starts
+    running = program.start("GET", f"http://{server.ip}:8081/")
+    request.wait(10)  # its request has arrived, unread, on a connection nobody accepted
+    server.until("the connection waits in the accept queue", lambda: server.accept_queue(listener) == 1)
+    listener.close()
+    running.wait()

@@ -93,3 +93,13 @@ def claims(trace):
     kills = [o for o in trace.calls("server", "server process") if "killed with SIGKILL" in o["call"]]
     trace.check("both server processes died of SIGKILL (exit status -9)",
                 [o["returned"] for o in kills] == ["-9", "-9"], str(kills))
+
+
+def each_program(program, client, server):
+    """Each real client's request is read by a server process that is then killed: a FIN."""
+    busy = server.process(server_program, (server.ip, 8889), True)
+    busy.wait_for("listening")
+    running = program.start("GET", f"http://{server.ip}:8889/")
+    busy.wait_for("read")
+    busy.kill()  # nothing unread: the kernel closes the connection with a FIN
+    running.wait()

@@ -18,7 +18,7 @@ from lab.artifact import Recording
 from lab.capture import CAPTURE_OPTIONS, FILTER, TEXT_OPTIONS
 from lab.scenarios import PHASES, path_of
 
-from . import render, symptoms
+from . import programs, render, symptoms
 from .recordings import example_why
 
 PHASE_LABELS = {"opening": "Opening", "established": "Established", "closing": "Closing",
@@ -175,7 +175,7 @@ def _diagram(ctx: Context, args: list[str]) -> str:
 
 @placeholder("outcomes")
 def _outcomes(ctx: Context, args: list[str]) -> str:
-    return render.outcomes_table(ctx.own)
+    return render.outcomes_table(ctx.own) + "\n" + programs.program_row(ctx.own)
 
 
 @placeholder("counters")
@@ -238,6 +238,11 @@ def _scenario_index(ctx: Context, args: list[str]) -> str:
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
+
+
+@placeholder("client_matrix")
+def _client_matrix(ctx: Context, args: list[str]) -> str:
+    return programs.client_matrix(ctx.recordings, ctx.link)
 
 
 @placeholder("symptom_index")

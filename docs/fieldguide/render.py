@@ -145,10 +145,16 @@ def describe_outcome(entry: dict[str, Any]) -> str:
     return f"{literal(entry['call'])} returned {literal(entry['returned'])}"
 
 
+def own_calls(rec: Recording) -> dict[str, list[dict[str, Any]]]:
+    """Each host's calls made by the example itself, without the client programs' runs
+    (lab/clients.py; fieldguide/programs.py shows those)."""
+    return {host: [e for e in entries if "program" not in e] for host, entries in rec.outcomes.items()}
+
+
 def what_apps_get(rec: Recording) -> list[str]:
     """Per host: the calls that failed, else what its reads returned."""
     lines = []
-    for host, entries in rec.outcomes.items():
+    for host, entries in own_calls(rec).items():
         if not entries:
             lines.append(f"**{plain(host)}**: no application made a call on this host")
             continue
@@ -176,7 +182,7 @@ def ttl_anomaly(rec: Recording, p: Packet) -> str:
 def apps_in_short(rec: Recording) -> str:
     """For the index: each distinct failure as `call()`: Exception (ERRNO), else what reads returned."""
     seen: list[str] = []
-    for host, entries in rec.outcomes.items():
+    for host, entries in own_calls(rec).items():
         for e in entries:
             if "raised" in e:
                 errno = f" ({plain(e['errno'])})" if e.get("errno") else ""
@@ -185,7 +191,7 @@ def apps_in_short(rec: Recording) -> str:
                     seen.append(line)
     if seen:
         return "<br>".join(seen)
-    reads = [f"**{plain(h)}** {literal('recv()')} → {literal(e['returned'])}" for h, entries in rec.outcomes.items()
+    reads = [f"**{plain(h)}** {literal('recv()')} → {literal(e['returned'])}" for h, entries in own_calls(rec).items()
              for e in entries if e["call"].startswith("recv")]
     return "no error" + ("<br>" + "<br>".join(dict.fromkeys(reads)) if reads else "")
 
@@ -437,9 +443,12 @@ def _mermaid_text(text: str) -> str:
 
 
 def outcomes_table(rec: Recording) -> str:
+    """The example's own calls (the client programs' runs are programs.program_row()'s)."""
     rows = []
     for host, entries in rec.outcomes.items():
         for e in entries:
+            if "program" in e:
+                continue
             if "raised" in e:
                 errno = f" ({plain(e['errno'])})" if e.get("errno") else ""
                 result = f"raised {literal(e['raised'])}{errno} <br><small>{plain(e['message'])}</small>"

@@ -87,7 +87,8 @@ class Seen:
 
 # -- from a recording to what its applications saw -------------------------------------------
 
-def explaining_packets(rec: Recording, host: str, key: str) -> tuple[list[Packet], str]:
+def explaining_packets(rec: Recording, host: str, key: str,
+                       among: set[int] | None = None) -> tuple[list[Packet], str]:
     """Per connection, the packet that explains `key` on `host` (in capture order), and why.
 
     A connection can see several RSTs (a forged one may be ignored, the next one kills it):
@@ -98,7 +99,7 @@ def explaining_packets(rec: Recording, host: str, key: str) -> tuple[list[Packet
         side = "receiver" if direction == "received" else "sender"
         chosen: dict[tuple[Any, ...], Packet] = {}
         for p in rec.packets:
-            if p.proto != "tcp" or getattr(p, side) != host:
+            if p.proto != "tcp" or getattr(p, side) != host or (among is not None and p.number not in among):
                 continue
             if (p.flags == "S") if flag == "S" else (flag in p.flags):
                 connection = tuple(sorted([(p.src, p.sport), (p.dst, p.dport)]))
@@ -116,12 +117,35 @@ def _errno_of(text: str) -> str | None:
     return errno_module.errorcode.get(int(found.group(1))) if found else None
 
 
+def program_key(rec: Recording, host: str, entry: dict[str, Any]) -> str:
+    """A client program's failure, keyed as a Python one is: the errno the program printed,
+    else the last one the kernel reported to its sockets (inet_sk_error_report), else
+    RemoteDisconnected when its connection ended with a FIN, else its own first word."""
+    if entry.get("errno") or entry.get("kernel_errors"):
+        return entry.get("errno") or entry["kernel_errors"][-1]
+    mine = set(entry["packets"])
+    if any("F" in p.flags for p in rec.packets if p.number in mine and p.receiver == host):
+        return "RemoteDisconnected"
+    return entry["raised"].split(":")[0]
+
+
 def seen_in(rec: Recording) -> list[Seen]:
     """Every failure the recording holds, once per (host, call, text)."""
     found: dict[tuple[str, str, str], Seen] = {}
     failures: dict[tuple[str, str, str], int] = {}  # (host, errno, call name) -> failures so far
     for host, entries in rec.outcomes.items():
         for entry in entries:
+            if "program" in entry:  # a real client program (lab/clients.py): its own first line
+                if "raised" not in entry:
+                    continue
+                key = program_key(rec, host, entry)
+                packets, why = explaining_packets(rec, host, key, among=set(entry["packets"]))
+                packet = packets[-1] if packets else None
+                program = f"{entry['program']['name']} ({entry['program']['version']})"
+                found[(host, entry["call"], entry["raised"])] = Seen(
+                    rec.slug, rec.title, host, program, entry["raised"], key, "program", packet, why,
+                    name_id(rec, packet) if packet else "the-trace")
+                continue
             if "raised" in entry:
                 text = f"{entry['raised']}: {entry['message']}" if entry["message"] else entry["raised"]
                 key, source = entry.get("errno") or entry["raised"], "Python"
@@ -184,6 +208,10 @@ def group_id(key: str) -> str:
 
 def _where(seen: Seen, src: str, own_page: bool) -> str:
     call = "log" if seen.source == "log" else literal(seen.call)
+    if seen.source == "program":
+        call = f"{plain(seen.call)}, run as the client"
+        target = f"#{seen.anchor}" if own_page else _link(src, f"scenarios/{seen.slug}.md") + f"#{seen.anchor}"
+        return f"{call}, explained by {seen.why}: [{plain(seen.packet_label)}]({target})"
     target = f"#{seen.anchor}" if own_page else _link(src, f"scenarios/{seen.slug}.md") + f"#{seen.anchor}"
     return f"the {plain(seen.host)}'s {call}, explained by {seen.why}: [{plain(seen.packet_label)}]({target})"
 
@@ -251,7 +279,9 @@ def symptom_index(recordings: dict[str, Recording], quoted: list[dict[str, Any]]
         for seen in groups[key]:
             by_text.setdefault(seen.text, []).append(seen)
         for text, seens in sorted(by_text.items()):
-            kind = "logged by the server application" if all(s.source == "log" for s in seens) else "raised in Python"
+            kind = ("logged by the server application" if all(s.source == "log" for s in seens)
+                    else "printed by a client program" if all(s.source == "program" for s in seens)
+                    else "raised in Python")
             out += [f"{literal(text)} ({kind}), in:", ""]
             # the scenarios' titles are not searched here: a search for SO_LINGER should find
             # its scenario's page, not this index that names it

@@ -120,9 +120,24 @@ def anchors(packets: list[Packet]) -> dict[int, str]:
     return found
 
 
-def shape_of(packets: list[Packet]) -> list[list[Any]]:
-    """What a reviewer must see change: who sent which flags, in order, data or not, and names."""
-    return [[p.sender, p.flags, p.payload > 0, p.name or "(noise)"] for p in packets]
+def shape_of(packets: list[Packet], programs: list[dict[str, Any]] | None = None) -> list[list[Any]]:
+    """What a reviewer must see change: who sent which flags, in order, data or not, and names.
+
+    programs: the client programs' outcomes (lab/clients.py). Their packets count only by
+    their SYN, FIN and RST (how many segments and ACKs an upload takes varies from run to
+    run; who opened, closed and reset, in which order, does not), and each adds a row of
+    what it got: its exit status, the errno it printed, its connections. (The kernel's
+    errors are left out: whether one reaches a socket depends on whether the program had
+    already exited when the RST came.)
+    """
+    programs = programs or []
+    theirs = {n for entry in programs for n in entry["packets"]}
+    rows = [[p.sender, p.flags, p.payload > 0, p.name or "(noise)"] for p in packets
+            if p.number not in theirs or set(p.flags) & set("SFR")]
+    for e in programs:
+        rows.append([e["program"]["id"], f"exit {e['exit_status']}", False,
+                     f"outcome: errno {e.get('errno') or '-'}, {e['connections']} connection(s)"])
+    return rows
 
 
 @dataclass

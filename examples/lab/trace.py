@@ -288,16 +288,17 @@ _MISSING = Packet(0, float("nan"), "?", "?", "", "", 0, 0, "", -1, -1, -1, -1, -
 def evaluate(scenario: Any, packets: list[Packet], outcomes: list[dict[str, Any]],
              counters: dict[str, dict[str, int]], tracing: dict[str, Any] | None = None,
              events: list[dict[str, Any]] | None = None,
-             programs: list[tuple[dict[str, Any], list[Packet]]] | None = None) -> Trace:
+             programs: list[tuple[dict[str, Any], list[Packet]]] | None = None,
+             own_calls: int | None = None) -> Trace:
     """Run the scenario's claims() on its own run, then name each client program's packets
     (programs: each program's outcome and packets, lab/clients.py), then the strictness check.
-    The scenario's claims see only its own packets, calls and kernel events: the programs
-    ran after it."""
+    The scenario's claims see only its own packets, calls (the first own_calls outcomes) and
+    kernel events: the programs ran after it."""
     programs = programs or []
     theirs = {p.number for _, mine in programs for p in mine}
     began = min((p.time for _, mine in programs for p in mine), default=float("inf"))
     events = events or []
-    trace = Trace([p for p in packets if p.number not in theirs], [o for o in outcomes if "program" not in o],
+    trace = Trace([p for p in packets if p.number not in theirs], outcomes[:own_calls],
                   counters, tracing=tracing or {}, events=[e for e in events if e.get("time", 0) < began])
     try:
         scenario.module.claims(trace)

@@ -81,6 +81,7 @@ def run(scenario: Scenario, folder: Path) -> dict[str, Any]:
             # the counters are the scenario's own: its programs' runs come after
             report["counters"] = {h.name: counter_deltas(before[h.name], h.counters()) for h in built}
             lap("scenario")
+            report["own_calls"] = len(transcript.entries)  # what came later is the programs' phase
             if scenario.has_clients:
                 for program in clients.each(built[0]):  # each real program, as the client, in turn
                     scenario.module.each_program(program, *built)
@@ -125,7 +126,8 @@ def judge(scenario: Scenario, folder: Path, report: dict[str, Any], started: flo
     by_host: dict[str, list[Any]] = {h: [] for h in addresses}
     for entry in report["outcomes"]:
         by_host[entry["host"]].append({k: v for k, v in entry.items() if k != "host"})
-    trace = evaluate(scenario, packets, report["outcomes"], report["counters"], traced["tracing"], events, runs)
+    trace = evaluate(scenario, packets, report["outcomes"], report["counters"], traced["tracing"], events, runs,
+                     own_calls=report["own_calls"])
     packets = trace.named_packets()
     failed = [c for c in trace.claims if c["passed"] is False]
     if failed:
@@ -137,7 +139,7 @@ def judge(scenario: Scenario, folder: Path, report: dict[str, Any], started: flo
         kernel=report["kernel"], tcpdump_version=tcpdump_version(),
         hosts={name: ips[0] for name, ips in addresses.items()}, addresses=addresses,
         captured_on=report["captured_on"], outcomes=by_host, counters=report["counters"],
-        claims=trace.claims, packets=packets, shape=shape_of(packets),
+        claims=trace.claims, packets=packets, shape=shape_of(packets, [entry for entry, _ in runs]),
         pcap_sha256=hashlib.sha256(pcap.read_bytes()).hexdigest(),
         seconds=round(time.monotonic() - started, 3), timings=report["timings"],
         sources_sha256=scenarios.sources_digest(slug),
