@@ -12,7 +12,6 @@ requests) does just that: it ignores the failed write and returns the 413.
 
 import http.client
 import socket
-import struct
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -150,7 +149,7 @@ PROGRAM_PORT = 8081
 TCP_FIN_WAIT2 = 5  # include/net/tcp_states.h
 
 
-def answer_early(server, listener):
+def answer_early(server, listener, client):
     """The server's part for one program: accept, wait until the request head and the first
     bytes of its body have arrived, read the head only, answer 413 and shut down writing
     (a FIN), then close once the client has reacted. Two races are decided here. A server
@@ -158,8 +157,9 @@ def answer_early(server, listener):
     waits for body bytes. And a client that reads while it uploads (fetch, Go, Java's
     HttpClient) would see either the 413 or a failed write, depending on whether the RST
     came before its reader ran: the server closes only once the client has answered the
-    413 (closed its end: TIME-WAIT on the server) or has filled the server's receive window
-    without looking at it (tcpi_rcv_wnd 0: it is blocked writing)."""
+    413 (closed its end: the server's socket leaves FIN-WAIT-2) or its kernel probes the
+    server's closed window (TcpExtTCPWinProbe: it is blocked writing, a persist timer
+    later, and has not looked at the response)."""
     conn, _ = listener.accept()
 
     def head_and_body_queued():
@@ -176,12 +176,13 @@ def answer_early(server, listener):
     conn.sendall(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
     conn.shutdown(socket.SHUT_WR)  # as http.server does: FIN first...
 
-    def client_reacted():
-        info = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 236)
-        state, receive_window = info[0], struct.unpack_from("I", info, 232)[0]  # tcpi_state, tcpi_rcv_wnd
-        return state != TCP_FIN_WAIT2 or receive_window == 0
+    probes = client.counters().get("TcpExtTCPWinProbe", 0)
 
-    server.until("the client closed its end, or filled the window without reading", client_reacted, timeout=10)
+    def client_reacted():
+        state = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]  # tcpi_state
+        return state != TCP_FIN_WAIT2 or client.counters().get("TcpExtTCPWinProbe", 0) > probes
+
+    server.until("the client closed its end, or probes the closed window", client_reacted, timeout=10)
     conn.close()  # ...then the RST, if the body is still unread and the connection still open
 
 
@@ -191,7 +192,7 @@ def each_program(program, client, server):
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((server.ip, PROGRAM_PORT))
     listener.listen()
-    answering = server.start(answer_early, server, listener)
+    answering = server.start(answer_early, server, listener, client)
     program.post(f"http://{server.ip}:{PROGRAM_PORT}/upload", UPLOAD)
     answering.join(5)
     listener.close()

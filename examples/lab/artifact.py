@@ -132,8 +132,14 @@ def shape_of(packets: list[Packet], programs: list[dict[str, Any]] | None = None
     """
     programs = programs or []
     theirs = {n for entry in programs for n in entry["packets"]}
-    rows = [[p.sender, p.flags, p.payload > 0, p.name or "(noise)"] for p in packets
-            if p.number not in theirs or set(p.flags) & set("SFR")]
+    rows = [[p.sender, p.flags, p.payload > 0, p.name or "(noise)"] for p in packets if p.number not in theirs]
+    for entry in programs:  # connection by connection: two connections of a program interleave as they like
+        connections: dict[frozenset[tuple[str, int]], list[list[Any]]] = {}
+        for p in packets:
+            if p.number in entry["packets"] and set(p.flags) & set("SFR"):
+                connections.setdefault(frozenset({(p.src, p.sport), (p.dst, p.dport)}), []).append(
+                    [p.sender, p.flags, p.payload > 0, p.name or "(noise)"])
+        rows += [row for connection in connections.values() for row in connection]
     for e in programs:
         rows.append([e["program"]["id"], f"exit {e['exit_status']}", False,
                      f"outcome: errno {e.get('errno') or '-'}, {e['connections']} connection(s)"])
