@@ -10,8 +10,12 @@ is not destroyed: data that arrived before the RST stays readable, and
 requests) does just that: it ignores the failed write and returns the 413.
 """
 
+import fcntl
 import http.client
+import re
 import socket
+import struct
+import termios
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -144,55 +148,59 @@ def claims(trace):
                 sum('"POST /upload HTTP/1.1" 413' in line for line in logs) == 2, " | ".join(logs))
 
 
-UPLOAD = 1_000_000  # each program's upload: more than the server's receive buffer holds unread
+UPLOAD = 256 * 1024  # each program's upload
 PROGRAM_PORT = 8081
-TCP_FIN_WAIT2 = 5  # include/net/tcp_states.h
 
 
-def answer_early(server, listener, client):
-    """The server's part for one program: accept, wait until the request head and the first
-    bytes of its body have arrived, read the head only, answer 413 and shut down writing
-    (a FIN), then close once the client has reacted. Two races are decided here. A server
-    that closed before any body byte arrived would send a FIN alone (nothing unread): it
-    waits for body bytes. And a client that reads while it uploads (fetch, Go, Java's
-    HttpClient) would see either the 413 or a failed write, depending on whether the RST
-    came before its reader ran: the server closes only once the client has answered the
-    413 (closed its end: the server's socket leaves FIN-WAIT-2) or its kernel probes the
-    server's closed window (TcpExtTCPWinProbe: it is blocked writing, a persist timer
-    later, and has not looked at the response)."""
+def answer_early(server, listener, program_done):
+    """The server's part for one program: wait until the whole request (head and body) has
+    arrived, read the head only, answer 413 and shut down writing (a FIN), then close once
+    the program has exited: with the body unread, that close is a RST (tcp_close() in
+    net/ipv4/tcp.c resets a connection whose receive queue still holds data).
+
+    Both races a real client meets here are decided, in the same direction for every
+    program. FIN or RST: a server that closed before any body byte arrived would send a FIN
+    alone; this one always has the whole body unread. And what a client shows when the 413,
+    the FIN or the RST come while it is still writing depends on its threads (a client that
+    reads while it writes sees the 413 or a failed write, whichever its reader or its writer
+    meets first; Go's roundTrip picks at random between a response and a write error that
+    are both ready): here they come after its last write, so each program shows whether it
+    reads a response that came before anyone read its upload. The example's own steps,
+    above, show the RST meeting a write."""
     conn, _ = listener.accept()
 
-    def head_and_body_queued():
+    def whole_request_queued():
         try:
             queued = conn.recv(65536, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:
             return False
         end = queued.find(b"\r\n\r\n")
-        return end >= 0 and len(queued) > end + 4
+        if end < 0:
+            return False
+        length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", queued[:end])
+        unread = struct.unpack("i", fcntl.ioctl(conn, termios.FIONREAD, b"\0" * 4))[0]
+        return length is not None and unread >= end + 4 + int(length.group(1))
 
-    server.until("the request head and part of its body are queued, unread", head_and_body_queued, timeout=10)
+    server.until("the whole request is queued, unread", whole_request_queued, timeout=30)
     queued = conn.recv(65536, socket.MSG_PEEK)
     conn.recv(queued.index(b"\r\n\r\n") + 4)  # the head only
     conn.sendall(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
     conn.shutdown(socket.SHUT_WR)  # as http.server does: FIN first...
-
-    probes = client.counters().get("TcpExtTCPWinProbe", 0)
-
-    def client_reacted():
-        state = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]  # tcpi_state
-        return state != TCP_FIN_WAIT2 or client.counters().get("TcpExtTCPWinProbe", 0) > probes
-
-    server.until("the client closed its end, or probes the closed window", client_reacted, timeout=10)
-    conn.close()  # ...then the RST, if the body is still unread and the connection still open
+    program_done.wait()
+    conn.close()  # ...and the close, with the body unread
 
 
 def each_program(program, client, server):
     """Each real client uploads the same 1 MB body; the server answers 413 early."""
+    # the server's receive buffers (per namespace: min, default, max) hold the whole upload, unread
+    server.sysctl("net.ipv4.tcp_rmem", f"4096 {8 * UPLOAD} {8 * UPLOAD}")
     listener = server.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((server.ip, PROGRAM_PORT))
     listener.listen()
-    answering = server.start(answer_early, server, listener, client)
+    done = threading.Event()
+    answering = server.start(answer_early, server, listener, done)
     program.post(f"http://{server.ip}:{PROGRAM_PORT}/upload", UPLOAD)
+    done.set()
     answering.join(5)
     listener.close()

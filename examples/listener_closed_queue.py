@@ -76,7 +76,7 @@ def each_program(program, client, server):
     listener.listen()
     request = server.expects("P.", source=client)  # armed before the program starts
     running = program.start("GET", f"http://{server.ip}:8081/")
-    request.wait(10)  # its request has arrived, unread, on a connection nobody accepted
+    request.wait(program.timeout)  # its request has arrived, unread, on a connection nobody accepted
     server.until("the connection waits in the accept queue", lambda: server.accept_queue(listener) == 1)
     listener.close()
     running.wait()

@@ -100,6 +100,6 @@ def each_program(program, client, server):
     busy = server.process(server_program, (server.ip, 8889), True)
     busy.wait_for("listening")
     running = program.start("GET", f"http://{server.ip}:8889/")
-    busy.wait_for("read")
+    busy.wait_for("read", timeout=program.timeout)
     busy.kill()  # nothing unread: the kernel closes the connection with a FIN
     running.wait()

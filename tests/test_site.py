@@ -80,6 +80,10 @@ def test_page_shows_what_each_application_got(built_site: Path, recorded_traces:
     text = text_of(page_of(built_site, slug))
     for host, calls in recording(recorded_traces, slug)["outcomes"].items():
         for call in calls:
+            if "program" in call:  # a client program's run: its name, version and every line it printed
+                shown = [call["program"]["name"], call["program"]["version"], *call["output"]]
+                assert all(line in text for line in shown), f"{slug}: {call['call']} not shown in full"
+                continue
             assert call["call"] in text, f"{slug}: {host}'s {call['call']} not shown"
             assert call.get("raised", call.get("returned")) in text
 

@@ -3,6 +3,7 @@ the browser: every symptom's packet link lands on an anchored trace line)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fieldguide import symptoms
@@ -77,3 +78,33 @@ def test_every_quoted_line_has_an_https_source_and_matches_something_we_record()
     for entry in quoted:
         assert entry["source"].startswith("https://"), entry
         assert set(entry["matches"]) <= known, entry
+
+
+def program_run(packets: list[int], output: list[str], **fields: Any) -> dict[str, Any]:
+    return {"call": "curl: GET http://192.0.2.2:80/", "program": {"name": "curl", "version": "curl 7.88.1", "id": "curl"},
+            "output": output, "exit_status": 56, "raised": output[0], "message": "exit status 56",
+            "packets": packets, "connections": 1, "kernel_errors": [], **fields}
+
+
+def test_a_program_line_is_explained_by_a_packet_of_its_own_connections() -> None:
+    """The scenario's own RST (packet 2) is not the program's: its own (packet 4) is."""
+    data = recording([packet(1, "client", "server", "S", 1), packet(2, "server", "client", "R.", 1),
+                      packet(3, "client", "server", "S", 2), packet(4, "server", "client", "R.", 2)],
+                     {"client": [program_run([3, 4], ["curl: (56) Recv failure: Connection reset by peer"],
+                                             kernel_errors=["ECONNRESET"])]})
+    [seen] = symptoms.seen_in(data)
+    assert (seen.packet.number, seen.key, seen.source, seen.call) == (4, "ECONNRESET", "program", "curl (curl 7.88.1)")
+    assert seen.text == "curl: (56) Recv failure: Connection reset by peer"
+
+
+def test_a_program_without_an_errno_that_met_a_fin_is_keyed_as_an_end_of_stream() -> None:
+    data = recording([packet(1, "client", "server", "S"), packet(2, "server", "client", "F.")],
+                     {"client": [program_run([1, 2], ["curl: (52) Empty reply from server"])]})
+    [seen] = symptoms.seen_in(data)
+    assert (seen.key, seen.packet.number, seen.why) == ("RemoteDisconnected", 2, "the FIN it received")
+
+
+def test_no_quoted_line_is_of_a_program_the_lab_runs() -> None:
+    for entry in symptoms.load_quoted():
+        assert entry["version"].strip(), entry
+        assert not re.search(r"\b(curl|Node\.js|Go|Java|requests|httpx|aiohttp)\b", entry["software"]), entry

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lab import clients
 from lab.artifact import Recording
 from lab.capture import CAPTURE_OPTIONS, FILTER, TEXT_OPTIONS
 from lab.scenarios import PHASES, path_of
@@ -243,6 +244,17 @@ def _scenario_index(ctx: Context, args: list[str]) -> str:
 @placeholder("client_matrix")
 def _client_matrix(ctx: Context, args: list[str]) -> str:
     return programs.client_matrix(ctx.recordings, ctx.link)
+
+
+@placeholder("client_programs")
+def _client_programs(ctx: Context, args: list[str]) -> str:
+    """Each client program's file, included by its path (never pasted)."""
+    out = []
+    for path in clients.program_files():
+        language = {".go": "go", ".java": "java", ".js": "javascript", ".py": "python"}[path.suffix]
+        name = f"clients/{path.name}"
+        out += [f'```{language} title="examples/{name}"', f'--8<-- "{name}"', "```", ""]
+    return "\n".join(out)
 
 
 @placeholder("symptom_index")

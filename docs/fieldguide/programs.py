@@ -64,8 +64,9 @@ def program_row(rec: Recording) -> str:
            " example's own steps (each one's packets are named after it in the trace above):", "",
            "| program | version | what it printed |", "|---|---|---|"]
     for host, entry in found:
-        out.append(f"| {plain(entry['program']['name'])} | {plain(entry['program']['version'])}"
-                   f" | {cell(rec, host, entry, '')} |")
+        request = entry["call"].split(": ", 1)[-1]
+        out.append(f"| {plain(entry['program']['name'])}<br><small>{literal(request)}</small>"
+                   f" | {plain(entry['program']['version'])} | {cell(rec, host, entry, '')} |")
     return "\n".join(out)
 
 

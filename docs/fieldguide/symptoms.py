@@ -11,10 +11,11 @@ recordings in build/traces/SLUG.json and nothing typed by hand:
 
 What a run captured: every call a host's application made that raised (class, errno,
 message: the `outcomes` of SLUG.json), and the log lines the example noted
-(`host.note("log", ...)`) that name a Python exception. Lines printed by software we do
-not run (nginx, Go, Node.js, Java, Envoy, load balancers) are quoted in
-quoted_symptoms.yml, each with its public source, and shown beside the captured ones
-that share their errno.
+(`host.note("log", ...)`) that name a Python exception, and what each real client program
+printed (curl, Node.js, Go, Java, Python's libraries: lab/clients.py). Lines printed by
+software the lab cannot run (Envoy, a cloud's load balancer) are quoted in
+quoted_symptoms.yml, each with its version and public source, and shown beside the
+captured ones that share their errno.
 
 The packet that explains a failure follows from what the kernel does with it:
 ECONNRESET, EPIPE and ECONNREFUSED come from a RST the host received, ECONNABORTED from
@@ -182,7 +183,7 @@ def load_quoted() -> list[dict[str, Any]]:
     """Lines of software the lab does not run, each with its public source."""
     entries = yaml.safe_load(QUOTED.read_text())
     for entry in entries:
-        missing = {"software", "text", "matches", "source"} - set(entry)
+        missing = {"software", "version", "text", "matches", "source"} - set(entry)
         if missing or not str(entry["source"]).startswith("https://"):
             raise ValueError(f"{QUOTED.name}: entry {entry.get('text')!r} lacks {missing or 'an https source'}")
     return entries
@@ -222,7 +223,7 @@ def _quoted_for(quoted: list[dict[str, Any]], keys: set[str]) -> list[dict[str, 
 
 def _quoted_line(q: dict[str, Any]) -> str:
     note = f" ({plain(q['note'])})" if q.get("note") else ""
-    return f"{plain(q['software'])}: {literal(q['text'])}{note} ([source]({q['source']}))"
+    return f"{plain(q['software'])}: {literal(q['text'])}{note} ([source, {plain(q['version'])}]({q['source']}))"
 
 
 def _groups(recordings: dict[str, Recording]) -> tuple[dict[str, list[Seen]], list[str]]:

@@ -36,8 +36,9 @@ class CaptureError(RuntimeError):
     """tcpdump could not start, or did not deliver a complete capture."""
 
 
-# every packet written to the file as it arrives, whole
-CAPTURE_OPTIONS = ["-U", "--immediate-mode", "-s", "262144"]
+# every packet written to the file as it arrives, whole; a 32 MiB buffer (-B, KiB) so that
+# an upload's burst of 64 KiB segments is not dropped while tcpdump waits for a CPU
+CAPTURE_OPTIONS = ["-U", "--immediate-mode", "-s", "262144", "-B", "32768"]
 # the text trace: numbers instead of names, tcpdump's default time and relative seq/ack
 TEXT_OPTIONS = ["-n"]
 

@@ -39,7 +39,7 @@ from .preflight import LabUnavailable
 SOURCES = ROOT / "examples" / "clients"
 BUILT = Path(os.environ.get("FIELDGUIDE_CLIENTS") or ROOT / "build" / "clients")
 MANIFEST = "programs.json"  # what prepare() built: each program's argv and version
-RUN_TIMEOUT = 15.0  # seconds a program may take for one request before it is killed
+RUN_TIMEOUT = 30.0  # seconds a program may take for one request before it is killed (a JVM on a busy machine)
 # the JVM reserves a quarter of the machine's memory for its heap by default: more than the
 # sandbox's address-space limit (lab/sandbox.py); a request needs very little
 JAVA = ["java", "-Xmx64m", "-Xss512k", "-XX:ReservedCodeCacheSize=32m", "-XX:CompressedClassSpaceSize=64m",
@@ -84,6 +84,11 @@ PROGRAMS = (
     Program("python-aiohttp", "Python aiohttp", "aiohttp (PyPI, in pyproject.toml)", ""),
 )
 BY_NAME = {p.name: p for p in PROGRAMS}
+
+
+def program_files() -> list[Path]:
+    """The programs' own files, as the pages include them."""
+    return sorted(p for p in SOURCES.iterdir() if p.suffix in (".go", ".java", ".js", ".py"))
 
 
 # -- once per run of the catalogue: check the tools, build Go and Java, read the versions -----
@@ -239,6 +244,7 @@ class Client:
     def __init__(self, program: Program, host: Any) -> None:
         self.program, self.host = program, host
         self.name, self.label = program.name, program.label
+        self.timeout = RUN_TIMEOUT  # how long a step waiting for the program may wait
 
     def start(self, method: str, url: str, body_size: int = 0) -> Run:
         return Run(self.program, self.host, method, url, body_size)

@@ -30,6 +30,7 @@ def use_examples(folder: Path) -> None:
 PHASES = ("opening", "established", "closing", "middleboxes")
 DEFAULT_TIMEOUT = 20.0
 MAX_TIMEOUT = 600.0  # a run is bounded in time whatever an example asks
+CLIENTS_TIMEOUT = 120.0  # the client programs' runs (lab/clients.py), nine of them, on a busy machine
 MAX_HOSTS = 4
 TRACE_OPTIONS = {"-v", "-vv", "-vvv", "-K", "-S"}  # tcpdump -r options an example may add
 
@@ -105,7 +106,9 @@ class Scenario:
 
     @property
     def timeout(self) -> float:
-        return float(getattr(self.module, "TIMEOUT", DEFAULT_TIMEOUT))
+        """The example's TIMEOUT, and CLIENTS_TIMEOUT more when it runs the client programs."""
+        own = float(getattr(self.module, "TIMEOUT", DEFAULT_TIMEOUT))
+        return min(own + CLIENTS_TIMEOUT, MAX_TIMEOUT) if self.has_clients else own
 
     @property
     def has_clients(self) -> bool:
@@ -152,7 +155,7 @@ def validate(scenario: Scenario) -> None:
     elif scenario.capture_on not in hosts:
         problems.append(f"CAPTURE_ON must be one of HOSTS {tuple(hosts)}")
     try:
-        timeout = scenario.timeout
+        timeout = float(getattr(module, "TIMEOUT", DEFAULT_TIMEOUT))  # the example's own
     except (TypeError, ValueError):
         timeout = float("nan")
     if not 0 < timeout <= MAX_TIMEOUT:  # also false for nan

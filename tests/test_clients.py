@@ -1,0 +1,77 @@
+"""Real client programs at the client's end (lab/clients.py): the matrix page, each
+scenario's row, and a clear failure when a program's tool is missing."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+
+import pytest
+from lab import clients
+from lab.preflight import LabUnavailable
+
+from test_site import text_of
+
+MIN_PROGRAMS = 6
+
+
+def program_runs(traces: Path) -> dict[str, list[dict]]:
+    """Each recording's client-program runs, by scenario."""
+    found = {}
+    for path in sorted(traces.glob("*.json")):
+        data = json.loads(path.read_text())
+        runs = [e for entries in data["outcomes"].values() for e in entries if "program" in e]
+        if runs:
+            found[data["slug"]] = runs
+    return found
+
+
+def test_every_client_scenario_runs_at_least_six_programs(recorded_traces: Path) -> None:
+    runs = program_runs(recorded_traces)
+    assert runs, "no recording holds a client program's run"
+    for slug, entries in runs.items():
+        names = {e["program"]["name"] for e in entries}
+        assert len(names) >= MIN_PROGRAMS, f"{slug}: only {sorted(names)}"
+        for e in entries:
+            assert e["program"]["version"] and isinstance(e["exit_status"], int), (slug, e)
+            assert e["packets"] and e["connections"] >= 1, f"{slug}: {e['call']} has no packet of its own"
+
+
+def test_every_line_of_the_matrix_was_recorded_by_this_build(built_site: Path, recorded_traces: Path) -> None:
+    page = (built_site / "clients" / "index.html").read_text()
+    table = page[page.index("<table"):page.index("</table>")]
+    cells = [text_of(c) for c in re.findall(r"<code>(.*?)</code>", table, re.DOTALL)]
+    recorded = {line for entries in program_runs(recorded_traces).values() for e in entries for line in e["output"]}
+    assert cells, "the matrix shows no line"
+    assert set(cells) <= recorded, f"lines not in this build's recordings: {set(cells) - recorded}"
+    for slug, entries in program_runs(recorded_traces).items():
+        for e in entries:  # and every line each program printed is in its scenario's row
+            assert all(html.escape(line, quote=False) in html.unescape(page) or line in text_of(page)
+                       for line in e["output"]), (slug, e["output"])
+            assert f"scenarios/{slug}/#" in page
+
+
+def test_each_cell_links_to_a_packet_of_its_program(built_site: Path, recorded_traces: Path) -> None:
+    page = (built_site / "clients" / "index.html").read_text()
+    links = re.findall(r'href="\.\./scenarios/([a-z0-9-]+)/#([a-z0-9-]+)"', page)
+    runs = program_runs(recorded_traces)
+    assert len(links) >= sum(len(e) for e in runs.values()) - 1
+    for slug, anchor in links:
+        scenario = (built_site / "scenarios" / slug / "index.html").read_text()
+        assert f'id="{anchor}"' in scenario, f"{slug}: no anchor #{anchor}"
+
+
+def test_a_missing_program_fails_naming_its_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    real = clients.shutil.which
+    monkeypatch.setattr(clients.shutil, "which", lambda tool: None if tool == "go" else real(tool))
+    with pytest.raises(LabUnavailable, match=r"Go net/http \(golang-go \(Debian\)\).*apt-get install"):
+        clients.prepare(tmp_path)
+    assert not any(tmp_path.iterdir()), "nothing is built when a tool is missing"
+
+
+def test_a_printed_errno_is_named() -> None:
+    assert clients._errno_named(["Error: read ECONNRESET", "code: ECONNRESET"]) == "ECONNRESET"
+    assert clients._errno_named(["dial tcp: connect: connection refused", "errno: 111"]) == "ECONNREFUSED"
+    assert clients._errno_named(["TypeError: fetch failed", "code: UND_ERR_SOCKET"]) is None
