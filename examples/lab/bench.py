@@ -3,7 +3,8 @@
 1. The lab's overhead: an empty scenario (two hosts, a link, a capture, nothing
    sent) recorded ROUNDS times one after another; its median wall time.
 2. Each scenario alone: wall time, inherent time (the time spent inside its
-   run(): its own timeouts and delays), and the difference, the lab's share.
+   run(): its own timeouts and delays), the client programs' time (a client scenario's
+   curl, Node.js, Go, Java and Python runs), and the rest, the lab's share.
 3. The whole catalogue, serial (one at a time) and parallel (all at once),
    against the target: parallel <= 1.3 x slowest scenario + 1 s.
 4. What `nox -s docs` runs (`python -m fieldguide.build`: recording every scenario and
@@ -45,6 +46,11 @@ def claims(trace):
 
 def _inherent(result: Result) -> float:
     return float(result.timings.get("scenario", 0.0))
+
+
+def _programs(result: Result) -> float:
+    """The time a client scenario spent running the real client programs (lab/clients.py)."""
+    return float(result.timings.get("programs", 0.0))
 
 
 def _own(result: Result) -> float:
@@ -129,13 +135,15 @@ def main(args: argparse.Namespace) -> int:
     serial = serial_runner.run(slugs)
     serial_wall = time.monotonic() - started
     _fail(serial)
-    print(f"\n{'scenario':<32}{'wall':>8}{'inherent':>10}{'lab':>8}")
+    print(f"\n{'scenario':<32}{'wall':>8}{'inherent':>10}{'programs':>10}{'lab':>8}")
     per_scenario = {}
     for r in serial:
         inherent = _inherent(r)
+        programs = _programs(r)
         per_scenario[r.slug] = {"wall_s": round(_own(r), 3), "inherent_s": round(inherent, 3),
-                                "lab_s": round(_own(r) - inherent, 3)}
-        print(f"{r.slug:<32}{_own(r):8.2f}{inherent:10.2f}{_own(r) - inherent:8.2f}")
+                                "programs_s": round(programs, 3), "lab_s": round(_own(r) - inherent - programs, 3)}
+        print(f"{r.slug:<32}{_own(r):8.2f}{inherent:10.2f}{programs:10.2f}{_own(r) - inherent - programs:8.2f}")
+    print(f"the client programs (lab/clients.py), serial: {sum(_programs(r) for r in serial):.2f} s in all")
 
     parallel_walls = []
     for _ in range(3):

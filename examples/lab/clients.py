@@ -153,7 +153,10 @@ def prepare(built: Path = BUILT) -> dict[str, Any]:
     for library in ("requests", "httpx", "aiohttp"):
         versions[f"python-{library}"] = f"{library} {version(library)} (Python {sys.version.split()[0]})"
     manifest = {"built": str(built), "versions": versions}
-    (built / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    text = json.dumps(manifest, indent=1) + "\n"
+    path = built / MANIFEST
+    if not path.exists() or path.read_text() != text:  # unchanged: a user who did not build it may read it
+        path.write_text(text)
     return manifest
 
 

@@ -53,9 +53,11 @@ def all_slugs() -> list[str]:
 
 
 def sources_digest(slug: str) -> str:
-    """SHA-256 over the example's source and the lab's: what a recording was made from."""
+    """SHA-256 over the example's source and the lab's (and the client programs', for a
+    scenario that runs them): what a recording was made from."""
     digest = hashlib.sha256()
-    for path in [path_of(slug), *sorted((EXAMPLES / "lab").glob("*.py"))]:
+    programs = sorted((EXAMPLES / "clients").glob("*.*")) if runs_clients(slug) else []  # lab/clients.py's
+    for path in [path_of(slug), *sorted((EXAMPLES / "lab").glob("*.py")), *programs]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
