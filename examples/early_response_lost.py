@@ -184,8 +184,11 @@ def answer_early(server, listener, program_done):
     server.until("the whole request is queued, unread", whole_request_queued, timeout=30)
     queued = conn.recv(65536, socket.MSG_PEEK)
     conn.recv(queued.index(b"\r\n\r\n") + 4)  # the head only
+    # the 413 and the FIN in one segment: a client that reads the 413 and closes at once
+    # would otherwise race the server's shutdown() with its own FIN
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
     conn.sendall(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-    conn.shutdown(socket.SHUT_WR)  # as http.server does: FIN first...
+    conn.shutdown(socket.SHUT_WR)  # as http.server does: FIN first (the corked 413 leaves with it)...
     program_done.wait()
     conn.close()  # ...and the close, with the body unread
 

@@ -18,11 +18,16 @@ PHASE = "closing"
 HOSTS = ("client", "server")
 
 
-def server_program(address, read_request):
-    """A server process: accept one connection, read its request or not, then hang."""
+def server_program(address, read_request, stop_listening=False):
+    """A server process: accept one connection, read its request or not, then hang.
+    stop_listening: close the listener once the connection is accepted, so that a client
+    that reconnects by itself after the kill is refused, never queued on a listener the
+    kill is about to close (which of the two happens would depend on when it reconnects)."""
     listener = socket.create_server(tuple(address))
     print("listening")
     conn, _ = listener.accept()
+    if stop_listening:
+        listener.close()
     if read_request:
         print("read", conn.recv(1024))  # and then busy with it, until killed
     else:
@@ -97,7 +102,7 @@ def claims(trace):
 
 def each_program(program, client, server):
     """Each real client's request is read by a server process that is then killed: a FIN."""
-    busy = server.process(server_program, (server.ip, 8889), True)
+    busy = server.process(server_program, (server.ip, 8889), True, True)
     busy.wait_for("listening")
     running = program.start("GET", f"http://{server.ip}:8889/")
     busy.wait_for("read", timeout=program.timeout)
