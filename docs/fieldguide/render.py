@@ -146,9 +146,9 @@ def describe_outcome(entry: dict[str, Any]) -> str:
 
 
 def own_calls(rec: Recording) -> dict[str, list[dict[str, Any]]]:
-    """Each host's calls made by the example itself, without the client programs' runs
-    (lab/clients.py; fieldguide/programs.py shows those)."""
-    return {host: [e for e in entries if "program" not in e] for host, entries in rec.outcomes.items()}
+    """Each host's calls made by the example's own steps: without the client programs' phase
+    (their runs and what their servers noted: lab/clients.py; fieldguide/programs.py)."""
+    return {host: [e for e in entries if e.get("phase") != "programs"] for host, entries in rec.outcomes.items()}
 
 
 def what_apps_get(rec: Recording) -> list[str]:
@@ -401,23 +401,34 @@ def trace_block(rec: Recording, own_page: bool = True) -> str:
         indent(claims_list(rec, own_page)), ""])
 
 
+def own_packets(rec: Recording) -> list[Packet]:
+    """The packets of the example's own steps: without the client programs' (lab/clients.py),
+    which the trace lists and fieldguide/programs.py tabulates."""
+    theirs = {n for entries in rec.outcomes.values() for e in entries if "program" in e for n in e["packets"]}
+    return [p for p in rec.packets if p.number not in theirs]
+
+
 def mermaid(rec: Recording) -> str:
-    """A sequenceDiagram of the capture: one numbered arrow per packet. A RST ends in a cross,
-    its label starts with "RST" and a tinted band marks it, in either palette. Participants are
-    h0, h1... with the host's name as label (a name like "end" is Mermaid's)."""
+    """A sequenceDiagram of the example's own packets (own_packets()): one numbered arrow per
+    packet. A RST ends in a cross, its label starts with "RST" and a tinted band marks it, in
+    either palette. Participants are h0, h1... with the host's name as label (a name like
+    "end" is Mermaid's)."""
     ids = {name: f"h{i}" for i, name in enumerate(rec.hosts)}
-    resets = rec.resets()
+    packets = own_packets(rec)
+    resets = [p for p in packets if p.is_rst]
+    programs = f" The client programs' {len(rec.packets) - len(packets)} packets are in the trace only." \
+        if len(packets) < len(rec.packets) else ""
     lines = ["```mermaid", "sequenceDiagram", "    autonumber",
-             f"    accTitle: The {len(rec.packets)} packets of the {rec.slug} capture, in order",
+             f"    accTitle: The {len(packets)} packets of the {rec.slug} example, in order",
              "    accDescr: " + _mermaid_text(
                  f"Between {', '.join(rec.hosts)}. "
                  + ("RSTs: " + "; ".join(f"{p.name or p.number} from {p.sender} to {p.receiver}" for p in resets)
-                    if resets else "No RST.") + " The trace above lists every packet as text.")]
+                    if resets else "No RST.") + " The trace above lists every packet as text." + programs)]
     for name, ip in rec.hosts.items():
         lines.append(f"    participant {ids[name]} as {name} {ip}")
-    if any(p.sender not in ids or p.receiver not in ids for p in rec.packets):
+    if any(p.sender not in ids or p.receiver not in ids for p in packets):
         lines.append("    participant unknown as unknown address")
-    for p in rec.packets:
+    for p in packets:
         sender, receiver = ids.get(p.sender, "unknown"), ids.get(p.receiver, "unknown")
         if p.number > 1 and gap_ms(rec, p) >= 10:
             lines.append(f"    Note over {sender},{receiver}: {_ms(gap_ms(rec, p))} later")
@@ -446,9 +457,7 @@ def outcomes_table(rec: Recording) -> str:
     """The example's own calls (the client programs' runs are programs.program_row()'s)."""
     rows = []
     for host, entries in rec.outcomes.items():
-        for e in entries:
-            if "program" in e:
-                continue
+        for e in own_calls(rec)[host]:
             if "raised" in e:
                 errno = f" ({plain(e['errno'])})" if e.get("errno") else ""
                 result = f"raised {literal(e['raised'])}{errno} <br><small>{plain(e['message'])}</small>"

@@ -147,6 +147,8 @@ def seen_in(rec: Recording) -> list[Seen]:
                     rec.slug, rec.title, host, program, entry["raised"], key, "program", packet, why,
                     name_id(rec, packet) if packet else "the-trace")
                 continue
+            if entry.get("phase") == "programs":  # the servers' side of the programs' runs
+                continue
             if "raised" in entry:
                 text = f"{entry['raised']}: {entry['message']}" if entry["message"] else entry["raised"]
                 key, source = entry.get("errno") or entry["raised"], "Python"

@@ -87,6 +87,8 @@ def run(scenario: Scenario, folder: Path) -> dict[str, Any]:
                     scenario.module.each_program(program, *built)
                     for h in built:
                         h.join_threads(timeout=scenario.timeout)
+                for entry in transcript.entries[report["own_calls"]:]:  # the programs' and their servers'
+                    entry["phase"] = "programs"
                 lap("programs")
         except BaseException as exc:
             report["error"] = "".join(traceback.format_exception(exc))
