@@ -82,3 +82,8 @@ def claims(trace):
     counted = trace.calls("router", "packets counted by the reject rule")
     trace.check("the reject rule's own counter matched exactly one packet",
                 bool(counted) and counted[0]["returned"] == "1", counted[0]["returned"] if counted else "not read")
+
+
+def each_program(program, client, router, server):
+    """Each real client asks the blocked port for a page: the router answers for the server."""
+    program.get(f"http://{server.ip}:8080/")

@@ -7,6 +7,7 @@ acknowledges the unread bytes (RFC 2525, section 2.17). The client's next
 """
 
 import select
+import socket
 
 TITLE = "Close with unread data: RST instead of FIN"
 PHASE = "closing"
@@ -46,3 +47,28 @@ def claims(trace):
                   what="the server counts an abort on close with unread data (TCPAbortOnClose)")
     trace.counter("client", "TcpEstabResets", 1)
     trace.counter("server", "TcpEstabResets", 1)
+
+
+def close_unread(listener):
+    """The server's part for one program: accept, wait for the request, close without
+    reading it; again for each connection the program opens, until the listener is shut down."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:  # shut down: the program has exited
+            return
+        select.select([conn], [], [])  # the request is waiting in the server's queue
+        conn.close()  # close without reading it: RST, not FIN
+
+
+def each_program(program, client, server):
+    """Each real client sends its request to a server that closes without reading it."""
+    listener = server.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((server.ip, 8889))
+    listener.listen()
+    closing = server.start(close_unread, listener)
+    program.get(f"http://{server.ip}:8889/")
+    listener.shutdown(socket.SHUT_RDWR)  # wakes the server's accept()
+    closing.join(5)
+    listener.close()
