@@ -8,6 +8,9 @@ raises ConnectionAbortedError (ECONNABORTED). The peer's next `recv()` raises
 ConnectionResetError (ECONNRESET).
 """
 
+import select
+import socket
+
 TITLE = "ss -K: an operator kills the connection"
 PHASE = "established"
 HOSTS = ("client", "server")
@@ -59,3 +62,30 @@ def claims(trace):
     killed = trace.calls("server", "ss -K printed")
     trace.check("ss -K lists the connection it killed (state ESTAB)",
                 bool(killed) and "ESTAB" in killed[0]["returned"], killed[0]["returned"] if killed else "")
+
+
+def kill_each(server, listener):
+    """The server's part for one program: accept, wait for the request, and the operator
+    kills the connection with `ss -K`; again for each connection the program opens, until
+    the listener is shut down."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:  # shut down: the program has exited
+            return
+        select.select([conn], [], [])  # the request has arrived; the application is busy with it
+        server.sh("ss", "-K", "-t", "state", "established", "sport", "=", ":8890")
+        conn.close()
+
+
+def each_program(program, client, server):
+    """Each real client's request is on a connection the operator kills on the server."""
+    listener = server.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((server.ip, 8890))
+    listener.listen()
+    killing = server.start(kill_each, server, listener)
+    program.get(f"http://{server.ip}:8890/")
+    listener.shutdown(socket.SHUT_RDWR)  # wakes the server's accept()
+    killing.join(5)
+    listener.close()
