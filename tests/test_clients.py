@@ -75,3 +75,22 @@ def test_a_printed_errno_is_named() -> None:
     assert clients._errno_named(["Error: read ECONNRESET", "code: ECONNRESET"]) == "ECONNRESET"
     assert clients._errno_named(["dial tcp: connect: connection refused", "errno: 111"]) == "ECONNREFUSED"
     assert clients._errno_named(["TypeError: fetch failed", "code: UND_ERR_SOCKET"]) is None
+
+
+def _packet(number: int, time: float, sender: str, flags: str, port: int, seq: int = 0):
+    from lab.artifact import Packet
+    ips = {"client": "192.0.2.1", "server": "192.0.2.2"}
+    receiver = "server" if sender == "client" else "client"
+    sport, dport = (port, 80) if sender == "client" else (80, port)
+    return Packet(number, time, sender, receiver, ips[sender], ips[receiver], sport, dport, flags, seq, 0, 0, 0, 64, 0)
+
+
+def test_a_reused_port_opens_a_new_connection_of_the_program_that_reused_it() -> None:
+    """The kernel may give a program the port of a connection a RST just closed: its
+    packets are its own, not the earlier program's."""
+    packets = [_packet(1, 0.0, "client", "S", 40000, seq=100), _packet(2, 0.001, "server", "R.", 40000),
+               _packet(3, 1.0, "client", "S", 40000, seq=900), _packet(4, 1.001, "server", "R.", 40000)]
+    first = {"host": "client", "program": {"id": "a"}, "window": [10.0, 10.5]}
+    second = {"host": "client", "program": {"id": "b"}, "window": [10.9, 11.5]}
+    runs = clients.attribute([first, second], packets, [], 10.0)
+    assert [(e["packets"], e["connections"]) for e, _ in runs] == [([1, 2], 1), ([3, 4], 1)]

@@ -120,6 +120,24 @@ def anchors(packets: list[Packet]) -> dict[int, str]:
     return found
 
 
+def connections(packets: list[Packet]) -> dict[int, int]:
+    """Each TCP packet's connection, numbered in the order they opened. A connection is its
+    four-tuple from one SYN on: a client that reuses a closed connection's port opens a
+    new one (a SYN with another sequence number), as the kernel may do at once after a RST."""
+    found: dict[int, int] = {}
+    current: dict[frozenset[tuple[str, int]], tuple[int, int]] = {}  # tuple -> (connection, its SYN's seq)
+    opened = 0
+    for p in packets:
+        if p.proto != "tcp":
+            continue
+        key = frozenset({(p.src, p.sport), (p.dst, p.dport)})
+        if key not in current or (p.flags == "S" and p.seq != current[key][1]):
+            current[key] = (opened, p.seq if p.flags == "S" else -1)
+            opened += 1
+        found[p.number] = current[key][0]
+    return found
+
+
 def shape_of(packets: list[Packet], programs: list[dict[str, Any]] | None = None) -> list[list[Any]]:
     """What a reviewer must see change: who sent which flags, in order, data or not, and names.
 
@@ -133,13 +151,14 @@ def shape_of(packets: list[Packet], programs: list[dict[str, Any]] | None = None
     programs = programs or []
     theirs = {n for entry in programs for n in entry["packets"]}
     rows = [[p.sender, p.flags, p.payload > 0, p.name or "(noise)"] for p in packets if p.number not in theirs]
+    connection = connections(packets)
     for entry in programs:  # connection by connection: two connections of a program interleave as they like
-        connections: dict[frozenset[tuple[str, int]], list[list[Any]]] = {}
+        by_connection: dict[int, list[list[Any]]] = {}
         for p in packets:
             if p.number in entry["packets"] and set(p.flags) & set("SFR"):
-                connections.setdefault(frozenset({(p.src, p.sport), (p.dst, p.dport)}), []).append(
+                by_connection.setdefault(connection.get(p.number, -1), []).append(
                     [p.sender, p.flags, p.payload > 0, p.name or "(noise)"])
-        rows += [row for connection in connections.values() for row in connection]
+        rows += [row for _, found in sorted(by_connection.items()) for row in found]
     for e in programs:
         rows.append([e["program"]["id"], f"exit {e['exit_status']}", False,
                      f"outcome: errno {e.get('errno') or '-'}, {e['connections']} connection(s)"])

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from . import netns
-from .artifact import ROOT
+from .artifact import ROOT, connections
 from .preflight import LabUnavailable
 
 SOURCES = ROOT / "examples" / "clients"
@@ -267,25 +267,27 @@ def each(host: Any) -> list[Client]:
 
 def attribute(outcomes: list[dict[str, Any]], packets: list[Any], events: list[dict[str, Any]],
               first_packet: float) -> list[tuple[dict[str, Any], list[Any]]]:
-    """Each program's outcome with its packets: those of every connection whose first packet
-    was captured while the program ran (an ICMP message by its own time). Each entry's
+    """Each program's outcome with its packets: those of every connection (artifact.connections())
+    whose first packet was captured while the program ran (an ICMP message by its own time). Each entry's
     wall-clock `window` is replaced by what the recording keeps: `packets` (numbers),
     `connections` (how many it opened: a retry or a reconnection shows here) and
     `kernel_errors` (inet_sk_error_report's errno on its connections, in order)."""
     runs = [e for e in outcomes if "program" in e]
-    first_seen: dict[frozenset[tuple[str, int]], float] = {}
+    connection = connections(packets)
+    opened: dict[int, float] = {}  # connection -> the time of its first packet
     for p in packets:
-        first_seen.setdefault(frozenset({(p.src, p.sport), (p.dst, p.dport)}), p.time)
+        if p.number in connection:
+            opened.setdefault(connection[p.number], p.time)
     found = []
     for entry in runs:
         start, end = (t - first_packet for t in entry.pop("window"))
-        mine = [p for p in packets if start <= (first_seen[frozenset({(p.src, p.sport), (p.dst, p.dport)})]
-                                                if p.proto == "tcp" else p.time) <= end]
-        ports = {(p.src, p.sport) for p in mine if p.proto == "tcp"} | {(p.dst, p.dport) for p in mine if p.proto == "tcp"}
+        mine = [p for p in packets
+                if start <= (opened[connection[p.number]] if p.number in connection else p.time) <= end]
+        ports = {(p.src, p.sport) for p in mine if p.proto == "tcp" and p.sender == entry["host"]}
         entry["packets"] = [p.number for p in mine]
-        entry["connections"] = len({frozenset({(p.src, p.sport), (p.dst, p.dport)}) for p in mine
-                                    if p.proto == "tcp" and p.flags == "S"})
+        entry["connections"] = len({connection[p.number] for p in mine if p.number in connection and p.flags == "S"})
         entry["kernel_errors"] = [e["errno"] for e in events if e["event"] == "inet_sk_error_report"
-                                  and (e["src"], e["sport"]) in ports]
+                                  and e["host"] == entry["host"] and (e["src"], e["sport"]) in ports
+                                  and start <= e["time"] <= end]
         found.append((entry, mine))
     return found
