@@ -45,12 +45,14 @@ How to write a scenario page
    "Spot it in production", "Fix or avoid", "The example", "Provenance"; "You may have
    seen" is added at the end.
 
-Other pages may use {{ scenario_index }} (home), {{ symptom_index }},
+Other pages may use {{ scenario_index }} (home), {{ symptom_index }}, {{ client_matrix }}
+and {{ client_programs }} (clients.md: what the real client programs printed, and their files),
 {{ tcpdump_line SLUG NAME }} (one recorded line with its fields) and {{ trace SLUG }}.
 
 The modules: recordings.py loads and checks every recording (lab.artifact's schema);
 render.py turns one into Markdown and HTML (pure, unit-tested); placeholders.py is the
 one registry of placeholders and expands a page; symptoms.py is the symptom index;
+programs.py the client programs' matrix and each scenario's row of them;
 chinese.py gives Chinese readers each scenario's title and summary (chinese.yml: a new
 scenario needs its entry) and glibc's own Chinese error texts;
 mermaid.py serves Mermaid from the site; hooks.py wires them to MkDocs' events.

@@ -13,7 +13,10 @@ An example in `examples/` is one file:
         ...                        # naming every packet: trace.next(..., name="server-rst")
 
 Optional: CAPTURE_ON (host whose eth0 is captured, default the first),
-TIMEOUT (seconds, default 20), TRACE_OPTIONS (extra tcpdump -r options, e.g. ["-v"]).
+TIMEOUT (seconds, default 20), TRACE_OPTIONS (extra tcpdump -r options, e.g. ["-v"]),
+each_program(program, *hosts): the server's part once per real client program, which
+`program.get(url)` / `program.post(url, size)` / `program.start(...).wait()` runs on the
+client host after run() (lab/clients.py: curl, Node.js, Go, Java, Python's libraries).
 
 Host API (examples/lab/hosts.py): host.ip, host.socket(), `with host:`,
 host.record(label, fn, ...), host.note(what, value), host.start(fn, ...),
@@ -31,7 +34,8 @@ ok, detail) on trace.events. Every packet must be named or declared noise; the s
 (examples/shapes/SLUG.txt) must match the committed one (`--update` accepts a change).
 
 The modules: artifact (what a recording is), scenarios (the catalogue), hosts, netns,
-rtnetlink, threads, process, peer, wire (the lab's hosts and what they send), capture
+rtnetlink, threads, process, peer, wire (the lab's hosts and what they send), clients
+(the real client programs), capture
 (tcpdump), recording (socket calls), trace (claims), shapes, preflight, worker, zygote,
 runner (scheduling and publishing), bench.
 """
