@@ -148,7 +148,7 @@ def claims(trace):
                 sum('"POST /upload HTTP/1.1" 413' in line for line in logs) == 2, " | ".join(logs))
 
 
-UPLOAD = 256 * 1024  # each program's upload
+UPLOAD = 64 * 1024  # each program's upload, as the example's own
 PROGRAM_PORT = 8081
 
 

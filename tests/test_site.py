@@ -293,7 +293,7 @@ PAGE_BREAKAGES = {
     "numeric": ("{{ packet client-syn }}", "{{ packet 1 }}",
                 "packets are referred to by name, not by number: {{ packet NAME }} (packet 1 is 'client-syn')"),
     "unknown-name": ("{{ packet client-syn }}", "{{ packet client-hello }}",
-                     "closed-port has no packet named 'client-hello' (its names: client-syn, server-rst)"),
+                     "closed-port has no packet named 'client-hello' (its names: client-syn, server-rst, curl,"),
     "unknown-placeholder": ("{{ packet client-syn }}", "{{ packets client-syn }}", "unknown placeholder 'packets'"),
     "malformed": ("{{ packet client-syn }}", "{{ Packet 1 }}",
                   "not a placeholder (write {{ name args }}, lower-case; packets by name)"),
