@@ -98,6 +98,11 @@ class Scenario:
         return getattr(self.module, "CAPTURE_ON", self.hosts[0])
 
     @property
+    def capture_all_links(self) -> bool:
+        """Capture every link of CAPTURE_ON (a proxy's two sides, in one pcap), not only its eth0."""
+        return bool(getattr(self.module, "CAPTURE_ALL_LINKS", False))
+
+    @property
     def timeout(self) -> float:
         return float(getattr(self.module, "TIMEOUT", DEFAULT_TIMEOUT))
 
