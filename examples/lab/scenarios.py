@@ -151,6 +151,8 @@ def validate(scenario: Scenario) -> None:
         timeout = float("nan")
     if not 0 < timeout <= MAX_TIMEOUT:  # also false for nan
         problems.append(f"TIMEOUT must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}")
+    if not isinstance(getattr(module, "CAPTURE_ALL_LINKS", False), bool):
+        problems.append("CAPTURE_ALL_LINKS must be True or False")
     options = getattr(module, "TRACE_OPTIONS", [])
     if not isinstance(options, (list, tuple)) or not set(options) <= TRACE_OPTIONS:
         problems.append(f"TRACE_OPTIONS may only hold {', '.join(sorted(TRACE_OPTIONS))}")
