@@ -1,4 +1,4 @@
-"""The backend behind nginx resets its connection halfway through a response: nginx logs "recv() failed (104: Connection reset by peer)" and cuts the client's response short.
+"""The backend behind nginx resets its connection halfway through a response: nginx logs "readv() failed (104: Connection reset by peer)" and cuts the client's response short.
 
 nginx proxies to a backend that sends the headers of a response announcing 1000
 bytes, then 100 bytes of the body, and then aborts: `SO_LINGER` with a zero
@@ -16,7 +16,7 @@ import http.client
 import socket
 import struct
 
-TITLE = "Upstream reset mid-response: nginx logs recv() failed (104), the client gets a short body"
+TITLE = "Upstream reset mid-response: nginx logs readv() failed (104), the client gets a short body"
 PHASE = "established"
 HOSTS = ("client", "proxy", "backend")
 CAPTURE_ON = "proxy"
