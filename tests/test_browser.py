@@ -165,6 +165,38 @@ def wait_for_diagrams(page: Any) -> None:
         timeout=15000)
 
 
+# Where each diagram's markers (a packet's numbered circle at an arrow's start, the arrow head
+# or a RST's x at its end) are drawn, against the box of every label: the labels they cross.
+# A marker is scaled by its line's stroke width (markerUnits="strokeWidth", Mermaid's) and
+# drawn on a horizontal line (a sequence diagram's), flipped for an arrow pointing left.
+MARKERS_OVER_LABELS = """() => [...document.querySelectorAll('div.mermaid')].flatMap(host => {
+  const svg = host.shadowRoot.querySelector('svg');
+  const drawn = [];
+  for (const line of svg.querySelectorAll('line[marker-start], line[marker-end]')) {
+    const scale = parseFloat(getComputedStyle(line).strokeWidth);
+    const [x1, y1, x2] = ['x1', 'y1', 'x2'].map(a => parseFloat(line.getAttribute(a)));
+    const dir = x2 < x1 ? -1 : 1;
+    for (const [attr, x] of [['marker-start', x1], ['marker-end', x2]]) {
+      const id = (line.getAttribute(attr) || '').match(/#([^)]+)/);
+      if (!id) continue;
+      const marker = svg.querySelector('marker#' + CSS.escape(id[1]));
+      const units = marker.getAttribute('markerUnits') === 'userSpaceOnUse' ? 1 : scale;
+      const shape = marker.firstElementChild.getBBox();
+      const [rx, ry] = ['refX', 'refY'].map(a => parseFloat(marker.getAttribute(a)));
+      const xs = [shape.x, shape.x + shape.width].map(v => x + dir * (v - rx) * units);
+      const ys = [shape.y, shape.y + shape.height].map(v => y1 + (v - ry) * units);
+      drawn.push({marker: id[1], left: Math.min(...xs), right: Math.max(...xs), top: Math.min(...ys),
+                  bottom: Math.max(...ys)});
+    }
+  }
+  return [...svg.querySelectorAll('text.messageText, text.noteText, text.actor')].flatMap(text => {
+    const b = text.getBBox();
+    return drawn.filter(m => m.left < b.x + b.width && m.right > b.x && m.top < b.y + b.height && m.bottom > b.y)
+                .map(m => `${m.marker} over "${text.textContent}"`);
+  });
+})"""
+
+
 def recording(slug: str) -> dict[str, Any]:
     return json.loads((TRACES / f"{slug}.json").read_text())
 
@@ -200,6 +232,7 @@ def test_scenario_page_shows_its_recording(watched: Watched, site_url: str, slug
     svg_text = diagram.locator("svg").first.text_content()
     for participant in data["hosts"]:
         assert participant in svg_text
+    assert page.evaluate(MARKERS_OVER_LABELS) == [], "an arrow's marker is drawn over a label"
 
     # the outcomes table: every call each application made, with what it got
     outcomes = page.locator("h2#what-each-application-saw ~ div.md-typeset__scrollwrap table, "
@@ -484,14 +517,42 @@ def test_packet_numbers_and_the_opened_packet_are_legible(browser: Any, site_url
     watched.close()
 
 
-def test_a_phone_reader_is_told_the_diagram_scrolls(browser: Any, site_url: str) -> None:
+PHONE_PAGE = """() => {
+  const box = document.querySelector('.fg-diagram');
+  const svg = box.querySelector('div.mermaid').shadowRoot.querySelector('svg');
+  const column = box.getBoundingClientRect();
+  const scale = svg.getBoundingClientRect().width / svg.viewBox.baseVal.width;
+  const outside = [...svg.querySelectorAll('rect.actor, line.actor-line, text.messageText, .noteText')]
+    .filter(e => { const r = e.getBoundingClientRect();
+                   return r.left < Math.max(column.left, 0) - 0.5 || r.right > Math.min(column.right, innerWidth) + 0.5; })
+    .map(e => e.textContent || e.getAttribute('class'));
+  const sizes = [...svg.querySelectorAll('text.messageText')].map(t => parseFloat(getComputedStyle(t).fontSize) * scale);
+  return {scrolls: box.scrollWidth > box.clientWidth, outside, smallest: Math.min(...sizes),
+          lifelines: svg.querySelectorAll('line.actor-line').length};
+}"""
+
+
+def test_a_phone_shows_the_whole_diagram_at_a_legible_size(browser: Any, site_url: str) -> None:
+    """At 390 x 844 a diagram fits its column: no sideways scrolling; every host's box and
+    lifeline and both ends of every label on screen; labels drawn at 12 px or more; no marker
+    over a label. On the widest diagrams (every page with the most hosts) and the longest."""
+    most = max(len(recording(slug)["hosts"]) for slug in SLUGS)
+    slugs = sorted({slug for slug in SLUGS if len(recording(slug)["hosts"]) == most}
+                   | {max(SLUGS, key=lambda slug: len(recording(slug)["packets"]))})
     watched = Watched(browser, viewport=MOBILE, color_scheme="light", is_mobile=True)
-    page = open_page(watched, f"{site_url}scenarios/firewall-reject/")
-    wait_for_diagrams(page)
-    box = page.locator(".fg-diagram").first
-    assert box.evaluate("d => d.scrollWidth > d.clientWidth")  # wider than the screen...
-    hint = box.evaluate("d => getComputedStyle(d, '::after').content")
-    assert "swipe it sideways" in hint  # ...and it says so
+    for slug in slugs:
+        page = open_page(watched, f"{site_url}scenarios/{slug}/")
+        wait_for_diagrams(page)
+        seen = page.evaluate(PHONE_PAGE)
+        assert not seen["scrolls"], f"{slug}: the diagram scrolls sideways"
+        assert seen["lifelines"] >= len(recording(slug)["hosts"]), slug
+        assert seen["outside"] == [], f"{slug}: cut off at the column's edge"
+        assert seen["smallest"] >= 12, f"{slug}: labels drawn at {seen['smallest']:.1f} px"
+        assert page.evaluate(MARKERS_OVER_LABELS) == [], f"{slug}: an arrow's marker is drawn over a label"
+        if slug == slugs[0]:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            settled_screenshot(page, SCREENSHOTS / f"diagram-{slug}-mobile.png", at="div.mermaid")
+        page.close()
     watched.close()
 
 
