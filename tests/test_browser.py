@@ -485,10 +485,14 @@ def test_rsts_are_marked_in_the_diagram_in_either_palette(browser: Any, site_url
     title = page.evaluate(f"({svg}.querySelector('title') || {{}}).textContent")
     description = page.evaluate(f"({svg}.querySelector('desc') || {{}}).textContent")
     assert title and slug in title and description and "RSTs:" in description
+    # the x and the arrow stand out from the band in either palette (Mermaid draws the x black)
+    contrast = page.evaluate(RST_ARROW_CONTRAST)
+    assert len(contrast) >= 1 + len(rsts) and min(contrast) >= 3.0, contrast
     watched.close()
 
 
-CONTRAST = """() => {
+# WCAG contrast of CSS colours: parse, composite a translucent colour over its background
+COLOUR_MATH = """
   const parse = c => { const m = c.match(/rgba?\\(([^)]+)\\)/)[1].split(',').map(Number);
                        return {r: m[0], g: m[1], b: m[2], a: m.length > 3 ? m[3] : 1}; };
   const lum = ({r, g, b}) => { const f = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
@@ -497,11 +501,23 @@ CONTRAST = """() => {
                              b: fg.b * fg.a + bg.b * (1 - fg.a)});
   const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
   const page = parse(getComputedStyle(document.body).backgroundColor);
+"""
+
+CONTRAST = """() => {""" + COLOUR_MATH + """
   const code = over(parse(getComputedStyle(document.querySelector('.fg-trace pre')).backgroundColor), page);
   const number = document.querySelector('.fg-packet-number');
   const target = document.querySelector('.fg-packet:target, .fg-packet:has(.fg-anchor:target)');
   return {number: ratio(over(parse(getComputedStyle(number, '::before').color), code), code),
           outline: ratio(over(parse(getComputedStyle(target).outlineColor), code), code)};
+}"""
+
+# each RST's arrow and the x that ends it, against the tinted band they are drawn in
+RST_ARROW_CONTRAST = """() => {""" + COLOUR_MATH + """
+  const svg = document.querySelector('div.mermaid').shadowRoot.querySelector('svg');
+  const band = over(parse(getComputedStyle(svg.querySelector('rect.rect')).fill), page);
+  const cross = [...svg.querySelectorAll('marker#crosshead path')].map(p => getComputedStyle(p).stroke);
+  const arrows = [...svg.querySelectorAll('line[marker-end*="crosshead"]')].map(l => getComputedStyle(l).stroke);
+  return [...cross, ...arrows].map(c => ratio(over(parse(c), band), band));
 }"""
 
 
