@@ -548,10 +548,30 @@ PHONE_PAGE = """() => {
 }"""
 
 
-def test_a_phone_shows_the_whole_diagram_at_a_legible_size(browser: Any, site_url: str) -> None:
+# every table of the page's content: does it scroll sideways, and is any cell off screen or,
+# shown row by row (docs/assets/tables.js), without its column's header
+PHONE_TABLES = """() => [...document.querySelectorAll('.md-content .md-typeset table:not([class])')].flatMap(table => {
+  const box = table.closest('.md-typeset__scrollwrap') || table.parentElement;
+  const headers = [...table.querySelectorAll('thead th')].map(th => th.textContent.trim());
+  const problems = [];
+  if (box.scrollWidth > box.clientWidth + 1) problems.push(`scrolls sideways: ${headers.join(' | ')}`);
+  for (const cell of table.querySelectorAll('tbody td')) {
+    const r = cell.getBoundingClientRect();
+    if (r.width && (r.left < -0.5 || r.right > innerWidth + 0.5)) problems.push(`off screen: ${cell.textContent}`);
+    if (table.hasAttribute('data-fg-stacked') && cell.textContent.trim()
+        && getComputedStyle(cell, '::before').content !== JSON.stringify(headers[cell.cellIndex]))
+      problems.push(`no header over: ${cell.textContent}`);
+  }
+  return problems;
+})"""
+
+
+def test_a_phone_shows_whole_diagrams_and_tables(browser: Any, site_url: str) -> None:
     """At 390 x 844 a diagram fits its column: no sideways scrolling; every host's box and
     lifeline and both ends of every label on screen; labels drawn at 12 px or more; no marker
-    over a label. On the widest diagrams (every page with the most hosts) and the longest."""
+    over a label. On the widest diagrams (every page with the most hosts) and the longest.
+    No table on these pages scrolls sideways (the kernel's word, the socket states): a table
+    too wide is shown row by row, each cell under its header."""
     most = max(len(recording(slug)["hosts"]) for slug in SLUGS)
     slugs = sorted({slug for slug in SLUGS if len(recording(slug)["hosts"]) == most}
                    | {max(SLUGS, key=lambda slug: len(recording(slug)["packets"]))})
@@ -565,6 +585,7 @@ def test_a_phone_shows_the_whole_diagram_at_a_legible_size(browser: Any, site_ur
         assert seen["outside"] == [], f"{slug}: cut off at the column's edge"
         assert seen["smallest"] >= 12, f"{slug}: labels drawn at {seen['smallest']:.1f} px"
         assert page.evaluate(MARKERS_OVER_LABELS) == [], f"{slug}: an arrow's marker is drawn over a label"
+        assert page.evaluate(PHONE_TABLES) == [], slug
         if slug == slugs[0]:
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             settled_screenshot(page, SCREENSHOTS / f"diagram-{slug}-mobile.png", at="div.mermaid")
