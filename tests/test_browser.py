@@ -641,3 +641,24 @@ def test_chinese_searches_reach_the_pages(browser: Any, site_url: str) -> None:
         paths = {urlparse(h).path for h in search(page, query)}
         assert any("/scenarios/" in p or "/symptoms/" in p for p in paths), (query, paths)
     watched.close()
+
+
+def test_chinese_is_legible_on_a_phone(browser: Any, site_url: str) -> None:
+    """At 390 x 844 no Chinese text is set below 14 px (a Chinese character needs more pixels
+    than a Latin letter), and a scenario's Chinese title reads as a title: larger than the text."""
+    watched = Watched(browser, viewport=MOBILE, color_scheme="light", is_mobile=True)
+    sizes = """() => [...document.querySelectorAll('article [lang="zh-CN"], article [lang="zh-CN"] *')]
+        .map(e => [e.textContent.trim().slice(0, 20), parseFloat(getComputedStyle(e).fontSize)])"""
+    for path in ("", "symptoms/", f"scenarios/{SCREENSHOT_SCENARIO}/"):
+        page = open_page(watched, site_url + path)
+        found = page.evaluate(sizes)
+        assert found, f"no Chinese text on /{path}"
+        assert [text for text, size in found if size < 14] == [], f"/{path}: Chinese text under 14 px"
+        page.close()
+    page = open_page(watched, f"{site_url}scenarios/{SCREENSHOT_SCENARIO}/")
+    title, text = page.evaluate("""() => [document.querySelector('.fg-zh strong'), document.querySelector('.fg-zh')]
+        .map(e => parseFloat(getComputedStyle(e).fontSize))""")
+    assert title >= 1.2 * text, (title, text)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    settled_screenshot(page, SCREENSHOTS / "chinese-title-mobile.png")
+    watched.close()

@@ -410,7 +410,7 @@ def test_chinese_readers_get_a_title_a_summary_and_glibcs_own_error_texts(built_
     zh = chinese.pages(slugs)
     for slug in slugs:
         page = html.unescape(page_of(built_site, slug))
-        assert f'<p class="fg-zh" lang="zh-CN"><strong>{zh[slug]["title"]}</strong>' in page, slug
+        assert f'<p class="fg-zh" lang="zh-CN"><strong>{zh[slug]["title"]}</strong><br>{zh[slug]["summary"]}</p>' in page, slug
     recorded = chinese.glibc_messages(["ECONNRESET", "ECONNREFUSED"])
     if not recorded["messages"]:
         pytest.skip(recorded["why"])
