@@ -550,7 +550,8 @@ PHONE_PAGE = """() => {
 
 # every table of the page's content: does it scroll sideways, and is any cell off screen or,
 # shown row by row (docs/assets/tables.js), without its column's header
-PHONE_TABLES = """() => [...document.querySelectorAll('.md-content .md-typeset table:not([class])')].flatMap(table => {
+PHONE_TABLES = """() => [...document.querySelectorAll(
+    '.md-content .md-typeset table:not([class]), .md-content .jupyter-wrapper table.dataframe')].flatMap(table => {
   const box = table.closest('.md-typeset__scrollwrap') || table.parentElement;
   const headers = [...table.querySelectorAll('thead th')].map(th => th.textContent.trim());
   const problems = [];
@@ -570,8 +571,8 @@ def test_a_phone_shows_whole_diagrams_and_tables(browser: Any, site_url: str) ->
     """At 390 x 844 a diagram fits its column: no sideways scrolling; every host's box and
     lifeline and both ends of every label on screen; labels drawn at 12 px or more; no marker
     over a label. On the widest diagrams (every page with the most hosts) and the longest.
-    No table on these pages scrolls sideways (the kernel's word, the socket states): a table
-    too wide is shown row by row, each cell under its header."""
+    No table on these pages, nor the census's, scrolls sideways (the kernel's word, the
+    outcomes, every RST): a table too wide is shown row by row, each cell under its header."""
     most = max(len(recording(slug)["hosts"]) for slug in SLUGS)
     slugs = sorted({slug for slug in SLUGS if len(recording(slug)["hosts"]) == most}
                    | {max(SLUGS, key=lambda slug: len(recording(slug)["packets"]))})
@@ -590,6 +591,9 @@ def test_a_phone_shows_whole_diagrams_and_tables(browser: Any, site_url: str) ->
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             settled_screenshot(page, SCREENSHOTS / f"diagram-{slug}-mobile.png", at="div.mermaid")
         page.close()
+    census = open_page(watched, f"{site_url}rst-census/")  # its table of every RST: 8 columns
+    assert census.evaluate(PHONE_TABLES) == [], "rst-census"
+    settled_screenshot(census, SCREENSHOTS / "census-table-mobile.png", at="table[data-fg-stacked]")
     watched.close()
 
 

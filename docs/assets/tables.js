@@ -1,9 +1,10 @@
-// A table wider than its column (on a phone: the kernel's word, the socket states, the
-// outcomes) would scroll sideways, its last columns out of sight. Such a table is shown row
+// A table wider than its column (on a phone: the kernel's word, the outcomes, the census)
+// would scroll sideways, its last columns out of sight. Such a table is shown row
 // by row instead (docs/assets/fieldguide.css, table[data-fg-stacked]): each cell under its
 // column's header, which it carries as data-label. Measured again when the window resizes.
 (() => {
-  const content = () => document.querySelectorAll(".md-content .md-typeset table:not([class])");
+  const content = () => document.querySelectorAll(
+    ".md-content .md-typeset table:not([class]), .md-content .jupyter-wrapper table.dataframe");
   const label = (table) => {
     const headers = [...table.querySelectorAll("thead th")].map((th) => th.textContent.trim());
     for (const row of table.querySelectorAll("tbody tr")) {
