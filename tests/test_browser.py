@@ -165,6 +165,38 @@ def wait_for_diagrams(page: Any) -> None:
         timeout=15000)
 
 
+# Where each diagram's markers (a packet's numbered circle at an arrow's start, the arrow head
+# or a RST's x at its end) are drawn, against the box of every label: the labels they cross.
+# A marker is scaled by its line's stroke width (markerUnits="strokeWidth", Mermaid's) and
+# drawn on a horizontal line (a sequence diagram's), flipped for an arrow pointing left.
+MARKERS_OVER_LABELS = """() => [...document.querySelectorAll('div.mermaid')].flatMap(host => {
+  const svg = host.shadowRoot.querySelector('svg');
+  const drawn = [];
+  for (const line of svg.querySelectorAll('line[marker-start], line[marker-end]')) {
+    const scale = parseFloat(getComputedStyle(line).strokeWidth);
+    const [x1, y1, x2] = ['x1', 'y1', 'x2'].map(a => parseFloat(line.getAttribute(a)));
+    const dir = x2 < x1 ? -1 : 1;
+    for (const [attr, x] of [['marker-start', x1], ['marker-end', x2]]) {
+      const id = (line.getAttribute(attr) || '').match(/#([^)]+)/);
+      if (!id) continue;
+      const marker = svg.querySelector('marker#' + CSS.escape(id[1]));
+      const units = marker.getAttribute('markerUnits') === 'userSpaceOnUse' ? 1 : scale;
+      const shape = marker.firstElementChild.getBBox();
+      const [rx, ry] = ['refX', 'refY'].map(a => parseFloat(marker.getAttribute(a)));
+      const xs = [shape.x, shape.x + shape.width].map(v => x + dir * (v - rx) * units);
+      const ys = [shape.y, shape.y + shape.height].map(v => y1 + (v - ry) * units);
+      drawn.push({marker: id[1], left: Math.min(...xs), right: Math.max(...xs), top: Math.min(...ys),
+                  bottom: Math.max(...ys)});
+    }
+  }
+  return [...svg.querySelectorAll('text.messageText, text.noteText, text.actor')].flatMap(text => {
+    const b = text.getBBox();
+    return drawn.filter(m => m.left < b.x + b.width && m.right > b.x && m.top < b.y + b.height && m.bottom > b.y)
+                .map(m => `${m.marker} over "${text.textContent}"`);
+  });
+})"""
+
+
 def recording(slug: str) -> dict[str, Any]:
     return json.loads((TRACES / f"{slug}.json").read_text())
 
@@ -200,6 +232,7 @@ def test_scenario_page_shows_its_recording(watched: Watched, site_url: str, slug
     svg_text = diagram.locator("svg").first.text_content()
     for participant in data["hosts"]:
         assert participant in svg_text
+    assert page.evaluate(MARKERS_OVER_LABELS) == [], "an arrow's marker is drawn over a label"
 
     # the outcomes table: every call each application made, with what it got
     outcomes = page.locator("h2#what-each-application-saw ~ div.md-typeset__scrollwrap table, "
@@ -452,10 +485,14 @@ def test_rsts_are_marked_in_the_diagram_in_either_palette(browser: Any, site_url
     title = page.evaluate(f"({svg}.querySelector('title') || {{}}).textContent")
     description = page.evaluate(f"({svg}.querySelector('desc') || {{}}).textContent")
     assert title and slug in title and description and "RSTs:" in description
+    # the x and the arrow stand out from the band in either palette (Mermaid draws the x black)
+    contrast = page.evaluate(RST_ARROW_CONTRAST)
+    assert len(contrast) >= 1 + len(rsts) and min(contrast) >= 3.0, contrast
     watched.close()
 
 
-CONTRAST = """() => {
+# WCAG contrast of CSS colours: parse, composite a translucent colour over its background
+COLOUR_MATH = """
   const parse = c => { const m = c.match(/rgba?\\(([^)]+)\\)/)[1].split(',').map(Number);
                        return {r: m[0], g: m[1], b: m[2], a: m.length > 3 ? m[3] : 1}; };
   const lum = ({r, g, b}) => { const f = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
@@ -464,11 +501,23 @@ CONTRAST = """() => {
                              b: fg.b * fg.a + bg.b * (1 - fg.a)});
   const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
   const page = parse(getComputedStyle(document.body).backgroundColor);
+"""
+
+CONTRAST = """() => {""" + COLOUR_MATH + """
   const code = over(parse(getComputedStyle(document.querySelector('.fg-trace pre')).backgroundColor), page);
   const number = document.querySelector('.fg-packet-number');
   const target = document.querySelector('.fg-packet:target, .fg-packet:has(.fg-anchor:target)');
   return {number: ratio(over(parse(getComputedStyle(number, '::before').color), code), code),
           outline: ratio(over(parse(getComputedStyle(target).outlineColor), code), code)};
+}"""
+
+# each RST's arrow and the x that ends it, against the tinted band they are drawn in
+RST_ARROW_CONTRAST = """() => {""" + COLOUR_MATH + """
+  const svg = document.querySelector('div.mermaid').shadowRoot.querySelector('svg');
+  const band = over(parse(getComputedStyle(svg.querySelector('rect.rect')).fill), page);
+  const cross = [...svg.querySelectorAll('marker#crosshead path')].map(p => getComputedStyle(p).stroke);
+  const arrows = [...svg.querySelectorAll('line[marker-end*="crosshead"]')].map(l => getComputedStyle(l).stroke);
+  return [...cross, ...arrows].map(c => ratio(over(parse(c), band), band));
 }"""
 
 
@@ -484,14 +533,67 @@ def test_packet_numbers_and_the_opened_packet_are_legible(browser: Any, site_url
     watched.close()
 
 
-def test_a_phone_reader_is_told_the_diagram_scrolls(browser: Any, site_url: str) -> None:
+PHONE_PAGE = """() => {
+  const box = document.querySelector('.fg-diagram');
+  const svg = box.querySelector('div.mermaid').shadowRoot.querySelector('svg');
+  const column = box.getBoundingClientRect();
+  const scale = svg.getBoundingClientRect().width / svg.viewBox.baseVal.width;
+  const outside = [...svg.querySelectorAll('rect.actor, line.actor-line, text.messageText, .noteText')]
+    .filter(e => { const r = e.getBoundingClientRect();
+                   return r.left < Math.max(column.left, 0) - 0.5 || r.right > Math.min(column.right, innerWidth) + 0.5; })
+    .map(e => e.textContent || e.getAttribute('class'));
+  const sizes = [...svg.querySelectorAll('text.messageText')].map(t => parseFloat(getComputedStyle(t).fontSize) * scale);
+  return {scrolls: box.scrollWidth > box.clientWidth, outside, smallest: Math.min(...sizes),
+          lifelines: svg.querySelectorAll('line.actor-line').length};
+}"""
+
+
+# every table of the page's content: does it scroll sideways, and is any cell off screen or,
+# shown row by row (docs/assets/tables.js), without its column's header
+PHONE_TABLES = """() => [...document.querySelectorAll(
+    '.md-content .md-typeset table:not([class]), .md-content .jupyter-wrapper table.dataframe')].flatMap(table => {
+  const box = table.closest('.md-typeset__scrollwrap') || table.parentElement;
+  const headers = [...table.querySelectorAll('thead th')].map(th => th.textContent.trim());
+  const problems = [];
+  if (box.scrollWidth > box.clientWidth + 1) problems.push(`scrolls sideways: ${headers.join(' | ')}`);
+  for (const cell of table.querySelectorAll('tbody td')) {
+    const r = cell.getBoundingClientRect();
+    if (r.width && (r.left < -0.5 || r.right > innerWidth + 0.5)) problems.push(`off screen: ${cell.textContent}`);
+    if (table.hasAttribute('data-fg-stacked') && cell.textContent.trim()
+        && getComputedStyle(cell, '::before').content !== JSON.stringify(headers[cell.cellIndex]))
+      problems.push(`no header over: ${cell.textContent}`);
+  }
+  return problems;
+})"""
+
+
+def test_a_phone_shows_whole_diagrams_and_tables(browser: Any, site_url: str) -> None:
+    """At 390 x 844 a diagram fits its column: no sideways scrolling; every host's box and
+    lifeline and both ends of every label on screen; labels drawn at 12 px or more; no marker
+    over a label. On the widest diagrams (every page with the most hosts) and the longest.
+    No table on these pages, nor the census's, scrolls sideways (the kernel's word, the
+    outcomes, every RST): a table too wide is shown row by row, each cell under its header."""
+    most = max(len(recording(slug)["hosts"]) for slug in SLUGS)
+    slugs = sorted({slug for slug in SLUGS if len(recording(slug)["hosts"]) == most}
+                   | {max(SLUGS, key=lambda slug: len(recording(slug)["packets"]))})
     watched = Watched(browser, viewport=MOBILE, color_scheme="light", is_mobile=True)
-    page = open_page(watched, f"{site_url}scenarios/firewall-reject/")
-    wait_for_diagrams(page)
-    box = page.locator(".fg-diagram").first
-    assert box.evaluate("d => d.scrollWidth > d.clientWidth")  # wider than the screen...
-    hint = box.evaluate("d => getComputedStyle(d, '::after').content")
-    assert "swipe it sideways" in hint  # ...and it says so
+    for slug in slugs:
+        page = open_page(watched, f"{site_url}scenarios/{slug}/")
+        wait_for_diagrams(page)
+        seen = page.evaluate(PHONE_PAGE)
+        assert not seen["scrolls"], f"{slug}: the diagram scrolls sideways"
+        assert seen["lifelines"] >= len(recording(slug)["hosts"]), slug
+        assert seen["outside"] == [], f"{slug}: cut off at the column's edge"
+        assert seen["smallest"] >= 12, f"{slug}: labels drawn at {seen['smallest']:.1f} px"
+        assert page.evaluate(MARKERS_OVER_LABELS) == [], f"{slug}: an arrow's marker is drawn over a label"
+        assert page.evaluate(PHONE_TABLES) == [], slug
+        if slug == slugs[0]:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            settled_screenshot(page, SCREENSHOTS / f"diagram-{slug}-mobile.png", at="div.mermaid")
+        page.close()
+    census = open_page(watched, f"{site_url}rst-census/")  # its table of every RST: 8 columns
+    assert census.evaluate(PHONE_TABLES) == [], "rst-census"
+    settled_screenshot(census, SCREENSHOTS / "census-table-mobile.png", at="table[data-fg-stacked]")
     watched.close()
 
 
@@ -542,4 +644,25 @@ def test_chinese_searches_reach_the_pages(browser: Any, site_url: str) -> None:
     for query in ("连接重置", "拒绝连接", "超时", "被对端重置"):
         paths = {urlparse(h).path for h in search(page, query)}
         assert any("/scenarios/" in p or "/symptoms/" in p for p in paths), (query, paths)
+    watched.close()
+
+
+def test_chinese_is_legible_on_a_phone(browser: Any, site_url: str) -> None:
+    """At 390 x 844 no Chinese text is set below 14 px (a Chinese character needs more pixels
+    than a Latin letter), and a scenario's Chinese title reads as a title: larger than the text."""
+    watched = Watched(browser, viewport=MOBILE, color_scheme="light", is_mobile=True)
+    sizes = """() => [...document.querySelectorAll('article [lang="zh-CN"], article [lang="zh-CN"] *')]
+        .map(e => [e.textContent.trim().slice(0, 20), parseFloat(getComputedStyle(e).fontSize)])"""
+    for path in ("", "symptoms/", f"scenarios/{SCREENSHOT_SCENARIO}/"):
+        page = open_page(watched, site_url + path)
+        found = page.evaluate(sizes)
+        assert found, f"no Chinese text on /{path}"
+        assert [text for text, size in found if size < 14] == [], f"/{path}: Chinese text under 14 px"
+        page.close()
+    page = open_page(watched, f"{site_url}scenarios/{SCREENSHOT_SCENARIO}/")
+    title, text = page.evaluate("""() => [document.querySelector('.fg-zh strong'), document.querySelector('.fg-zh')]
+        .map(e => parseFloat(getComputedStyle(e).fontSize))""")
+    assert title >= 1.2 * text, (title, text)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    settled_screenshot(page, SCREENSHOTS / "chinese-title-mobile.png")
     watched.close()

@@ -8,12 +8,12 @@ a global `mermaid` and never fetches its own copy from a CDN. Listed there, thou
 would load on every page; the home page and the symptom index have no diagram and would
 weigh ten times what they need (measured by tests/test_browser.py, build/page-weight.json).
 
-This hook takes that entry out of the global list and adds the same script tag, at the
-same place (after Material's bundle, before the page is ready), to the pages whose HTML
-has a Mermaid block. It also wraps each diagram in a `div.fg-diagram` that
-docs/assets/diagrams.css lets scroll sideways: on a phone a sequence diagram keeps a
-readable width instead of shrinking its labels to a few pixels (Material draws it into a
-closed shadow root, which no page style can reach, so the wrapper is the only handle).
+This hook takes that entry, and docs/assets/diagrams.js (the diagrams' look and their
+layout on a phone, set before Material draws them), out of the global list and adds the
+same script tags, at the same place (after Material's bundle, before the page is ready),
+to the pages whose HTML has a Mermaid block. It also wraps each diagram in a
+`div.fg-diagram`, the only handle page styles have on it (Material draws it into a closed
+shadow root, which no page style can reach): docs/assets/diagrams.css.
 It relies on full page loads: with Material's `navigation.instant`
 a page reached by instant navigation would not run the tag; the browser tests would then
 see Material reach for the CDN and fail.
@@ -38,7 +38,9 @@ VENDOR = ROOT / "build" / "vendor"
 MERMAID_VERSION = "11.12.2"
 MERMAID_INTEGRITY = "sha512-n34QPDPEKmaeCG4WDMGy0OT6PSyxKCfy2pJgShP+Qow2KLrvWjclwbc3yXfSIf4BanqWEhQEpngWwNp/XhZt6w=="
 MERMAID_ASSET = "assets/vendor/mermaid.min.js"
-MERMAID_SCRIPT = "mermaid.min.js"
+# the diagram pages' own scripts: Mermaid, then its set-up (docs/assets/diagrams.js), in the
+# order mkdocs.yml lists them
+DIAGRAM_SCRIPTS = ("mermaid.min.js", "diagrams.js")
 DIAGRAM_MARK = 'class="mermaid"'
 DIAGRAM = re.compile(r'<pre class="mermaid">.*?</pre>', re.DOTALL)
 
@@ -48,10 +50,10 @@ class MermaidUnavailable(RuntimeError):
 
 
 def split_scripts(extra_javascript: list) -> list[str]:
-    """Take the Mermaid script out of the site-wide list (in place); return what was taken."""
+    """Take the diagram scripts out of the site-wide list (in place); return what was taken."""
     taken, kept = [], []
     for script in extra_javascript:
-        (taken if str(script).endswith(MERMAID_SCRIPT) else kept).append(script)
+        (taken if str(script).split("/")[-1] in DIAGRAM_SCRIPTS else kept).append(script)
     extra_javascript[:] = kept
     return taken
 
