@@ -597,6 +597,32 @@ def test_a_phone_shows_whole_diagrams_and_tables(browser: Any, site_url: str) ->
     watched.close()
 
 
+# The census page's blocks in reading order (a heading, a paragraph, program output, a table,
+# an image), each with where it starts on the screen; nested blocks (a table's cells) are not
+# counted apart from their table.
+CENSUS_BLOCKS = """() => {
+  const blocks = [...document.querySelectorAll('article h1, article h2, article p, article pre, article table, article img')]
+    .filter(e => !e.parentElement.closest('table, pre') && e.getClientRects().length);
+  return blocks.map(e => [e.tagName.toLowerCase(), e.getBoundingClientRect().top]);
+}"""
+
+
+def test_the_census_leads_with_its_table_and_plots(browser: Any, site_url: str) -> None:
+    """/rst-census/ opens with its title, one short paragraph and the table, whose top is on
+    the first screen of a desktop; the plot follows the tables with no program output
+    before it (the loading code runs, hidden; its summary and the download are at the end)."""
+    watched = Watched(browser, viewport=DESKTOP, color_scheme="light")
+    page = open_page(watched, f"{site_url}rst-census/")
+    blocks = page.evaluate(CENSUS_BLOCKS)
+    kinds = [kind for kind, _ in blocks]
+    assert kinds[:3] == ["h1", "p", "table"], kinds[:8]
+    assert blocks[2][1] < DESKTOP["height"] * 0.6, f"the table starts {blocks[2][1]:.0f} px down"
+    assert "pre" not in kinds[:kinds.index("img")], f"program output before the plot: {kinds}"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    settled_screenshot(page, SCREENSHOTS / "census-desktop.png")
+    watched.close()
+
+
 # what readers type, and the page that must come first (the symptom index for error strings);
 # "RST" alone has no right answer: most scenario titles say RST
 SEARCHES = {
