@@ -419,6 +419,22 @@ def test_chinese_summaries_gloss_an_errno_with_glibcs_own_text() -> None:
         assert (quoted[0] if quoted else text) == recorded["messages"][name], (slug, name, text)
 
 
+def test_chinese_error_names_are_errnos_glibc_names_otherwise(tmp_path: Path) -> None:
+    """chinese.yml's `errors` name errnos, each in words of its own where glibc's zh_CN text
+    differs (shown and searched beside glibc's); a key that is no errno is refused."""
+    from fieldguide import chinese
+
+    names = chinese.error_names()
+    assert names, "chinese.yml names no error"
+    recorded = chinese.glibc_messages(sorted(names))
+    for name, text in names.items():
+        assert text != recorded["messages"].get(name), f"{name}: the same as glibc's text"
+    wrong = tmp_path / "chinese.yml"
+    wrong.write_text("errors:\n  ECONNRESETT: 连接\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="ECONNRESETT"):
+        chinese.error_names(wrong)
+
+
 def test_chinese_readers_get_a_title_a_summary_and_glibcs_own_error_texts(built_site: Path) -> None:
     """Each scenario page opens with its Chinese title and summary; the symptom index gives
     each errno as glibc prints it on a zh_CN system, recorded from the C library, not typed."""

@@ -61,7 +61,9 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
         recordings.update(load_all(Path(config.docs_dir)))
         quoted[:] = symptoms.load_quoted()
         chinese.clear()
-        chinese["pages"] = zh.pages(list(recordings), Path(config.docs_dir) / "fieldguide" / zh.PAGES.name)
+        own = Path(config.docs_dir) / "fieldguide" / zh.PAGES.name
+        chinese["pages"] = zh.pages(list(recordings), own)
+        chinese["names"] = zh.error_names(own)
         chinese.update(zh.glibc_messages(symptoms.errno_names(recordings)))
     except (ArtifactError, ValueError) as exc:
         census[0].cancel()
