@@ -1,9 +1,9 @@
 """The MkDocs events of the site's build (docs/hooks/events.py hands them to MkDocs).
 
-on_config: the notebook's kernel starts; the build waits for a run still recording (its
+on_config: the notebook's kernel and sharkd (wireshark.py) start; the build waits for a run still recording (its
            lock), then every recording is loaded and checked (or the build fails, naming
-           each scenario) and held, shared, until the build ends; the scenario pages are
-           put in the navigation, grouped by phase;
+           each scenario) and held, shared, until the build ends; sharkd reads their pcaps
+           in a thread; the scenario pages are put in the navigation, grouped by phase;
 on_files: each pcap (and its JSON) is published under /traces/, with the vendored Mermaid;
           the census notebook, executing since on_config, is built last (notebook.py);
 on_pre_page: the notebook's page waits for its execution;
@@ -25,10 +25,10 @@ from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
 from mkdocs.structure.pages import Page
 
-from lab.artifact import ArtifactError, Recording, locked
+from lab.artifact import ArtifactError, Recording, key, locked
 
 from . import chinese as zh
-from . import mermaid, notebook, symptoms
+from . import mermaid, notebook, symptoms, wireshark
 from .placeholders import PHASE_LABELS, Context, PageError, expand_page
 from .recordings import load_all
 
@@ -39,6 +39,7 @@ quoted: list = []
 chinese: dict = {}  # chinese.py: the pages' Chinese titles, glibc's Chinese error texts
 mermaid_scripts: list[str] = []
 census: list[notebook.Execution] = []  # the notebook's execution
+wireshark_views: list[wireshark.Views] = []  # one sharkd reading every capture (wireshark.py)
 held = contextlib.ExitStack()  # the recordings' lock, shared, from on_config to the build's end
 
 
@@ -54,6 +55,12 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
     threading.Thread(target=_warm_up, name="warm-up", daemon=True).start()
     _edit_links(config, os.environ.get("FIELDGUIDE_REPOSITORY", "").rstrip("/"))
     census[:] = [notebook.Execution(Path(config.docs_dir) / notebook.SOURCE)]
+    _stop_wireshark()
+    try:  # started now: sharkd loads its dissectors while a run may still be recording
+        wireshark_views[:] = [wireshark.Views()]
+    except wireshark.WiresharkError as exc:
+        census[0].cancel()
+        raise PluginError(str(exc)) from None
     held.close()
     held.enter_context(locked(on_wait=log.info))  # a run still recording: wait for its end
     try:
@@ -65,9 +72,11 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
         chinese.update(zh.glibc_messages(symptoms.errno_names(recordings)))
     except (ArtifactError, ValueError) as exc:
         census[0].cancel()
+        _stop_wireshark()
         held.close()
         raise PluginError(str(exc)) from None
     census[0].recordings_ready.set()
+    wireshark_views[0].start(recordings, key())
     mermaid_scripts[:] = mermaid.split_scripts(config.extra_javascript)
     groups = []
     for phase, label in PHASE_LABELS.items():
@@ -129,7 +138,8 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
     source = page.file.content_string  # its front matter (if any) is gone from `markdown`
     first_line = 1 + source.count("\n", 0, max(source.find(markdown[:200]), 0)) if markdown else 1
     try:
-        return expand_page(markdown, Context(src, slug, recordings, quoted, chinese), first_line)
+        views = wireshark_views[0].view if wireshark_views else None
+        return expand_page(markdown, Context(src, slug, recordings, quoted, chinese, views), first_line)
     except PageError as exc:
         raise PluginError(str(exc)) from None
 
@@ -138,11 +148,19 @@ def on_post_page(output: str, page: Page, config: MkDocsConfig) -> str:
     return mermaid.where_needed(output, page.url, mermaid_scripts)
 
 
+def _stop_wireshark() -> None:
+    for views in wireshark_views:
+        views.close()
+    wireshark_views.clear()
+
+
 def on_post_build(config: MkDocsConfig) -> None:
+    _stop_wireshark()
     held.close()
 
 
 def on_build_error(error: Exception) -> None:
     for execution in census:
         execution.cancel()
+    _stop_wireshark()
     held.close()
