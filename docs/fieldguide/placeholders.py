@@ -133,8 +133,8 @@ def _with_wireshark(markdown: str, ctx: Context, where: str) -> str:
         view = ctx.wireshark(ctx.slug)
     except ValueError as exc:
         raise PageError(f"{where}docs/{ctx.src}: {exc}") from exc
-    section = (WIRESHARK_HEADING + "\n\n" + render.wireshark_view(
-        ctx.own, view, ctx.link(f"traces/{ctx.own.slug}.pcap"), ctx.link("reading-tcpdump.md")) + "\n\n")
+    section = (WIRESHARK_HEADING + '\n\n<div class="fg-wireshark" markdown>\n\n' + render.wireshark_view(
+        ctx.own, view, ctx.link(f"traces/{ctx.own.slug}.pcap"), ctx.link("reading-tcpdump.md")) + "\n\n</div>\n\n")
     found = BEFORE_WIRESHARK.search(markdown)
     if found is None:
         raise PageError(f"{where}docs/{ctx.src} has no heading '## The exchange' (the Wireshark view goes before it)")

@@ -598,8 +598,8 @@ def wireshark_view(rec: Recording, view: View, pcap_link: str, reading_tcpdump: 
         out += ["Sequence numbers: Wireshark's `tcp.seq` and `tcp.ack` are relative by default; `tcp.seq_raw` and"
                 " `tcp.ack_raw` are the numbers on the wire. For each RST, and each packet whose relative"
                 " numbers are not this page's:", "",
-                "| packet | tcpdump's line | this page | Wireshark (tcp.seq, tcp.ack) | on the wire (raw) | why |",
-                "|---|---|---|---|---|---|"]
+                "| packet | tcpdump's line | this page | Wireshark (tcp.seq, tcp.ack) | on the wire (raw) |",
+                "|---|---|---|---|---|"]
         for p, f in differing:
             seq, ack = relative(rec, p)
             has_ack = "." in p.flags
@@ -608,7 +608,9 @@ def wireshark_view(rec: Recording, view: View, pcap_link: str, reading_tcpdump: 
             tcpdump = literal(", ".join(m.group(0) for m in (printed_seq, printed_ack) if m) or "no numbers")
             out.append(f"| {_frame_link(rec, p.number)} | {tcpdump} | {_numbers(seq, ack)}"
                        f" | {_numbers(f.seq, f.ack if has_ack else None)}"
-                       f" | {_numbers(f.seq_raw, f.ack_raw if has_ack else None)}"
-                       f" | {_why_numbers(rec, p, f, tcp_source, reading_tcpdump)} |")
+                       f" | {_numbers(f.seq_raw, f.ack_raw if has_ack else None)} |")
+        out.append("")
+        out += [f"- {_frame_link(rec, p.number)}: {_why_numbers(rec, p, f, tcp_source, reading_tcpdump)}"
+                for p, f in differing]
         out.append("")
     return "\n".join(out)
