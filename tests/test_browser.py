@@ -339,6 +339,7 @@ def test_screenshots(browser: Any, site_url: str, scheme: str, viewport: dict[st
     settled_screenshot(scenario, SCREENSHOTS / f"scenario-{suffix}")
     settled_screenshot(scenario, SCREENSHOTS / f"scenario-trace-{suffix}", at=".fg-trace")
     settled_screenshot(scenario, SCREENSHOTS / f"scenario-diagram-{suffix}", at="div.mermaid")
+    settled_screenshot(scenario, SCREENSHOTS / f"scenario-wireshark-{suffix}", at="h2#wireshark")
     settled_screenshot(scenario, SCREENSHOTS / f"scenario-seen-{suffix}", at="h2#you-may-have-seen")
     symptoms = open_page(watched, f"{site_url}symptoms/")
     settled_screenshot(symptoms, SCREENSHOTS / f"symptoms-{suffix}")

@@ -244,8 +244,13 @@ def short_answer(rec: Recording, why: str) -> str:
     return '!!! abstract "The short answer"\n\n' + indent("\n".join(body)) + "\n"
 
 
+# tcpdump's text inside the trace's <pre>: HTML's three, and what Markdown or an extension
+# would read as syntax in it (a trace line can hold a payload tcpdump decoded, e.g. FTP's)
+_PRE_INERT = str.maketrans({c: f"&#{ord(c)};" for c in "&<>`*_[]\\{}:|~^=!#"})
+
+
 def _escape_pre(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.translate(_PRE_INERT)
 
 
 def trace_html(rec: Recording, own_page: bool = True) -> str:
