@@ -1,0 +1,172 @@
+// "Explain a capture": runs rst_explain, the site's own Python, in Pyodide, in this tab.
+//
+// Everything comes from this site (docs/fieldguide/explainer.py publishes it): the manifest,
+// Pyodide's runtime and rst_explain's sources, each checked against the manifest's SHA-256
+// before Python may import it. The reader's capture never leaves the page. What the
+// explainer says is written with text nodes only (recorded and pasted text is never HTML).
+
+const root = document.getElementById("fg-explain");
+const site = new URL("../", import.meta.url);  // this file is assets/explain.js
+const form = root.querySelector("form");
+const textarea = root.querySelector("textarea");
+const fileInput = root.querySelector("input[type=file]");
+const controls = root.querySelectorAll("button, input, textarea");
+const status = root.querySelector(".fg-explain-status");
+const output = root.querySelector(".fg-explain-result");
+
+// Python's side: bytes in, JSON out; an input the explainer refuses is an answer, not a failure
+const BRIDGE = `
+import json, sys
+sys.path.insert(0, "/explain")
+import rst_explain
+
+def explain(data, name):
+    try:
+        return json.dumps({"result": rst_explain.explain(data.to_bytes(), name)})
+    except rst_explain.ExplainError as exc:
+        return json.dumps({"error": str(exc)})
+
+explain
+`;
+
+function element(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  for (const child of children) node.append(child);  // strings become text nodes
+  return node;
+}
+
+function say(words, kind = "info") {
+  status.textContent = words;
+  status.dataset.kind = kind;
+}
+
+async function fetchOk(url, options) {
+  const response = await fetch(url, options);
+  if (!response.ok) throw new Error(`${url.pathname || url}: HTTP ${response.status}`);
+  return response;
+}
+
+async function sha256(bytes) {
+  const digest = await crypto.subtle.digest("SHA-256", bytes);
+  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function load() {
+  const manifest = await (await fetchOk(new URL("assets/explain/manifest.json", site), {cache: "no-cache"})).json();
+  say(`Loading the explainer: Python ${"(Pyodide " + manifest.pyodide.version + ")"} and rst_explain,`
+      + ` ${(manifest.pyodide.bytes / 1e6).toFixed(1)} MB the first time…`);
+  const indexURL = new URL(manifest.pyodide.index, site).href;
+  const {loadPyodide} = await import(new URL("pyodide.mjs", indexURL).href);
+  const pyodide = await loadPyodide({indexURL, packages: []});
+  for (const file of manifest.files) {
+    // the digest in the query: a new version of a file is a new address, never a stale cache
+    const url = new URL(`${file.url}?sha256=${file.sha256}`, site);
+    const bytes = new Uint8Array(await (await fetchOk(url)).arrayBuffer());
+    if (crypto.subtle && await sha256(bytes) !== file.sha256) {  // (no crypto.subtle on plain http)
+      throw new Error(`${file.url} is not the file this build published`);
+    }
+    const target = `/explain/${file.path}`;
+    pyodide.FS.mkdirTree(target.slice(0, target.lastIndexOf("/")));
+    pyodide.FS.writeFile(target, bytes);
+  }
+  const explain = pyodide.runPython(BRIDGE);
+  const python = pyodide.runPython("import sys; sys.version.split()[0]");
+  return {manifest, explain, python};
+}
+
+function pageLink(manifest, slug, packet) {
+  const title = manifest.pages[slug];
+  const href = new URL(`scenarios/${slug}/`, site);
+  if (packet !== undefined && packet !== null) href.hash = `packet-${packet}`;
+  return title === undefined ? element("code", {}, slug)  // not a page of this build: no link
+    : element("a", {href: href.href, class: "fg-explain-page"}, title);
+}
+
+function list(items, className) {
+  return element("ul", {class: className}, ...items.map((item) => element("li", {}, String(item))));
+}
+
+function verdictItem(manifest, verdict) {
+  const item = element("li", {class: "fg-verdict", "data-slug": verdict.slug, "data-score": String(verdict.score)},
+    pageLink(manifest, verdict.slug, verdict.packet), " ",
+    element("span", {class: "fg-verdict-score"}, `score ${verdict.score}`));
+  if (verdict.evidence && verdict.evidence.length) item.append(list(verdict.evidence, "fg-evidence"));
+  return item;
+}
+
+function rstSection(manifest, rst, index) {
+  const section = element("section", {class: "fg-rst", "data-packet": String(rst.packet)},
+    element("h3", {}, `RST ${index + 1}: packet ${rst.packet}, at ${rst.time}`),
+    element("p", {class: "fg-rst-flow"}, element("code", {}, rst.src), " → ", element("code", {}, rst.dst)));
+  if (rst.verdicts.length) {
+    section.append(element("ol", {class: "fg-verdicts"}, ...rst.verdicts.map((v) => verdictItem(manifest, v))));
+  } else {
+    section.append(element("p", {}, "No page of this guide matches this RST."));
+  }
+  if (rst.next && rst.next.length) {
+    section.append(element("p", {class: "fg-next-title"}, "To tell them apart, capture or check next:"),
+      list(rst.next, "fg-next"));
+  }
+  return section;
+}
+
+function show(manifest, name, result) {
+  const count = result.rsts.length;
+  const parts = [element("h2", {id: "the-verdicts"}, `${name}: ${count === 0 ? "no RST" : count === 1 ? "1 RST" : `${count} RSTs`}`)];
+  result.rsts.forEach((rst, i) => parts.push(rstSection(manifest, rst, i)));
+  if (result.notes && result.notes.length) {
+    parts.push(element("h3", {}, "Notes"), list(result.notes, "fg-notes"));
+  }
+  output.replaceChildren(...parts);
+}
+
+async function main() {
+  let loaded;
+  try {
+    loaded = await load();
+  } catch (error) {
+    console.error(error);  // for whoever maintains the page; the reader gets a sentence
+    say("The explainer could not be loaded (this page's files did not arrive whole). Reload the page to try again.", "error");
+    root.dataset.state = "failed";
+    return;
+  }
+  const {manifest, explain, python} = loaded;
+
+  async function run(bytes, name) {
+    root.dataset.state = "busy";
+    output.replaceChildren();
+    say(`Reading ${name}…`);
+    await new Promise((resolve) => requestAnimationFrame(() => setTimeout(resolve)));  // show it first
+    try {
+      const answer = JSON.parse(explain(bytes, name));
+      if (answer.error !== undefined) {
+        say(answer.error, "error");
+      } else {
+        show(manifest, name, answer.result);
+        say(`Explained by rst_explain (Python ${python} in your browser).`);
+      }
+    } catch (error) {  // a bug of the explainer: its traceback goes to the console, not to the reader
+      console.error(error);
+      say(`The explainer failed on ${name} (a bug in rst_explain, not in your capture; please report it).`, "error");
+    }
+    root.dataset.state = "ready";
+  }
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    run(new TextEncoder().encode(textarea.value), "the pasted lines");
+  });
+  fileInput.addEventListener("change", async () => {
+    const file = fileInput.files[0];
+    if (!file) return;
+    const bytes = new Uint8Array(await file.arrayBuffer());
+    fileInput.value = "";  // choosing the same file again explains it again
+    run(bytes, file.name);
+  });
+  controls.forEach((control) => { control.disabled = false; });
+  say("Ready: paste tcpdump lines, or choose a capture file.");
+  root.dataset.state = "ready";
+}
+
+main();
