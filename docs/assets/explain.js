@@ -88,7 +88,7 @@ function list(items, className) {
 }
 
 function verdictItem(manifest, verdict) {
-  const item = element("li", {class: "fg-verdict", "data-slug": verdict.slug, "data-score": String(verdict.score)},
+  const item = element("li", {class: "fg-verdict", "data-slug": verdict.slug, "data-score": JSON.stringify(verdict.score)},
     pageLink(manifest, verdict.slug, verdict.packet), " ",
     element("span", {class: "fg-verdict-score"}, `score ${verdict.score}`));
   if (verdict.evidence && verdict.evidence.length) item.append(list(verdict.evidence, "fg-evidence"));
@@ -96,9 +96,10 @@ function verdictItem(manifest, verdict) {
 }
 
 function rstSection(manifest, rst, index) {
-  const section = element("section", {class: "fg-rst", "data-packet": String(rst.packet)},
+  const section = element("section", {class: "fg-explain-rst", "data-packet": JSON.stringify(rst.packet),
+                                      "data-time": JSON.stringify(rst.time)},
     element("h3", {}, `RST ${index + 1}: packet ${rst.packet}, at ${rst.time}`),
-    element("p", {class: "fg-rst-flow"}, element("code", {}, rst.src), " → ", element("code", {}, rst.dst)));
+    element("p", {class: "fg-explain-flow"}, element("code", {}, rst.src), " → ", element("code", {}, rst.dst)));
   if (rst.verdicts.length) {
     section.append(element("ol", {class: "fg-verdicts"}, ...rst.verdicts.map((v) => verdictItem(manifest, v))));
   } else {
@@ -167,6 +168,7 @@ async function main() {
   controls.forEach((control) => { control.disabled = false; });
   say("Ready: paste tcpdump lines, or choose a capture file.");
   root.dataset.state = "ready";
+  performance.mark("fg-explain-ready");  // the page weight's load time (tests/test_browser.py)
 }
 
 main();

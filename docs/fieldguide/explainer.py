@@ -4,7 +4,7 @@ reader's browser with Pyodide (CPython compiled to WebAssembly).
 Published by the build, and by nothing else (no CDN, no package index):
 - Pyodide's runtime, pinned and fetched once from npm (vendor.py), under
   assets/vendor/pyodide-VERSION/ (the version in the path: a new pin is a new address);
-- every Python file of rst_explain (docs/explain/), under assets/explain/;
+- every Python file of rst_explain (docs/explain/), under assets/explain/rst_explain/;
 - assets/explain/manifest.json: those files with their SHA-256 (the page checks each before
   Python may import it), Pyodide's address, and each scenario's title for the verdicts' links.
 
@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tomllib
 from pathlib import Path
+
+from lab.artifact import ROOT
 
 from . import vendor
 from .vendor import VENDOR
@@ -27,8 +30,7 @@ PYODIDE_INTEGRITY = "sha512-74Wq1kXOC+CCEzAfxuRAO701nAcCMLjf8NrwvWpu8S41dVMXwXmL
 # fail on any other request); the rest of the npm package (Node.js console, types, maps) is not served
 PYODIDE_FILES = ("pyodide.mjs", "pyodide.asm.mjs", "pyodide.asm.wasm", "python_stdlib.zip", "pyodide-lock.json")
 PYODIDE_ASSETS = f"assets/vendor/pyodide-{PYODIDE_VERSION}/"
-SOURCES = "explain"  # docs/explain/: the rst_explain package (see its own README)
-PACKAGE = "rst_explain"
+PACKAGE = "rst_explain"  # where its sources are: pyproject.toml's package-dir says
 SOURCE_ASSETS = "assets/explain/"
 MANIFEST = SOURCE_ASSETS + "manifest.json"
 SCRIPT = "assets/explain.js"
@@ -44,12 +46,13 @@ def pyodide_files() -> dict[str, Path]:
     return {PYODIDE_ASSETS + name: path for name, path in files.items()}
 
 
-def python_files(docs: Path) -> dict[str, Path]:
-    """Site path -> source, for each .py file of the rst_explain package (no tests, no caches)."""
-    package = docs / SOURCES / PACKAGE
+def python_files() -> dict[str, Path]:
+    """Site path -> source, for each .py file of the rst_explain package (no caches)."""
+    layout = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    package = ROOT / layout.get(PACKAGE, PACKAGE)
     if not (package / "__init__.py").is_file():
         raise vendor.VendorUnavailable(f"no Python package {PACKAGE} in {package}: the explain page needs it")
-    return {SOURCE_ASSETS + path.relative_to(package.parent).as_posix(): path
+    return {f"{SOURCE_ASSETS}{PACKAGE}/{path.relative_to(package).as_posix()}": path
             for path in sorted(package.rglob("*.py")) if "__pycache__" not in path.parts}
 
 

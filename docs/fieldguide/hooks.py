@@ -104,7 +104,7 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
     try:
         pyodide = explainer.pyodide_files()
         served = {mermaid.MERMAID_ASSET: mermaid.mermaid_file(), **pyodide}
-        python = explainer.python_files(Path(config.docs_dir))
+        python = explainer.python_files()
     except vendor.VendorUnavailable as exc:
         raise PluginError(str(exc)) from None
     for path, source in {**served, **python}.items():

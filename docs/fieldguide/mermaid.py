@@ -26,6 +26,7 @@ from pathlib import Path
 
 from . import vendor
 from .vendor import VENDOR
+
 MERMAID_VERSION = "11.12.2"
 MERMAID_INTEGRITY = "sha512-n34QPDPEKmaeCG4WDMGy0OT6PSyxKCfy2pJgShP+Qow2KLrvWjclwbc3yXfSIf4BanqWEhQEpngWwNp/XhZt6w=="
 MERMAID_ASSET = "assets/vendor/mermaid.min.js"

@@ -1,0 +1,258 @@
+"""The "Explain a capture" page in Chromium: the command line's verdicts, in the reader's tab.
+
+The page runs rst_explain itself (Pyodide, docs/fieldguide/explainer.py). For every
+recording of this session, uploaded as a pcap and pasted as the text that tcpdump itself
+prints for it, the page must show what `rst_explain.explain()` returns here: the same RSTs,
+the same pages in the same order with the same scores, evidence, next steps and notes.
+No request may leave the served origin (every request the context makes is checked), and
+once loaded the page must work with the network cut.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import rst_explain
+from lab.artifact import TRACES
+from test_browser import (
+    DESKTOP,
+    MOBILE,
+    SCREENSHOTS,
+    SLUGS,
+    Watched,
+    choose_palette,
+    settled_screenshot,
+)
+
+PASTED = "the pasted lines"  # the name the page gives pasted text (docs/assets/explain.js)
+PAGE_DESKTOP = {"width": 1366, "height": 900}
+SCREENSHOT_CASE = "rst-injection"  # three RSTs, a tie and a challenge ACK: the longest answer
+
+# What the page shows, read back from its DOM (machine values from its data-* attributes)
+SHOWN = """() => {
+  const texts = (root, selector) => [...root.querySelectorAll(selector)].map(e => e.textContent);
+  const result = document.querySelector('#fg-explain .fg-explain-result');
+  return {
+    rsts: [...result.querySelectorAll('.fg-explain-rst')].map(s => ({
+      packet: JSON.parse(s.dataset.packet), time: JSON.parse(s.dataset.time),
+      flow: texts(s, '.fg-explain-flow code'),
+      verdicts: [...s.querySelectorAll('.fg-verdict')].map(v => ({
+        slug: v.dataset.slug, score: JSON.parse(v.dataset.score),
+        link: (v.querySelector('a.fg-explain-page') || {}).href || null,
+        evidence: texts(v, '.fg-evidence li')})),
+      next: texts(s, '.fg-next li')})),
+    notes: texts(result, '.fg-notes li'),
+  };
+}"""
+
+
+class Origin:
+    """Every request of a browser context, by Playwright's request events: each must be
+    for the served origin (data: and blob: URLs are the page's own memory, not requests out)."""
+
+    def __init__(self, watched: Watched, site_url: str) -> None:
+        self.origin = urlparse(site_url).netloc
+        self.requests: list[str] = []
+        watched.context.on("request", lambda request: self.requests.append(request.url))
+
+    def outside(self) -> list[str]:
+        return [url for url in self.requests
+                if urlparse(url).scheme not in ("data", "blob") and urlparse(url).netloc != self.origin]
+
+
+def tcpdump_text(pcap: Path) -> str:
+    """What `tcpdump -n -r` prints for the capture: the lines a reader pastes."""
+    if not shutil.which("tcpdump"):
+        pytest.fail("tcpdump is needed to print the captures as text (apt-get install tcpdump)")
+    proc = subprocess.run(["tcpdump", "-n", "-r", str(pcap)], capture_output=True, text=True, check=True)
+    return proc.stdout
+
+
+def expected(data: bytes, name: str) -> dict[str, Any]:
+    """rst_explain's answer on this machine, in the shape SHOWN reads from the page."""
+    result = rst_explain.explain(data, name)
+    return {
+        "rsts": [{"packet": rst["packet"], "time": rst["time"], "flow": [rst["src"], rst["dst"]],
+                  "verdicts": [{"slug": v["slug"], "score": v["score"], "evidence": [str(e) for e in v["evidence"]]}
+                               for v in rst["verdicts"]],
+                  "next": [str(n) for n in rst.get("next", [])]} for rst in result["rsts"]],
+        "notes": [str(n) for n in result.get("notes", [])],
+    }
+
+
+def open_explain(watched: Watched, site_url: str) -> Any:
+    page = watched.page()
+    page.goto(f"{site_url}explain/", wait_until="load")
+    page.wait_for_function("document.getElementById('fg-explain').dataset.state !== 'loading'", timeout=60000)
+    assert page.locator("#fg-explain").get_attribute("data-state") == "ready", page.locator(
+        ".fg-explain-status").inner_text()
+    return page
+
+
+def explain_file(page: Any, path: Path) -> None:
+    page.evaluate("document.getElementById('fg-explain').dataset.state = 'waiting'")
+    page.locator("#fg-explain-file").set_input_files(str(path))
+    page.wait_for_function("document.getElementById('fg-explain').dataset.state === 'ready'", timeout=60000)
+
+
+def explain_text(page: Any, text: str) -> None:
+    page.evaluate("document.getElementById('fg-explain').dataset.state = 'waiting'")
+    page.locator("#fg-explain-text").fill(text)
+    page.locator("#fg-explain button[type=submit]").click()
+    page.wait_for_function("document.getElementById('fg-explain').dataset.state === 'ready'", timeout=60000)
+
+
+def shown(page: Any) -> dict[str, Any]:
+    answer = page.evaluate(SHOWN)
+    for rst in answer["rsts"]:
+        for verdict in rst["verdicts"]:
+            link = verdict.pop("link")
+            assert link is not None, f"{verdict['slug']} is not linked"
+            url = urlparse(link)
+            assert url.path.endswith(f"/scenarios/{verdict['slug']}/"), link
+            assert url.fragment in ("", ) or url.fragment.startswith("packet-"), link
+    return answer
+
+
+def status(page: Any) -> tuple[str, str]:
+    box = page.locator("#fg-explain .fg-explain-status")
+    return box.get_attribute("data-kind") or "", box.inner_text()
+
+
+# -- the same verdicts as the command line --------------------------------------------------------
+
+def test_every_recording_gets_the_command_lines_verdicts(browser: Any, site_url: str,
+                                                         recorded_traces: Path) -> None:
+    """Each recording, uploaded and pasted as tcpdump printed it: the page equals rst_explain."""
+    watched = Watched(browser, viewport=DESKTOP, color_scheme="light")
+    origin = Origin(watched, site_url)
+    page = open_explain(watched, site_url)
+    differences = []
+    for slug in SLUGS:
+        pcap = recorded_traces / f"{slug}.pcap"
+        explain_file(page, pcap)
+        assert status(page)[0] != "error", (slug, status(page))
+        if shown(page) != expected(pcap.read_bytes(), pcap.name):
+            differences.append(f"{slug}.pcap: page {shown(page)} != cli {expected(pcap.read_bytes(), pcap.name)}")
+        text = tcpdump_text(pcap)
+        explain_text(page, text)
+        assert status(page)[0] != "error", (slug, status(page))
+        if shown(page) != expected(text.encode(), PASTED):
+            differences.append(f"{slug} as text: page {shown(page)} != cli {expected(text.encode(), PASTED)}")
+    assert not differences, "\n".join(differences)
+    assert not origin.outside(), origin.outside()
+    watched.close()
+
+
+def test_a_verdict_links_to_the_page_and_the_packet(browser: Any, site_url: str) -> None:
+    watched = Watched(browser, viewport=DESKTOP, color_scheme="light")
+    page = open_explain(watched, site_url)
+    explain_file(page, TRACES / "closed-port.pcap")
+    link = page.locator("#fg-explain .fg-verdict a.fg-explain-page").first
+    href = urlparse(link.get_attribute("href"))
+    link.click()
+    page.wait_for_url(f"**{href.path}*")
+    if href.fragment:  # the packet the page names, highlighted on its trace
+        assert page.locator(f".fg-trace #{href.fragment}").count() == 1
+    watched.close()
+
+
+# -- bad input: the explainer's own sentence, never a traceback ---------------------------------
+
+NOT_TCPDUMP = b"Connection reset by peer\nand nothing else tcpdump would print\n"
+
+
+def bad_inputs(traces: Path) -> dict[str, bytes]:
+    return {"no-tcpdump-lines.txt": NOT_TCPDUMP,
+            "not-a-capture.bin": bytes(range(256)) * 8,
+            "truncated.pcap": (traces / "closed-port.pcap").read_bytes()[:60]}  # cut inside a packet
+
+
+def test_bad_input_shows_the_explainers_message(browser: Any, site_url: str, tmp_path: Path,
+                                                recorded_traces: Path) -> None:
+    watched = Watched(browser, viewport=DESKTOP, color_scheme="light")
+    page = open_explain(watched, site_url)
+    explain_file(page, recorded_traces / "closed-port.pcap")  # a result first: it must not stay
+    for name, data in bad_inputs(recorded_traces).items():
+        with pytest.raises(rst_explain.ExplainError) as refused:
+            rst_explain.explain(data, name)
+        path = tmp_path / name
+        path.write_bytes(data)
+        explain_file(page, path)
+        assert status(page) == ("error", str(refused.value)), name
+        assert page.locator("#fg-explain .fg-explain-result").inner_text() == "", name
+    explain_text(page, NOT_TCPDUMP.decode())
+    with pytest.raises(rst_explain.ExplainError) as refused:
+        rst_explain.explain(NOT_TCPDUMP, PASTED)
+    assert status(page) == ("error", str(refused.value))
+    assert "Traceback" not in page.locator("article").inner_text()
+    watched.close()
+
+
+# -- nothing leaves the reader's machine ---------------------------------------------------------
+
+def test_it_works_offline_once_loaded(browser: Any, site_url: str, recorded_traces: Path) -> None:
+    watched = Watched(browser, viewport=DESKTOP, color_scheme="light")
+    origin = Origin(watched, site_url)
+    page = open_explain(watched, site_url)
+    page.wait_for_load_state("networkidle")
+    loaded = len(origin.requests)
+    watched.context.set_offline(True)
+    pcap = recorded_traces / "unread-data-close.pcap"
+    explain_file(page, pcap)
+    assert status(page)[0] != "error", status(page)
+    assert shown(page) == expected(pcap.read_bytes(), pcap.name)
+    text = tcpdump_text(pcap)
+    explain_text(page, text)
+    assert shown(page) == expected(text.encode(), PASTED)
+    assert origin.requests[loaded:] == [], "the page asked for more once loaded"
+    assert not origin.outside(), origin.outside()
+    watched.context.set_offline(False)
+    watched.close()
+
+
+# -- what a reader sees ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("viewport", [PAGE_DESKTOP, MOBILE], ids=["desktop", "mobile"])
+def test_screenshots_of_a_result(browser: Any, site_url: str, recorded_traces: Path,
+                                 scheme: str, viewport: dict[str, int]) -> None:
+    """Saved for a person to look at (build/screenshots/explain-*); the page must not scroll sideways."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    suffix = f"{scheme}-{'desktop' if viewport == PAGE_DESKTOP else 'mobile'}.png"
+    watched = Watched(browser, viewport=viewport, color_scheme=scheme, is_mobile=viewport == MOBILE)
+    page = open_explain(watched, site_url)
+    choose_palette(page, scheme)
+    settled_screenshot(page, SCREENSHOTS / f"explain-{suffix}")
+    explain_file(page, recorded_traces / f"{SCREENSHOT_CASE}.pcap")
+    settled_screenshot(page, SCREENSHOTS / f"explain-result-{suffix}", at="#the-verdicts")
+    assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+    watched.close()
+
+
+def test_home_and_symptom_index_link_the_page(browser: Any, site_url: str) -> None:
+    watched = Watched(browser, viewport=DESKTOP, color_scheme="light")
+    for path in ("", "symptoms/"):
+        page = watched.page()
+        page.goto(f"{site_url}{path}", wait_until="load")
+        assert page.locator("article a[href$='explain/']").count() >= 1, f"/{path} does not link the page"
+    watched.close()
+
+
+def test_the_manifest_lists_the_commits_python(site_url: str, built_site: Path) -> None:
+    """The page runs the files the build published, each listed with its SHA-256."""
+    manifest = json.loads((built_site / "assets/explain/manifest.json").read_text())
+    package = Path(rst_explain.__file__).parent
+    sources = {p.relative_to(package).as_posix() for p in package.rglob("*.py") if "__pycache__" not in p.parts}
+    assert {f["path"].removeprefix("rst_explain/") for f in manifest["files"]} == sources
+    for file in manifest["files"]:
+        assert hashlib.sha256((built_site / file["url"]).read_bytes()).hexdigest() == file["sha256"]
+        assert hashlib.sha256((package / file["path"].removeprefix("rst_explain/")).read_bytes()).hexdigest() == (
+            file["sha256"]), file["path"]
