@@ -75,49 +75,84 @@ async function load() {
   return {manifest, explain, python};
 }
 
-function pageLink(manifest, slug, packet) {
-  const title = manifest.pages[slug];
-  const href = new URL(`scenarios/${slug}/`, site);
-  if (packet !== undefined && packet !== null) href.hash = `packet-${packet}`;
-  return title === undefined ? element("code", {}, slug)  // not a page of this build: no link
-    : element("a", {href: href.href, class: "fg-explain-page"}, title);
+// The page a verdict names, and the packet of its capture that explains it (#packet-N, N from
+// this build's recording of that page)
+function pageLink(manifest, verdict) {
+  const page = manifest.pages[verdict.slug];
+  if (page === undefined) return element("code", {}, verdict.slug);  // not a page of this build: no link
+  const href = new URL(`scenarios/${verdict.slug}/`, site);
+  const number = page.packets[verdict.packet_name];
+  if (number !== undefined) href.hash = `packet-${number}`;
+  return element("a", {href: href.href, class: "fg-explain-page"}, page.title);
 }
 
 function list(items, className) {
   return element("ul", {class: className}, ...items.map((item) => element("li", {}, String(item))));
 }
 
-function verdictItem(manifest, verdict) {
-  const item = element("li", {class: "fg-verdict", "data-slug": verdict.slug, "data-score": JSON.stringify(verdict.score)},
-    pageLink(manifest, verdict.slug, verdict.packet), " ",
-    element("span", {class: "fg-verdict-score"}, `score ${verdict.score}`));
-  if (verdict.evidence && verdict.evidence.length) item.append(list(verdict.evidence, "fg-evidence"));
+function verdictItem(manifest, verdict, first, tied) {
+  const item = element("li", {class: "fg-verdict", "data-slug": verdict.slug,
+                              "data-score": JSON.stringify(verdict.score)},
+    pageLink(manifest, verdict), " ",
+    element("span", {class: "fg-verdict-score"}, `score ${verdict.score}${tied ? ", tied for first" : ""}`));
+  const why = [];
+  if (verdict.evidence.length) why.push(list(verdict.evidence, "fg-evidence"));
+  if (verdict.against.length) {
+    why.push(element("p", {class: "fg-against-title"}, "Against it:"), list(verdict.against, "fg-against"));
+  }
+  // the evidence of the pages ranked first is shown; the others' is a click away
+  if (first || !why.length) item.append(...why);
+  else item.append(element("details", {}, element("summary", {}, "evidence"), ...why));
   return item;
+}
+
+// best first; `tie`: the slugs ranked first (several: a tie)
+function verdictList(manifest, verdicts, tie) {
+  const first = new Set(tie.length ? tie : verdicts.slice(0, 1).map((v) => v.slug));
+  return element("ol", {class: "fg-verdicts"},
+    ...verdicts.map((v) => verdictItem(manifest, v, first.has(v.slug), first.has(v.slug) && first.size > 1)));
 }
 
 function rstSection(manifest, rst, index) {
   const section = element("section", {class: "fg-explain-rst", "data-packet": JSON.stringify(rst.packet),
                                       "data-time": JSON.stringify(rst.time)},
-    element("h3", {}, `RST ${index + 1}: packet ${rst.packet}, at ${rst.time}`),
-    element("p", {class: "fg-explain-flow"}, element("code", {}, rst.src), " → ", element("code", {}, rst.dst)));
+    element("h3", {}, `RST ${index + 1}: packet ${rst.packet}, [${rst.flags}] at t=${rst.time.toFixed(6)}`),
+    element("p", {class: "fg-explain-flow"}, "from ", element("code", {}, rst.src), " to ", element("code", {}, rst.dst)));
   if (rst.verdicts.length) {
-    section.append(element("ol", {class: "fg-verdicts"}, ...rst.verdicts.map((v) => verdictItem(manifest, v))));
+    section.append(verdictList(manifest, rst.verdicts, rst.tie));
   } else {
     section.append(element("p", {}, "No page of this guide matches this RST."));
   }
-  if (rst.next && rst.next.length) {
-    section.append(element("p", {class: "fg-next-title"}, "To tell them apart, capture or check next:"),
+  if (rst.tie.length > 1) {
+    section.append(element("p", {class: "fg-tie"},
+      `A tie: ${rst.tie.map((slug) => (manifest.pages[slug] || {title: slug}).title).join("; ")}: alike on the wire.`));
+  }
+  if (rst.next.length) {
+    section.append(element("p", {class: "fg-next-title"},
+      rst.tie.length > 1 ? "To tell them apart, capture or check next:" : "Capture or check next:"),
       list(rst.next, "fg-next"));
   }
   return section;
 }
 
+function noteItem(manifest, note) {
+  const item = element("li", {class: "fg-note", "data-packet": JSON.stringify(note.packet)},
+    element("span", {class: "fg-note-text"}, note.packet ? `${note.text} (packet ${note.packet})` : note.text));
+  if (note.verdicts.length) {
+    item.append(verdictList(manifest, note.verdicts, note.verdicts.filter((v) => v.score === note.verdicts[0].score)
+      .map((v) => v.slug)));
+  }
+  return item;
+}
+
 function show(manifest, name, result) {
   const count = result.rsts.length;
-  const parts = [element("h2", {id: "the-verdicts"}, `${name}: ${count === 0 ? "no RST" : count === 1 ? "1 RST" : `${count} RSTs`}`)];
+  const parts = [element("h2", {id: "the-verdicts"},
+    `${name}: ${count === 0 ? "no RST" : count === 1 ? "1 RST" : `${count} RSTs`}`)];
   result.rsts.forEach((rst, i) => parts.push(rstSection(manifest, rst, i)));
-  if (result.notes && result.notes.length) {
-    parts.push(element("h3", {}, "Notes"), list(result.notes, "fg-notes"));
+  if (result.notes.length) {
+    parts.push(element("h3", {}, count ? "And the connections without a RST" : "What the capture shows"),
+      element("ul", {class: "fg-notes"}, ...result.notes.map((note) => noteItem(manifest, note))));
   }
   output.replaceChildren(...parts);
 }

@@ -6,7 +6,8 @@ Published by the build, and by nothing else (no CDN, no package index):
   assets/vendor/pyodide-VERSION/ (the version in the path: a new pin is a new address);
 - every Python file of rst_explain (docs/explain/), under assets/explain/rst_explain/;
 - assets/explain/manifest.json: those files with their SHA-256 (the page checks each before
-  Python may import it), Pyodide's address, and each scenario's title for the verdicts' links.
+  Python may import it), Pyodide's address, and each scenario's title and packet numbers for
+  the verdicts' links (from this build's recordings: the packet numbers are never written down).
 
 Only the page that has the explain form (its mark, `id="fg-explain"`) gets the script
 (docs/assets/explain.js): no other page pays for 12 MB of Python.
@@ -56,7 +57,20 @@ def python_files() -> dict[str, Path]:
             for path in sorted(package.rglob("*.py")) if "__pycache__" not in path.parts}
 
 
-def manifest(pyodide: dict[str, Path], python: dict[str, Path], titles: dict[str, str]) -> str:
+def page_index(recordings: dict) -> dict[str, dict]:
+    """slug -> its title and claim name -> packet number (the first of a group): a verdict names
+    the packet that explains it (rst_explain's packet_name), the page anchors it as #packet-N."""
+    index = {}
+    for slug, rec in recordings.items():
+        packets: dict[str, int] = {}
+        for packet in rec.packets:
+            if packet.name:
+                packets.setdefault(packet.name, packet.number)
+        index[slug] = {"title": rec.title, "packets": packets}
+    return index
+
+
+def manifest(pyodide: dict[str, Path], python: dict[str, Path], pages: dict[str, dict]) -> str:
     """What the page loads, as JSON: every path relative to the site's root."""
     return json.dumps({
         "pyodide": {"version": PYODIDE_VERSION, "index": PYODIDE_ASSETS,
@@ -64,7 +78,7 @@ def manifest(pyodide: dict[str, Path], python: dict[str, Path], titles: dict[str
         "package": PACKAGE,
         "files": [{"url": url, "path": url.removeprefix(SOURCE_ASSETS),
                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest()} for url, path in python.items()],
-        "pages": titles,
+        "pages": pages,
     }, indent=1, ensure_ascii=False)
 
 

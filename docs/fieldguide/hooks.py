@@ -109,8 +109,8 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
         raise PluginError(str(exc)) from None
     for path, source in {**served, **python}.items():
         files.append(File.generated(config, path, abs_src_path=str(source)))
-    titles = {slug: rec.title for slug, rec in recordings.items()}
-    files.append(File.generated(config, explainer.MANIFEST, content=explainer.manifest(pyodide, python, titles)))
+    pages = explainer.page_index(recordings)
+    files.append(File.generated(config, explainer.MANIFEST, content=explainer.manifest(pyodide, python, pages)))
     census_page = files.get_file_from_path(notebook.SOURCE)
     if census_page is not None:  # built last: every other page is built while it executes
         files.remove(census_page)
