@@ -33,7 +33,7 @@ from test_browser import (
 
 PASTED = "the pasted lines"  # the name the page gives pasted text (docs/assets/explain.js)
 PAGE_DESKTOP = {"width": 1366, "height": 900}
-SCREENSHOT_CASE = "rst-injection"  # three RSTs, a tie and a challenge ACK: the longest answer
+SCREENSHOT_CASE = "keepalive-race"  # a RST, a tie with what to check next, and a note
 
 # What the page shows, read back from its DOM (machine values from its data-* attributes)
 SHOWN = """() => {
@@ -241,7 +241,8 @@ def test_screenshots_of_a_result(browser: Any, site_url: str, recorded_traces: P
     choose_palette(page, scheme)
     settled_screenshot(page, SCREENSHOTS / f"explain-{suffix}")
     explain_file(page, recorded_traces / f"{SCREENSHOT_CASE}.pcap")
-    settled_screenshot(page, SCREENSHOTS / f"explain-result-{suffix}", at="#the-verdicts")
+    assert page.locator("#the-verdicts").bounding_box()["y"] < viewport["height"] / 3, "the answer is brought up"
+    settled_screenshot(page, SCREENSHOTS / f"explain-result-{suffix}")
     assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
     watched.close()
 

@@ -79,11 +79,13 @@ async function load() {
 // this build's recording of that page)
 function pageLink(manifest, verdict) {
   const page = manifest.pages[verdict.slug];
-  if (page === undefined) return element("code", {}, verdict.slug);  // not a page of this build: no link
+  if (page === undefined) return [element("code", {}, verdict.slug)];  // not a page of this build: no link
   const href = new URL(`scenarios/${verdict.slug}/`, site);
   const number = page.packets[verdict.packet_name];
-  if (number !== undefined) href.hash = `packet-${number}`;
-  return element("a", {href: href.href, class: "fg-explain-page"}, page.title);
+  if (number === undefined) return [element("a", {href: href.href, class: "fg-explain-page"}, page.title)];
+  href.hash = `packet-${number}`;
+  return [element("a", {href: href.href, class: "fg-explain-page"}, page.title),
+          element("span", {class: "fg-verdict-packet"}, `, at its packet ${number} (${verdict.packet_name})`)];
 }
 
 function list(items, className) {
@@ -93,8 +95,8 @@ function list(items, className) {
 function verdictItem(manifest, verdict, first, tied) {
   const item = element("li", {class: "fg-verdict", "data-slug": verdict.slug,
                               "data-score": JSON.stringify(verdict.score)},
-    pageLink(manifest, verdict), " ",
-    element("span", {class: "fg-verdict-score"}, `score ${verdict.score}${tied ? ", tied for first" : ""}`));
+    element("span", {class: "fg-verdict-score"}, `score ${verdict.score}${tied ? ", tied for first" : ""}: `),
+    ...pageLink(manifest, verdict));
   const why = [];
   if (verdict.evidence.length) why.push(list(verdict.evidence, "fg-evidence"));
   if (verdict.against.length) {
@@ -155,6 +157,7 @@ function show(manifest, name, result) {
       element("ul", {class: "fg-notes"}, ...result.notes.map((note) => noteItem(manifest, note))));
   }
   output.replaceChildren(...parts);
+  parts[0].scrollIntoView({block: "start"});  // the answer is below the form: bring it up
 }
 
 async function main() {
