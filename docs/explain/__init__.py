@@ -91,6 +91,17 @@ def _next_steps(tie: list[str]) -> list[str]:
 def _rst_document(f: Finding) -> dict:
     seg = f.segment
     found = verdicts(f.features)
+    if f.earlier is not None:
+        # a RST after the connection's first RST is its consequence: that RST's pages apply
+        own = {v["slug"]: v for v in found}
+        first = f.earlier.segment.number
+        for v in verdicts(f.earlier.features):
+            if v["slug"] in own and own[v["slug"]]["score"] >= v["score"]:
+                continue
+            found = [x for x in found if x["slug"] != v["slug"]]
+            found.append({**v, "evidence": [f"follows the RST of packet {first}, which this page "
+                                             "explains"] + v["evidence"], "against": v["against"]})
+        found.sort(key=lambda v: -v["score"])
     top = found[0]["score"] if found else None
     tie = [v["slug"] for v in found if v["score"] == top]
     if not found:

@@ -28,11 +28,18 @@ def _before(a: int, b: int) -> bool:
     return 0 < (b - a) % MOD < 1 << 31
 
 
+def _idle(conn: "Connection", gap: float) -> bool:
+    """Silence long against the connection's round trip (the handshake's, where seen): not a
+    pause between a request and its answer. At least 0.1 s: a capture's clock is that coarse."""
+    rtt = conn.rtt if conn.rtt is not None else 0.001
+    return gap >= 0.1 and gap > 100 * max(rtt, 0.0005)
+
+
 class Side:
     __slots__ = ("addr", "port", "isn", "nxt", "una_seen", "fin_seq", "fin_time", "fin_acked",
                  "data_bytes", "data_packets", "retransmits", "ttl", "ttl_mixed", "ip_id",
                  "timestamps", "packets", "last_time", "syn_count", "synack_count", "probes",
-                 "last_data_time", "acks_sent_time", "win")
+                 "last_data_time", "acks_sent_time", "win", "last_ack", "probe_number")
 
     def __init__(self, addr: str, port: int) -> None:
         self.addr, self.port = addr, port
@@ -42,7 +49,7 @@ class Side:
         self.fin_acked = self.timestamps = self.ttl_mixed = False
         self.data_bytes = self.data_packets = self.retransmits = self.packets = 0
         self.syn_count = self.synack_count = self.probes = 0
-        self.win = None
+        self.win = self.last_ack = self.probe_number = None
 
     def name(self) -> str:
         return f"{self.addr}.{self.port}"
@@ -51,7 +58,7 @@ class Side:
 class Connection:
     __slots__ = ("sides", "first", "last", "history", "rtt", "resets", "pending", "syn_time",
                  "synack_time", "synack_ack", "handshake_ack", "synack_again_after_ack",
-                 "midstream", "first_number", "idle_max")
+                 "midstream", "first_number", "idle_max", "first_finding")
 
     def __init__(self, a: Side, b: Side, seg: Segment, midstream: bool) -> None:
         self.sides = (a, b)
@@ -64,13 +71,14 @@ class Connection:
         self.syn_time = self.synack_time = self.synack_ack = self.handshake_ack = None
         self.synack_again_after_ack = False
         self.midstream = midstream
-        self.idle_max = 0.0   # longest gap between packets so far
+        self.idle_max = 0.0   # longest silence before new data so far
+        self.first_finding = None
 
 
 class Finding:
     """One RST: the packet, who sent it, and the wire's features (name -> evidence text)."""
 
-    __slots__ = ("segment", "sender", "receiver", "features", "after", "conn", "direction")
+    __slots__ = ("segment", "sender", "receiver", "features", "after", "conn", "direction", "earlier")
 
     def __init__(self, seg: Segment, conn: Connection, direction: int) -> None:
         self.segment = seg
@@ -80,6 +88,7 @@ class Finding:
         self.receiver = conn.sides[1 - direction]
         self.features: dict[str, str] = {}
         self.after = 0
+        self.earlier: Finding | None = None   # the connection's first RST, when this one follows it
 
 
 class Tracker:
@@ -110,8 +119,6 @@ class Tracker:
         me, peer = conn.sides[d], conn.sides[1 - d]
         t = seg.time
         gap = t - conn.last
-        if gap > conn.idle_max and conn.history:
-            conn.idle_max = gap
         if conn.pending:
             self._watch_after(conn, d, seg)
         if flags & RST:
@@ -147,6 +154,11 @@ class Tracker:
         flags, seq, length = seg.flags, seg.seq, seg.length
         if seq < 0:            # tcpdump's text leaves a pure ACK's seq out
             seq = me.nxt if me.nxt is not None else 0
+            if flags & (SYN | FIN | ACK) == ACK and not length and seg.ack == me.last_ack and \
+                    peer.nxt is not None and _idle(conn, seg.time - conn.last):
+                # a keepalive probe has seq one below; the text hides it, the idle bare ACK remains
+                me.probes += 1
+                me.probe_number = seg.number
         if me.ttl is None:
             me.ttl = seg.ttl
             me.ip_id = seg.ip_id
@@ -168,18 +180,22 @@ class Tracker:
             else:
                 me.data_packets += 1
                 me.data_bytes += length
+            if me.retransmits == 0 and seg.time - conn.last > conn.idle_max and conn.history:
+                conn.idle_max = seg.time - conn.last   # silence before new data (not before resends)
             me.last_data_time = seg.time
             if seg.ttl is not None:
                 self.host_ttl.setdefault(me.addr, set()).add(seg.ttl)
         elif not flags & (SYN | FIN) and me.nxt is not None and (seq + 1) % MOD == me.nxt \
                 and peer.nxt is not None and conn.history:
             me.probes += 1     # a keepalive probe: one byte before what it has sent (tcp_xmit_probe_skb)
+            me.probe_number = seg.number
         if me.nxt is None or _before(me.nxt, end):
             me.nxt = end
         if flags & FIN and me.fin_seq is None:
             me.fin_seq, me.fin_time = seq + length, seg.time
         if flags & ACK:
             me.acks_sent_time = seg.time
+            me.last_ack = seg.ack
             if peer.una_seen is None or _before(peer.una_seen, seg.ack):
                 peer.una_seen = seg.ack
             if peer.fin_seq is not None and seg.ack == (peer.fin_seq + 1) % MOD:
@@ -267,6 +283,9 @@ class Tracker:
         self._ttl_features(f, seg)
         if conn.resets:
             feat["follows_reset"] = f"the connection was already reset at packet {conn.resets[0]}"
+            f.earlier = conn.first_finding
+        else:
+            conn.first_finding = f
         conn.resets.append(seg.number)
         self.reset_times.setdefault((me.addr, me.port), deque(maxlen=8)).append(seg.time)
 
@@ -344,7 +363,8 @@ class Tracker:
                 feat["synack_delay"] = (f"the SYN-ACK came {answered.time - conn.syn_time:.3f} s after the "
                                         f"first SYN ({me.syn_count} SYN sent)")
         if answered is not None and not answered.flags & SYN and peer.isn is not None and \
-                peer.data_bytes == 0 and me.synack_count and not me.data_bytes and not me.fin_seq:
+                peer.data_bytes == 0 and me.synack_count and not me.data_bytes and not me.fin_seq and \
+                self._first_after_synack(conn, d, answered):
             feat["answers_handshake_ack"] = (f"answers {peer.name()}'s ACK of its SYN-ACK "
                                              f"(packet {answered.number})")
             if me.isn is not None and answered.ack != (me.isn + 1) % MOD:
@@ -370,9 +390,10 @@ class Tracker:
                 feat["answers_segment"] = f"answers {peer.name()}'s packet {answered.number} in an open connection"
                 if answered.length:
                     feat["answers_data"] = f"the answered packet carries {answered.length} bytes of data"
-                elif peer.nxt is not None and (answered.seq + 1) % MOD == peer.nxt:
+                elif answered.number == peer.probe_number:
                     feat["keepalive_probe"] = (f"packet {answered.number} is a keepalive probe: no data, "
-                                               "seq one below what its sender had sent")
+                                               + ("seq one below what its sender had sent" if answered.seq >= 0
+                                                  else "after an idle gap, acknowledging nothing new"))
                 if me.fin_seq is not None:
                     feat["sender_fin_before"] = (f"{me.name()} had sent its FIN {seg.time - me.fin_time:.3f} s "
                                                  "earlier: its socket was closed")
@@ -418,7 +439,7 @@ class Tracker:
             feat["idle_before"] = idle
 
     def _idle_before(self, conn: Connection, last: Segment) -> str:
-        """An idle gap before `last`: long against the connection's round trip and its other gaps."""
+        """An idle gap before `last`: long against the connection's round trip."""
         prev = None
         for hd, hseg in reversed(conn.history):
             if hseg is last:
@@ -426,13 +447,25 @@ class Tracker:
             if hseg.time < last.time:
                 prev = hseg
                 break
-        if prev is None:
+        if prev is None or not _idle(conn, last.time - prev.time):
             return ""
-        gap = last.time - prev.time
-        rtt = conn.rtt if conn.rtt is not None else 0.001
-        if gap >= 0.1 and gap > 100 * max(rtt, 0.0005):
-            return f"the connection had been idle {gap:.3f} s before packet {last.number}"
-        return ""
+        return f"the connection had been idle {last.time - prev.time:.3f} s before packet {last.number}"
+
+    @staticmethod
+    def _first_after_synack(conn: Connection, d: int, answered: Segment) -> bool:
+        """Is `answered` the peer's first segment since the sender's latest SYN-ACK?"""
+        seen = False
+        for hd, hseg in reversed(conn.history):
+            if hseg is answered:
+                seen = True
+                continue
+            if not seen:
+                continue
+            if hd == d and hseg.flags & (SYN | ACK) == SYN | ACK:
+                return True
+            if hd != d:
+                return False
+        return False
 
     def _watch_after(self, conn: Connection, d: int, seg: Segment) -> None:
         for f in conn.pending:
@@ -496,7 +529,7 @@ class Tracker:
             talker = a if a.retransmits >= 2 else b
             other = b if talker is a else a
             idle = "answered_before" if other.data_bytes or (other.acks_sent_time or 0) > (conn.synack_time or 0) else ""
-            if conn.idle_max >= 0.1 and conn.idle_max > 100 * max(conn.rtt or 0.001, 0.0005):
+            if _idle(conn, conn.idle_max):
                 idle += "+idle"
         entry = self.notes.setdefault(kind, [0, conn.first_number, set()])
         entry[0] += 1

@@ -26,6 +26,7 @@ class Page(NamedTuple):
 _NO_SOCKET_REPLY = {"rst_no_ack": 1, "rst_no_options": 1, "rst_win_zero": 1}
 _SOCKET_ABORT = {"socket_abort": 2, "seq_exact": 1, "rst_timestamps": 1, "options_unlike_sender": -4,
                  "ttl_differs": -4, "sender_alive_after": -4, "challenge_ack": -4}
+_NO_PROBES = {"probes_unanswered": -4}
 
 PAGES: dict[str, Page] = {
     # -- the opening -----------------------------------------------------------------------
@@ -78,13 +79,13 @@ PAGES: dict[str, Page] = {
                                    "challenge_ack": -4, "sender_alive_after": -2}),
     # -- a socket aborts: tcp_send_active_reset ----------------------------------------------
     "linger-zero": Page("client-rst", ("socket_abort", "no_data"),
-                        {**_SOCKET_ABORT, "sender_initiator": 2}),
+                        {**_SOCKET_ABORT, **_NO_PROBES, "sender_initiator": 2}),
     "health-check-linger": Page("check-1-rst", ("socket_abort", "no_data"),
-                                {**_SOCKET_ABORT, "sender_initiator": 2}),
+                                {**_SOCKET_ABORT, **_NO_PROBES, "sender_initiator": 2}),
     "ss-kill": Page("server-rst", ("socket_abort", "no_data"),
-                    {**_SOCKET_ABORT, "sender_acceptor": 2}),
+                    {**_SOCKET_ABORT, **_NO_PROBES, "sender_acceptor": 2}),
     "listener-closed-queue": Page("first-rst", ("socket_abort", "sender_acceptor"),
-                                  {**_SOCKET_ABORT, "no_data": 2, "peer_data_unanswered": 3,
+                                  {**_SOCKET_ABORT, **_NO_PROBES, "no_data": 2, "peer_data_unanswered": 2,
                                    "resets_together": 4, "peer_fin_before": -4, "sender_fin_then_rst": -4,
                                    "idle_before": -1}),
     "unread-data-close": Page("server-rst", ("socket_abort", "peer_data_unanswered"),
@@ -98,7 +99,7 @@ PAGES: dict[str, Page] = {
     "early-response-lost": Page("c1-server-rst", ("socket_abort", "sender_fin_then_rst"),
                                 {**_SOCKET_ABORT, "sender_acceptor": 1}),
     "keepalive-timeout": Page("client-rst", ("socket_abort", "probes_unanswered"),
-                              {**_SOCKET_ABORT, "idle_before": 1}),
+                              {**_SOCKET_ABORT, "idle_before": 1, "unprompted": 1}),
 }
 
 # A connection without RST: note kind -> (text, [(slug, claim name, points, evidence)])
@@ -134,10 +135,11 @@ TIES: list[dict] = [
             "the socket's window and timestamps; a health checker is just a client that does it",
      "next": ["find the process that owns the client port (`ss -tnp` while it runs)",
               "nstat on the client: TcpExtTCPAbortOnClose and TcpExtTCPAbortOnData say which close path"]},
-    {"slugs": ["unread-data-close", "process-killed", "accepted-then-reset"],
+    {"slugs": ["unread-data-close", "process-killed", "accepted-then-reset", "listener-closed-queue"],
      "why": "data arrives, is acknowledged, and the receiver's socket answers with R. instead of a "
-            "response: close() with unread data (tcp_close), whether the program called it, "
-            "died, or is a proxy with nothing behind it",
+            "response: close() with unread data (__tcp_close), whether the program called it, "
+            "died, is a proxy with nothing behind it, or never accepted the connection before its "
+            "listener closed",
      "next": ["on the server: did the process exit (journal, exit code) or close the socket itself?",
               "`ss -tn` on the server before the close: a non-zero Recv-Q is the unread data",
               "nstat on the server: TcpExtTCPAbortOnClose counts these resets",
