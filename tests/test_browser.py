@@ -356,10 +356,11 @@ def measure(browser: Any, url: str, diagrams: bool, ready_mark: str | None = Non
         by_type[request.resource_type] = by_type.get(request.resource_type, 0) + size
         # what a host that compresses (GitHub Pages gzips text) would send for the same body
         gzipped += len(gzip.compress(request.response().body(), 6)) + sizes["responseHeadersSize"]
-    watched.close()
     largest = sorted(watched.finished, key=lambda r: -r.sizes()["responseBodySize"])[:5]
+    largest_sizes = {urlparse(r.url).path: r.sizes()["responseBodySize"] for r in largest}
+    watched.close()
     return {"url": urlparse(url).path, "requests": len(watched.finished), "transferred_bytes": total,
-            "largest": {urlparse(r.url).path: r.sizes()["responseBodySize"] for r in largest},
+            "largest": largest_sizes,
             **({"ready_ms": round(ready_ms, 1)} if ready_mark else {}),
             "transferred_bytes_if_gzipped": gzipped,
             "urls": sorted(urlparse(r.url).path for r in watched.finished),

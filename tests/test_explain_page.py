@@ -205,6 +205,21 @@ def test_bad_input_shows_the_explainers_message(browser: Any, site_url: str, tmp
     watched.close()
 
 
+def test_pasted_markup_is_shown_as_text(browser: Any, site_url: str, recorded_traces: Path) -> None:
+    """A host name is whatever the reader pastes: the page writes it as text, never as HTML."""
+    hostile = "<img/src=x/onerror=document.body.dataset.pwned=1>"
+    text = tcpdump_text(recorded_traces / "closed-port.pcap").replace("192.0.2.2.", f"{hostile}.")
+    assert hostile in json.dumps(rst_explain.explain(text.encode(), PASTED))  # the explainer echoes it
+    watched = Watched(browser, viewport=DESKTOP, color_scheme="light")
+    page = open_explain(watched, site_url)
+    explain_text(page, text)
+    result = page.locator("#fg-explain .fg-explain-result")
+    assert hostile in result.inner_text()
+    assert result.locator("img").count() == 0
+    assert page.evaluate("document.body.dataset.pwned") is None
+    watched.close()
+
+
 # -- nothing leaves the reader's machine ---------------------------------------------------------
 
 def test_it_works_offline_once_loaded(browser: Any, site_url: str, recorded_traces: Path) -> None:
@@ -266,3 +281,17 @@ def test_the_manifest_lists_the_commits_python(site_url: str, built_site: Path) 
         assert hashlib.sha256((built_site / file["url"]).read_bytes()).hexdigest() == file["sha256"]
         assert hashlib.sha256((package / file["path"].removeprefix("rst_explain/")).read_bytes()).hexdigest() == (
             file["sha256"]), file["path"]
+
+
+def test_a_pyodide_tarball_of_another_integrity_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pin is the registry's sha512: a tarball that is not the pinned one leaves nothing behind."""
+    from fieldguide import explainer, vendor
+
+    if not shutil.which("npm"):
+        pytest.fail("npm is needed to fetch Pyodide (apt-get install npm)")
+    monkeypatch.setattr(vendor, "VENDOR", tmp_path)
+    target = tmp_path / "pyodide" / "pyodide.mjs"
+    with pytest.raises(vendor.VendorUnavailable, match="has integrity sha512-"):
+        vendor.npm_files("pyodide", explainer.PYODIDE_VERSION, "sha512-" + "A" * 86 + "==",
+                         {"package/pyodide.mjs": target})
+    assert not target.exists() and list(tmp_path.iterdir()) == []
