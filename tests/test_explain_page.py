@@ -148,9 +148,12 @@ def test_every_recording_gets_the_command_lines_verdicts(browser: Any, site_url:
     for slug in SLUGS:
         pcap = recorded_traces / f"{slug}.pcap"
         text = tcpdump_text(pcap)
-        for what, data, name, give in ((f"{slug}.pcap", pcap.read_bytes(), pcap.name, lambda: explain_file(page, pcap)),
-                                        (f"{slug} as text", text.encode(), PASTED, lambda: explain_text(page, text))):
-            give()
+        for what, data, name in ((f"{slug}.pcap", pcap.read_bytes(), pcap.name),
+                                 (f"{slug} as text", text.encode(), PASTED)):
+            if name == PASTED:
+                explain_text(page, text)
+            else:
+                explain_file(page, pcap)
             assert status(page)[0] != "error", (what, status(page))
             page_says, cli_says = shown(page), expected(data, name, site_url)
             if page_says != cli_says:
@@ -218,6 +221,21 @@ def test_pasted_markup_is_shown_as_text(browser: Any, site_url: str, recorded_tr
     assert result.locator("img").count() == 0
     assert page.evaluate("document.body.dataset.pwned") is None
     watched.close()
+
+
+def test_a_source_that_is_not_the_published_one_is_not_run(browser: Any, site_url: str) -> None:
+    """The page checks each .py file against the manifest's SHA-256 before Python sees it."""
+    context = browser.new_context(viewport=DESKTOP)
+    context.route("**/assets/explain/rst_explain/__init__.py*",
+                  lambda route: route.fulfill(status=200, body="raise SystemExit('not the published file')\n"))
+    page = context.new_page()
+    page.goto(f"{site_url}explain/", wait_until="load")
+    page.wait_for_function("document.getElementById('fg-explain').dataset.state !== 'loading'", timeout=60000)
+    assert page.locator("#fg-explain").get_attribute("data-state") == "failed"
+    assert status(page) == ("error", "The explainer could not be loaded (this page's files did not arrive whole)."
+                                     " Reload the page to try again.")
+    assert page.locator("#fg-explain-file").is_disabled()
+    context.close()
 
 
 # -- nothing leaves the reader's machine ---------------------------------------------------------

@@ -52,24 +52,31 @@ async function sha256(bytes) {
   return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+// one file of rst_explain, as the manifest lists it: its bytes, once its digest is checked
+async function source(file) {
+  // the digest in the query: a new version of a file is a new address, never a stale cache
+  const url = new URL(`${file.url}?sha256=${file.sha256}`, site);
+  const bytes = new Uint8Array(await (await fetchOk(url)).arrayBuffer());
+  if (crypto.subtle && await sha256(bytes) !== file.sha256) {  // (no crypto.subtle on plain http)
+    throw new Error(`${file.url} is not the file this build published`);
+  }
+  return bytes;
+}
+
 async function load() {
   const manifest = await (await fetchOk(new URL("assets/explain/manifest.json", site), {cache: "no-cache"})).json();
-  say(`Loading the explainer: Python ${"(Pyodide " + manifest.pyodide.version + ")"} and rst_explain,`
+  say(`Loading the explainer: Python (Pyodide ${manifest.pyodide.version}) and rst_explain,`
       + ` ${(manifest.pyodide.bytes / 1e6).toFixed(1)} MB the first time…`);
   const indexURL = new URL(manifest.pyodide.index, site).href;
+  const sources = Promise.all(manifest.files.map(source));  // fetched while Python starts
+  sources.catch(() => {});  // (awaited below: a failure is reported there, once)
   const {loadPyodide} = await import(new URL("pyodide.mjs", indexURL).href);
   const pyodide = await loadPyodide({indexURL, packages: []});
-  for (const file of manifest.files) {
-    // the digest in the query: a new version of a file is a new address, never a stale cache
-    const url = new URL(`${file.url}?sha256=${file.sha256}`, site);
-    const bytes = new Uint8Array(await (await fetchOk(url)).arrayBuffer());
-    if (crypto.subtle && await sha256(bytes) !== file.sha256) {  // (no crypto.subtle on plain http)
-      throw new Error(`${file.url} is not the file this build published`);
-    }
-    const target = `/explain/${file.path}`;
+  (await sources).forEach((bytes, i) => {
+    const target = `/explain/${manifest.files[i].path}`;
     pyodide.FS.mkdirTree(target.slice(0, target.lastIndexOf("/")));
     pyodide.FS.writeFile(target, bytes);
-  }
+  });
   const explain = pyodide.runPython(BRIDGE);
   const python = pyodide.runPython("import sys; sys.version.split()[0]");
   return {manifest, explain, python};
