@@ -58,23 +58,35 @@ from .rules import NO_RST_NOTES, PAGES, SILENT_DROP_BONUS, TIES
 __all__ = ["explain", "explain_stream", "ExplainError", "TIES", "PAGES", "verdicts"]
 
 
+_REQUIRES = {slug: frozenset(page.requires) for slug, page in PAGES.items()}
+_SCORED: dict[frozenset, list] = {}   # feature names -> [(slug, score, evidence, against)]: rules
+                                      # depend on names only, and few combinations occur
+
+
+def _score(names: frozenset) -> list:
+    found = _SCORED.get(names)
+    if found is None:
+        found = []
+        for slug, page in PAGES.items():
+            if not _REQUIRES[slug] <= names:
+                continue
+            score = 2 * len(page.requires)
+            evidence, against = list(page.requires), []
+            for feature, points in page.weights.items():
+                if feature in names and feature not in page.requires:
+                    score += points
+                    (evidence if points > 0 else against).append(feature)
+            found.append((slug, score, evidence, against))
+        found.sort(key=lambda v: -v[1])
+        _SCORED[names] = found
+    return found
+
+
 def verdicts(features: dict[str, str]) -> list[dict]:
     """Every page whose required features are all present, best first."""
-    out = []
-    for slug, page in PAGES.items():
-        if not all(f in features for f in page.requires):
-            continue
-        score = 2 * len(page.requires)
-        evidence = [features[f] for f in page.requires]
-        against = []
-        for feature, points in page.weights.items():
-            if feature in features and feature not in page.requires:
-                score += points
-                (evidence if points > 0 else against).append(features[feature])
-        out.append({"slug": slug, "score": score, "packet_name": page.packet,
-                    "evidence": evidence, "against": against})
-    out.sort(key=lambda v: -v["score"])
-    return out
+    return [{"slug": slug, "score": score, "packet_name": PAGES[slug].packet,
+             "evidence": [features[f] for f in evidence], "against": [features[f] for f in against]}
+            for slug, score, evidence, against in _score(frozenset(features))]
 
 
 def _next_steps(tie: list[str]) -> list[str]:
@@ -120,8 +132,7 @@ def _notes(tracker: Tracker) -> list[dict]:
         text, pages = NO_RST_NOTES[kind]
         found = []
         for slug, packet, points, evidence in pages:
-            bonus = sum(SILENT_DROP_BONUS.get(part, {}).get(slug, 0)
-                        for d in details for part in ("answered_before", "+idle") if part in d)
+            bonus = sum(SILENT_DROP_BONUS.get(d, {}).get(slug, 0) for d in details)
             found.append({"slug": slug, "score": points + bonus, "packet_name": packet,
                           "evidence": [evidence], "against": []})
         found.sort(key=lambda v: -v["score"])
@@ -145,8 +156,7 @@ def explain_stream(stream: IO[bytes], name: str = "-") -> Iterator[dict]:
         if not waiting:
             return
         # a RST may be settled before an earlier one still watched: hold it back until then
-        oldest_open = None if final else min(
-            (f.segment.number for c, _ in tracker.conns.values() for f in c.pending), default=None)
+        oldest_open = None if final else tracker.oldest_unsettled()
         for number in sorted(waiting):
             if oldest_open is not None and number > oldest_open:
                 break

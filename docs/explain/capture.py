@@ -204,6 +204,12 @@ def _pcap(stream: IO[bytes], head: bytes, name: str) -> Iterator[Segment]:
                            "(Ethernet, raw IP, Linux cooked, loopback)")
     record = struct.Struct(endian + "IIII")
     decode = _Decoder()
+    names = decode.names
+    addr = decode.addr
+    new = tuple.__new__
+    # the common frame, unpacked in one call: Ethernet, IPv4 without options, TCP
+    fast = _ETH_IPV4_TCP if link == _LINK_ETHERNET else None
+    unpack_record = record.unpack_from
     buf, at = b"", 0
     while True:
         if len(buf) - at < 16:
@@ -214,20 +220,40 @@ def _pcap(stream: IO[bytes], head: bytes, name: str) -> Iterator[Segment]:
                 break
             buf, at = buf[at:] + more, 0
             continue
-        sec, frac, caplen, _ = record.unpack_from(buf, at)
+        sec, frac, caplen, _ = unpack_record(buf, at)
         if caplen > 262144 * 4:
             raise ExplainError(f"{name}: packet {decode.number + 1} claims {caplen} bytes: "
                                "the file is damaged or not a pcap")
-        if len(buf) - at < 16 + caplen:
+        end = at + 16 + caplen
+        if len(buf) < end:
             more = stream.read(max(_CHUNK, caplen + 16))
             if not more:
                 raise _truncated(name, decode.number + 1)
             buf, at = buf[at:] + more, 0
             continue
+        if fast is not None and caplen >= 54 and buf[at + 28:at + 31] == b"\x08\x00\x45":
+            (total, ip_id, frag, ttl, proto, src, dst, sport, dport, seq, ack, off, flags,
+             win) = fast(buf, at + 16)
+            if proto == 6 and not frag & 0x1FFF:
+                decode.number += 1
+                decode.ip_packets += 1
+                hlen = (off >> 4) << 2
+                tcp = at + 50
+                a = names.get(src) or addr(src)
+                b = names.get(dst) or addr(dst)
+                ip_end = at + 30 + total
+                yield new(Segment, (decode.number, sec + frac * scale, a, b, sport, dport, flags, seq,
+                                    ack, win, max(0, min(ip_end, end) - tcp - hlen), ttl, ip_id,
+                                    buf[tcp + 20:min(tcp + hlen, end)], False))
+                at = end
+                continue
         seg = decode.frame(link, buf, at + 16, caplen, sec + frac * scale)
-        at += 16 + caplen
+        at = end
         if seg is not None:
             yield seg
+
+
+_ETH_IPV4_TCP = struct.Struct("!16xHHHBB2x4s4sHHIIBBH").unpack_from
 
 
 def _pcapng(stream: IO[bytes], head: bytes, name: str) -> Iterator[Segment]:

@@ -11,6 +11,7 @@ after it that can change its reading (a challenge ACK, the peer still talking) h
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from typing import Iterator
 
@@ -18,9 +19,11 @@ from .capture import ACK, FIN, RST, SYN, Segment, flag_text, option_names
 
 MOD = 1 << 32
 AFTER_PACKETS = 4          # packets of the same connection watched after a RST
-FORGET_QUIET = 120.0       # seconds of silence after which a closed or reset connection is dropped
+SETTLE_QUIET = 1.0         # ...or seconds of silence after it
+FORGET_QUIET = 4.0         # seconds of silence after which a closed or reset connection is dropped
+                           # (a later segment of it reads as a stray one)
 FORGET_IDLE = 3600.0       # ...and after which any connection is dropped
-SWEEP_EVERY = 4096         # packets between sweeps of quiet connections
+SWEEP_EVERY = 4096         # packets between sweeps (a power of 2)
 
 
 def _before(a: int, b: int) -> bool:
@@ -71,6 +74,8 @@ class Connection:
         self.syn_time = self.synack_time = self.synack_ack = self.handshake_ack = None
         self.synack_again_after_ack = False
         self.midstream = midstream
+        if midstream:
+            self.handshake_ack = seg   # no handshake to watch
         self.idle_max = 0.0   # longest silence before new data so far
         self.first_finding = None
 
@@ -105,34 +110,62 @@ class Tracker:
         self.segments = 0
         self.rsts = 0
         self.count = 0
+        self.watched: deque = deque()     # connections with unsettled findings, oldest first
+        self.closed: deque = deque()      # connections closed or reset, in the order they closed
+        self.unsettled: list[int] = []    # heap of unsettled RSTs' packet numbers
+        self.settled: set[int] = set()    # ...settled, still in the heap
+        self.last_full_sweep = None
 
     # -- per packet ----------------------------------------------------------------------
 
     def add(self, seg: Segment) -> None:
+        number, t, src, dst, sport, dport, flags, seq, ack, win, length, ttl = seg[:12]
         self.segments += 1
-        key = (seg.src, seg.sport, seg.dst, seg.dport)
-        entry = self.conns.get(key)
-        flags = seg.flags
+        entry = self.conns.get((src, sport, dst, dport))
         if entry is None:
-            entry = self._open(seg, key)
+            entry = self._open(seg, (src, sport, dst, dport))
         conn, d = entry
-        me, peer = conn.sides[d], conn.sides[1 - d]
-        t = seg.time
-        gap = t - conn.last
-        if conn.pending:
-            self._watch_after(conn, d, seg)
-        if flags & RST:
-            self._reset(conn, d, seg, gap)
+        me = conn.sides[d]
+        if flags & 0x17 == ACK and seq == me.nxt and not conn.pending and me.ttl == ttl and conn.handshake_ack:
+            # the common case, inline: an in-order ACK or data segment of a known connection
+            peer = conn.sides[1 - d]
+            if length:
+                if not me.retransmits and t - conn.last > conn.idle_max:
+                    conn.idle_max = t - conn.last
+                me.data_packets += 1
+                me.data_bytes += length
+                me.last_data_time = t
+                me.nxt = (seq + length) & 0xFFFFFFFF
+                if not me.timestamps:
+                    me.timestamps = "TS" in option_names(seg.options)
+            una = peer.una_seen
+            if una is None or 0 < (ack - una) & 0xFFFFFFFF < 0x80000000:
+                peer.una_seen = ack
+                if peer.fin_seq is not None:
+                    self._fin_acked(conn, me, peer, ack)
+            me.acks_sent_time = t
+            me.last_ack = ack
+            me.win = win
+        elif flags & RST:
+            if conn.pending:
+                self._watch_after(conn, d, seg)
+            self._reset(conn, d, seg, t - conn.last)
         else:
-            self._update(conn, d, me, peer, seg)
+            if conn.pending:
+                self._watch_after(conn, d, seg)
+            self._update(conn, d, me, conn.sides[1 - d], seg)
         conn.history.append((d, seg))
         conn.last = t
         me.last_time = t
         me.packets += 1
-        self.count += 1
-        if self.count >= SWEEP_EVERY:
-            self.count = 0
+        if not self.segments & (SWEEP_EVERY - 1):
             self._sweep(t)
+
+    def _fin_acked(self, conn: Connection, me: Side, peer: Side, ack: int) -> None:
+        if not peer.fin_acked and ack == (peer.fin_seq + 1) % MOD:
+            peer.fin_acked = True
+            if me.fin_acked:
+                self.closed.append(conn)
 
     def _open(self, seg: Segment, key: tuple) -> tuple[Connection, int]:
         src, dst = Side(seg.src, seg.sport), Side(seg.dst, seg.dport)
@@ -198,10 +231,10 @@ class Tracker:
             me.last_ack = seg.ack
             if peer.una_seen is None or _before(peer.una_seen, seg.ack):
                 peer.una_seen = seg.ack
-            if peer.fin_seq is not None and seg.ack == (peer.fin_seq + 1) % MOD:
-                peer.fin_acked = True
+            if peer.fin_seq is not None:
+                self._fin_acked(conn, me, peer, seg.ack)
         me.win = seg.win
-        if not me.timestamps and (flags & SYN or length):
+        if not me.timestamps and length:
             me.timestamps = "TS" in option_names(seg.options)
 
     def _syn(self, conn: Connection, d: int, me: Side, seg: Segment, seq: int) -> None:
@@ -225,22 +258,26 @@ class Tracker:
             me.isn = seq
 
     def _sweep(self, now: float) -> None:
-        """Hand out findings whose time has come; forget quiet connections."""
-        stale = []
-        seen = set()
-        for key, (conn, d) in self.conns.items():
-            if id(conn) in seen:
-                continue
-            seen.add(id(conn))
-            quiet = now - conn.last
-            if conn.pending and quiet > 1.0:
+        """Hand out findings whose time has come; forget quiet connections. Only the queues
+        of watched and closed connections are walked, oldest first; all connections only
+        once per FORGET_IDLE / 4 of capture time."""
+        watched = self.watched
+        while watched and (not watched[0].pending or now - watched[0].last > SETTLE_QUIET):
+            conn = watched.popleft()
+            if conn.pending:
                 self._settle(conn)
-            a, b = conn.sides
-            closed = conn.resets or (a.fin_acked and b.fin_acked)
-            if quiet > FORGET_IDLE or (closed and quiet > FORGET_QUIET):
-                stale.append(conn)
-        for conn in stale:
-            self._forget(conn)
+        closed = self.closed
+        while closed and now - closed[0].last > FORGET_QUIET:
+            conn = closed.popleft()
+            if (conn.sides[0].addr, conn.sides[0].port, conn.sides[1].addr, conn.sides[1].port) in self.conns:
+                self._forget(conn)
+        if self.last_full_sweep is None:
+            self.last_full_sweep = now
+        elif now - self.last_full_sweep > FORGET_IDLE / 4:
+            self.last_full_sweep = now
+            for conn in {id(c): c for c, _ in self.conns.values()}.values():
+                if now - conn.last > FORGET_IDLE:
+                    self._forget(conn)
 
     def _forget(self, conn: Connection) -> None:
         if conn.pending:
@@ -286,6 +323,8 @@ class Tracker:
             f.earlier = conn.first_finding
         else:
             conn.first_finding = f
+        if not conn.resets:
+            self.closed.append(conn)
         conn.resets.append(seg.number)
         self.reset_times.setdefault((me.addr, me.port), deque(maxlen=8)).append(seg.time)
 
@@ -299,13 +338,20 @@ class Tracker:
         rtt = conn.rtt if conn.rtt is not None else 0.2
         prompt = last is not None and seg.time - last.time <= max(10 * rtt, 0.05)
         answered = None
-        if last is not None and prompt:
-            if not ack and last.flags & ACK and seg.seq == last.ack:
+        if last is not None:
+            # a RST with ACK that acknowledges exactly the peer's last segment answers it, however
+            # late (a filter may take its time); one without ACK only by its seq and promptness
+            if not ack and prompt and last.flags & ACK and seg.seq == last.ack:
                 answered = last
-            elif ack and seg.ack == (last.seq + last.length + (1 if last.flags & (SYN | FIN) else 0)) % MOD:
+            elif ack and seg.ack == (last.seq + last.length + (1 if last.flags & (SYN | FIN) else 0)) % MOD \
+                    and (prompt or last.length or last.flags & (SYN | FIN)):
                 answered = last
+                prompt = True
         self._phase_features(f, conn, d, seg, answered, last, prompt)
+        if not conn.pending:
+            self.watched.append(conn)
         conn.pending.append(f)
+        heapq.heappush(self.unsettled, seg.number)
 
     def _ttl_features(self, f: Finding, seg: Segment) -> None:
         me = f.sender
@@ -501,6 +547,7 @@ class Tracker:
                 f.features["resets_together"] = (f"{f.sender.name()} reset {together} connections within "
                                                  "10 ms: a listener closing its accept queue")
             self.done.append(f)
+            self.settled.add(f.segment.number)
         conn.pending = keep
 
     # -- connections without RST ---------------------------------------------------------
@@ -528,15 +575,19 @@ class Tracker:
         if kind == "silent_drop":
             talker = a if a.retransmits >= 2 else b
             other = b if talker is a else a
-            idle = "answered_before" if other.data_bytes or (other.acks_sent_time or 0) > (conn.synack_time or 0) else ""
-            if _idle(conn, conn.idle_max):
-                idle += "+idle"
+            idle = "answered_before" if other.data_bytes else ""
         entry = self.notes.setdefault(kind, [0, conn.first_number, set()])
         entry[0] += 1
         if idle:
             entry[2].add(idle)
 
     # -- output --------------------------------------------------------------------------
+
+    def oldest_unsettled(self) -> int | None:
+        heap, settled = self.unsettled, self.settled
+        while heap and heap[0] in settled:
+            settled.discard(heapq.heappop(heap))
+        return heap[0] if heap else None
 
     def ready(self) -> list[Finding]:
         out, self.done = self.done, []

@@ -119,8 +119,8 @@ NO_RST_NOTES: dict[str, tuple[str, list[tuple[str, str, int, str]]]] = {
                "accepted and served; no FIN, no RST")]),
 }
 # bonus points for silent drops, by what came before (connections.py's note details)
-SILENT_DROP_BONUS = {"answered_before": {"lb-idle-silent-drop": 1},
-                     "+idle": {"lb-idle-silent-drop": 1}}
+# (the peer had answered with data before the silence: the path worked, then forgot the flow)
+SILENT_DROP_BONUS = {"answered_before": {"lb-idle-silent-drop": 1}}
 
 TIES: list[dict] = [
     {"slugs": ["closed-port", "firewall-reject"],
@@ -134,7 +134,7 @@ TIES: list[dict] = [
      "why": "connect, then close() with SO_LINGER 0 and no data: the same handshake and R. with "
             "the socket's window and timestamps; a health checker is just a client that does it",
      "next": ["find the process that owns the client port (`ss -tnp` while it runs)",
-              "nstat on the client: TcpExtTCPAbortOnClose and TcpExtTCPAbortOnData say which close path"]},
+              "nstat on the client: TcpExtTCPAbortOnData counts a close() with SO_LINGER 0 (__tcp_close)"]},
     {"slugs": ["unread-data-close", "process-killed", "accepted-then-reset", "listener-closed-queue"],
      "why": "data arrives, is acknowledged, and the receiver's socket answers with R. instead of a "
             "response: close() with unread data (__tcp_close), whether the program called it, "
@@ -142,7 +142,8 @@ TIES: list[dict] = [
             "listener closed",
      "next": ["on the server: did the process exit (journal, exit code) or close the socket itself?",
               "`ss -tn` on the server before the close: a non-zero Recv-Q is the unread data",
-              "nstat on the server: TcpExtTCPAbortOnClose counts these resets",
+              "nstat on the server: TcpExtTCPAbortOnClose counts a close() with unread data (__tcp_close); "
+              "a listener closing its queue does not count there",
               "a proxy or port forward in front? its own connection to the backend tells"]},
     {"slugs": ["keepalive-race", "write-after-peer-close"],
      "why": "the sender had sent its FIN and closed; data arriving after it is answered with R "
