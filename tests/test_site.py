@@ -401,6 +401,24 @@ def test_edit_links_follow_the_one_repository_setting() -> None:
         _edit_links(config, "github.com/org/repo")
 
 
+def test_chinese_summaries_gloss_an_errno_with_glibcs_own_text() -> None:
+    """Where a Chinese summary glosses an errno name, ECONNRESET（...）, the Chinese in the
+    gloss (all of it, or the part in quotes) is what glibc prints on a zh_CN system, as
+    recorded from the C library: a reader recognises the text of their own error."""
+    from fieldguide import chinese
+
+    zh = chinese.pages(all_slugs())
+    glosses = [(slug, name, text) for slug, page in zh.items()
+               for name, text in re.findall(r"\b(E[A-Z]+)（([^）]*)）", page["summary"])]
+    assert glosses, "no errno is glossed in chinese.yml"
+    recorded = chinese.glibc_messages(sorted({name for _, name, _ in glosses}))
+    if not recorded["messages"]:
+        pytest.skip(recorded["why"])
+    for slug, name, text in glosses:
+        quoted = re.findall(r"“([^”]*)”", text)
+        assert (quoted[0] if quoted else text) == recorded["messages"][name], (slug, name, text)
+
+
 def test_chinese_readers_get_a_title_a_summary_and_glibcs_own_error_texts(built_site: Path) -> None:
     """Each scenario page opens with its Chinese title and summary; the symptom index gives
     each errno as glibc prints it on a zh_CN system, recorded from the C library, not typed."""
@@ -410,7 +428,7 @@ def test_chinese_readers_get_a_title_a_summary_and_glibcs_own_error_texts(built_
     zh = chinese.pages(slugs)
     for slug in slugs:
         page = html.unescape(page_of(built_site, slug))
-        assert f'<p class="fg-zh" lang="zh-CN"><strong>{zh[slug]["title"]}</strong>' in page, slug
+        assert f'<p class="fg-zh" lang="zh-CN"><strong>{zh[slug]["title"]}</strong><br>{zh[slug]["summary"]}</p>' in page, slug
     recorded = chinese.glibc_messages(["ECONNRESET", "ECONNREFUSED"])
     if not recorded["messages"]:
         pytest.skip(recorded["why"])

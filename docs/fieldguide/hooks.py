@@ -4,11 +4,13 @@ on_config: the notebook's kernel and sharkd (wireshark.py) start; the build wait
            lock), then every recording is loaded and checked (or the build fails, naming
            each scenario) and held, shared, until the build ends; sharkd reads their pcaps
            in a thread; the scenario pages are put in the navigation, grouped by phase;
-on_files: each pcap (and its JSON) is published under /traces/, with the vendored Mermaid;
+on_files: each pcap (and its JSON) is published under /traces/, with the vendored Mermaid,
+          and what the explain page runs: Pyodide and rst_explain's sources (explainer.py);
           the census notebook, executing since on_config, is built last (notebook.py);
 on_pre_page: the notebook's page waits for its execution;
 on_page_markdown: the page's placeholders are expanded (placeholders.py);
-on_post_page: the Mermaid script only on pages that draw a diagram (mermaid.py);
+on_post_page: the Mermaid script only on pages that draw a diagram (mermaid.py), the
+              explain script only on the page that has its form (explainer.py);
 on_post_build / on_build_error: the recordings are let go.
 """
 
@@ -28,7 +30,7 @@ from mkdocs.structure.pages import Page
 from lab.artifact import ArtifactError, Recording, key, locked
 
 from . import chinese as zh
-from . import mermaid, notebook, symptoms, wireshark
+from . import explainer, mermaid, notebook, symptoms, vendor, wireshark
 from .placeholders import PHASE_LABELS, Context, PageError, expand_page
 from .recordings import load_all
 
@@ -109,10 +111,15 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
         for source in (rec.pcap, rec.pcap.with_suffix(".json")):
             files.append(File.generated(config, f"traces/{source.name}", abs_src_path=str(source)))
     try:
-        vendored = mermaid.mermaid_file()
-    except mermaid.MermaidUnavailable as exc:
+        pyodide = explainer.pyodide_files()
+        served = {mermaid.MERMAID_ASSET: mermaid.mermaid_file(), **pyodide}
+        python = explainer.python_files()
+    except vendor.VendorUnavailable as exc:
         raise PluginError(str(exc)) from None
-    files.append(File.generated(config, mermaid.MERMAID_ASSET, abs_src_path=str(vendored)))
+    for path, source in {**served, **python}.items():
+        files.append(File.generated(config, path, abs_src_path=str(source)))
+    pages = explainer.page_index(recordings)
+    files.append(File.generated(config, explainer.MANIFEST, content=explainer.manifest(pyodide, python, pages)))
     census_page = files.get_file_from_path(notebook.SOURCE)
     if census_page is not None:  # built last: every other page is built while it executes
         files.remove(census_page)
@@ -145,7 +152,7 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
 
 
 def on_post_page(output: str, page: Page, config: MkDocsConfig) -> str:
-    return mermaid.where_needed(output, page.url, mermaid_scripts)
+    return explainer.where_needed(mermaid.where_needed(output, page.url, mermaid_scripts), page.url)
 
 
 def _stop_wireshark() -> None:

@@ -115,7 +115,7 @@ def expand_page(markdown: str, ctx: Context, first_line: int = 1) -> str:
     if ctx.slug is not None:
         out = _with_wireshark(out, ctx, where)
         zh = ctx.chinese.get("pages", {}).get(ctx.slug)
-        chinese = (f'<p class="fg-zh" lang="zh-CN"><strong>{render.plain(zh["title"])}</strong>：'
+        chinese = (f'<p class="fg-zh" lang="zh-CN"><strong>{render.plain(zh["title"])}</strong><br>'
                    f'{render.plain(zh["summary"])}</p>\n\n') if zh else ""
         out = (f"# {render.plain(ctx.own.title)}\n\n" + chinese + out.rstrip("\n") + "\n\n"
                + symptoms.you_may_have_seen(ctx.own, ctx.quoted, ctx.src) + "\n")

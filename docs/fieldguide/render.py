@@ -435,8 +435,8 @@ def mermaid(rec: Recording) -> str:
         if p.is_rst:
             lines.append("    rect rgba(229, 57, 53, 0.18)")
         lines.append(f"    {sender}{arrow}{receiver}: {label}")
-        if p.is_rst and ttl_anomaly(rec, p):
-            lines.append(f"    Note over {sender}: {ttl_anomaly(rec, p)}")
+        if p.is_rst and ttl_anomaly(rec, p):  # over the arrow: as wide as it, on a phone too
+            lines.append(f"    Note over {sender},{receiver}: {ttl_anomaly(rec, p)}")
         if p.is_rst:
             lines.append("    end")
     lines.append("```")

@@ -59,11 +59,12 @@ def run(scenario: Scenario, folder: Path) -> dict[str, Any]:
     captures: list[Capture] = []
 
     def start_capture(host: lab_hosts.Host) -> None:  # tcpdump starts while the rest is built
-        captures.append(Capture(host.fd, "eth0", folder / f"{slug}.pcap"))
+        captures.append(Capture(host.fd, "any" if scenario.capture_all_links else "eth0", folder / f"{slug}.pcap"))
 
     built = lab_hosts.build(scenario.hosts, transcript, (scenario.capture_on, start_capture))
     report["hosts"] = {h.name: h.addresses for h in built}
-    report["captured_on"] = f"{scenario.capture_on} eth0"
+    links = [ifname for ifname, _, _ in lab_hosts.address_plan(len(built))[scenario.hosts.index(scenario.capture_on)]]
+    report["captured_on"] = f"{scenario.capture_on} {' and '.join(links) if scenario.capture_all_links else 'eth0'}"
     (capture,) = captures
     before = {h.name: h.counters() for h in built}
     lap("hosts")
