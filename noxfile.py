@@ -40,6 +40,14 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def explain(session: nox.Session) -> None:
+    """For each RST in the captures given (pcap, pcapng, tcpdump text, - for stdin), the pages
+    that explain it: `nox -s explain -- FILE...` (the console script rst-explain)."""
+    _install(session)
+    session.run("rst-explain", *session.posargs)
+
+
+@nox.session
 def docs(session: nox.Session) -> None:
     """Record every scenario fresh and build the site into site/ (--strict), overlapped
     (docs/fieldguide/build.py): the build waits for the recording's end to read it."""

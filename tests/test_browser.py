@@ -1,10 +1,10 @@
 """The built site in a real browser: Debian's chromium, headless, driven by Playwright.
 
 The site (built by the `built_site` fixture from this session's fresh recordings) is
-served on 127.0.0.1. Every page load fails its test on any request that leaves
+served on 127.0.0.1 (the `site_url` fixture, conftest.py). Every page load fails its test on any request that leaves
 localhost and on any console error. The tests also save screenshots under
 build/screenshots/ and the page weight of the home page and the largest scenario page
-under build/page-weight.json.
+under build/page-weight.json (and the explain page's: tests/test_explain_page.py tests it).
 
 Playwright's own browser download does not work here (and is never needed): the tests
 use /usr/bin/chromium (`apt-get install chromium`) and skip, saying why, only where no
@@ -14,12 +14,9 @@ fails instead.
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
-import http.server
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,23 +46,6 @@ Element.prototype.attachShadow = function (init) {
 
 
 # -- fixtures ---------------------------------------------------------------------------------
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # one line per request is noise
-        pass
-
-
-@pytest.fixture(scope="session")
-def site_url(built_site: Path) -> Iterator[str]:
-    """The built site served over HTTP on 127.0.0.1 (search's worker needs http, not file:)."""
-    handler = functools.partial(_QuietHandler, directory=str(built_site))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    thread.join()
-
 
 class Watched:
     """A browser context whose pages may only talk to localhost and must log no error."""
@@ -372,6 +352,7 @@ def test_screenshots(browser: Any, site_url: str, scheme: str, viewport: dict[st
     settled_screenshot(scenario, SCREENSHOTS / f"scenario-{suffix}")
     settled_screenshot(scenario, SCREENSHOTS / f"scenario-trace-{suffix}", at=".fg-trace")
     settled_screenshot(scenario, SCREENSHOTS / f"scenario-diagram-{suffix}", at="div.mermaid")
+    settled_screenshot(scenario, SCREENSHOTS / f"scenario-wireshark-{suffix}", at="h2#wireshark")
     settled_screenshot(scenario, SCREENSHOTS / f"scenario-seen-{suffix}", at="h2#you-may-have-seen")
     symptoms = open_page(watched, f"{site_url}symptoms/")
     settled_screenshot(symptoms, SCREENSHOTS / f"symptoms-{suffix}")
@@ -384,13 +365,18 @@ def largest_scenario(site: Path) -> str:
     return max(SLUGS, key=lambda slug: (site / "scenarios" / slug / "index.html").stat().st_size)
 
 
-def measure(browser: Any, url: str, diagrams: bool) -> dict[str, Any]:
-    """Bytes over the wire (headers + bodies, cache empty) and load timings of one page view."""
+def measure(browser: Any, url: str, diagrams: bool, ready_mark: str | None = None) -> dict[str, Any]:
+    """Bytes over the wire (headers + bodies, cache empty) and load timings of one page view;
+    `ready_mark`: the performance mark a page's script sets when it is ready to use."""
     watched = Watched(browser, viewport=DESKTOP, color_scheme="light")
     started = time.monotonic()
     page = open_page(watched, url)
     if diagrams:
         wait_for_diagrams(page)
+    ready_ms = None
+    if ready_mark:
+        page.wait_for_function(f"performance.getEntriesByName({ready_mark!r}).length > 0", timeout=60000)
+        ready_ms = page.evaluate(f"performance.getEntriesByName({ready_mark!r})[0].startTime")
     page.wait_for_load_state("networkidle")
     rendered_ms = (time.monotonic() - started) * 1000
     timing = page.evaluate("""() => { const n = performance.getEntriesByType('navigation')[0];
@@ -404,8 +390,12 @@ def measure(browser: Any, url: str, diagrams: bool) -> dict[str, Any]:
         by_type[request.resource_type] = by_type.get(request.resource_type, 0) + size
         # what a host that compresses (GitHub Pages gzips text) would send for the same body
         gzipped += len(gzip.compress(request.response().body(), 6)) + sizes["responseHeadersSize"]
+    largest = sorted(watched.finished, key=lambda r: -r.sizes()["responseBodySize"])[:5]
+    largest_sizes = {urlparse(r.url).path: r.sizes()["responseBodySize"] for r in largest}
     watched.close()
     return {"url": urlparse(url).path, "requests": len(watched.finished), "transferred_bytes": total,
+            "largest": largest_sizes,
+            **({"ready_ms": round(ready_ms, 1)} if ready_mark else {}),
             "transferred_bytes_if_gzipped": gzipped,
             "urls": sorted(urlparse(r.url).path for r in watched.finished),
             "bytes_by_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1])),
@@ -420,18 +410,22 @@ def test_page_weight(browser: Any, site_url: str, built_site: Path) -> None:
     figures = {
         "home": measure(browser, site_url, diagrams=False),
         "largest_scenario": {"slug": slug, **measure(browser, f"{site_url}scenarios/{slug}/", diagrams=True)},
+        # Pyodide (CPython in WebAssembly) and rst_explain's sources: ready_ms = until it can explain
+        "explain": measure(browser, f"{site_url}explain/", diagrams=False, ready_mark="fg-explain-ready"),
         "note": ("served from 127.0.0.1 without compression, empty cache; transferred = response"
                  " headers + bodies of every request (search index included once the worker loads it);"
-                 " rendered_ms = navigation until diagrams are drawn and the network is idle (includes Playwright's 500 ms idle window); transferred_bytes_if_gzipped = the same bodies gzipped (-6), as a compressing host (GitHub Pages) would send them"),
+                 " rendered_ms = navigation until diagrams are drawn and the network is idle (includes Playwright's 500 ms idle window); transferred_bytes_if_gzipped = the same bodies gzipped (-6), as a compressing host (GitHub Pages) would send them;"
+                 " ready_ms = navigation start until the page's script marks itself ready (the explain page: Pyodide"
+                 " loaded, rst_explain imported); largest = the five largest response bodies"),
     }
     PAGE_WEIGHT.parent.mkdir(parents=True, exist_ok=True)
     PAGE_WEIGHT.write_text(json.dumps(figures, indent=2) + "\n")
-    for name in ("home", "largest_scenario"):
+    for name in ("home", "largest_scenario", "explain"):
         f = figures[name]
         print(f"{name} {f['url']}: {f['requests']} requests, {f['transferred_bytes'] / 1024:.0f} KiB"
               f" ({f['transferred_bytes_if_gzipped'] / 1024:.0f} KiB gzipped),"
               f" DOMContentLoaded {f['dom_content_loaded_ms']:.0f} ms, load {f['load_ms']:.0f} ms,"
-              f" rendered {f['rendered_ms']:.0f} ms")
+              f" rendered {f['rendered_ms']:.0f} ms" + (f", ready {f['ready_ms']:.0f} ms" if "ready_ms" in f else ""))
     mermaid = [u for u in figures["largest_scenario"]["urls"] if u.endswith("/mermaid.min.js")]
     assert mermaid, "a page with a diagram loads the self-hosted Mermaid"
     assert not [u for u in figures["home"]["urls"] if u.endswith("/mermaid.min.js")], (
@@ -439,6 +433,10 @@ def test_page_weight(browser: Any, site_url: str, built_site: Path) -> None:
     # the home page without Mermaid weighs well under a megabyte; Mermaid alone is 2.8 MB
     assert 0 < figures["home"]["transferred_bytes"] < 1_500_000, figures["home"]["transferred_bytes"]
     assert figures["largest_scenario"]["transferred_bytes"] > 2_800_000
+    # only the explain page loads Pyodide: its WebAssembly is the bulk of that page
+    for name in ("home", "largest_scenario"):
+        assert not [u for u in figures[name]["urls"] if "/pyodide-" in u], f"{name} loads Pyodide"
+    assert any(u.endswith("/pyodide.asm.wasm") for u in figures["explain"]["urls"])
 
 
 # -- citing a packet, seeing a RST ---------------------------------------------------------------

@@ -53,5 +53,7 @@ render.py turns one into Markdown and HTML (pure, unit-tested); placeholders.py 
 one registry of placeholders and expands a page; symptoms.py is the symptom index;
 chinese.py gives Chinese readers each scenario's title and summary (chinese.yml: a new
 scenario needs its entry) and glibc's own Chinese error texts;
-mermaid.py serves Mermaid from the site; hooks.py wires them to MkDocs' events.
+mermaid.py serves Mermaid from the site; wireshark.py has Wireshark's own dissectors
+(one sharkd) read every capture, for each page's section "In Wireshark" (#wireshark,
+inserted before "The exchange"); hooks.py wires them to MkDocs' events.
 """

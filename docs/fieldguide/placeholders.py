@@ -47,6 +47,9 @@ class Context:
     # for Chinese readers (chinese.py): "pages" slug -> {title, summary}; "messages" errno ->
     # glibc's zh_CN text, "by" where it came from, or "why" it is missing
     chinese: dict[str, Any] = field(default_factory=dict)
+    # slug -> what Wireshark said of its capture (wireshark.Views.view, which waits for it); the
+    # build always gives it (tests/test_wireshark.py checks every page), a test may not
+    wireshark: Callable[[str], Any] | None = None
 
     @property
     def own(self) -> Recording:
@@ -110,6 +113,7 @@ def expand_page(markdown: str, ctx: Context, first_line: int = 1) -> str:
 
     out = PLACEHOLDER.sub(expand, markdown)
     if ctx.slug is not None:
+        out = _with_wireshark(out, ctx, where)
         zh = ctx.chinese.get("pages", {}).get(ctx.slug)
         chinese = (f'<p class="fg-zh" lang="zh-CN"><strong>{render.plain(zh["title"])}</strong><br>'
                    f'{render.plain(zh["summary"])}</p>\n\n') if zh else ""
@@ -118,12 +122,32 @@ def expand_page(markdown: str, ctx: Context, first_line: int = 1) -> str:
     return out
 
 
+WIRESHARK_HEADING = "## In Wireshark { #wireshark }"
+BEFORE_WIRESHARK = re.compile(r"^## The exchange\s*$", re.MULTILINE)
+
+
+def _with_wireshark(markdown: str, ctx: Context, where: str) -> str:
+    """The page with its section "In Wireshark" (#wireshark) after the trace's, before "The exchange"."""
+    if ctx.wireshark is None:  # expanded outside a build (the tests of expansion alone)
+        return markdown
+    try:
+        view = ctx.wireshark(ctx.slug)
+    except ValueError as exc:
+        raise PageError(f"{where}docs/{ctx.src}: {exc}") from exc
+    section = (WIRESHARK_HEADING + '\n\n<div class="fg-wireshark" markdown>\n\n' + render.wireshark_view(
+        ctx.own, view, ctx.link(f"traces/{ctx.own.slug}.pcap"), ctx.link("reading-tcpdump.md")) + "\n\n</div>\n\n")
+    found = BEFORE_WIRESHARK.search(markdown)
+    if found is None:
+        raise PageError(f"{where}docs/{ctx.src} has no heading '## The exchange' (the Wireshark view goes before it)")
+    return markdown[:found.start()] + section + markdown[found.start():]
+
+
 def _check_names_against_headings(markdown: str, ctx: Context) -> None:
     """A packet's anchor must not be a section's (#provenance must stay the section)."""
     from pymdownx.slugs import slugify  # the slugify mkdocs.yml gives the table of contents
 
     slug = slugify(case="lower")
-    sections = {slug(m.group(1), "-") for m in HEADING.finditer(markdown)} | {"you-may-have-seen"}
+    sections = {slug(m.group(1), "-") for m in HEADING.finditer(markdown)} | {"you-may-have-seen", "wireshark"}
     taken = sorted(sections & {ctx.own.anchor(p) for p in ctx.own.packets})
     if taken:
         raise PageError(f"scenario {ctx.slug}: docs/{ctx.src}: packet names {', '.join(taken)} are also"
@@ -158,11 +182,14 @@ def _short_answer(ctx: Context, args: list[str]) -> str:
 @placeholder("trace")
 def _trace(ctx: Context, args: list[str]) -> str:
     """{{ trace }}, {{ trace SLUG }} (another scenario's), {{ trace beside SLUG }} (tabs)."""
+    def block(rec: Recording, mine: bool) -> str:
+        return render.trace_block(rec, own_page=mine, pcap_link=ctx.link(f"traces/{rec.slug}.pcap"))
+
     if args[:1] == ["beside"]:
-        return _tabs(ctx.own, ctx.recording(args[1]), lambda r, mine: render.trace_block(r, own_page=mine))
+        return _tabs(ctx.own, ctx.recording(args[1]), block)
     if args:
-        return render.trace_block(ctx.recording(args[0]), own_page=args[0] == ctx.slug)
-    return render.trace_block(ctx.own)
+        return block(ctx.recording(args[0]), args[0] == ctx.slug)
+    return block(ctx.own, True)
 
 
 @placeholder("diagram")

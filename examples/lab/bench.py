@@ -6,6 +6,9 @@
    run(): its own timeouts and delays), and the difference, the lab's share.
 3. The whole catalogue, serial (one at a time) and parallel (all at once),
    against the target: parallel <= 1.3 x slowest scenario + 1 s.
+5. rst-explain against `tcpdump -r FILE -nn` printing the same capture of 1 million packets
+   (bench_explain.py), side by side: target rst-explain <= 3 x tcpdump. Alone:
+   `nox -s bench -- --explain-only`.
 4. What `nox -s docs` runs (`python -m fieldguide.build`: recording every scenario and
    `mkdocs build --strict`, overlapped), against the target: both together <= 5 s.
 
@@ -116,7 +119,23 @@ def measure_docs(recording_target: float, rounds: int = 3) -> dict:
             "recording_target_met": recording <= recording_target}
 
 
+def report_explain() -> dict:
+    from .bench_explain import measure
+    figures = measure(BENCH)
+    print(f"rst-explain on {figures['packets']} packets: {figures['explain_s']:.2f} s "
+          f"({figures['explain_command']}); tcpdump printing it: {figures['tcpdump_s']:.2f} s "
+          f"({figures['tcpdump_command']}); ratio {figures['ratio']:.2f}, target <= "
+          f"{figures['target_ratio']:g}: {'met' if figures['target_met'] else 'MISSED'}")
+    return figures
+
+
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "explain_only", False):
+        figures = report_explain()
+        BENCH.mkdir(parents=True, exist_ok=True)
+        (BENCH / "explain.json").write_text(json.dumps(figures, indent=1) + "\n")
+        print(f"written: {BENCH / 'explain.json'}")
+        return 0
     out = BENCH / "traces"
     slugs = scenarios.all_slugs()
     overhead = measure_overhead(args.rounds, out)
@@ -167,7 +186,7 @@ def main(args: argparse.Namespace) -> int:
                       "parallel_s": round(parallel_wall, 3), "parallel_runs_s": parallel_walls,
                       "slowest": slowest.slug, "slowest_s": round(_own(slowest), 3),
                       "target_s": round(target, 3), "target_met": parallel_wall <= target},
-        "docs": docs, "tracer": tracer,
+        "docs": docs, "tracer": tracer, "explain": report_explain(),
     }
     BENCH.mkdir(parents=True, exist_ok=True)
     (BENCH / "bench.json").write_text(json.dumps(figures, indent=1) + "\n")
