@@ -80,7 +80,7 @@ def recommended(markdown: str) -> list[Recommended]:
         text, kind, attrs = m.group("text"), m.group("kind"), m.group("attrs")
         shows = SHOWS.fullmatch(attrs)
         if kind == "filter" and not shows:
-            raise MarkerError(f"{m.group(0)}: a recommended filter names the packets it shows:"
+            raise MarkerError(f"{m.group(0)}: a recommended filter names the packets it shows, in quotes:"
                               ' { .wireshark-filter shows="NAME ..." }', m.start())
         if kind == "field" and attrs.strip():
             raise MarkerError(f"{m.group(0)}: a field's marker takes nothing more: {{ .wireshark-field }}", m.start())
