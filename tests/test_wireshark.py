@@ -157,3 +157,119 @@ def test_a_missing_sharkd_fails_the_build_naming_its_package(tmp_path: Path) -> 
     assert "sharkd not found" in said and "Debian package tshark" in said and "apt-get install tshark" in said, said[-2000:]
     assert "Traceback" not in said
     assert not (tmp_path / "site" / "index.html").exists()
+
+
+# -- the filters a page's prose recommends (wireshark.recommended) ---------------------------
+
+def marked_pages() -> dict[str, list[wireshark.Recommended]]:
+    return {slug: wireshark.recommended((ROOT / "docs" / "scenarios" / f"{slug}.md").read_text()) for slug in SLUGS}
+
+
+UNMARKED = re.compile(r"`(?:tcp|ip|ipv6|frame|tls|udp|eth|_ws)\.[a-z_][^`]*`(?!\{)")
+
+
+def test_every_wireshark_filter_or_field_in_the_prose_is_marked() -> None:
+    """A filter or field in backticks is checked by the build only when marked: none is left unmarked."""
+    for page in [*(ROOT / "docs").glob("*.md"), *(ROOT / "docs" / "scenarios").glob("*.md")]:
+        assert not UNMARKED.findall(page.read_text()), f"{page.name}: mark it {{ .wireshark-filter shows=... }}"
+    assert sum(r.kind == "filter" for marks in marked_pages().values() for r in marks) >= 19  # as converted
+
+
+@pytest.mark.parametrize("slug", [slug for slug, marks in marked_pages().items() if marks])
+def test_every_recommended_filter_is_shown_with_what_it_matches_here(built_site: Path, recorded_traces: Path,
+                                                                      slug: str) -> None:
+    """Beside each filter, the packets it showed: tshark's answer for the same filter and pcap,
+    and the packets the page names; each field is rendered as inline code."""
+    marks = marked_pages()[slug]
+    page = (built_site / "scenarios" / slug / "index.html").read_text()
+    rendered = re.findall(r'<code class="fg-wireshark-filter">(.*?)</code> <span class="fg-wireshark-shows">'
+                          r"\(in this capture: (.*?)\)</span>", page, re.DOTALL)
+    filters = [r for r in marks if r.kind == "filter"]
+    assert [html.unescape(code) for code, _ in rendered] == [r.text for r in filters]
+    rec = artifact.load(slug, recorded_traces)
+    assert rec.pcap is not None
+    for (_, shown), marked in zip(rendered, filters, strict=True):
+        links = [int(n) for n in re.findall(r'href="#packet-(\d+)"', shown)]
+        frames = [int(r[0]) for r in tshark(rec.pcap, "-Y", marked.text, "-e", "frame.number")]
+        assert links == frames, (slug, marked.text)
+        named = {rec.anchor(p) for p in rec.packets} | {p.name for p in rec.packets if p.name}
+        assert set(marked.shows) <= named
+        assert {rec.anchor(rec.packets[n - 1]) for n in links} <= {rec.anchor(p) for p in rec.packets
+                                                                  if p.name in marked.shows or rec.anchor(p) in marked.shows}
+        assert text_of(shown) == ("no packet" if not links else ", ".join(
+            f"{n} {rec.packets[n - 1].name}" for n in links))
+    fields = re.findall(r'<code class="fg-wireshark-field">(.*?)</code>', page)
+    assert [html.unescape(f) for f in fields] == [r.text for r in marks if r.kind == "field"]
+    assert "wireshark-filter shows" not in page and ".wireshark-field" not in page
+
+
+FILTER_BREAKAGES = {  # closed-port's filter, made wrong: what the build must say
+    "does-not-compile": ('`tcp.flags.rst == 1 && tcp.flags.ack == 1`{ .wireshark-filter shows="server-rst" }',
+                         "Wireshark filter `tcp.flags.rst == 1 && tcp.flags.ack == 1` does not compile:"
+                         ' sharkd\'s check says: Filter invalid - Left side of "==" expression must be a field'
+                         " or function, not tcp.flags.rst."),
+    "misses-its-rst": ('`tcp.flags.reset == 1 && tcp.flags.ack == 0`{ .wireshark-filter shows="server-rst" }',
+                       "Wireshark filter `tcp.flags.reset == 1 && tcp.flags.ack == 0` shows no packet in"
+                       " closed-port.pcap; the page says it shows server-rst: 2 (server-rst)"),
+}
+
+
+@pytest.mark.parametrize("breakage", FILTER_BREAKAGES)
+def test_a_wrong_recommended_filter_fails_the_build_naming_page_and_filter(recorded_traces: Path, tmp_path: Path,
+                                                                          breakage: str) -> None:
+    from test_site import _build  # the build of a copy of docs/, as a reader's edit would be built
+
+    bad, message = FILTER_BREAKAGES[breakage]
+    docs = tmp_path / "copy" / "docs"
+    shutil.copytree(ROOT / "docs", docs)
+    page = docs / "scenarios" / "closed-port.md"
+    source = page.read_text()
+    (good,) = [source[r.start:r.end] for r in wireshark.recommended(source) if r.kind == "filter"]
+    line = source[: source.index(good)].count("\n") + 1
+    page.write_text(source.replace(good, bad, 1))
+    proc = _build(tmp_path, docs)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode != 0, f"the build passed with {bad}"
+    assert f"scenario closed-port: docs/scenarios/closed-port.md, line {line}: {message}" in said, said[-3000:]
+    assert "Traceback" not in said
+    assert not (tmp_path / "site" / "index.html").exists()
+
+
+@pytest.fixture(scope="module")
+def closed_port_view(recorded_traces: Path, tmp_path_factory: pytest.TempPathFactory) -> wireshark.View:
+    """closed-port's view, asked of sharkd with filters that show more, and a field that is not Wireshark's
+    (kept in a cache of its own, beside a traces folder of its own)."""
+    rec = artifact.load("closed-port", recorded_traces)
+    views = wireshark.Views()
+    views.start({"closed-port": rec}, artifact.key(recorded_traces), tmp_path_factory.mktemp("asked") / "traces",
+                {"closed-port": wireshark.Asked(("tcp.flags.reset == 1 || tcp.flags.syn == 1", "tcp"), ("ip.tll",))})
+    return views.view("closed-port")
+
+
+def test_a_filter_that_shows_packets_it_claims_to_exclude_fails_and_so_does_an_unknown_field(
+        recorded_traces: Path, closed_port_view: wireshark.View) -> None:
+    from fieldguide.placeholders import REQUIRED, Context, PageError, expand_page
+
+    rec = artifact.load("closed-port", recorded_traces)
+    ctx = Context("scenarios/closed-port.md", "closed-port", {"closed-port": rec}, [],
+                  wireshark=lambda slug: closed_port_view)
+    page = "".join("{{ " + name + " }}\n" for name in REQUIRED) + "## The exchange\n"
+    fine = page + '`tcp.flags.reset == 1 || tcp.flags.syn == 1`{ .wireshark-filter shows="client-syn server-rst" }\n'
+    assert "(in this capture: [1](#packet-1) client&#45;syn, [2](#packet-2) server&#45;rst)" in expand_page(fine, ctx)
+    wrong = {
+        '`tcp.flags.reset == 1 || tcp.flags.syn == 1`{ .wireshark-filter shows="server-rst" }':
+            "shows 1 (client-syn), 2 (server-rst) in closed-port.pcap; the page says it shows server-rst: 2 (server-rst)",
+        '`tcp`{ .wireshark-filter shows="client-rst" }': "closed-port has no packet named 'client-rst'",
+        "`ip.tll`{ .wireshark-field }": "Wireshark field `ip.tll` is not one of Wireshark's: sharkd's check says:"
+                                        " Field ip.tll not found",
+        "`tcp`{ .wireshark-filter }": "a recommended filter names the packets it shows, in quotes",
+        "`tcp`{.wireshark-filter shows=server-rst}": "a recommended filter names the packets it shows, in quotes",
+        '`tcp` { .wireshark-filter shows="server-rst" }': "a Wireshark marker not in the form",
+        '`tcp.flags.reset == 1`{ .wireshark-filter shows="server-rst" }': "was not asked of Wireshark",
+    }
+    for marker, message in wrong.items():
+        with pytest.raises(PageError, match=re.escape(f"closed-port.md, line {len(REQUIRED) + 3}: ") + ".*"
+                           + re.escape(message)):
+            expand_page(page + "\n" + marker + "\n", ctx)
+    with pytest.raises(PageError, match=re.escape("docs/symptoms.md, line 1: `tcp`: a marked Wireshark filter")):
+        expand_page('`tcp`{ .wireshark-filter shows="" }\n', Context("symptoms.md", None, {}, []))

@@ -80,7 +80,7 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
         held.close()
         raise PluginError(str(exc)) from None
     census[0].recordings_ready.set()
-    wireshark_views[0].start(recordings, key())
+    wireshark_views[0].start(recordings, key(), asked=wireshark.asked_by_pages(Path(config.docs_dir), recordings))
     mermaid_scripts[:] = mermaid.split_scripts(config.extra_javascript)
     groups = []
     for phase, label in PHASE_LABELS.items():

@@ -18,7 +18,7 @@ from lab.artifact import Recording
 from lab.capture import CAPTURE_OPTIONS, FILTER, TEXT_OPTIONS
 from lab.scenarios import PHASES, path_of
 
-from . import render, symptoms
+from . import render, symptoms, wireshark
 from .recordings import example_why
 
 PHASE_LABELS = {"opening": "Opening", "established": "Established", "closing": "Closing",
@@ -111,7 +111,7 @@ def expand_page(markdown: str, ctx: Context, first_line: int = 1) -> str:
         except (LookupError, ValueError, IndexError) as exc:
             raise PageError(f"{where}docs/{ctx.src}, line {line_of(match.start())}: {match.group(0)}: {exc}") from exc
 
-    out = PLACEHOLDER.sub(expand, markdown)
+    out = PLACEHOLDER.sub(expand, _recommended(markdown, ctx, where, line_of))
     if ctx.slug is not None:
         out = _with_wireshark(out, ctx, where)
         zh = ctx.chinese.get("pages", {}).get(ctx.slug)
@@ -140,6 +140,38 @@ def _with_wireshark(markdown: str, ctx: Context, where: str) -> str:
     if found is None:
         raise PageError(f"{where}docs/{ctx.src} has no heading '## The exchange' (the Wireshark view goes before it)")
     return markdown[:found.start()] + section + markdown[found.start():]
+
+
+def _recommended(markdown: str, ctx: Context, where: str, line_of: Callable[[int], int]) -> str:
+    """The page with its marked Wireshark filters and fields (wireshark.recommended) checked against
+    its own capture and rendered; one that does not compile, is not Wireshark's or shows other
+    packets than the page names fails the build, naming the page, the line and the filter."""
+    try:
+        marked = wireshark.recommended(markdown)
+    except wireshark.MarkerError as exc:
+        raise PageError(f"{where}docs/{ctx.src}, line {line_of(exc.offset)}: {exc}") from exc
+    if not marked:
+        return markdown
+    if ctx.slug is None:
+        raise PageError(f"docs/{ctx.src}, line {line_of(marked[0].start)}: `{marked[0].text}`: a marked Wireshark"
+                        " filter or field is checked against the page's own capture: scenario pages only")
+    view = None
+    if ctx.wireshark is not None:
+        try:
+            view = ctx.wireshark(ctx.slug)
+        except ValueError as exc:
+            raise PageError(f"{where}docs/{ctx.src}: {exc}") from exc
+    out, done = [], 0
+    for m in marked:
+        if view is not None:
+            wrong = wireshark.disagreement(ctx.own, view, m)
+            if wrong:
+                raise PageError(f"{where}docs/{ctx.src}, line {line_of(m.start)}: {wrong}")
+        shown = view.recommended[m.text] if view is not None and m.kind == "filter" else None
+        out += [markdown[done:m.start], render.recommended_filter(ctx.own, m.text, shown)
+                if m.kind == "filter" else render.recommended_field(m.text)]
+        done = m.end
+    return "".join(out) + markdown[done:]
 
 
 def _check_names_against_headings(markdown: str, ctx: Context) -> None:

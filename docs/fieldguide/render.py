@@ -556,6 +556,19 @@ def _why_numbers(rec: Recording, p: Packet, f: Frame, tcp_source: str, reading_t
     return "; ".join(w for w in why if w) + "."
 
 
+def recommended_filter(rec: Recording, display_filter: str, shown: list[int] | None) -> str:
+    """A filter the page's prose recommends, as inline code, with what it showed in this
+    capture beside it (None: expanded outside a build, nothing asked)."""
+    code = f'<code class="fg-wireshark-filter">{plain(display_filter)}</code>'
+    if shown is None:
+        return code
+    return f'{code} <span class="fg-wireshark-shows">(in this capture: {_frames_shown(rec, shown)})</span>'
+
+
+def recommended_field(field: str) -> str:
+    return f'<code class="fg-wireshark-field">{plain(field)}</code>'
+
+
 def wireshark_view(rec: Recording, view: View, pcap_link: str, reading_tcpdump: str) -> str:
     """What Wireshark's dissectors said of this capture : the display
     filters with the packets each shows, the Info column, the expert info, and where its
@@ -572,6 +585,9 @@ def wireshark_view(rec: Recording, view: View, pcap_link: str, reading_tcpdump: 
     for display_filter, shown in view.filters.items():
         what = "the RSTs: " if display_filter == RST_FILTER else "the conversation of a RST: "
         out.append(f"| {literal(display_filter)} | {what}{_frames_shown(rec, shown)} |")
+    for display_filter, shown in view.recommended.items():
+        if display_filter not in view.filters:
+            out.append(f"| {literal(display_filter)} | recommended on this page: {_frames_shown(rec, shown)} |")
     out.append("")
     marked = [f for f in view.frames if rec.packets[f.number - 1].is_rst
               or any(e.severity != "Chat" for e in expert_of.get(f.number, []))]

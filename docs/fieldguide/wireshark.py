@@ -4,7 +4,9 @@ One `sharkd` (Wireshark's JSON-RPC front end; Debian package tshark, whose depen
 wireshark-common ships /usr/bin/sharkd) reads every scenario's pcap in turn: the packet
 list's Protocol and Info columns with tcp.seq, tcp.seq_raw, tcp.ack, tcp.ack_raw and
 tcp.stream of each frame, the expert info (its `expert` tap), and which frames each
-display filter of the page shows. It runs with Wireshark's default preferences (an empty
+display filter of the page shows, with the filters the page's prose recommends (marked in
+its Markdown, `recommended()`: each must compile, sharkd's `check`, and show the packets the
+page names) and the fields it names (each must exist). It runs with Wireshark's default preferences (an empty
 configuration folder: a reader's own profile cannot change what the page says).
 
 It starts when the build does (on_config) and reads the pcaps in a thread of its own
@@ -20,25 +22,103 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lab.artifact import TRACES, Recording
+from lab.artifact import TRACES, Packet, Recording
 
 PACKAGE = "tshark"  # its dependency wireshark-common ships /usr/bin/sharkd
 RST_FILTER = "tcp.flags.reset == 1"
 # each frame's fields, as custom columns (sharkd's "FIELD:OCCURRENCE")
 FIELDS = ("tcp.seq", "tcp.seq_raw", "tcp.ack", "tcp.ack_raw", "tcp.stream")
-QUESTIONS = hashlib.sha256(json.dumps([RST_FILTER, FIELDS, "%p", "%i", "expert", 1]).encode()).hexdigest()[:16]
+QUESTIONS = hashlib.sha256(json.dumps([RST_FILTER, FIELDS, "%p", "%i", "expert", 2]).encode()).hexdigest()[:16]
+
+# -- what a page's prose recommends, marked in its Markdown ------------------------------------
+#
+#     `tcp.flags.reset == 1 && tcp.flags.ack == 0`{ .wireshark-filter shows="client-rst" }
+#     `ip.ttl`{ .wireshark-field }
+#
+# A filter is checked against the page's own capture: it must compile, and show exactly the
+# packets named (claim names of build/traces/SLUG.json; a group's name stands for all its
+# packets, NAME-K its K-th; shows="" for none). A field must be one of Wireshark's. Both are rendered as
+# inline code, a filter with what it showed in this capture beside it.
+MARKER = re.compile(r"`(?P<text>[^`\n]+)`\{\s*\.wireshark-(?P<kind>filter|field)(?P<attrs>[^}\n]*)\}")
+MARKED = re.compile(r"\.wireshark-(?:filter|field)\b")  # every one must be part of a MARKER
+SHOWS = re.compile(r'\s+shows="(?P<names>[^"]*)"\s*')
+
+
+@dataclass(frozen=True)
+class Recommended:
+    """One marked filter or field of a page, where it stands in the page's Markdown."""
+
+    kind: str  # "filter" or "field"
+    text: str  # the filter or the field, as Wireshark reads it
+    shows: tuple[str, ...]  # a filter's expected packets, by claim name
+    start: int
+    end: int
+
+
+class MarkerError(ValueError):
+    """A malformed marker; offset: where it is in the Markdown."""
+
+    def __init__(self, message: str, offset: int) -> None:
+        super().__init__(message)
+        self.offset = offset
+
+
+def recommended(markdown: str) -> list[Recommended]:
+    """The page's marked filters and fields, in order; a malformed marker raises MarkerError."""
+    found = []
+    for m in MARKER.finditer(markdown):
+        text, kind, attrs = m.group("text"), m.group("kind"), m.group("attrs")
+        shows = SHOWS.fullmatch(attrs)
+        if kind == "filter" and not shows:
+            raise MarkerError(f"{m.group(0)}: a recommended filter names the packets it shows, in quotes:"
+                              ' { .wireshark-filter shows="NAME ..." }', m.start())
+        if kind == "field" and attrs.strip():
+            raise MarkerError(f"{m.group(0)}: a field's marker takes nothing more: {{ .wireshark-field }}", m.start())
+        if text != text.strip():
+            raise MarkerError(f"{m.group(0)}: no spaces at either end of the {kind}", m.start())
+        found.append(Recommended(kind, text, tuple(shows.group("names").split()) if shows else (), m.start(), m.end()))
+    consumed = [(r.start, r.end) for r in found]
+    for m in MARKED.finditer(markdown):
+        if not any(start <= m.start() < end for start, end in consumed):
+            raise MarkerError(f"a Wireshark marker not in the form `FILTER`{{ .wireshark-filter shows=\"NAME ...\" }}"
+                              " or `FIELD`{ .wireshark-field }, right after the inline code", m.start())
+    return found
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What a page asks of Wireshark about its own capture, besides what every page asks."""
+
+    filters: tuple[str, ...] = ()
+    fields: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, markdown: str) -> Asked:
+        marked = recommended(markdown)
+        return cls(tuple(dict.fromkeys(r.text for r in marked if r.kind == "filter")),
+                   tuple(dict.fromkeys(r.text for r in marked if r.kind == "field")))
 
 
 class WiresharkError(ValueError):
     """Wireshark could not be asked, or its answer does not fit the capture; the message says which."""
+
+
+class Refused(WiresharkError):
+    """sharkd answered with an error; message: its own words."""
+
+    def __init__(self, method: str, params: object, error: object) -> None:
+        super().__init__(f"sharkd refused {method} {params or ''}: {error}")
+        self.said = str(error.get("message", error)) if isinstance(error, dict) else str(error)
 
 
 @dataclass(frozen=True)
@@ -66,6 +146,18 @@ class Expert:
     protocol: str
 
 
+def asked_by_pages(docs_dir: Path, slugs: Iterable[str]) -> dict[str, Asked]:
+    """What each scenario page (docs/scenarios/SLUG.md) asks of its capture besides; a page with a
+    malformed marker asks nothing more here: its expansion fails, saying where."""
+    asked = {}
+    for slug in slugs:
+        try:
+            asked[slug] = Asked.of((docs_dir / "scenarios" / f"{slug}.md").read_text())
+        except (OSError, MarkerError):
+            asked[slug] = Asked()
+    return asked
+
+
 @dataclass(frozen=True)
 class View:
     """What Wireshark said of one capture."""
@@ -74,6 +166,8 @@ class View:
     frames: list[Frame]
     expert: list[Expert]
     filters: dict[str, list[int]]  # display filter -> the frames it shows, as Wireshark applied it
+    recommended: dict[str, list[int]]  # the page's own filters (Asked.filters) -> the frames each shows
+    refused: dict[str, str]  # a filter that does not compile, a field that is not Wireshark's -> what sharkd said
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,7 +175,8 @@ class View:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> View:
         return cls(data["version"], [Frame(**f) for f in data["frames"]], [Expert(**e) for e in data["expert"]],
-                   {k: list(v) for k, v in data["filters"].items()})
+                   {k: list(v) for k, v in data["filters"].items()},
+                   {k: list(v) for k, v in data["recommended"].items()}, dict(data["refused"]))
 
     def frame(self, number: int) -> Frame:
         return self.frames[number - 1]
@@ -136,8 +231,10 @@ class Sharkd:
             raise WiresharkError(f"sharkd ended (exit {self.proc.poll()}) when asked {method}:"
                                  f" {self._stderr.read()[-500:].strip()}")
         reply = json.loads(line)
-        if "error" in reply or reply.get("id") != self._id:
-            raise WiresharkError(f"sharkd refused {method} {params or ''}: {reply.get('error', reply)}")
+        if reply.get("id") != self._id:
+            raise WiresharkError(f"sharkd answered another question than {method} {params or ''}: {reply}")
+        if "error" in reply:
+            raise Refused(method, params, reply["error"])
         return reply["result"]
 
     def version(self) -> str:
@@ -150,7 +247,15 @@ class Sharkd:
             self._columns.update({f"column{i}": f"{name}:0" for i, name in enumerate(FIELDS, start=2)})
         return self._version
 
-    def dissect(self, pcap: Path) -> View:
+    def refusal(self, kind: str, text: str) -> str | None:
+        """What sharkd's `check` says against a display filter ("filter") or a field ("field"); None: fine."""
+        try:
+            self.call("check", {kind: text})
+        except Refused as exc:
+            return exc.said
+        return None
+
+    def dissect(self, pcap: Path, asked: Asked = Asked()) -> View:
         self.version()
         loaded = self.call("load", {"file": str(pcap)})
         self._loads += 1
@@ -168,7 +273,10 @@ class Sharkd:
         for stream in dict.fromkeys(f.stream for f in frames if f.number in filters[RST_FILTER]):
             if stream is not None:
                 filters[stream_filter(stream)] = self.shown(stream_filter(stream))
-        return View(self.version(), frames, expert, filters)
+        refused = {text: said for kind, texts in (("field", asked.fields), ("filter", asked.filters))
+                   for text in texts if (said := self.refusal(kind, text)) is not None}
+        recommended = {f: self.shown(f) for f in asked.filters if f not in refused}
+        return View(self.version(), frames, expert, filters, recommended, refused)
 
     def shown(self, display_filter: str) -> list[int]:
         """The frames the filter shows. sharkd 4.0 keeps each filter's result by its text
@@ -207,32 +315,65 @@ def check(rec: Recording, view: View) -> None:
                              f" the recording's RSTs are packets {resets}")
 
 
+def _packets(rec: Recording, numbers: list[int]) -> str:
+    return ", ".join(f"{n} ({rec.packets[n - 1].name or 'noise'})" for n in numbers) or "no packet"
+
+
+def _named(rec: Recording, name: str) -> list[Packet]:
+    """A claim's packets by its name, or one packet of a group claim by its anchor (NAME-K)."""
+    member = [p for p in rec.packets if p.name and p.name != name and rec.anchor(p) == name]
+    return member or rec.named(name)
+
+
+def disagreement(rec: Recording, view: View, marked: Recommended) -> str | None:
+    """Why what the page says of a marked filter or field is not what Wireshark says of its
+    capture (in a sentence naming the filter); None if it is."""
+    what = f"Wireshark {marked.kind} `{marked.text}`"
+    if marked.text in view.refused:
+        return (f"{what} does not compile: sharkd's check says: {view.refused[marked.text]}"
+                if marked.kind == "filter" else f"{what} is not one of Wireshark's: sharkd's check says:"
+                f" {view.refused[marked.text]}")
+    if marked.kind == "field":
+        return None
+    if marked.text not in view.recommended:
+        return f"{what} was not asked of Wireshark (the build collects the marked filters in on_config)"
+    try:
+        expected = sorted({p.number for name in marked.shows for p in _named(rec, name)})
+    except LookupError as exc:
+        return f"{what}: {exc}"
+    shown = view.recommended[marked.text]
+    if shown != expected:
+        return (f"{what} shows {_packets(rec, shown)} in {rec.slug}.pcap; the page says it shows"
+                f" {' '.join(marked.shows) or 'nothing'}: {_packets(rec, expected)}")
+    return None
+
+
 # -- the cache: build/wireshark/SHA256.json, sealed ------------------------------------------
 
 def cache_folder(traces: Path | None = None) -> Path:
     return (traces or TRACES).parent / "wireshark"
 
 
-def _mac(secret: bytes, digest: str, version: str, view: dict[str, Any]) -> str:
-    message = json.dumps([digest, version, QUESTIONS, view], sort_keys=True).encode()
+def _mac(secret: bytes, digest: str, version: str, asked: Asked, view: dict[str, Any]) -> str:
+    message = json.dumps([digest, version, QUESTIONS, asdict(asked), view], sort_keys=True).encode()
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
-def cached(folder: Path, digest: str, version: str, secret: bytes) -> View | None:
+def cached(folder: Path, digest: str, version: str, asked: Asked, secret: bytes) -> View | None:
     try:
         data = json.loads((folder / f"{digest}.json").read_text())
-        if hmac.compare_digest(data["mac"], _mac(secret, digest, version, data["view"])):
+        if hmac.compare_digest(data["mac"], _mac(secret, digest, version, asked, data["view"])):
             return View.from_json(data["view"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    return None  # none, another Wireshark's, other questions', or not ours: ask again
+    return None  # none, another Wireshark's, other questions' (the page's filters too), or not ours: ask again
 
 
-def keep(folder: Path, digest: str, view: View, secret: bytes) -> None:
+def keep(folder: Path, digest: str, asked: Asked, view: View, secret: bytes) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     data = view.to_json()
     tmp = folder / f".{digest}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"mac": _mac(secret, digest, view.version, data), "view": data}))
+    tmp.write_text(json.dumps({"mac": _mac(secret, digest, view.version, asked, data), "view": data}))
     tmp.replace(folder / f"{digest}.json")
 
 
@@ -246,12 +387,14 @@ class Views:
         self._stopping = threading.Event()
         self.asked = 0  # how many captures sharkd read (the rest came from the cache)
 
-    def start(self, recordings: dict[str, Recording], secret: bytes, traces: Path | None = None) -> None:
+    def start(self, recordings: dict[str, Recording], secret: bytes, traces: Path | None = None,
+              asked: dict[str, Asked] | None = None) -> None:
+        """asked: slug -> what its page asks besides (its recommended filters and fields)."""
         self._done = {slug: threading.Event() for slug in recordings}
-        threading.Thread(target=self._run, args=(recordings, secret, cache_folder(traces)),
+        threading.Thread(target=self._run, args=(recordings, secret, cache_folder(traces), asked or {}),
                          name="wireshark", daemon=True).start()
 
-    def _run(self, recordings: dict[str, Recording], secret: bytes, folder: Path) -> None:
+    def _run(self, recordings: dict[str, Recording], secret: bytes, folder: Path, asked: dict[str, Asked]) -> None:
         try:
             version = self.sharkd.version()
             for slug, rec in recordings.items():
@@ -260,12 +403,13 @@ class Views:
                 assert rec.pcap is not None
                 try:
                     digest = hashlib.sha256(rec.pcap.read_bytes()).hexdigest()
-                    view = cached(folder, digest, version, secret)
+                    questions = asked.get(slug, Asked())
+                    view = cached(folder, digest, version, questions, secret)
                     if view is None:
-                        view = self.sharkd.dissect(rec.pcap)
+                        view = self.sharkd.dissect(rec.pcap, questions)
                         self.asked += 1
                         check(rec, view)
-                        keep(folder, digest, view, secret)
+                        keep(folder, digest, questions, view, secret)
                     else:
                         check(rec, view)
                     self._found[slug] = view
