@@ -28,14 +28,15 @@ from mkdocs.structure.pages import Page
 from lab.artifact import ArtifactError, Recording, locked
 
 from . import chinese as zh
-from . import mermaid, notebook, symptoms
+from . import kernels, mermaid, notebook, symptoms
 from .placeholders import PHASE_LABELS, Context, PageError, expand_page
-from .recordings import load_all
+from .recordings import load_all, stale
 
 log = logging.getLogger("mkdocs.hooks.fieldguide")
 
 recordings: dict[str, Recording] = {}
 quoted: list = []
+matrix: list[kernels.Matrix] = []  # other kernels' fresh recordings (kernels.py), if any
 chinese: dict = {}  # chinese.py: the pages' Chinese titles, glibc's Chinese error texts
 mermaid_scripts: list[str] = []
 census: list[notebook.Execution] = []  # the notebook's execution
@@ -60,6 +61,9 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
         recordings.clear()
         recordings.update(load_all(Path(config.docs_dir)))
         quoted[:] = symptoms.load_quoted()
+        matrix[:] = [kernels.load_matrix(list(recordings), stale)]
+        for name, why in matrix[0].left_out.items():
+            log.warning(f"kernel {name}'s recordings are not used: {why}")
         chinese.clear()
         chinese["pages"] = zh.pages(list(recordings), Path(config.docs_dir) / "fieldguide" / zh.PAGES.name)
         chinese.update(zh.glibc_messages(symptoms.errno_names(recordings)))
@@ -99,6 +103,11 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
         assert rec.pcap is not None
         for source in (rec.pcap, rec.pcap.with_suffix(".json")):
             files.append(File.generated(config, f"traces/{source.name}", abs_src_path=str(source)))
+    for run in (matrix[0].runs if matrix else []):  # other kernels' captures, beside this machine's
+        for rec in run.recordings.values():
+            assert rec.pcap is not None
+            for source in (rec.pcap, rec.pcap.with_suffix(".json")):
+                files.append(File.generated(config, f"traces/{run.name}/{source.name}", abs_src_path=str(source)))
     try:
         vendored = mermaid.mermaid_file()
     except mermaid.MermaidUnavailable as exc:
@@ -129,7 +138,8 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
     source = page.file.content_string  # its front matter (if any) is gone from `markdown`
     first_line = 1 + source.count("\n", 0, max(source.find(markdown[:200]), 0)) if markdown else 1
     try:
-        return expand_page(markdown, Context(src, slug, recordings, quoted, chinese), first_line)
+        return expand_page(markdown, Context(src, slug, recordings, quoted, chinese,
+                                             matrix[0] if matrix else kernels.Matrix([], {})), first_line)
     except PageError as exc:
         raise PluginError(str(exc)) from None
 

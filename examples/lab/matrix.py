@@ -205,9 +205,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         kernels = by_name(args.kernel)
         scenarios.check(args.slugs)
-        found = tools()
         for kernel in kernels:  # every kernel's image is checked before any guest boots
             check_kernel(kernel)
+        found = tools()
     except (MatrixError, scenarios.UnknownScenario) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
