@@ -60,6 +60,7 @@ KERNELS = (
 BOOTED = "lab-matrix: booted"  # the guest's first words: the boot is over
 DONE = "lab-matrix: done"  # its last: the catalogue is over (with the lab's exit status)
 GUEST_MEMORY = "2G"
+GUEST_SLOW = 10  # the lab's start-up waits in an emulated guest (lab/process.py's SLOW)
 GUEST_TIMEOUT = float(os.environ.get("LAB_GUEST_TIMEOUT", 3600))  # seconds, boot and catalogue
 
 
@@ -128,7 +129,7 @@ def record(kernel: Kernel, found: dict[str, str], nice: int = 15, kvm: bool = Fa
     tmp.mkdir()
     # the guest records on its own tmpfs (the runner's Unix sockets cannot be bound on the 9p
     # share: ENXIO), then copies the set into the share, the last step before DONE
-    lab = (f"{shlex.quote(sys.executable)} -m lab run --keep-failed --out \"$out\" "
+    lab = (f"LAB_SLOW={GUEST_SLOW:g} {shlex.quote(sys.executable)} -m lab run --keep-failed --out \"$out\" "
            + " ".join(map(shlex.quote, slugs)))
     script = (f"echo {shlex.quote(BOOTED)}; out=$(mktemp -d /run/lab-matrix.XXXXXX) && {lab}"
               f" && cp -a \"$out\"/. {shlex.quote(str(tmp))}/; echo {shlex.quote(DONE)} $?")

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from . import netns
-from .process import die_with_parent
+from .process import SLOW, die_with_parent
 from .wire import tcpdump_flags
 
 SOCKET = "kernel.sock"  # in each run's folder: the worker's line to the runner's tracer
@@ -47,7 +47,7 @@ FORMATS = {"tcp_send_reset": "tcp/tcp_send_reset", "tcp_receive_reset": "tcp/tcp
            "inet_sock_set_state": "sock/inet_sock_set_state", "inet_sk_error_report": "sock/inet_sk_error_report",
            "kfree_skb": "skb/kfree_skb"}
 TRACEFS = "/sys/kernel/tracing"
-START_TIMEOUT = 20.0
+START_TIMEOUT = 20.0 * SLOW
 PORT = "($P >> 8) | (($P & 0xff) << 8)"  # network to host order, in bpftrace
 
 # The kernel structures the probes read, by the offsets this kernel's BTF gives (pahole,

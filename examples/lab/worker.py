@@ -29,11 +29,12 @@ from . import kernel_events, sandbox, scenarios, tracer
 from .artifact import FOLDER_FILES, Recording, shape_of
 from .capture import Capture, first_packet_time, read_packets, tcpdump_version, trace_text
 from .recording import Transcript
+from .process import SLOW
 from .scenarios import Scenario, load
 from .trace import evaluate
 
 # seconds an example may take to import (its own TIMEOUT starts after); tests shorten it
-IMPORT_TIMEOUT = float(os.environ.get("LAB_IMPORT_TIMEOUT", 20.0))
+IMPORT_TIMEOUT = float(os.environ.get("LAB_IMPORT_TIMEOUT", 20.0)) * SLOW
 STATUS = "worker.json"
 SCENARIO = "scenario.json"  # written once the example is imported: what the runner may quote
 
