@@ -37,7 +37,7 @@ def examples(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Time the lab's own overhead, the whole catalogue and `nox -s docs`, and each other
     kernel's boot and catalogue (`-- --kernels` boots them; `-- --kernels-only`); build/bench/."""
-    session.install("-e", ".[test,matrix]", env={"UV_COMPILE_BYTECODE": "1"})
+    _install(session)
     session.run("python", "-m", "lab", "bench", *session.posargs)
 
 
@@ -46,7 +46,7 @@ def matrix(session: nox.Session) -> None:
     """Record the whole catalogue on each kernel of lab/kernels.py, one guest boot per kernel,
     into build/traces/KERNEL/ (`-- --kernel NAME` for one). Not part of `nox -s docs`: the
     site reuses these recordings while they are fresh."""
-    session.install("-e", ".[test,matrix]", env={"UV_COMPILE_BYTECODE": "1"})
+    _install(session)
     session.run("python", "-m", "lab", "matrix", *session.posargs)
 
 
