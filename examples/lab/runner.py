@@ -30,7 +30,7 @@ from typing import Any
 from . import shapes, tracer, worker
 from .artifact import SUFFIXES, TRACES, Recording, key, locked, seal
 from .preflight import preflight
-from .process import kill_group
+from .process import SLOW, kill_group
 from .scenarios import MAX_TIMEOUT
 from .zygote import Zygote
 
@@ -78,7 +78,7 @@ class Runner:
             try:
                 # the worker dumps its threads' stacks and exits at its own timeout;
                 # this one only catches a worker too stuck to do even that
-                code = child.wait(timeout=worker.IMPORT_TIMEOUT + MAX_TIMEOUT + 10)
+                code = child.wait(timeout=worker.IMPORT_TIMEOUT + MAX_TIMEOUT * SLOW + 10)
             finally:
                 kill_group(child.pid)
         finally:

@@ -170,7 +170,8 @@ def _inside(slug: str, folder: Path) -> int:
         return 1
     (folder / SCENARIO).write_text(json.dumps({"timeout": scenario.timeout}))
     # a hung example: print where every host's thread is stuck, then exit
-    faulthandler.dump_traceback_later(scenario.timeout, exit=True)
+    # (its hosts are built under this watchdog too: stretched in a slow guest, lab/process.py)
+    faulthandler.dump_traceback_later(scenario.timeout * SLOW, exit=True)
     report = run(scenario, folder)
     faulthandler.cancel_dump_traceback_later()
     status["ok"], status["problem"] = judge(scenario, folder, report, started)
