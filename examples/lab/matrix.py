@@ -196,6 +196,10 @@ def _boot(kernel: Kernel, argv: list[str], env: dict[str, str], tmp: Path) -> di
                           f" its console:\n{console}")
     results = json.loads((tmp / RESULTS).read_text())
     (tmp / RESULTS).unlink()
+    if not any(r["recorded"] for r in results["results"].values()):  # the lab's failure, not a finding
+        first = next(iter(results["results"].items()), ("", {"problem": "no scenario ran"}))
+        raise MatrixError(f"kernel {kernel.name}: booted, but no scenario was recorded; {first[0]}:"
+                          f" {first[1]['problem'][:1500]}")
     figures = {"kernel": kernel.name, "release": results["kernel"], "package": kernel.package, "why": kernel.why,
                "recorded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                "emulated": "--disable-kvm" in argv,

@@ -86,7 +86,7 @@ def offsets() -> dict[tuple[str, str], int]:
     """Each LAYOUT member's byte offset in this kernel, from its BTF (pahole)."""
     classes = sorted({c for c, _ in LAYOUT})
     return parse_pahole(subprocess.run(["pahole", "-C", ",".join(classes), "/sys/kernel/btf/vmlinux"],
-                                       capture_output=True, text=True, timeout=10).stdout)
+                                       capture_output=True, text=True, timeout=10 * SLOW).stdout)
 
 
 def parse_pahole(out: str) -> dict[tuple[str, str], int]:
@@ -291,7 +291,7 @@ class Tracer:
     def _launch(self) -> None:
         paths = " ".join(f"{TRACEFS}/events/{FORMATS[e]}/format" for e in EVENTS)
         probe = subprocess.run(_in_tracefs(f"for f in {paths}; do echo \"== $f\"; cat \"$f\" 2>/dev/null; done"),
-                               capture_output=True, text=True, timeout=10)
+                               capture_output=True, text=True, timeout=10 * SLOW)
         if probe.returncode == 3:
             raise RuntimeError(f"tracefs cannot be mounted: {probe.stderr.strip()}")
         formats = dict(re.findall(r"== \S+/events/\w+/(\w+)/format\n(.*?)(?=\n== |\Z)", probe.stdout, re.S))
