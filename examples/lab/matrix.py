@@ -65,6 +65,9 @@ GUEST_SLOW = 10  # the lab's start-up waits and watchdogs in an emulated guest (
 # building past its watchdog (2026-12: all 31 timed out on 6.1 and on 6.12)
 GUEST_JOBS = 4
 GUEST_TIMEOUT = float(os.environ.get("LAB_GUEST_TIMEOUT", 3600))  # seconds, boot and catalogue
+# seconds until the guest's first words: QEMU given something that is not a bootable kernel
+# does not exit, it hangs (a zero-filled image did); the boots measured here took 28-335 s
+BOOT_TIMEOUT = float(os.environ.get("LAB_BOOT_TIMEOUT", 900))
 
 
 class MatrixError(RuntimeError):
@@ -120,7 +123,7 @@ def check_kernel(kernel: Kernel) -> None:
 
 
 def record(kernel: Kernel, found: dict[str, str], nice: int = 15, kvm: bool = False,
-           out: Path | None = None, slugs: tuple[str, ...] = ()) -> dict:
+           out: Path | None = None, slugs: tuple[str, ...] = (), boot_timeout: float = BOOT_TIMEOUT) -> dict:
     """Boot `kernel` once, record the catalogue inside, publish OUT/NAME (default
     build/traces/NAME) whole or not at all; its figures (matrix.json)."""
     check_kernel(kernel)
@@ -142,7 +145,7 @@ def record(kernel: Kernel, found: dict[str, str], nice: int = 15, kvm: bool = Fa
             *([] if kvm else ["--disable-kvm"]), "--exec", script]
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(found["vng"]).parent), os.environ.get("PATH", "")])}
     try:
-        figures = _boot(kernel, argv, env, tmp)
+        figures = _boot(kernel, argv, env, tmp, boot_timeout)
         with locked(base, exclusive=True):  # a build reading build/traces/ sees the old set or the new
             old = base / f".matrix-old-{kernel.name}-{os.getpid()}"
             if final.exists():
@@ -154,7 +157,28 @@ def record(kernel: Kernel, found: dict[str, str], nice: int = 15, kvm: bool = Fa
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _boot(kernel: Kernel, argv: list[str], env: dict[str, str], tmp: Path) -> dict:
+def _kill_guest(proc: subprocess.Popen, tmp: Path, wait: bool = True) -> None:
+    """End vng, virtme-run and QEMU, however the run ends. vng starts virtme-run in a session
+    of its own, out of reach of proc's process group: each of them is found by the run's own
+    share, tmp, on its command line (no other process has that path), and killed by its id."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    marker = str(tmp).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+    if wait:
+        proc.wait()
+
+
+def _boot(kernel: Kernel, argv: list[str], env: dict[str, str], tmp: Path, boot_timeout: float) -> dict:
     """Run the guest; its figures, written into tmp/matrix.json; MatrixError if it failed."""
     started = time.monotonic()
     marks: dict[str, float] = {}
@@ -164,6 +188,13 @@ def _boot(kernel: Kernel, argv: list[str], env: dict[str, str], tmp: Path) -> di
                             text=True, errors="replace", env=env, start_new_session=True)
     timer = threading.Timer(GUEST_TIMEOUT, proc.kill)
     timer.start()
+
+    def not_booted() -> None:  # ends the guest: its output closes, the loop below ends
+        if "booted" not in marks:
+            _kill_guest(proc, tmp, wait=False)
+
+    boot_timer = threading.Timer(boot_timeout, not_booted)
+    boot_timer.start()
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -180,14 +211,13 @@ def _boot(kernel: Kernel, argv: list[str], env: dict[str, str], tmp: Path) -> di
         code = proc.wait()
     finally:
         timer.cancel()
-        try:  # vng, virtme-run and QEMU: the whole group (an interrupted run leaves no guest)
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+        boot_timer.cancel()
+        _kill_guest(proc, tmp)
     console = "\n".join(f"    {line}" for line in tail)
     if "booted" not in marks:
-        raise MatrixError(f"kernel {kernel.name} did not boot ({kernel.image}; vng exited {code}); the end of"
+        how = (f"no word from it in {boot_timeout:g} s" if time.monotonic() - started >= boot_timeout
+               else f"vng exited {code}")
+        raise MatrixError(f"kernel {kernel.name} did not boot ({kernel.image}; {how}); the end of"
                           f" its console:\n{console}")
     if "done" not in marks or status != "0" or not (tmp / RESULTS).is_file():
         why = (f"timed out after {GUEST_TIMEOUT:g} s" if "done" not in marks and time.monotonic() - started >= GUEST_TIMEOUT
