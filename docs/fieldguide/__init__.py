@@ -45,7 +45,10 @@ How to write a scenario page
    "Spot it in production", "Fix or avoid", "The example", "Provenance"; "You may have
    seen" is added at the end.
 
-Other pages may use {{ scenario_index }} (home), {{ symptom_index }},
+Every scenario page also gets a "Kernels" section (#kernels, kernels.py): how the scenario
+went on the other kernels `nox -s matrix` recorded, explained from kernel_notes.yml.
+
+Other pages may use {{ scenario_index }} (home), {{ symptom_index }}, {{ kernel_matrix }},
 {{ tcpdump_line SLUG NAME }} (one recorded line with its fields) and {{ trace SLUG }}.
 
 The modules: recordings.py loads and checks every recording (lab.artifact's schema);

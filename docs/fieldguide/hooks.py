@@ -30,14 +30,15 @@ from mkdocs.structure.pages import Page
 from lab.artifact import ArtifactError, Recording, key, locked
 
 from . import chinese as zh
-from . import explainer, mermaid, notebook, symptoms, vendor, wireshark
+from . import explainer, kernels, mermaid, notebook, symptoms, vendor, wireshark
 from .placeholders import PHASE_LABELS, Context, PageError, expand_page
-from .recordings import load_all
+from .recordings import load_all, stale
 
 log = logging.getLogger("mkdocs.hooks.fieldguide")
 
 recordings: dict[str, Recording] = {}
 quoted: list = []
+matrix: list[kernels.Matrix] = []  # other kernels' fresh recordings (kernels.py), if any
 chinese: dict = {}  # chinese.py: the pages' Chinese titles, glibc's Chinese error texts
 mermaid_scripts: list[str] = []
 census: list[notebook.Execution] = []  # the notebook's execution
@@ -69,6 +70,9 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
         recordings.clear()
         recordings.update(load_all(Path(config.docs_dir)))
         quoted[:] = symptoms.load_quoted()
+        matrix[:] = [kernels.load_matrix(list(recordings), stale)]
+        for name, why in matrix[0].left_out.items():
+            log.warning(f"kernel {name}'s recordings are not used: {why}")
         chinese.clear()
         own = Path(config.docs_dir) / "fieldguide" / zh.PAGES.name
         chinese["pages"] = zh.pages(list(recordings), own)
@@ -112,6 +116,11 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
         assert rec.pcap is not None
         for source in (rec.pcap, rec.pcap.with_suffix(".json")):
             files.append(File.generated(config, f"traces/{source.name}", abs_src_path=str(source)))
+    for run in (matrix[0].runs if matrix else []):  # other kernels' captures, beside this machine's
+        for rec in run.recordings.values():
+            assert rec.pcap is not None
+            for source in (rec.pcap, rec.pcap.with_suffix(".json")):
+                files.append(File.generated(config, f"traces/{run.name}/{source.name}", abs_src_path=str(source)))
     try:
         pyodide = explainer.pyodide_files()
         served = {mermaid.MERMAID_ASSET: mermaid.mermaid_file(), **pyodide}
@@ -148,7 +157,8 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
     first_line = 1 + source.count("\n", 0, max(source.find(markdown[:200]), 0)) if markdown else 1
     try:
         views = wireshark_views[0].view if wireshark_views else None
-        return expand_page(markdown, Context(src, slug, recordings, quoted, chinese, views), first_line)
+        return expand_page(markdown, Context(src, slug, recordings, quoted, chinese, views,
+                                             matrix[0] if matrix else kernels.Matrix([], {})), first_line)
     except PageError as exc:
         raise PluginError(str(exc)) from None
 

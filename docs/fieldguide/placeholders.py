@@ -18,7 +18,7 @@ from lab.artifact import Recording
 from lab.capture import CAPTURE_OPTIONS, FILTER, TEXT_OPTIONS
 from lab.scenarios import PHASES, path_of
 
-from . import render, symptoms, wireshark
+from . import kernels, render, symptoms, wireshark
 from .recordings import example_why
 
 PHASE_LABELS = {"opening": "Opening", "established": "Established", "closing": "Closing",
@@ -50,6 +50,8 @@ class Context:
     # slug -> what Wireshark said of its capture (wireshark.Views.view, which waits for it); the
     # build always gives it (tests/test_wireshark.py checks every page), a test may not
     wireshark: Callable[[str], Any] | None = None
+    # other kernels' recordings of the scenarios (kernels.py): each page's Kernels section
+    matrix: kernels.Matrix = field(default_factory=lambda: kernels.Matrix([], {}))
 
     @property
     def own(self) -> Recording:
@@ -118,6 +120,7 @@ def expand_page(markdown: str, ctx: Context, first_line: int = 1) -> str:
         chinese = (f'<p class="fg-zh" lang="zh-CN"><strong>{render.plain(zh["title"])}</strong><br>'
                    f'{render.plain(zh["summary"])}</p>\n\n') if zh else ""
         out = (f"# {render.plain(ctx.own.title)}\n\n" + chinese + out.rstrip("\n") + "\n\n"
+               + kernels.section(ctx.own, ctx.matrix, kernels.load_notes()) + "\n"
                + symptoms.you_may_have_seen(ctx.own, ctx.quoted, ctx.src) + "\n")
     return out
 
@@ -179,7 +182,7 @@ def _check_names_against_headings(markdown: str, ctx: Context) -> None:
     from pymdownx.slugs import slugify  # the slugify mkdocs.yml gives the table of contents
 
     slug = slugify(case="lower")
-    sections = {slug(m.group(1), "-") for m in HEADING.finditer(markdown)} | {"you-may-have-seen", "wireshark"}
+    sections = {slug(m.group(1), "-") for m in HEADING.finditer(markdown)} | {"you-may-have-seen", "wireshark", "kernels"}
     taken = sorted(sections & {ctx.own.anchor(p) for p in ctx.own.packets})
     if taken:
         raise PageError(f"scenario {ctx.slug}: docs/{ctx.src}: packet names {', '.join(taken)} are also"
@@ -297,6 +300,12 @@ def _scenario_index(ctx: Context, args: list[str]) -> str:
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
+
+
+@placeholder("kernel_matrix")
+def _kernel_matrix(ctx: Context, args: list[str]) -> str:
+    """{{ kernel_matrix }}: every scenario down, every kernel recorded across (kernels.py)."""
+    return kernels.table(ctx.recordings, ctx.matrix, ctx.link)
 
 
 @placeholder("symptom_index")
