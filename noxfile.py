@@ -5,6 +5,7 @@
     nox -s examples -- --update SLUG         accept a changed shape into examples/shapes/
     nox -s examples -- --repeat 50 SLUG      record N times; fails if the trace's shape varies
     nox -s docs                              record every scenario and build site/ (--strict)
+    nox -s matrix                            record every scenario on each other kernel (lab/kernels.py)
     nox -s site                              build site/ from build/traces/ (what the tests recorded)
     nox -s serve                             preview the site from the traces in build/traces/
 
@@ -34,9 +35,27 @@ def examples(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Time the lab's own overhead, the whole catalogue and `nox -s docs`; figures in build/bench/."""
+    """Time the lab's own overhead, the whole catalogue and `nox -s docs`, and each other
+    kernel's boot and catalogue (`-- --kernels` boots them; `-- --kernels-only`); build/bench/."""
     _install(session)
     session.run("python", "-m", "lab", "bench", *session.posargs)
+
+
+@nox.session
+def explain(session: nox.Session) -> None:
+    """For each RST in the captures given (pcap, pcapng, tcpdump text, - for stdin), the pages
+    that explain it: `nox -s explain -- FILE...` (the console script rst-explain)."""
+    _install(session)
+    session.run("rst-explain", *session.posargs)
+
+
+@nox.session
+def matrix(session: nox.Session) -> None:
+    """Record the whole catalogue on each kernel of lab/kernels.py, one guest boot per kernel,
+    into build/traces/KERNEL/ (`-- --kernel NAME` for one). Not part of `nox -s docs`: the
+    site reuses these recordings while they are fresh."""
+    _install(session)
+    session.run("python", "-m", "lab", "matrix", *session.posargs)
 
 
 @nox.session

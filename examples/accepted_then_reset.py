@@ -90,11 +90,12 @@ def claims(trace):
     trace.kernel_check("the proxy host's kernel sent two RSTs, both for TCP_ABORT_ON_CLOSE, from closed sockets",
                         "tcp_send_reset", lambda: [(e["reason"], e["state"]) for e in sent]
                         == [("TCP_ABORT_ON_CLOSE", "TCP_CLOSE")] * 2,
-                        ", ".join(f"{e['reason']} in {e['state']}" for e in sent) or "no event")
+                        ", ".join(f"{e['reason']} in {e['state']}" for e in sent) or "no event",
+                        reason="TCP_ABORT_ON_CLOSE")
     refused = [e for e in trace.events if e["event"] == "tcp_send_reset" and e["host"] == "container"]
     trace.kernel_check("the container's kernel refused the proxy's two SYNs for NO_SOCKET", "tcp_send_reset",
                         lambda: [e["reason"] for e in refused] == ["NO_SOCKET"] * 2,
-                        ", ".join(e["reason"] for e in refused) or "no event")
+                        ", ".join(str(e["reason"]) for e in refused) or "no event", reason="NO_SOCKET")
     trace.counter("server", "TcpExtTCPAbortOnClose", 2,
                   what="the proxy host counts two connections aborted on close with unread data")
     trace.counter("container", "TcpOutRsts", 2, what="the container's kernel refused the proxy's two SYNs")

@@ -1,10 +1,10 @@
 """The built site in a real browser: Debian's chromium, headless, driven by Playwright.
 
 The site (built by the `built_site` fixture from this session's fresh recordings) is
-served on 127.0.0.1. Every page load fails its test on any request that leaves
+served on 127.0.0.1 (the `site_url` fixture, conftest.py). Every page load fails its test on any request that leaves
 localhost and on any console error. The tests also save screenshots under
 build/screenshots/ and the page weight of the home page and the largest scenario page
-under build/page-weight.json.
+under build/page-weight.json (and the explain page's: tests/test_explain_page.py tests it).
 
 Playwright's own browser download does not work here (and is never needed): the tests
 use /usr/bin/chromium (`apt-get install chromium`) and skip, saying why, only where no
@@ -14,12 +14,9 @@ fails instead.
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
-import http.server
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,23 +46,6 @@ Element.prototype.attachShadow = function (init) {
 
 
 # -- fixtures ---------------------------------------------------------------------------------
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # one line per request is noise
-        pass
-
-
-@pytest.fixture(scope="session")
-def site_url(built_site: Path) -> Iterator[str]:
-    """The built site served over HTTP on 127.0.0.1 (search's worker needs http, not file:)."""
-    handler = functools.partial(_QuietHandler, directory=str(built_site))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    thread.join()
-
 
 class Watched:
     """A browser context whose pages may only talk to localhost and must log no error."""
@@ -165,6 +145,38 @@ def wait_for_diagrams(page: Any) -> None:
         timeout=15000)
 
 
+# Where each diagram's markers (a packet's numbered circle at an arrow's start, the arrow head
+# or a RST's x at its end) are drawn, against the box of every label: the labels they cross.
+# A marker is scaled by its line's stroke width (markerUnits="strokeWidth", Mermaid's) and
+# drawn on a horizontal line (a sequence diagram's), flipped for an arrow pointing left.
+MARKERS_OVER_LABELS = """() => [...document.querySelectorAll('div.mermaid')].flatMap(host => {
+  const svg = host.shadowRoot.querySelector('svg');
+  const drawn = [];
+  for (const line of svg.querySelectorAll('line[marker-start], line[marker-end]')) {
+    const scale = parseFloat(getComputedStyle(line).strokeWidth);
+    const [x1, y1, x2] = ['x1', 'y1', 'x2'].map(a => parseFloat(line.getAttribute(a)));
+    const dir = x2 < x1 ? -1 : 1;
+    for (const [attr, x] of [['marker-start', x1], ['marker-end', x2]]) {
+      const id = (line.getAttribute(attr) || '').match(/#([^)]+)/);
+      if (!id) continue;
+      const marker = svg.querySelector('marker#' + CSS.escape(id[1]));
+      const units = marker.getAttribute('markerUnits') === 'userSpaceOnUse' ? 1 : scale;
+      const shape = marker.firstElementChild.getBBox();
+      const [rx, ry] = ['refX', 'refY'].map(a => parseFloat(marker.getAttribute(a)));
+      const xs = [shape.x, shape.x + shape.width].map(v => x + dir * (v - rx) * units);
+      const ys = [shape.y, shape.y + shape.height].map(v => y1 + (v - ry) * units);
+      drawn.push({marker: id[1], left: Math.min(...xs), right: Math.max(...xs), top: Math.min(...ys),
+                  bottom: Math.max(...ys)});
+    }
+  }
+  return [...svg.querySelectorAll('text.messageText, text.noteText, text.actor')].flatMap(text => {
+    const b = text.getBBox();
+    return drawn.filter(m => m.left < b.x + b.width && m.right > b.x && m.top < b.y + b.height && m.bottom > b.y)
+                .map(m => `${m.marker} over "${text.textContent}"`);
+  });
+})"""
+
+
 def recording(slug: str) -> dict[str, Any]:
     return json.loads((TRACES / f"{slug}.json").read_text())
 
@@ -200,6 +212,7 @@ def test_scenario_page_shows_its_recording(watched: Watched, site_url: str, slug
     svg_text = diagram.locator("svg").first.text_content()
     for participant in data["hosts"]:
         assert participant in svg_text
+    assert page.evaluate(MARKERS_OVER_LABELS) == [], "an arrow's marker is drawn over a label"
 
     # the outcomes table: every call each application made, with what it got
     outcomes = page.locator("h2#what-each-application-saw ~ div.md-typeset__scrollwrap table, "
@@ -346,6 +359,7 @@ def test_screenshots(browser: Any, site_url: str, scheme: str, viewport: dict[st
     settled_screenshot(scenario, SCREENSHOTS / f"scenario-{suffix}")
     settled_screenshot(scenario, SCREENSHOTS / f"scenario-trace-{suffix}", at=".fg-trace")
     settled_screenshot(scenario, SCREENSHOTS / f"scenario-diagram-{suffix}", at="div.mermaid")
+    settled_screenshot(scenario, SCREENSHOTS / f"scenario-wireshark-{suffix}", at="h2#wireshark")
     settled_screenshot(scenario, SCREENSHOTS / f"scenario-seen-{suffix}", at="h2#you-may-have-seen")
     symptoms = open_page(watched, f"{site_url}symptoms/")
     settled_screenshot(symptoms, SCREENSHOTS / f"symptoms-{suffix}")
@@ -358,13 +372,18 @@ def largest_scenario(site: Path) -> str:
     return max(SLUGS, key=lambda slug: (site / "scenarios" / slug / "index.html").stat().st_size)
 
 
-def measure(browser: Any, url: str, diagrams: bool) -> dict[str, Any]:
-    """Bytes over the wire (headers + bodies, cache empty) and load timings of one page view."""
+def measure(browser: Any, url: str, diagrams: bool, ready_mark: str | None = None) -> dict[str, Any]:
+    """Bytes over the wire (headers + bodies, cache empty) and load timings of one page view;
+    `ready_mark`: the performance mark a page's script sets when it is ready to use."""
     watched = Watched(browser, viewport=DESKTOP, color_scheme="light")
     started = time.monotonic()
     page = open_page(watched, url)
     if diagrams:
         wait_for_diagrams(page)
+    ready_ms = None
+    if ready_mark:
+        page.wait_for_function(f"performance.getEntriesByName({ready_mark!r}).length > 0", timeout=60000)
+        ready_ms = page.evaluate(f"performance.getEntriesByName({ready_mark!r})[0].startTime")
     page.wait_for_load_state("networkidle")
     rendered_ms = (time.monotonic() - started) * 1000
     timing = page.evaluate("""() => { const n = performance.getEntriesByType('navigation')[0];
@@ -378,8 +397,12 @@ def measure(browser: Any, url: str, diagrams: bool) -> dict[str, Any]:
         by_type[request.resource_type] = by_type.get(request.resource_type, 0) + size
         # what a host that compresses (GitHub Pages gzips text) would send for the same body
         gzipped += len(gzip.compress(request.response().body(), 6)) + sizes["responseHeadersSize"]
+    largest = sorted(watched.finished, key=lambda r: -r.sizes()["responseBodySize"])[:5]
+    largest_sizes = {urlparse(r.url).path: r.sizes()["responseBodySize"] for r in largest}
     watched.close()
     return {"url": urlparse(url).path, "requests": len(watched.finished), "transferred_bytes": total,
+            "largest": largest_sizes,
+            **({"ready_ms": round(ready_ms, 1)} if ready_mark else {}),
             "transferred_bytes_if_gzipped": gzipped,
             "urls": sorted(urlparse(r.url).path for r in watched.finished),
             "bytes_by_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1])),
@@ -394,18 +417,22 @@ def test_page_weight(browser: Any, site_url: str, built_site: Path) -> None:
     figures = {
         "home": measure(browser, site_url, diagrams=False),
         "largest_scenario": {"slug": slug, **measure(browser, f"{site_url}scenarios/{slug}/", diagrams=True)},
+        # Pyodide (CPython in WebAssembly) and rst_explain's sources: ready_ms = until it can explain
+        "explain": measure(browser, f"{site_url}explain/", diagrams=False, ready_mark="fg-explain-ready"),
         "note": ("served from 127.0.0.1 without compression, empty cache; transferred = response"
                  " headers + bodies of every request (search index included once the worker loads it);"
-                 " rendered_ms = navigation until diagrams are drawn and the network is idle (includes Playwright's 500 ms idle window); transferred_bytes_if_gzipped = the same bodies gzipped (-6), as a compressing host (GitHub Pages) would send them"),
+                 " rendered_ms = navigation until diagrams are drawn and the network is idle (includes Playwright's 500 ms idle window); transferred_bytes_if_gzipped = the same bodies gzipped (-6), as a compressing host (GitHub Pages) would send them;"
+                 " ready_ms = navigation start until the page's script marks itself ready (the explain page: Pyodide"
+                 " loaded, rst_explain imported); largest = the five largest response bodies"),
     }
     PAGE_WEIGHT.parent.mkdir(parents=True, exist_ok=True)
     PAGE_WEIGHT.write_text(json.dumps(figures, indent=2) + "\n")
-    for name in ("home", "largest_scenario"):
+    for name in ("home", "largest_scenario", "explain"):
         f = figures[name]
         print(f"{name} {f['url']}: {f['requests']} requests, {f['transferred_bytes'] / 1024:.0f} KiB"
               f" ({f['transferred_bytes_if_gzipped'] / 1024:.0f} KiB gzipped),"
               f" DOMContentLoaded {f['dom_content_loaded_ms']:.0f} ms, load {f['load_ms']:.0f} ms,"
-              f" rendered {f['rendered_ms']:.0f} ms")
+              f" rendered {f['rendered_ms']:.0f} ms" + (f", ready {f['ready_ms']:.0f} ms" if "ready_ms" in f else ""))
     mermaid = [u for u in figures["largest_scenario"]["urls"] if u.endswith("/mermaid.min.js")]
     assert mermaid, "a page with a diagram loads the self-hosted Mermaid"
     assert not [u for u in figures["home"]["urls"] if u.endswith("/mermaid.min.js")], (
@@ -413,6 +440,10 @@ def test_page_weight(browser: Any, site_url: str, built_site: Path) -> None:
     # the home page without Mermaid weighs well under a megabyte; Mermaid alone is 2.8 MB
     assert 0 < figures["home"]["transferred_bytes"] < 1_500_000, figures["home"]["transferred_bytes"]
     assert figures["largest_scenario"]["transferred_bytes"] > 2_800_000
+    # only the explain page loads Pyodide: its WebAssembly is the bulk of that page
+    for name in ("home", "largest_scenario"):
+        assert not [u for u in figures[name]["urls"] if "/pyodide-" in u], f"{name} loads Pyodide"
+    assert any(u.endswith("/pyodide.asm.wasm") for u in figures["explain"]["urls"])
 
 
 # -- citing a packet, seeing a RST ---------------------------------------------------------------
@@ -461,10 +492,14 @@ def test_rsts_are_marked_in_the_diagram_in_either_palette(browser: Any, site_url
     title = page.evaluate(f"({svg}.querySelector('title') || {{}}).textContent")
     description = page.evaluate(f"({svg}.querySelector('desc') || {{}}).textContent")
     assert title and slug in title and description and "RSTs:" in description
+    # the x and the arrow stand out from the band in either palette (Mermaid draws the x black)
+    contrast = page.evaluate(RST_ARROW_CONTRAST)
+    assert len(contrast) >= 1 + len(rsts) and min(contrast) >= 3.0, contrast
     watched.close()
 
 
-CONTRAST = """() => {
+# WCAG contrast of CSS colours: parse, composite a translucent colour over its background
+COLOUR_MATH = """
   const parse = c => { const m = c.match(/rgba?\\(([^)]+)\\)/)[1].split(',').map(Number);
                        return {r: m[0], g: m[1], b: m[2], a: m.length > 3 ? m[3] : 1}; };
   const lum = ({r, g, b}) => { const f = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
@@ -473,11 +508,23 @@ CONTRAST = """() => {
                              b: fg.b * fg.a + bg.b * (1 - fg.a)});
   const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
   const page = parse(getComputedStyle(document.body).backgroundColor);
+"""
+
+CONTRAST = """() => {""" + COLOUR_MATH + """
   const code = over(parse(getComputedStyle(document.querySelector('.fg-trace pre')).backgroundColor), page);
   const number = document.querySelector('.fg-packet-number');
   const target = document.querySelector('.fg-packet:target, .fg-packet:has(.fg-anchor:target)');
   return {number: ratio(over(parse(getComputedStyle(number, '::before').color), code), code),
           outline: ratio(over(parse(getComputedStyle(target).outlineColor), code), code)};
+}"""
+
+# each RST's arrow and the x that ends it, against the tinted band they are drawn in
+RST_ARROW_CONTRAST = """() => {""" + COLOUR_MATH + """
+  const svg = document.querySelector('div.mermaid').shadowRoot.querySelector('svg');
+  const band = over(parse(getComputedStyle(svg.querySelector('rect.rect')).fill), page);
+  const cross = [...svg.querySelectorAll('marker#crosshead path')].map(p => getComputedStyle(p).stroke);
+  const arrows = [...svg.querySelectorAll('line[marker-end*="crosshead"]')].map(l => getComputedStyle(l).stroke);
+  return [...cross, ...arrows].map(c => ratio(over(parse(c), band), band));
 }"""
 
 
@@ -493,14 +540,93 @@ def test_packet_numbers_and_the_opened_packet_are_legible(browser: Any, site_url
     watched.close()
 
 
-def test_a_phone_reader_is_told_the_diagram_scrolls(browser: Any, site_url: str) -> None:
+PHONE_PAGE = """() => {
+  const box = document.querySelector('.fg-diagram');
+  const svg = box.querySelector('div.mermaid').shadowRoot.querySelector('svg');
+  const column = box.getBoundingClientRect();
+  const scale = svg.getBoundingClientRect().width / svg.viewBox.baseVal.width;
+  const outside = [...svg.querySelectorAll('rect.actor, line.actor-line, text.messageText, .noteText')]
+    .filter(e => { const r = e.getBoundingClientRect();
+                   return r.left < Math.max(column.left, 0) - 0.5 || r.right > Math.min(column.right, innerWidth) + 0.5; })
+    .map(e => e.textContent || e.getAttribute('class'));
+  const sizes = [...svg.querySelectorAll('text.messageText')].map(t => parseFloat(getComputedStyle(t).fontSize) * scale);
+  return {scrolls: box.scrollWidth > box.clientWidth, outside, smallest: Math.min(...sizes),
+          lifelines: svg.querySelectorAll('line.actor-line').length};
+}"""
+
+
+# every table of the page's content: does it scroll sideways, and is any cell off screen or,
+# shown row by row (docs/assets/tables.js), without its column's header
+PHONE_TABLES = """() => [...document.querySelectorAll(
+    '.md-content .md-typeset table:not([class]), .md-content .jupyter-wrapper table.dataframe')].flatMap(table => {
+  const box = table.closest('.md-typeset__scrollwrap') || table.parentElement;
+  const headers = [...table.querySelectorAll('thead th')].map(th => th.textContent.trim());
+  const problems = [];
+  if (box.scrollWidth > box.clientWidth + 1) problems.push(`scrolls sideways: ${headers.join(' | ')}`);
+  for (const cell of table.querySelectorAll('tbody td')) {
+    const r = cell.getBoundingClientRect();
+    if (r.width && (r.left < -0.5 || r.right > innerWidth + 0.5)) problems.push(`off screen: ${cell.textContent}`);
+    if (table.hasAttribute('data-fg-stacked') && cell.textContent.trim()
+        && getComputedStyle(cell, '::before').content !== JSON.stringify(headers[cell.cellIndex]))
+      problems.push(`no header over: ${cell.textContent}`);
+  }
+  return problems;
+})"""
+
+
+def test_a_phone_shows_whole_diagrams_and_tables(browser: Any, site_url: str) -> None:
+    """At 390 x 844 a diagram fits its column: no sideways scrolling; every host's box and
+    lifeline and both ends of every label on screen; labels drawn at 12 px or more; no marker
+    over a label. On the widest diagrams (every page with the most hosts) and the longest.
+    No table on these pages, nor the census's, scrolls sideways (the kernel's word, the
+    outcomes, every RST): a table too wide is shown row by row, each cell under its header."""
+    most = max(len(recording(slug)["hosts"]) for slug in SLUGS)
+    slugs = sorted({slug for slug in SLUGS if len(recording(slug)["hosts"]) == most}
+                   | {max(SLUGS, key=lambda slug: len(recording(slug)["packets"]))})
     watched = Watched(browser, viewport=MOBILE, color_scheme="light", is_mobile=True)
-    page = open_page(watched, f"{site_url}scenarios/firewall-reject/")
-    wait_for_diagrams(page)
-    box = page.locator(".fg-diagram").first
-    assert box.evaluate("d => d.scrollWidth > d.clientWidth")  # wider than the screen...
-    hint = box.evaluate("d => getComputedStyle(d, '::after').content")
-    assert "swipe it sideways" in hint  # ...and it says so
+    for slug in slugs:
+        page = open_page(watched, f"{site_url}scenarios/{slug}/")
+        wait_for_diagrams(page)
+        seen = page.evaluate(PHONE_PAGE)
+        assert not seen["scrolls"], f"{slug}: the diagram scrolls sideways"
+        assert seen["lifelines"] >= len(recording(slug)["hosts"]), slug
+        assert seen["outside"] == [], f"{slug}: cut off at the column's edge"
+        assert seen["smallest"] >= 12, f"{slug}: labels drawn at {seen['smallest']:.1f} px"
+        assert page.evaluate(MARKERS_OVER_LABELS) == [], f"{slug}: an arrow's marker is drawn over a label"
+        assert page.evaluate(PHONE_TABLES) == [], slug
+        if slug == slugs[0]:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            settled_screenshot(page, SCREENSHOTS / f"diagram-{slug}-mobile.png", at="div.mermaid")
+        page.close()
+    census = open_page(watched, f"{site_url}rst-census/")  # its table of every RST: 8 columns
+    assert census.evaluate(PHONE_TABLES) == [], "rst-census"
+    settled_screenshot(census, SCREENSHOTS / "census-table-mobile.png", at="table[data-fg-stacked]")
+    watched.close()
+
+
+# The census page's blocks in reading order (a heading, a paragraph, program output, a table,
+# an image), each with where it starts on the screen; nested blocks (a table's cells) are not
+# counted apart from their table.
+CENSUS_BLOCKS = """() => {
+  const blocks = [...document.querySelectorAll('article h1, article h2, article p, article pre, article table, article img')]
+    .filter(e => !e.parentElement.closest('table, pre') && e.getClientRects().length);
+  return blocks.map(e => [e.tagName.toLowerCase(), e.getBoundingClientRect().top]);
+}"""
+
+
+def test_the_census_leads_with_its_table_and_plots(browser: Any, site_url: str) -> None:
+    """/rst-census/ opens with its title, one short paragraph and the table, whose top is on
+    the first screen of a desktop; the plot follows the tables with no program output
+    before it (the loading code runs, hidden; its summary and the download are at the end)."""
+    watched = Watched(browser, viewport=DESKTOP, color_scheme="light")
+    page = open_page(watched, f"{site_url}rst-census/")
+    blocks = page.evaluate(CENSUS_BLOCKS)
+    kinds = [kind for kind, _ in blocks]
+    assert kinds[:3] == ["h1", "p", "table"], kinds[:8]
+    assert blocks[2][1] < DESKTOP["height"] * 0.6, f"the table starts {blocks[2][1]:.0f} px down"
+    assert "pre" not in kinds[:kinds.index("img")], f"program output before the plot: {kinds}"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    settled_screenshot(page, SCREENSHOTS / "census-desktop.png")
     watched.close()
 
 
@@ -543,12 +669,51 @@ def test_a_keyboard_reader_passes_a_long_trace_in_one_step(browser: Any, site_ur
     watched.close()
 
 
-def test_chinese_searches_reach_the_pages(browser: Any, site_url: str) -> None:
-    """连接重置 and the like find a page that explains them, not only the home page."""
+# what Chinese readers type, and the entry that must come first: the symptom index's entry for
+# the errno, whose heading holds glibc's zh_CN text (连接被对方重设, 拒绝连接, 连接超时, 断开的管道)
+# and the words this guide's Chinese pages use (连接被对端重置, 连接被拒绝)
+CHINESE_SEARCHES = {
+    "连接被对方重设": "symptoms#econnreset", "连接重置": "symptoms#econnreset", "被对端重置": "symptoms#econnreset",
+    "拒绝连接": "symptoms#econnrefused", "连接超时": "symptoms#etimedout", "超时": "symptoms#etimedout",
+    "断开的管道": "symptoms#epipe",
+}
+
+
+def first_entry(links: list[str]) -> str:
+    """The first result as page#section: Material lists a page, then its best sections."""
+    page, *rest = [urlparse(link) for link in links]
+    name = page.path.strip("/").split("/")[-1] or "home"
+    section = next((r.fragment for r in rest if r.path == page.path and r.fragment), "")
+    return f"{name}#{section}" if section else name
+
+
+def test_chinese_searches_put_the_error_first(browser: Any, site_url: str) -> None:
+    """A Chinese error text, typed or pasted whole, finds the symptom index's entry for its
+    errno first (not a scenario page that mentions the same words in its summary)."""
     watched = Watched(browser, viewport=DESKTOP, color_scheme="light")
     page = open_page(watched, site_url)
     search_ready(page)
-    for query in ("连接重置", "拒绝连接", "超时", "被对端重置"):
-        paths = {urlparse(h).path for h in search(page, query)}
-        assert any("/scenarios/" in p or "/symptoms/" in p for p in paths), (query, paths)
+    firsts = {query: first_entry(search(page, query)) for query in CHINESE_SEARCHES}
+    assert firsts == CHINESE_SEARCHES
+    watched.close()
+
+
+def test_chinese_is_legible_on_a_phone(browser: Any, site_url: str) -> None:
+    """At 390 x 844 no Chinese text is set below 14 px (a Chinese character needs more pixels
+    than a Latin letter), and a scenario's Chinese title reads as a title: larger than the text."""
+    watched = Watched(browser, viewport=MOBILE, color_scheme="light", is_mobile=True)
+    sizes = """() => [...document.querySelectorAll('article [lang="zh-CN"], article [lang="zh-CN"] *')]
+        .map(e => [e.textContent.trim().slice(0, 20), parseFloat(getComputedStyle(e).fontSize)])"""
+    for path in ("", "symptoms/", f"scenarios/{SCREENSHOT_SCENARIO}/"):
+        page = open_page(watched, site_url + path)
+        found = page.evaluate(sizes)
+        assert found, f"no Chinese text on /{path}"
+        assert [text for text, size in found if size < 14] == [], f"/{path}: Chinese text under 14 px"
+        page.close()
+    page = open_page(watched, f"{site_url}scenarios/{SCREENSHOT_SCENARIO}/")
+    title, text = page.evaluate("""() => [document.querySelector('.fg-zh strong'), document.querySelector('.fg-zh')]
+        .map(e => parseFloat(getComputedStyle(e).fontSize))""")
+    assert title >= 1.2 * text, (title, text)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    settled_screenshot(page, SCREENSHOTS / "chinese-title-mobile.png")
     watched.close()

@@ -1,6 +1,7 @@
 """Recorded text is shown as text, never run as HTML: a run whose every recorded field is
 hostile (a call's name, an exception's class and message, bytes a server sent, a log line
-with double backticks) is built into a site and opened in Chromium.
+with double backticks, the Info column Wireshark prints for those bytes) is built into a
+site and opened in Chromium.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import struct
 TITLE = "Hostile text"  # a title is plain text: the lab refuses <, > and & in it
 PHASE, HOSTS = "established", ("client", "server")
 TEXT = %r
+PORT = 21  # Wireshark's FTP dissector shows what the server sent in its Info column
 
 
 class Hostile(Exception):
@@ -44,10 +46,10 @@ def fail():
 
 def run(client, server):
     listener = server.socket()
-    listener.bind((server.ip, 8888))
+    listener.bind((server.ip, PORT))
     listener.listen()
     sock = client.socket()
-    sock.connect((server.ip, 8888))
+    sock.connect((server.ip, PORT))
     conn, _ = listener.accept()
     with server.receives(".", source=client):
         conn.sendall(TEXT.encode())  # bytes the server sent...
@@ -134,6 +136,9 @@ def test_no_recorded_text_becomes_markup(hostile_site: Path) -> None:
 
     assert HOSTILE in html.unescape(shown), "the hostile text is shown, as text"
     assert "<img src=x onerror=alert(3)>" in html.unescape(shown), "the exception's class, as text"
+    page = (hostile_site / PAGES[0]).read_text()
+    wireshark = page[page.index('<div class="fg-wireshark">'):page.index('id="the-exchange"')]
+    assert HOSTILE in html.unescape(re.sub(r"<[^>]+>", "", wireshark)), "Wireshark's Info column, as text"
 
 
 def test_no_script_runs_in_a_browser(hostile_site: Path, browser: Any) -> None:

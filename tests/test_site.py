@@ -359,7 +359,7 @@ def test_no_page_numbers_a_packet_in_its_prose() -> None:
 
 # Readers cite these in code reviews: /scenarios/SLUG/#fix-or-avoid, #packet-3. Renaming one
 # breaks their links, so it must be a deliberate change of this list.
-STABLE_SECTIONS = ["the-trace", "the-exchange", "what-each-application-saw", "which-counters-moved",
+STABLE_SECTIONS = ["the-trace", "wireshark", "the-exchange", "what-each-application-saw", "which-counters-moved",
                    "why-linux-does-this", "spot-it-in-production", "fix-or-avoid", "the-example",
                    "provenance", "you-may-have-seen"]
 
@@ -409,6 +409,40 @@ def test_edit_links_follow_the_one_repository_setting() -> None:
         _edit_links(config, "github.com/org/repo")
 
 
+def test_chinese_summaries_gloss_an_errno_with_glibcs_own_text() -> None:
+    """Where a Chinese summary glosses an errno name, ECONNRESET（...）, the Chinese in the
+    gloss (all of it, or the part in quotes) is what glibc prints on a zh_CN system, as
+    recorded from the C library: a reader recognises the text of their own error."""
+    from fieldguide import chinese
+
+    zh = chinese.pages(all_slugs())
+    glosses = [(slug, name, text) for slug, page in zh.items()
+               for name, text in re.findall(r"\b(E[A-Z]+)（([^）]*)）", page["summary"])]
+    assert glosses, "no errno is glossed in chinese.yml"
+    recorded = chinese.glibc_messages(sorted({name for _, name, _ in glosses}))
+    if not recorded["messages"]:
+        pytest.skip(recorded["why"])
+    for slug, name, text in glosses:
+        quoted = re.findall(r"“([^”]*)”", text)
+        assert (quoted[0] if quoted else text) == recorded["messages"][name], (slug, name, text)
+
+
+def test_chinese_error_names_are_errnos_glibc_names_otherwise(tmp_path: Path) -> None:
+    """chinese.yml's `errors` name errnos, each in words of its own where glibc's zh_CN text
+    differs (shown and searched beside glibc's); a key that is no errno is refused."""
+    from fieldguide import chinese
+
+    names = chinese.error_names()
+    assert names, "chinese.yml names no error"
+    recorded = chinese.glibc_messages(sorted(names))
+    for name, text in names.items():
+        assert text != recorded["messages"].get(name), f"{name}: the same as glibc's text"
+    wrong = tmp_path / "chinese.yml"
+    wrong.write_text("errors:\n  ECONNRESETT: 连接\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="ECONNRESETT"):
+        chinese.error_names(wrong)
+
+
 def test_chinese_readers_get_a_title_a_summary_and_glibcs_own_error_texts(built_site: Path) -> None:
     """Each scenario page opens with its Chinese title and summary; the symptom index gives
     each errno as glibc prints it on a zh_CN system, recorded from the C library, not typed."""
@@ -418,7 +452,7 @@ def test_chinese_readers_get_a_title_a_summary_and_glibcs_own_error_texts(built_
     zh = chinese.pages(slugs)
     for slug in slugs:
         page = html.unescape(page_of(built_site, slug))
-        assert f'<p class="fg-zh" lang="zh-CN"><strong>{zh[slug]["title"]}</strong>' in page, slug
+        assert f'<p class="fg-zh" lang="zh-CN"><strong>{zh[slug]["title"]}</strong><br>{zh[slug]["summary"]}</p>' in page, slug
     recorded = chinese.glibc_messages(["ECONNRESET", "ECONNREFUSED"])
     if not recorded["messages"]:
         pytest.skip(recorded["why"])

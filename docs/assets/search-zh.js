@@ -1,8 +1,11 @@
-// Chinese queries. The index splits Chinese text into words with jieba at build time; the
-// browser's search splits a query its own way (and searches its last word as a prefix),
-// so "被重置" finds nothing while "被 重置 " does. When a Chinese phrase arrives whole (an
-// input method commits it, or it is pasted), split it into words with the browser's own
-// Chinese word segmenter and finish it with a space, before Material reads the query.
+// Chinese queries. The index splits Chinese text into words with jieba at build time.
+// Material's search cuts a run of Chinese characters itself, greedily into words of the
+// index, but keeps only those it reaches from the run's start: 连接重置 is searched as 连接
+// alone, 被对端重置 as nothing. So when a Chinese phrase arrives whole (an input method
+// commits it, or it is pasted), split it into words with the browser's own Chinese word
+// segmenter and finish it with a space, before Material reads the query. Each word is
+// then searched on its own, as a prefix: 重 (the segmenter leaves 重置 as 重 置) finds
+// 重置 and 重设 alike.
 const HAN = /\p{Script=Han}/u;
 const words = "Segmenter" in Intl ? new Intl.Segmenter("zh", {granularity: "word"}) : null;
 

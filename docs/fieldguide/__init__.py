@@ -45,8 +45,12 @@ How to write a scenario page
    "Spot it in production", "Fix or avoid", "The example", "Provenance"; "You may have
    seen" is added at the end.
 
-Other pages may use {{ scenario_index }} (home), {{ symptom_index }}, {{ client_matrix }}
-and {{ client_programs }} (clients.md: what the real client programs printed, and their files),
+Every scenario page also gets a "Kernels" section (#kernels, kernels.py): how the scenario
+went on the other kernels `nox -s matrix` recorded, explained from kernel_notes.yml.
+
+Other pages may use {{ scenario_index }} (home), {{ symptom_index }}, {{ kernel_matrix }},
+{{ client_matrix }} and {{ client_programs }} (clients.md: what the real client programs printed,
+and their files),
 {{ tcpdump_line SLUG NAME }} (one recorded line with its fields) and {{ trace SLUG }}.
 
 The modules: recordings.py loads and checks every recording (lab.artifact's schema);
@@ -55,5 +59,7 @@ one registry of placeholders and expands a page; symptoms.py is the symptom inde
 programs.py the client programs' matrix and each scenario's row of them;
 chinese.py gives Chinese readers each scenario's title and summary (chinese.yml: a new
 scenario needs its entry) and glibc's own Chinese error texts;
-mermaid.py serves Mermaid from the site; hooks.py wires them to MkDocs' events.
+mermaid.py serves Mermaid from the site; wireshark.py has Wireshark's own dissectors
+(one sharkd) read every capture, for each page's section "In Wireshark" (#wireshark,
+inserted before "The exchange"); hooks.py wires them to MkDocs' events.
 """

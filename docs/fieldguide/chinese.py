@@ -5,6 +5,7 @@ recorded from this machine's C library at build time, never typed.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -25,14 +26,32 @@ print(json.dumps({"glibc": os.confstr("CS_GNU_LIBC_VERSION"),
 """
 
 
+ERRORS = "errors"  # chinese.yml's one key that is not a slug
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
 def pages(slugs: list[str], path: Path = PAGES) -> dict[str, dict[str, str]]:
     """slug -> {title, summary} (path: the site's chinese.yml); ValueError naming what is
     missing or extra."""
-    found = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    found = {k: v for k, v in _read(path).items() if k != ERRORS}
     missing, extra = sorted(set(slugs) - set(found)), sorted(set(found) - set(slugs))
     bad = [s for s, v in found.items() if not isinstance(v, dict) or not v.get("title") or not v.get("summary")]
     if missing or extra or bad:
         raise ValueError(f"{PAGES.name}: missing {missing}, without example {extra}, incomplete {bad}")
+    return found
+
+
+def error_names(path: Path = PAGES) -> dict[str, str]:
+    """errno name -> the Chinese name this guide's own Chinese text gives the error, where it
+    says it otherwise than glibc (chinese.yml's `errors`: 对端 for peer, 重置 for reset, as
+    its titles and summaries do); ValueError naming a key that is no errno."""
+    found = _read(path).get(ERRORS) or {}
+    bad = [k for k, v in found.items() if not isinstance(getattr(errno, str(k), None), int) or not v]
+    if bad:
+        raise ValueError(f"{PAGES.name}: {ERRORS}: not an errno name, or no name given: {bad}")
     return found
 
 

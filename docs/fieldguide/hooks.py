@@ -1,14 +1,16 @@
 """The MkDocs events of the site's build (docs/hooks/events.py hands them to MkDocs).
 
-on_config: the notebook's kernel starts; the build waits for a run still recording (its
+on_config: the notebook's kernel and sharkd (wireshark.py) start; the build waits for a run still recording (its
            lock), then every recording is loaded and checked (or the build fails, naming
-           each scenario) and held, shared, until the build ends; the scenario pages are
-           put in the navigation, grouped by phase;
-on_files: each pcap (and its JSON) is published under /traces/, with the vendored Mermaid;
+           each scenario) and held, shared, until the build ends; sharkd reads their pcaps
+           in a thread; the scenario pages are put in the navigation, grouped by phase;
+on_files: each pcap (and its JSON) is published under /traces/, with the vendored Mermaid,
+          and what the explain page runs: Pyodide and rst_explain's sources (explainer.py);
           the census notebook, executing since on_config, is built last (notebook.py);
 on_pre_page: the notebook's page waits for its execution;
 on_page_markdown: the page's placeholders are expanded (placeholders.py);
-on_post_page: the Mermaid script only on pages that draw a diagram (mermaid.py);
+on_post_page: the Mermaid script only on pages that draw a diagram (mermaid.py), the
+              explain script only on the page that has its form (explainer.py);
 on_post_build / on_build_error: the recordings are let go.
 """
 
@@ -25,20 +27,22 @@ from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
 from mkdocs.structure.pages import Page
 
-from lab.artifact import ArtifactError, Recording, locked
+from lab.artifact import ArtifactError, Recording, key, locked
 
 from . import chinese as zh
-from . import mermaid, notebook, symptoms
+from . import explainer, kernels, mermaid, notebook, symptoms, vendor, wireshark
 from .placeholders import PHASE_LABELS, Context, PageError, expand_page
-from .recordings import load_all
+from .recordings import load_all, stale
 
 log = logging.getLogger("mkdocs.hooks.fieldguide")
 
 recordings: dict[str, Recording] = {}
 quoted: list = []
+matrix: list[kernels.Matrix] = []  # other kernels' fresh recordings (kernels.py), if any
 chinese: dict = {}  # chinese.py: the pages' Chinese titles, glibc's Chinese error texts
 mermaid_scripts: list[str] = []
 census: list[notebook.Execution] = []  # the notebook's execution
+wireshark_views: list[wireshark.Views] = []  # one sharkd reading every capture (wireshark.py)
 held = contextlib.ExitStack()  # the recordings' lock, shared, from on_config to the build's end
 
 
@@ -54,20 +58,33 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
     threading.Thread(target=_warm_up, name="warm-up", daemon=True).start()
     _edit_links(config, os.environ.get("FIELDGUIDE_REPOSITORY", "").rstrip("/"))
     census[:] = [notebook.Execution(Path(config.docs_dir) / notebook.SOURCE)]
+    _stop_wireshark()
+    try:  # started now: sharkd loads its dissectors while a run may still be recording
+        wireshark_views[:] = [wireshark.Views()]
+    except wireshark.WiresharkError as exc:
+        census[0].cancel()
+        raise PluginError(str(exc)) from None
     held.close()
     held.enter_context(locked(on_wait=log.info))  # a run still recording: wait for its end
     try:
         recordings.clear()
         recordings.update(load_all(Path(config.docs_dir)))
         quoted[:] = symptoms.load_quoted()
+        matrix[:] = [kernels.load_matrix(list(recordings), stale)]
+        for name, why in matrix[0].left_out.items():
+            log.warning(f"kernel {name}'s recordings are not used: {why}")
         chinese.clear()
-        chinese["pages"] = zh.pages(list(recordings), Path(config.docs_dir) / "fieldguide" / zh.PAGES.name)
+        own = Path(config.docs_dir) / "fieldguide" / zh.PAGES.name
+        chinese["pages"] = zh.pages(list(recordings), own)
+        chinese["names"] = zh.error_names(own)
         chinese.update(zh.glibc_messages(symptoms.errno_names(recordings)))
     except (ArtifactError, ValueError) as exc:
         census[0].cancel()
+        _stop_wireshark()
         held.close()
         raise PluginError(str(exc)) from None
     census[0].recordings_ready.set()
+    wireshark_views[0].start(recordings, key(), asked=wireshark.asked_by_pages(Path(config.docs_dir), recordings))
     mermaid_scripts[:] = mermaid.split_scripts(config.extra_javascript)
     groups = []
     for phase, label in PHASE_LABELS.items():
@@ -99,11 +116,21 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
         assert rec.pcap is not None
         for source in (rec.pcap, rec.pcap.with_suffix(".json")):
             files.append(File.generated(config, f"traces/{source.name}", abs_src_path=str(source)))
+    for run in (matrix[0].runs if matrix else []):  # other kernels' captures, beside this machine's
+        for rec in run.recordings.values():
+            assert rec.pcap is not None
+            for source in (rec.pcap, rec.pcap.with_suffix(".json")):
+                files.append(File.generated(config, f"traces/{run.name}/{source.name}", abs_src_path=str(source)))
     try:
-        vendored = mermaid.mermaid_file()
-    except mermaid.MermaidUnavailable as exc:
+        pyodide = explainer.pyodide_files()
+        served = {mermaid.MERMAID_ASSET: mermaid.mermaid_file(), **pyodide}
+        python = explainer.python_files()
+    except vendor.VendorUnavailable as exc:
         raise PluginError(str(exc)) from None
-    files.append(File.generated(config, mermaid.MERMAID_ASSET, abs_src_path=str(vendored)))
+    for path, source in {**served, **python}.items():
+        files.append(File.generated(config, path, abs_src_path=str(source)))
+    pages = explainer.page_index(recordings)
+    files.append(File.generated(config, explainer.MANIFEST, content=explainer.manifest(pyodide, python, pages)))
     census_page = files.get_file_from_path(notebook.SOURCE)
     if census_page is not None:  # built last: every other page is built while it executes
         files.remove(census_page)
@@ -129,20 +156,30 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
     source = page.file.content_string  # its front matter (if any) is gone from `markdown`
     first_line = 1 + source.count("\n", 0, max(source.find(markdown[:200]), 0)) if markdown else 1
     try:
-        return expand_page(markdown, Context(src, slug, recordings, quoted, chinese), first_line)
+        views = wireshark_views[0].view if wireshark_views else None
+        return expand_page(markdown, Context(src, slug, recordings, quoted, chinese, views,
+                                             matrix[0] if matrix else kernels.Matrix([], {})), first_line)
     except PageError as exc:
         raise PluginError(str(exc)) from None
 
 
 def on_post_page(output: str, page: Page, config: MkDocsConfig) -> str:
-    return mermaid.where_needed(output, page.url, mermaid_scripts)
+    return explainer.where_needed(mermaid.where_needed(output, page.url, mermaid_scripts), page.url)
+
+
+def _stop_wireshark() -> None:
+    for views in wireshark_views:
+        views.close()
+    wireshark_views.clear()
 
 
 def on_post_build(config: MkDocsConfig) -> None:
+    _stop_wireshark()
     held.close()
 
 
 def on_build_error(error: Exception) -> None:
     for execution in census:
         execution.cancel()
+    _stop_wireshark()
     held.close()

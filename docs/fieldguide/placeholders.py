@@ -19,7 +19,7 @@ from lab.artifact import Recording
 from lab.capture import CAPTURE_OPTIONS, FILTER, TEXT_OPTIONS
 from lab.scenarios import PHASES, path_of
 
-from . import programs, render, symptoms
+from . import kernels, programs, render, symptoms, wireshark
 from .recordings import example_why
 
 PHASE_LABELS = {"opening": "Opening", "established": "Established", "closing": "Closing",
@@ -48,6 +48,11 @@ class Context:
     # for Chinese readers (chinese.py): "pages" slug -> {title, summary}; "messages" errno ->
     # glibc's zh_CN text, "by" where it came from, or "why" it is missing
     chinese: dict[str, Any] = field(default_factory=dict)
+    # slug -> what Wireshark said of its capture (wireshark.Views.view, which waits for it); the
+    # build always gives it (tests/test_wireshark.py checks every page), a test may not
+    wireshark: Callable[[str], Any] | None = None
+    # other kernels' recordings of the scenarios (kernels.py): each page's Kernels section
+    matrix: kernels.Matrix = field(default_factory=lambda: kernels.Matrix([], {}))
 
     @property
     def own(self) -> Recording:
@@ -109,14 +114,68 @@ def expand_page(markdown: str, ctx: Context, first_line: int = 1) -> str:
         except (LookupError, ValueError, IndexError) as exc:
             raise PageError(f"{where}docs/{ctx.src}, line {line_of(match.start())}: {match.group(0)}: {exc}") from exc
 
-    out = PLACEHOLDER.sub(expand, markdown)
+    out = PLACEHOLDER.sub(expand, _recommended(markdown, ctx, where, line_of))
     if ctx.slug is not None:
+        out = _with_wireshark(out, ctx, where)
         zh = ctx.chinese.get("pages", {}).get(ctx.slug)
-        chinese = (f'<p class="fg-zh" lang="zh-CN"><strong>{render.plain(zh["title"])}</strong>：'
+        chinese = (f'<p class="fg-zh" lang="zh-CN"><strong>{render.plain(zh["title"])}</strong><br>'
                    f'{render.plain(zh["summary"])}</p>\n\n') if zh else ""
         out = (f"# {render.plain(ctx.own.title)}\n\n" + chinese + out.rstrip("\n") + "\n\n"
+               + kernels.section(ctx.own, ctx.matrix, kernels.load_notes()) + "\n"
                + symptoms.you_may_have_seen(ctx.own, ctx.quoted, ctx.src) + "\n")
     return out
+
+
+WIRESHARK_HEADING = "## In Wireshark { #wireshark }"
+BEFORE_WIRESHARK = re.compile(r"^## The exchange\s*$", re.MULTILINE)
+
+
+def _with_wireshark(markdown: str, ctx: Context, where: str) -> str:
+    """The page with its section "In Wireshark" (#wireshark) after the trace's, before "The exchange"."""
+    if ctx.wireshark is None:  # expanded outside a build (the tests of expansion alone)
+        return markdown
+    try:
+        view = ctx.wireshark(ctx.slug)
+    except ValueError as exc:
+        raise PageError(f"{where}docs/{ctx.src}: {exc}") from exc
+    section = (WIRESHARK_HEADING + '\n\n<div class="fg-wireshark" markdown>\n\n' + render.wireshark_view(
+        ctx.own, view, ctx.link(f"traces/{ctx.own.slug}.pcap"), ctx.link("reading-tcpdump.md")) + "\n\n</div>\n\n")
+    found = BEFORE_WIRESHARK.search(markdown)
+    if found is None:
+        raise PageError(f"{where}docs/{ctx.src} has no heading '## The exchange' (the Wireshark view goes before it)")
+    return markdown[:found.start()] + section + markdown[found.start():]
+
+
+def _recommended(markdown: str, ctx: Context, where: str, line_of: Callable[[int], int]) -> str:
+    """The page with its marked Wireshark filters and fields (wireshark.recommended) checked against
+    its own capture and rendered; one that does not compile, is not Wireshark's or shows other
+    packets than the page names fails the build, naming the page, the line and the filter."""
+    try:
+        marked = wireshark.recommended(markdown)
+    except wireshark.MarkerError as exc:
+        raise PageError(f"{where}docs/{ctx.src}, line {line_of(exc.offset)}: {exc}") from exc
+    if not marked:
+        return markdown
+    if ctx.slug is None:
+        raise PageError(f"docs/{ctx.src}, line {line_of(marked[0].start)}: `{marked[0].text}`: a marked Wireshark"
+                        " filter or field is checked against the page's own capture: scenario pages only")
+    view = None
+    if ctx.wireshark is not None:
+        try:
+            view = ctx.wireshark(ctx.slug)
+        except ValueError as exc:
+            raise PageError(f"{where}docs/{ctx.src}: {exc}") from exc
+    out, done = [], 0
+    for m in marked:
+        if view is not None:
+            wrong = wireshark.disagreement(ctx.own, view, m)
+            if wrong:
+                raise PageError(f"{where}docs/{ctx.src}, line {line_of(m.start)}: {wrong}")
+        shown = view.recommended[m.text] if view is not None and m.kind == "filter" else None
+        out += [markdown[done:m.start], render.recommended_filter(ctx.own, m.text, shown)
+                if m.kind == "filter" else render.recommended_field(m.text)]
+        done = m.end
+    return "".join(out) + markdown[done:]
 
 
 def _check_names_against_headings(markdown: str, ctx: Context) -> None:
@@ -124,7 +183,7 @@ def _check_names_against_headings(markdown: str, ctx: Context) -> None:
     from pymdownx.slugs import slugify  # the slugify mkdocs.yml gives the table of contents
 
     slug = slugify(case="lower")
-    sections = {slug(m.group(1), "-") for m in HEADING.finditer(markdown)} | {"you-may-have-seen"}
+    sections = {slug(m.group(1), "-") for m in HEADING.finditer(markdown)} | {"you-may-have-seen", "wireshark", "kernels"}
     taken = sorted(sections & {ctx.own.anchor(p) for p in ctx.own.packets})
     if taken:
         raise PageError(f"scenario {ctx.slug}: docs/{ctx.src}: packet names {', '.join(taken)} are also"
@@ -159,11 +218,14 @@ def _short_answer(ctx: Context, args: list[str]) -> str:
 @placeholder("trace")
 def _trace(ctx: Context, args: list[str]) -> str:
     """{{ trace }}, {{ trace SLUG }} (another scenario's), {{ trace beside SLUG }} (tabs)."""
+    def block(rec: Recording, mine: bool) -> str:
+        return render.trace_block(rec, own_page=mine, pcap_link=ctx.link(f"traces/{rec.slug}.pcap"))
+
     if args[:1] == ["beside"]:
-        return _tabs(ctx.own, ctx.recording(args[1]), lambda r, mine: render.trace_block(r, own_page=mine))
+        return _tabs(ctx.own, ctx.recording(args[1]), block)
     if args:
-        return render.trace_block(ctx.recording(args[0]), own_page=args[0] == ctx.slug)
-    return render.trace_block(ctx.own)
+        return block(ctx.recording(args[0]), args[0] == ctx.slug)
+    return block(ctx.own, True)
 
 
 @placeholder("diagram")
@@ -255,6 +317,12 @@ def _client_programs(ctx: Context, args: list[str]) -> str:
         name = f"clients/{path.name}"
         out += [f'```{language} title="examples/{name}"', f'--8<-- "{name}"', "```", ""]
     return "\n".join(out)
+
+
+@placeholder("kernel_matrix")
+def _kernel_matrix(ctx: Context, args: list[str]) -> str:
+    """{{ kernel_matrix }}: every scenario down, every kernel recorded across (kernels.py)."""
+    return kernels.table(ctx.recordings, ctx.matrix, ctx.link)
 
 
 @placeholder("symptom_index")

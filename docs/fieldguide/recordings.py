@@ -25,6 +25,20 @@ def example_why(slug: str) -> str:
     return " ".join(" ".join(doc.split("\n\n")[1:]).split())
 
 
+def stale(slug: str, rec: Recording, json_file: Path) -> str:
+    """Why a recording is not from the current example and lab ("" if it is): older than
+    one of their files, or recorded from other sources (a copy's dates prove nothing).
+    Other kernels' recordings (kernels.py) are judged the same way."""
+    lab_sources = sorted((scenarios.EXAMPLES / "lab").glob("*.py"))
+    newer = [p for p in [scenarios.path_of(slug), *lab_sources] if p.stat().st_mtime > json_file.stat().st_mtime]
+    if newer:
+        return f"the trace is older than {newer[0].name}; record it again: `nox -s examples -- {slug}`"
+    if rec.sources_sha256 != scenarios.sources_digest(slug):
+        return ("the trace was recorded from another version of the example or the lab;"
+                f" record it again: `nox -s examples -- {slug}`")
+    return ""
+
+
 def load_checked(slug: str, secret: bytes) -> Recording:
     rec = load(slug)
     assert rec.pcap is not None
@@ -32,14 +46,9 @@ def load_checked(slug: str, secret: bytes) -> Recording:
     if not hmac.compare_digest(rec.signature, seal(rec, rec.text.encode(), pcap, secret)):
         raise ArtifactError("the recording is not the one its run sealed (edited, or put together from"
                             f" several runs); record it again: `nox -s examples -- {slug}`")
-    json_file = rec.pcap.with_suffix(".json")
-    lab_sources = sorted((scenarios.EXAMPLES / "lab").glob("*.py"))
-    newer = [p for p in [scenarios.path_of(slug), *lab_sources] if p.stat().st_mtime > json_file.stat().st_mtime]
-    if newer:
-        raise ArtifactError(f"the trace is older than {newer[0].name}; record it again: `nox -s examples -- {slug}`")
-    if rec.sources_sha256 != scenarios.sources_digest(slug):  # a copy's dates prove nothing
-        raise ArtifactError("the trace was recorded from another version of the example or the lab;"
-                            f" record it again: `nox -s examples -- {slug}`")
+    why = stale(slug, rec, rec.pcap.with_suffix(".json"))
+    if why:
+        raise ArtifactError(why)
     failed = [c["claim"] for c in rec.claims if not c["passed"]]
     if failed or not rec.claims:
         raise ArtifactError("the recording's claims did not hold: " + "; ".join(failed or ["no claims"]))

@@ -16,6 +16,8 @@ from typing import Any
 
 from lab.artifact import Packet, Recording
 
+from .wireshark import RST_FILTER, Frame, View
+
 # a tcpdump record starts with a timestamp; -v continuation lines start with spaces
 _RECORD_START = re.compile(r"^\S")
 # counters a reader of a TCP page cares about first; the rest go in a fold
@@ -248,8 +250,13 @@ def short_answer(rec: Recording, why: str) -> str:
     return '!!! abstract "The short answer"\n\n' + indent("\n".join(body)) + "\n"
 
 
+# tcpdump's text inside the trace's <pre>: HTML's three, and what Markdown or an extension
+# would read as syntax in it (a trace line can hold a payload tcpdump decoded, e.g. FTP's)
+_PRE_INERT = str.maketrans({c: f"&#{ord(c)};" for c in "&<>`*_[]\\{}:|~^=!#"})
+
+
 def _escape_pre(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.translate(_PRE_INERT)
 
 
 def trace_html(rec: Recording, own_page: bool = True) -> str:
@@ -387,15 +394,20 @@ def states_table(rec: Recording) -> str:
     return "\n".join(rows) + "\n"
 
 
-def trace_block(rec: Recording, own_page: bool = True) -> str:
-    note = (f"Captured on the {rec.captured_on} by tcpdump {rec.tcpdump_version};"
+def trace_block(rec: Recording, own_page: bool = True, pcap_link: str = "") -> str:
+    note = (f"Captured on the {plain(rec.captured_on)} by tcpdump {plain(rec.tcpdump_version)};"
             f" each line is numbered in the margin and named by its claim at the end; both link to it.")
+    if pcap_link:
+        assert rec.pcap is not None
+        note += (f" [Download {rec.slug}.pcap]({pcap_link}){{ .fg-pcap download=\"{rec.slug}.pcap\" }}"
+                 f" ({len(rec.packets)} packets, {rec.pcap.stat().st_size} bytes; opens in Wireshark"
+                 + (", [what it shows](#wireshark)" if own_page else "") + ").")
     # a keyboard reader passes a long trace in one step (each packet's number is a tab stop)
     after = f"after-trace-{rec.slug}"
     return "\n".join([
         f'<a class="fg-skip" href="#{after}">Skip the trace ({len(rec.packets)} packets)</a>'
         + trace_html(rec, own_page) + f'<span id="{after}" tabindex="-1"></span>', "",
-        f"<small>{plain(note)}</small>", "",
+        f"<small>{note}</small>", "",
         kernel_word(rec, own_page), "",
         f'??? success "What this build checked against the {rec.slug} capture"', "",
         indent(claims_list(rec, own_page)), ""])
@@ -440,8 +452,8 @@ def mermaid(rec: Recording) -> str:
         if p.is_rst:
             lines.append("    rect rgba(229, 57, 53, 0.18)")
         lines.append(f"    {sender}{arrow}{receiver}: {label}")
-        if p.is_rst and ttl_anomaly(rec, p):
-            lines.append(f"    Note over {sender}: {ttl_anomaly(rec, p)}")
+        if p.is_rst and ttl_anomaly(rec, p):  # over the arrow: as wide as it, on a phone too
+            lines.append(f"    Note over {sender},{receiver}: {ttl_anomaly(rec, p)}")
         if p.is_rst:
             lines.append("    end")
     lines.append("```")
@@ -509,3 +521,135 @@ def provenance(rec: Recording, pcap_link: str) -> str:
             if rec.tracing.get("recorded") else not_traced(rec)),
     ])
     return '!!! info "Provenance"\n\n' + indent(body) + "\n"
+
+
+# -- Wireshark's view (fieldguide/wireshark.py asked its dissectors) -------------------------
+
+WIRESHARK_TCP = "https://gitlab.com/wireshark/wireshark/-/blob/{tag}/epan/dissectors/packet-tcp.c"
+_TCPDUMP_SEQ = re.compile(r"\bseq (\d+)")
+_TCPDUMP_ACK = re.compile(r"\back (\d+)")
+
+
+def _frame_link(rec: Recording, number: int) -> str:
+    p = rec.packets[number - 1]
+    return f"[{number}](#{packet_id(rec.slug, number)}) {plain(p.name or 'noise')}"
+
+
+def _frames_shown(rec: Recording, numbers: list[int]) -> str:
+    if not numbers:
+        return "no packet"
+    return ", ".join(_frame_link(rec, n) for n in numbers)
+
+
+def _numbers(seq: object, ack: object) -> str:
+    return literal(f"seq {seq}" + (f", ack {ack}" if ack is not None else ""))
+
+
+def _why_numbers(rec: Recording, p: Packet, f: Frame, tcp_source: str, reading_tcpdump: str) -> str:
+    """Why Wireshark's relative numbers for p are what they are, next to this page's and tcpdump's,
+    said from what the capture holds (a SYN from each side, or none)."""
+    seq, ack = relative(rec, p)
+    mine = isn_before(rec, p, p.src, p.sport, p.dst, p.dport)
+    theirs = isn_before(rec, p, p.dst, p.dport, p.src, p.sport)
+    function = f"[`tcp_analyze_sequence_number()`]({tcp_source})"
+    why = []
+    if f.seq != seq:
+        why.append(f"{plain(p.sender)} sent no SYN in this capture, so Wireshark counts its sequence numbers"
+                   f" from one less than the first it saw (its first segment reads Seq=1; {function})"
+                   if mine is None else f"Wireshark's tcp.seq is not this page's ({function})")
+        why.append("this page, with no ISN to count from, gives the number on the wire" if mine is None else "")
+    if ack is not None and f.ack != ack:
+        why.append(f"{plain(p.receiver)} sent no SYN in this capture, so Wireshark counts the ack from one less"
+                   f" than the first ack {plain(p.sender)} sent ({function})"
+                   if theirs is None else f"Wireshark's tcp.ack is not this page's ({function})")
+    if not [w for w in why if w]:
+        why.append(f"Wireshark's relative numbers are this page's: both count from each side's SYN ({function})")
+    record = records(rec)[p.number - 1]
+    printed = [(int(m.group(1)), shown, raw) for m, shown, raw in
+               ((_TCPDUMP_SEQ.search(record), f.seq, f.seq_raw), (_TCPDUMP_ACK.search(record), f.ack, f.ack_raw)) if m]
+    unlike = [(number, raw) for number, shown, raw in printed if number != shown]
+    if unlike:
+        scale = "as on the wire" if all(number == raw for number, raw in unlike) else "counted from another packet"
+        why.append(f"tcpdump prints {'them' if len(unlike) > 1 else 'it'} {scale} ([why]({reading_tcpdump}))")
+    return "; ".join(w for w in why if w) + "."
+
+
+def recommended_filter(rec: Recording, display_filter: str, shown: list[int] | None) -> str:
+    """A filter the page's prose recommends, as inline code, with what it showed in this
+    capture beside it (None: expanded outside a build, nothing asked)."""
+    code = f'<code class="fg-wireshark-filter">{plain(display_filter)}</code>'
+    if shown is None:
+        return code
+    return f'{code} <span class="fg-wireshark-shows">(in this capture: {_frames_shown(rec, shown)})</span>'
+
+
+def recommended_field(field: str) -> str:
+    return f'<code class="fg-wireshark-field">{plain(field)}</code>'
+
+
+def wireshark_view(rec: Recording, view: View, pcap_link: str, reading_tcpdump: str) -> str:
+    """What Wireshark's dissectors said of this capture : the display
+    filters with the packets each shows, the Info column, the expert info, and where its
+    sequence numbers differ from this page's and tcpdump's."""
+    tcp_source = WIRESHARK_TCP.format(tag=view.tag() or "master")
+    expert_of: dict[int, list[Any]] = {}  # frame -> its entries
+    for e in view.expert:
+        expert_of.setdefault(e.frame, []).append(e)
+    out = [f"Open [{rec.slug}.pcap]({pcap_link}) in Wireshark and this is what it says; recorded by this"
+           f" build, which had Wireshark's own dissectors read this capture (sharkd {literal(view.version)},"
+           " default preferences). Wireshark's frame numbers are the trace's packet numbers; each links to"
+           " its line.", ""]
+    out += ["| display filter | shows in this capture |", "|---|---|"]
+    for display_filter, shown in view.filters.items():
+        what = "the RSTs: " if display_filter == RST_FILTER else "the conversation of a RST: "
+        out.append(f"| {literal(display_filter)} | {what}{_frames_shown(rec, shown)} |")
+    for display_filter, shown in view.recommended.items():
+        if display_filter not in view.filters:
+            out.append(f"| {literal(display_filter)} | recommended on this page: {_frames_shown(rec, shown)} |")
+    out.append("")
+    marked = [f for f in view.frames if rec.packets[f.number - 1].is_rst
+              or any(e.severity != "Chat" for e in expert_of.get(f.number, []))]
+
+    def rows(frames: list[Frame]) -> list[str]:
+        return ["| No. | Protocol | Info |", "|---:|---|---|"] + [
+            f"| {_frame_link(rec, f.number)} | {plain(f.protocol)} | {literal(f.info)} |" for f in frames]
+
+    if marked:
+        out += ["The Info column of each RST and of each packet with expert info above *Chat*:", ""]
+        out += rows(marked) + [""]
+    out += [f'??? note "Every packet\'s Info column ({len(view.frames)})"', "", indent("\n".join(rows(view.frames))), ""]
+    if view.expert:
+        out += ["Expert info (*Analyze › Expert Information*), as Wireshark words it:", "",
+                "| packet | severity | group | message |", "|---|---|---|---|"]
+        out += [f"| {_frame_link(rec, e.frame)} | {plain(e.severity)} | {plain(e.group)} | {literal(e.message)} |"
+                for e in view.expert]
+        out.append("")
+    else:
+        out += ["Wireshark has no expert info for this capture.", ""]
+    differing = []
+    for p, f in zip(rec.packets, view.frames, strict=True):
+        if p.proto != "tcp":
+            continue
+        seq, ack = relative(rec, p)
+        if p.is_rst or f.seq != seq or (ack is not None and f.ack != ack):
+            differing.append((p, f))
+    if differing:
+        out += ["Sequence numbers: Wireshark's `tcp.seq` and `tcp.ack` are relative by default; `tcp.seq_raw` and"
+                " `tcp.ack_raw` are the numbers on the wire. For each RST, and each packet whose relative"
+                " numbers are not this page's:", "",
+                "| packet | tcpdump's line | this page | Wireshark (tcp.seq, tcp.ack) | on the wire (raw) |",
+                "|---|---|---|---|---|"]
+        for p, f in differing:
+            seq, ack = relative(rec, p)
+            has_ack = "." in p.flags
+            record = records(rec)[p.number - 1]
+            printed_seq, printed_ack = _TCPDUMP_SEQ.search(record), _TCPDUMP_ACK.search(record)
+            tcpdump = literal(", ".join(m.group(0) for m in (printed_seq, printed_ack) if m) or "no numbers")
+            out.append(f"| {_frame_link(rec, p.number)} | {tcpdump} | {_numbers(seq, ack)}"
+                       f" | {_numbers(f.seq, f.ack if has_ack else None)}"
+                       f" | {_numbers(f.seq_raw, f.ack_raw if has_ack else None)} |")
+        out.append("")
+        out += [f"- {_frame_link(rec, p.number)}: {_why_numbers(rec, p, f, tcp_source, reading_tcpdump)}"
+                for p, f in differing]
+        out.append("")
+    return "\n".join(out)

@@ -274,10 +274,18 @@ def symptom_index(recordings: dict[str, Recording], quoted: list[dict[str, Any]]
                    + ", ".join(literal(t) for t in texts))
     out.append("")
     for key in order:
-        out += [f"## {plain(describe_key(key))} {{ #{group_id(key)} }}", ""]
-        if chinese.get("messages", {}).get(key):
+        # glibc's Chinese text in the heading: a heading is what search ranks first (its title
+        # field), so a Chinese reader's query for the error text lands on this entry
+        # the error's Chinese names in its heading: a heading is what search ranks first (its
+        # title field), so a Chinese reader's query for the error lands on this entry
+        zh, own = chinese.get("messages", {}).get(key), chinese.get("names", {}).get(key)
+        named = " · ".join(plain(n) for n in (zh, own) if n)
+        named = f' · <span lang="zh-CN">{named}</span>' if named else ""
+        out += [f"## {plain(describe_key(key))}{named} {{ #{group_id(key)} }}", ""]
+        if zh:
+            also = f"; this guide's Chinese pages call it <span lang=\"zh-CN\">{plain(own)}</span>" if own else ""
             out += [f"On a Chinese system ({plain(chinese['by'])}), the same error reads"
-                    f"{_chinese(key, chinese)} (中文系统上的报错).", ""]
+                    f"{_chinese(key, chinese)} (中文系统上的报错){also}.", ""]
         by_text: dict[str, list[Seen]] = {}
         for seen in groups[key]:
             by_text.setdefault(seen.text, []).append(seen)

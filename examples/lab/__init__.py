@@ -12,7 +12,8 @@ An example in `examples/` is one file:
     def claims(trace):             # what the capture and the applications must show,
         ...                        # naming every packet: trace.next(..., name="server-rst")
 
-Optional: CAPTURE_ON (host whose eth0 is captured, default the first),
+Optional: CAPTURE_ON (host whose eth0 is captured, default the first), CAPTURE_ALL_LINKS
+(True: every link of that host in one pcap, tcpdump -i any: a proxy's two sides),
 TIMEOUT (seconds, default 20), TRACE_OPTIONS (extra tcpdump -r options, e.g. ["-v"]),
 each_program(program, *hosts): the server's part once per real client program, which
 `program.get(url)` / `program.post(url, size)` / `program.start(...).wait()` runs on the
@@ -21,7 +22,7 @@ client host after run() (lab/clients.py: curl, Node.js, Go, Java, Python's libra
 Host API (examples/lab/hosts.py): host.ip, host.socket(), `with host:`,
 host.record(label, fn, ...), host.note(what, value), host.start(fn, ...),
 host.process(argv or fn, ...), host.receives(flags, source=...), host.raw_peer(),
-host.wiretap(), host.lose_state(port) (a silent reboot), host.sh(...), host.nft(...), host.sysctl(key, value), host.counters(),
+host.wiretap(), host.nginx(http_block) (lab/nginx.py), host.lose_state(port) (a silent reboot), host.sh(...), host.nft(...), host.sysctl(key, value), host.counters(),
 host.until(what, condition) and host.counter_reaches(name, n) (kernel state with no event
 to wait on), host.accept_queue(listener), host.conntrack().
 
@@ -34,7 +35,7 @@ ok, detail) on trace.events. Every packet must be named or declared noise; the s
 (examples/shapes/SLUG.txt) must match the committed one (`--update` accepts a change).
 
 The modules: artifact (what a recording is), scenarios (the catalogue), hosts, netns,
-rtnetlink, threads, process, peer, wire (the lab's hosts and what they send), clients
+rtnetlink, threads, process, peer, nginx, wire (the lab's hosts and what they send), clients
 (the real client programs), capture
 (tcpdump), recording (socket calls), trace (claims), shapes, preflight, worker, zygote,
 runner (scheduling and publishing), bench.

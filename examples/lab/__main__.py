@@ -2,6 +2,8 @@
 
     python -m lab run [--repeat N] [--jobs J] [--update] [SLUG ...]   record scenarios (default: all)
     python -m lab list                                     the known slugs
+    python -m lab run --keep-failed --out DIR              publish failed claims too, with RESULTS (lab/matrix.py)
+    python -m lab matrix [--kernel NAME ...]               the catalogue on other kernels (build/traces/KERNEL/)
     python -m lab bench                                    timing figures (build/bench/)
 """
 
@@ -9,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -19,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import scenarios
-from .artifact import ROOT, TRACES, ArtifactError
+from .artifact import RESULTS, ROOT, TRACES, ArtifactError
 from .preflight import LabUnavailable
 from .process import die_with_parent
 from .runner import Result, Runner, format_shapes
@@ -97,7 +101,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for kept in (scenarios.EXAMPLES, ROOT / "docs"):
         if out.is_relative_to(kept):
             raise BadInput(f"--out {args.out} is inside {kept}: recordings go elsewhere (build/traces)")
-    runner = Runner(out=out, jobs=args.jobs, update=args.update)
+    if args.keep_failed and (args.update or args.repeat > 1):
+        raise BadInput("--keep-failed records each scenario once, as it is: not with --update or --repeat")
+    runner = Runner(out=out, jobs=args.jobs, update=args.update, keep_failed=args.keep_failed)
     started = time.monotonic()
 
     def announce() -> None:  # `nox -s docs` starts the site's build once it reads this line
@@ -124,6 +130,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"{len(results) - len(failed)}/{len(results)} runs passed in {time.monotonic() - started:.2f} s")
     if failed:
         print("failed: " + ", ".join(sorted({r.slug for r in failed})), file=sys.stderr)
+    if args.keep_failed:  # every outcome is a finding on that kernel; what ran is in RESULTS
+        (out / RESULTS).write_text(json.dumps({
+            "kernel": platform.release(), "seconds": round(time.monotonic() - started, 2),
+            "results": {r.slug: {"recorded": r.files is not None, "ok": r.ok, "seconds": round(r.seconds, 2),
+                                 "problem": r.problem[:4000]} for r in results}}, indent=1) + "\n")
+        return 0
     return 1 if failed else 0
 
 
@@ -138,16 +150,34 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", type=Path, default=TRACES, help="where artifacts go (build/traces)")
     run.add_argument("--update", action="store_true",
                      help="accept each recorded shape into examples/shapes/ instead of failing on a change")
+    run.add_argument("--keep-failed", action="store_true",
+                     help="publish recordings whose claims failed or whose shape differs too (another kernel's run)")
     run.add_argument("slugs", nargs="*")
+    matrix = sub.add_parser("matrix", help="record the catalogue on each kernel of lab/matrix.py, in a guest")
+    matrix.add_argument("--kernel", action="append", default=[], metavar="NAME",
+                        help="only this kernel (a name of lab/matrix.py's KERNELS, or a path to an image)")
+    matrix.add_argument("--nice", type=int, default=15, help="the guests' niceness (QEMU emulation is CPU-heavy)")
+    matrix.add_argument("--kvm", action="store_true", help="use KVM (default: emulation, see lab/matrix.py)")
+    matrix.add_argument("slugs", nargs="*", help="only these scenarios (default: all; a partial set replaces the folder)")
     sub.add_parser("list", help="the known scenario slugs")
     bench = sub.add_parser("bench", help="measure the lab's own cost and the catalogue's")
     bench.add_argument("--rounds", type=int, default=20)
+    bench.add_argument("--explain-only", action="store_true",
+                       help="only rst-explain against tcpdump -r on a capture of 1 million packets")
+    bench.add_argument("--kernels", action="store_true",
+                       help="boot each kernel of lab/matrix.py now (default: report the last `nox -s matrix`)")
+    bench.add_argument("--kernels-only", action="store_true",
+                       help="only this machine's parallel catalogue and the other kernels' figures")
+    bench.add_argument("--nice", type=int, default=15, help="the guests' niceness (with --kernels)")
     args = parser.parse_args(argv)
     stop_on_signals()
     try:
         if args.command == "list":
             print("\n".join(all_slugs()))
             return 0
+        if args.command == "matrix":
+            from .matrix import main as matrix_main
+            return matrix_main(args)
         if args.command == "bench":
             from .bench import main as bench_main
             return bench_main(args)

@@ -27,6 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository (examples/lab/ -> .
 TRACES = Path(os.environ.get("FIELDGUIDE_TRACES") or ROOT / "build" / "traces")
 SUFFIXES = (".pcap", ".txt", ".json")
 FOLDER_FILES = (".lock", ".key")  # the folder's own: its lock (locked()) and its sealing key (key())
+# another kernel's folder (build/traces/KERNEL/, lab/matrix.py) also holds what its run did:
+RESULTS = "results.json"  # written in the guest: each scenario recorded or not, and why
+MATRIX = "matrix.json"  # written by the host: the kernel, its boot and catalogue times, RESULTS
 
 
 @contextlib.contextmanager
@@ -165,6 +168,20 @@ def shape_of(packets: list[Packet], programs: list[dict[str, Any]] | None = None
     return rows
 
 
+# A claim's outcome ({claim, passed, detail?, not_applicable?, packet?, name?}): passed True or
+# False where it was checked; None where it was not: not checked (the kernel's events were not
+# recorded) or, with `not_applicable` saying why, asserting what this kernel does not have.
+CLAIM_STATUSES = ("held", "failed", "not checked", "not applicable")
+
+
+def claim_status(claim: dict[str, Any]) -> str:
+    if claim["passed"] is True:
+        return "held"
+    if claim["passed"] is False:
+        return "failed"
+    return "not applicable" if claim.get("not_applicable") else "not checked"
+
+
 @dataclass
 class Recording:
     """SLUG.json, plus (when loaded) the text trace and the pcap's path beside it."""
@@ -181,7 +198,7 @@ class Recording:
     captured_on: str
     outcomes: dict[str, list[dict[str, Any]]]  # host -> calls: {call, returned | raised, errno, message}, t_ms
     counters: dict[str, dict[str, int]]  # host -> nstat deltas
-    claims: list[dict[str, Any]]  # {claim, passed, detail?, packet?, name?}
+    claims: list[dict[str, Any]]  # {claim, passed, detail?, not_applicable?, packet?, name?}: claim_status()
     packets: list[Packet]
     shape: list[list[Any]]
     pcap_sha256: str

@@ -7,8 +7,17 @@
    curl, Node.js, Go, Java and Python runs), and the rest, the lab's share.
 3. The whole catalogue, serial (one at a time) and parallel (all at once),
    against the target: parallel <= 1.3 x slowest scenario + 1 s.
+5. rst-explain against `tcpdump -r FILE -nn` printing the same capture of 1 million packets
+   (bench_explain.py), side by side: target rst-explain <= 3 x tcpdump. Alone:
+   `nox -s bench -- --explain-only`.
 4. What `nox -s docs` runs (`python -m fieldguide.build`: recording every scenario and
    `mkdocs build --strict`, overlapped), against the target: both together <= 5 s.
+
+5. Other kernels (lab/matrix.py): each one's boot time, its catalogue time in the guest,
+   and the ratio to this machine's parallel catalogue. `--kernels` boots each kernel now
+   (into build/bench/kernels/, not the site's recordings); without it, the figures of the
+   last `nox -s matrix` (build/traces/KERNEL/matrix.json) are reported, with their date.
+   `--kernels-only` skips 1-4 but the parallel catalogue the ratio needs.
 
 Figures are printed and written to build/bench/bench.json.
 """
@@ -122,9 +131,67 @@ def measure_docs(recording_target: float, rounds: int = 3) -> dict:
             "recording_target_met": recording <= recording_target}
 
 
+def report_explain() -> dict:
+    from .bench_explain import measure
+    figures = measure(BENCH)
+    print(f"rst-explain on {figures['packets']} packets: {figures['explain_s']:.2f} s "
+          f"({figures['explain_command']}); tcpdump printing it: {figures['tcpdump_s']:.2f} s "
+          f"({figures['tcpdump_command']}); ratio {figures['ratio']:.2f}, target <= "
+          f"{figures['target_ratio']:g}: {'met' if figures['target_met'] else 'MISSED'}")
+    return figures
+
+
+def measure_kernels(host_catalogue_s: float, boot: bool, nice: int = 15) -> dict:
+    """Each kernel of lab/matrix.py: boot, catalogue, ratio to this machine's catalogue."""
+    from . import matrix
+    from .artifact import MATRIX, TRACES
+
+    found: dict = {}
+    for kernel in matrix.KERNELS:
+        try:
+            if boot:
+                figures = matrix.record(kernel, matrix.tools(), nice=nice, out=BENCH / "kernels")
+            else:
+                figures = json.loads((TRACES / kernel.name / MATRIX).read_text())
+        except (matrix.MatrixError, OSError, ValueError) as exc:
+            found[kernel.name] = {"error": str(exc).splitlines()[0]}
+            print(f"kernel {kernel.name}: {found[kernel.name]['error']}")
+            continue
+        ratio = figures["catalogue_seconds"] / host_catalogue_s
+        found[kernel.name] = {"boot_s": figures["boot_seconds"], "catalogue_s": figures["catalogue_seconds"],
+                              "ratio_to_host": round(ratio, 2), "emulated": figures["emulated"],
+                              "measured_at": figures["recorded_at"], "booted_by_bench": boot}
+        print(f"kernel {kernel.name}: boot {figures['boot_seconds']:.1f} s, catalogue {figures['catalogue_seconds']:.1f} s"
+              f" = {ratio:.1f} x this machine's {host_catalogue_s:.2f} s"
+              f" ({'emulated' if figures['emulated'] else 'KVM'};"
+              f" {'booted now' if boot else 'from nox -s matrix at ' + figures['recorded_at']})")
+    return found
+
+
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "explain_only", False):
+        figures = report_explain()
+        BENCH.mkdir(parents=True, exist_ok=True)
+        (BENCH / "explain.json").write_text(json.dumps(figures, indent=1) + "\n")
+        print(f"written: {BENCH / 'explain.json'}")
+        return 0
     out = BENCH / "traces"
     slugs = scenarios.all_slugs()
+    if args.kernels_only:
+        walls = []
+        for _ in range(3):
+            started = time.monotonic()
+            _fail(Runner(out=out).run(slugs))
+            walls.append(time.monotonic() - started)
+        host = statistics.median(walls)
+        print(f"catalogue of {len(slugs)} on this machine ({platform.release()}): parallel {host:.2f} s (median of 3)")
+        figures = {"recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "kernel": platform.release(),
+                   "catalogue": {"parallel_s": round(host, 3), "parallel_runs_s": walls},
+                   "kernels": measure_kernels(host, args.kernels, args.nice)}
+        BENCH.mkdir(parents=True, exist_ok=True)
+        (BENCH / "kernels.json").write_text(json.dumps(figures, indent=1) + "\n")
+        print(f"\nwritten: {BENCH / 'kernels.json'}")
+        return 0
     overhead = measure_overhead(args.rounds, out)
     print(f"lab overhead (empty scenario, {args.rounds} rounds): median {overhead['median_s'] * 1000:.0f} ms"
           f" (min {overhead['min_s'] * 1000:.0f}, max {overhead['max_s'] * 1000:.0f}); by stage: "
@@ -175,7 +242,8 @@ def main(args: argparse.Namespace) -> int:
                       "parallel_s": round(parallel_wall, 3), "parallel_runs_s": parallel_walls,
                       "slowest": slowest.slug, "slowest_s": round(_own(slowest), 3),
                       "target_s": round(target, 3), "target_met": parallel_wall <= target},
-        "docs": docs, "tracer": tracer,
+        "docs": docs, "tracer": tracer, "explain": report_explain(),
+        "kernels": measure_kernels(parallel_wall, args.kernels, args.nice),
     }
     BENCH.mkdir(parents=True, exist_ok=True)
     (BENCH / "bench.json").write_text(json.dumps(figures, indent=1) + "\n")

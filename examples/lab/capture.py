@@ -45,6 +45,11 @@ TEXT_OPTIONS = ["-n"]
 
 def tcpdump_argv(iface: str, pcap: Path) -> list[str]:
     argv = ["tcpdump", "-i", iface, "-w", str(pcap), *CAPTURE_OPTIONS]
+    if iface == "any":  # every link of a host: the cooked header's first version, In/Out without
+        argv += ["-y", "LINUX_SLL"]  # the interface index (SLL2's), which tcpdump -r cannot name
+        # "any" has no MTU: each slot of libpcap's ring is a whole snapshot (256 KiB), and the
+        # default 2 MiB ring drops packets whenever tcpdump waits for a CPU. 64 MiB: 256 slots
+        argv += ["-B", "65536"]
     if os.geteuid() == 0:
         argv += ["-Z", "root"]  # as real root, tcpdump would switch user and lose the file
     return argv + [FILTER]
@@ -81,7 +86,8 @@ class Capture:
     def _open_tap(ns_fd: int, iface: str) -> socket.socket:
         with netns.inside(ns_fd):
             tap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-            tap.bind((iface, 0))
+            if iface != "any":  # unbound, a packet socket sees every interface, as tcpdump -i any does
+                tap.bind((iface, 0))
         # room for a whole scenario's packets: they are only counted at the end
         try:
             tap.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 32 << 20)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import netns, rtnetlink
+from .nginx import Nginx
 from .peer import DROP_KERNEL_RSTS, RawPeer
 from .process import Process, python_argv
 from .recording import RecordedSocket, Transcript
@@ -106,7 +107,16 @@ class Host:
 
     def expects(self, flags: str, source: Host | None = None, count: int = 1) -> Expected:
         """Like receives(), split in two: arm now, `.wait()` later (e.g. in another function)."""
-        return self._open_inbox().expect(flags, source.ip if source else None, count)
+        return self._open_inbox().expect(flags, self.facing(source) if source else None, count)
+
+    def facing(self, other: Host) -> str:
+        """`other`'s address on the link towards this host (a router or proxy has one per link)."""
+        links = [ipaddress.ip_network(s) for s in SUBNETS]
+        for address in other.addresses:
+            link = next(net for net in links if ipaddress.ip_address(address) in net)
+            if any(ipaddress.ip_address(mine) in link for mine in self.addresses):
+                return address
+        return other.ip
 
     def _open_inbox(self) -> Tap:
         if self._inbox is None:
@@ -129,6 +139,11 @@ class Host:
         proc = Process(self.fd, argv, self, name)
         self._processes.append(proc)
         return proc
+
+    def nginx(self, http: str, level: str = "error") -> Nginx:
+        """nginx (Debian's) as a process on this host, serving this `http { ... }` block;
+        returns once its worker runs. Its error log at `level` is read with .error_log()."""
+        return Nginx(self, http, level)
 
     def raw_peer(self) -> RawPeer:
         """Play this host's TCP by hand (scapy): its kernel's own RSTs are dropped."""

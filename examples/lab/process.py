@@ -33,6 +33,11 @@ def python_argv(fn: Callable[..., Any], args: tuple[Any, ...]) -> list[str]:
     source = sys.modules[fn.__module__].__file__
     return [sys.executable, "-m", "lab.child", str(source), fn.__qualname__, json.dumps(args)]
 
+# how much slower than this machine the lab runs: a guest under emulation (lab/matrix.py sets
+# it) waits that much longer for its own start (the zygote, bpftrace, an example's import);
+# the scenarios' own timers and timing claims are not stretched
+SLOW = float(os.environ.get("LAB_SLOW", 1))
+
 
 class Process:
     def __init__(self, ns_fd: int, argv: list[str], host: Any, name: str) -> None:

@@ -5,6 +5,11 @@ finished, its capture is complete, every claim holds, every packet is named or
 declared noise, and its shape is the committed one (lab/shapes.py). The previous
 artifacts of a slug are removed before it runs, so a failed run can never leave an
 older trace that looks fresh.
+
+keep_failed (a run on another kernel, lab/matrix.py): a recording whose claims failed or
+whose shape differs is published too, the claims' outcomes in it: on that kernel, the
+difference is the finding. A run that recorded nothing (the example raised, a timeout)
+still publishes nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 from . import clients, shapes, tracer, worker
 from .artifact import SUFFIXES, TRACES, Recording, key, locked, seal
 from .preflight import preflight
-from .process import kill_group
+from .process import SLOW, kill_group
 from .scenarios import MAX_TIMEOUT, runs_clients
 from .zygote import Zygote
 
@@ -46,9 +51,11 @@ class Result:
 
 
 class Runner:
-    def __init__(self, out: Path = TRACES, jobs: int | None = None, update: bool = False) -> None:
+    def __init__(self, out: Path = TRACES, jobs: int | None = None, update: bool = False,
+                 keep_failed: bool = False) -> None:
         self.out = out
         self.jobs = jobs
+        self.keep_failed = keep_failed
         self.update = update  # accept a new shape (`--update`) instead of failing on it
         self.prefix = preflight()
         self._zygote: Zygote | None = None
@@ -71,7 +78,7 @@ class Runner:
             try:
                 # the worker dumps its threads' stacks and exits at its own timeout;
                 # this one only catches a worker too stuck to do even that
-                code = child.wait(timeout=worker.IMPORT_TIMEOUT + MAX_TIMEOUT + 10)
+                code = child.wait(timeout=worker.IMPORT_TIMEOUT + MAX_TIMEOUT * SLOW + 10)
             finally:
                 kill_group(child.pid)
         finally:
@@ -90,13 +97,14 @@ class Runner:
                     limit = f"importing the example took longer than {worker.IMPORT_TIMEOUT:g} s"
                 return Result(slug, False, seconds, f"{limit}; where each host was:\n{log}")
             return Result(slug, False, seconds, f"worker exited {code}:\n{log}")
-        if not status["ok"]:
-            return Result(slug, False, seconds, status["problem"])
         rec = worker.recording_of(tmp, slug)
+        kept = tmp if self.keep_failed and rec is not None else None
+        if not status["ok"]:
+            return Result(slug, False, seconds, status["problem"], rec.shape if rec else [], rec, kept)
         assert rec is not None
         difference = "" if self.update else shapes.difference(slug, rec.shape)
         if difference:
-            return Result(slug, False, seconds, difference, rec.shape, rec)
+            return Result(slug, False, seconds, difference, rec.shape, rec, kept)
         return Result(slug, True, seconds, "", rec.shape, rec, tmp)
 
     # -- many runs ---------------------------------------------------------------
@@ -215,7 +223,7 @@ class Runner:
         secret = b""
         for slug in slugs:
             mine = [r for r in results if r.slug == slug]
-            if not all(r.ok for r in mine):
+            if not all(r.ok for r in mine) and not (self.keep_failed and mine[0].files):
                 continue
             if len({json.dumps(r.shape) for r in mine}) > 1:
                 _fail(mine, "shapes differ between runs:\n" + format_shapes(mine))

@@ -107,6 +107,11 @@ class Scenario:
         return getattr(self.module, "CAPTURE_ON", self.hosts[0])
 
     @property
+    def capture_all_links(self) -> bool:
+        """Capture every link of CAPTURE_ON (a proxy's two sides, in one pcap), not only its eth0."""
+        return bool(getattr(self.module, "CAPTURE_ALL_LINKS", False))
+
+    @property
     def timeout(self) -> float:
         """The example's TIMEOUT, and CLIENTS_TIMEOUT more when it runs the client programs."""
         own = float(getattr(self.module, "TIMEOUT", DEFAULT_TIMEOUT))
@@ -162,6 +167,8 @@ def validate(scenario: Scenario) -> None:
         timeout = float("nan")
     if not 0 < timeout <= MAX_TIMEOUT:  # also false for nan
         problems.append(f"TIMEOUT must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}")
+    if not isinstance(getattr(module, "CAPTURE_ALL_LINKS", False), bool):
+        problems.append("CAPTURE_ALL_LINKS must be True or False")
     options = getattr(module, "TRACE_OPTIONS", [])
     if not isinstance(options, (list, tuple)) or not set(options) <= TRACE_OPTIONS:
         problems.append(f"TRACE_OPTIONS may only hold {', '.join(sorted(TRACE_OPTIONS))}")

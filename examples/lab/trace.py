@@ -9,7 +9,9 @@
 
 Every claim is recorded with pass/fail; the run fails if any fails. A claim on the kernel's
 tracepoints (reason, state, dropped) is recorded as not checked (passed None) where they
-were not traced: never as passed. Strict: every captured
+were not traced: never as passed; and as not applicable (passed None, `not_applicable`:
+why) on a kernel without what it asserts (a RST reason before Linux 6.10, a drop reason
+the kernel's enum lacks): that kernel is not wrong, the claim does not apply to it. Strict: every captured
 packet must be named by a claim or declared noise, or `finish()` fails the run naming it.
 Names are short, lower-case and hyphenated, unique in a scenario (a group claim gives
 its packets one name); pages refer to packets by them: {{ packet server-rst }}.
@@ -24,6 +26,8 @@ from typing import Any
 
 from .artifact import Packet, anchors
 
+# where a tracepoint's reason field comes from (tracer.OPTIONAL), for a claim not applicable without it
+REASON_FIELD_SINCE = {"tcp_send_reset": "it came with Linux 6.10"}
 NAME = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 MAX_NAME = 40
 _UNSET: Any = object()  # a keyword not given (None means something)
@@ -68,13 +72,31 @@ class Trace:
             return f"not checked: {event} was not recorded ({self.tracing.get('missing', {}).get(event, '')})"
         return ""
 
-    def kernel_check(self, text: str, event: str, ok: Any, detail: str = "", packet: Packet | None = None) -> bool:
+    def not_applicable(self, event: str, reason: str | None = None) -> str:
+        """Why a claim on `event` (with this reason) does not apply to this kernel ("" if it
+        does): the event lacks the field, or the kernel's enum lacks the reason. Known only
+        where the tracepoint was recorded."""
+        if self._unchecked(event) or reason is None:
+            return ""
+        if "reason" in self.tracing.get("lacking", {}).get(event, []):
+            return f"this kernel's {event} has no reason field ({REASON_FIELD_SINCE.get(event, '')})"
+        known = self.tracing.get("reasons", {}).get(event)
+        if known is not None and reason not in known:
+            return f"this kernel's {event} reasons have no {reason}"
+        return ""
+
+    def kernel_check(self, text: str, event: str, ok: Any, detail: str = "", packet: Packet | None = None,
+                     reason: str | None = None) -> bool:
         """Any other claim on the kernel's events (`trace.events`, of tracepoint `event`):
         ok() is called only where that tracepoint was recorded; elsewhere the claim is
-        recorded as not checked."""
+        recorded as not checked. reason: the reason the claim asserts, if any (a kernel
+        without it makes the claim not applicable)."""
         why = self._unchecked(event)
-        if why:
-            entry: dict[str, Any] = {"claim": text, "passed": None, "detail": why}
+        lacking = self.not_applicable(event, reason)
+        if why or lacking:
+            entry: dict[str, Any] = {"claim": text, "passed": None, "detail": why or f"not applicable: {lacking}"}
+            if lacking:
+                entry["not_applicable"] = lacking
             if packet is not None and packet.number:
                 entry.update(packet=packet.number, name=self.names.get(packet.number))
             self.claims.append(entry)
@@ -210,7 +232,7 @@ class Trace:
         state); reason=None: no TCP stack of the lab sent it (nftables, a forged segment)."""
         name = self.names.get(p.number) or f"packet {p.number}"
         kernel = p.kernel
-        got = "no tcp_send_reset event" if kernel is None else f"{kernel['reason']} in {kernel['state']}"
+        got = "no tcp_send_reset event" if kernel is None else f"{kernel['reason'] or 'no reason'} in {kernel['state']}"
         if reason is None:
             self.kernel_check(f"no TCP stack sent {name} (no tcp_send_reset event)", "tcp_send_reset",
                                lambda: kernel is None, got, p)
@@ -218,7 +240,8 @@ class Trace:
         wanted = " and ".join(x for x in (reason if reason is not _UNSET else "", state or "") if x)
         self.kernel_check(f"the kernel sent {name} for {wanted}", "tcp_send_reset",
                            lambda: kernel is not None and (reason is _UNSET or kernel["reason"] == reason)
-                           and (state is None or kernel["state"] == state), got, p)
+                           and (state is None or kernel["state"] == state), got, p,
+                           reason=None if reason is _UNSET else reason)
 
     def dropped(self, host: str, reason: str, packet: Packet | None = None, what: str = "") -> None:
         """The kernel of `host` dropped a TCP segment with this skb:kfree_skb reason (that
@@ -229,7 +252,8 @@ class Trace:
         which = f" {self.names.get(packet.number) or f'packet {packet.number}'}" if packet is not None else " a segment"
         self.kernel_check(what or f"{host}'s kernel dropped{which} for {reason}", "kfree_skb",
                            lambda: any(e["reason"] == reason for e in found),
-                           ", ".join(f"{e['reason']} at {e['location']}" for e in found) or "no such drop", packet)
+                           ", ".join(f"{e['reason']} at {e['location']}" for e in found) or "no such drop", packet,
+                           reason=reason)
 
     def no(self, sender: str, flag: str, what: str = "") -> None:
         """`sender` never sends a packet carrying `flag` (e.g. "F" or "R") in the whole trace."""

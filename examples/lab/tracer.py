@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from . import netns
-from .process import die_with_parent
+from .process import SLOW, die_with_parent
 from .wire import tcpdump_flags
 
 SOCKET = "kernel.sock"  # in each run's folder: the worker's line to the runner's tracer
@@ -47,7 +47,7 @@ FORMATS = {"tcp_send_reset": "tcp/tcp_send_reset", "tcp_receive_reset": "tcp/tcp
            "inet_sock_set_state": "sock/inet_sock_set_state", "inet_sk_error_report": "sock/inet_sk_error_report",
            "kfree_skb": "skb/kfree_skb"}
 TRACEFS = "/sys/kernel/tracing"
-START_TIMEOUT = 20.0
+START_TIMEOUT = 20.0 * SLOW
 PORT = "($P >> 8) | (($P & 0xff) << 8)"  # network to host order, in bpftrace
 
 # The kernel structures the probes read, by the offsets this kernel's BTF gives (pahole,
@@ -86,7 +86,7 @@ def offsets() -> dict[tuple[str, str], int]:
     """Each LAYOUT member's byte offset in this kernel, from its BTF (pahole)."""
     classes = sorted({c for c, _ in LAYOUT})
     return parse_pahole(subprocess.run(["pahole", "-C", ",".join(classes), "/sys/kernel/btf/vmlinux"],
-                                       capture_output=True, text=True, timeout=10).stdout)
+                                       capture_output=True, text=True, timeout=10 * SLOW).stdout)
 
 
 def parse_pahole(out: str) -> dict[tuple[str, str], int]:
@@ -132,7 +132,7 @@ tracepoint:tcp:tcp_send_reset {
   $ns = args->skaddr != 0 ? SKNS(args->skaddr) : ((struct fg_skb *)args->skbaddr)->dev->net->ns.inum;
   $sa = (struct fg_sin *)args->saddr; $da = (struct fg_sin *)args->daddr;
   if ($ns != HOME) { printf("E tcp_send_reset %llu %d %u %llx %d %d %s %d %s %d\\n", nsecs, cpu, $ns, args->skaddr,
-    args->state, args->reason, ntop($sa->addr), PORT($sa->port), ntop($da->addr),
+    args->state, RSTREASON, ntop($sa->addr), PORT($sa->port), ntop($da->addr),
     PORT($da->port)); }
 }""",
     "tcp_receive_reset": """
@@ -171,20 +171,25 @@ tracepoint:skb:kfree_skb /args->reason > 1 && args->protocol == 0x0800/ {
 }""",
 }
 # the fields each probe reads from its event (the kernel must have them)
-_NEEDS = {"tcp_send_reset": ("skbaddr", "skaddr", "state", "reason", "saddr", "daddr"),
+_NEEDS = {"tcp_send_reset": ("skbaddr", "skaddr", "state", "saddr", "daddr"),
           "tcp_receive_reset": ("skaddr", "sport", "dport", "saddr", "daddr"),
           "inet_sock_set_state": ("skaddr", "oldstate", "newstate", "protocol", "saddr", "daddr"),
           "inet_sk_error_report": ("error", "protocol", "saddr", "daddr"),
           "kfree_skb": ("skbaddr", "location", "protocol", "reason")}
+# fields read where the kernel has them; without one, its value is printed as -1 and decoded
+# as None, and the claims that need it are not applicable there (lab/trace.py)
+OPTIONAL = {"tcp_send_reset": ("reason",)}  # tcp_send_reset's reason: Linux 6.10 and later
 _HEAD = """
 BEGIN { printf("R ready\\n"); }
 """
 
 
-def _script(events: list[str], home: int, layout: str, rx_sk: bool = True) -> str:
-    """rx_sk: kfree_skb has that field (the socket that dropped the packet; 6.12 and later)."""
+def _script(events: list[str], home: int, layout: str, rx_sk: bool = True, rst_reason: bool = True) -> str:
+    """rx_sk: kfree_skb has that field (the socket that dropped the packet; 6.12 and later);
+    rst_reason: tcp_send_reset has its reason (6.10 and later)."""
     text = layout + _HEAD + "".join(_PROBES[e] for e in events)
     text = text.replace("RXSK", "args->rx_sk" if rx_sk else "0")
+    text = text.replace("RSTREASON", "args->reason" if rst_reason else "-1")
     text = re.sub(r"SKNS\(([^()]*)\)", r"((struct fg_sock *)\1)->net->ns.inum", text)
     text = re.sub(r"PORT\(([^()]*)\)", lambda m: "(" + PORT.replace("$P", m.group(1)) + ")", text)
     return text.replace("HOME", str(home))
@@ -286,7 +291,7 @@ class Tracer:
     def _launch(self) -> None:
         paths = " ".join(f"{TRACEFS}/events/{FORMATS[e]}/format" for e in EVENTS)
         probe = subprocess.run(_in_tracefs(f"for f in {paths}; do echo \"== $f\"; cat \"$f\" 2>/dev/null; done"),
-                               capture_output=True, text=True, timeout=10)
+                               capture_output=True, text=True, timeout=10 * SLOW)
         if probe.returncode == 3:
             raise RuntimeError(f"tracefs cannot be mounted: {probe.stderr.strip()}")
         formats = dict(re.findall(r"== \S+/events/\w+/(\w+)/format\n(.*?)(?=\n== |\Z)", probe.stdout, re.S))
@@ -302,6 +307,14 @@ class Tracer:
             else:
                 events.append(event)
                 self.names[event] = symbols(text.partition("print fmt:")[2])
+                absent = [f for f in OPTIONAL.get(event, ()) if f not in fields[event]]
+                if absent:
+                    self.status.setdefault("lacking", {})[event] = absent
+        # the reasons this kernel knows, by name (its own enums): a claim on a reason the
+        # kernel does not have is not applicable there, rather than failed (lab/trace.py)
+        self.status["reasons"] = {e: sorted(set(self.names[e].get("reason", {}).values()))
+                                  for e in ("tcp_send_reset", "kfree_skb") if e in self.names
+                                  and "reason" not in self.status.get("lacking", {}).get(e, [])}
         if "tcp_send_reset" in self.names:  # its states are printed by macro names: the numbers are these
             states = self.names.get("inet_sock_set_state", {}).get("newstate", {})
             self.names["tcp_send_reset"]["state"] = {**states, **self.names["tcp_send_reset"].get("state", {})}
@@ -312,7 +325,8 @@ class Tracer:
         layout = declarations(offsets())
         self._mark_fd = netns.new_namespace()
         self._mark_ns = str(os.fstat(self._mark_fd).st_ino)
-        script = _script(events, home, layout, rx_sk="rx_sk" in fields["kfree_skb"])
+        script = _script(events, home, layout, rx_sk="rx_sk" in fields["kfree_skb"],
+                         rst_reason="reason" in fields["tcp_send_reset"])
         self._proc = subprocess.Popen(_in_tracefs('exec bpftrace -e "$0"') + [script],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True, start_new_session=True,
@@ -435,7 +449,8 @@ class Tracer:
 
         if name == "tcp_send_reset":
             state, reason, *flow = rest
-            out.update(socket=sk if sk != "0" else None, state=named("state", state), reason=named("reason", reason))
+            out.update(socket=sk if sk != "0" else None, state=named("state", state),
+                       reason=None if reason == "-1" else named("reason", reason))
         elif name == "tcp_receive_reset":
             state, *flow = rest
             states = self.names.get("inet_sock_set_state", {}).get("newstate", {})

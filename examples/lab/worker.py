@@ -30,11 +30,12 @@ from . import kernel_events, sandbox, scenarios, tracer
 from .artifact import FOLDER_FILES, Recording, shape_of
 from .capture import Capture, first_packet_time, read_packets, tcpdump_version, trace_text
 from .recording import Transcript
+from .process import SLOW
 from .scenarios import Scenario, load
 from .trace import evaluate
 
 # seconds an example may take to import (its own TIMEOUT starts after); tests shorten it
-IMPORT_TIMEOUT = float(os.environ.get("LAB_IMPORT_TIMEOUT", 20.0))
+IMPORT_TIMEOUT = float(os.environ.get("LAB_IMPORT_TIMEOUT", 20.0)) * SLOW
 STATUS = "worker.json"
 SCENARIO = "scenario.json"  # written once the example is imported: what the runner may quote
 
@@ -60,11 +61,12 @@ def run(scenario: Scenario, folder: Path) -> dict[str, Any]:
     captures: list[Capture] = []
 
     def start_capture(host: lab_hosts.Host) -> None:  # tcpdump starts while the rest is built
-        captures.append(Capture(host.fd, "eth0", folder / f"{slug}.pcap"))
+        captures.append(Capture(host.fd, "any" if scenario.capture_all_links else "eth0", folder / f"{slug}.pcap"))
 
     built = lab_hosts.build(scenario.hosts, transcript, (scenario.capture_on, start_capture))
     report["hosts"] = {h.name: h.addresses for h in built}
-    report["captured_on"] = f"{scenario.capture_on} eth0"
+    links = [ifname for ifname, _, _ in lab_hosts.address_plan(len(built))[scenario.hosts.index(scenario.capture_on)]]
+    report["captured_on"] = f"{scenario.capture_on} {' and '.join(links) if scenario.capture_all_links else 'eth0'}"
     (capture,) = captures
     before = {h.name: h.counters() for h in built}
     lap("hosts")
@@ -112,7 +114,8 @@ def run(scenario: Scenario, folder: Path) -> dict[str, Any]:
 
 
 def judge(scenario: Scenario, folder: Path, report: dict[str, Any], started: float) -> tuple[bool, str]:
-    """Check the claims against the capture; write SLUG.txt and SLUG.json if they hold."""
+    """Check the claims against the capture; write SLUG.txt and SLUG.json (the claims' outcomes
+    in it, failed ones too: a run on another kernel publishes them, lab/matrix.py)."""
     slug = scenario.slug
     pcap = folder / f"{slug}.pcap"
     text = trace_text(pcap, scenario.trace_options) if pcap.exists() else ""
@@ -131,10 +134,6 @@ def judge(scenario: Scenario, folder: Path, report: dict[str, Any], started: flo
     trace = evaluate(scenario, packets, report["outcomes"], report["counters"], traced["tracing"], events, runs,
                      own_calls=report["own_calls"])
     packets = trace.named_packets()
-    failed = [c for c in trace.claims if c["passed"] is False]
-    if failed:
-        lines = [f"claim failed: {c['claim']} -- {c.get('detail', '')}" for c in failed]
-        return False, "\n".join(lines) + "\ncapture:\n" + numbered(text, packets)
     rec = Recording(
         slug=slug, title=scenario.title, phase=scenario.phase, summary=scenario.summary,
         recorded_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -145,11 +144,16 @@ def judge(scenario: Scenario, folder: Path, report: dict[str, Any], started: flo
         pcap_sha256=hashlib.sha256(pcap.read_bytes()).hexdigest(),
         seconds=round(time.monotonic() - started, 3), timings=report["timings"],
         sources_sha256=scenarios.sources_digest(slug),
-        tracing={**traced["tracing"], "kernel": report["kernel"]},
+        # (the kernel's lists of reasons served the claims: not repeated in every recording)
+        tracing={**{k: v for k, v in traced["tracing"].items() if k != "reasons"}, "kernel": report["kernel"]},
         states=kernel_events.states(events), kernel_events=kernel_events.strip(events),
     )
     (folder / f"{slug}.txt").write_text(text)
     (folder / f"{slug}.json").write_text(rec.to_json())
+    failed = [c for c in trace.claims if c["passed"] is False]
+    if failed:
+        lines = [f"claim failed: {c['claim']} -- {c.get('detail', '')}" for c in failed]
+        return False, "\n".join(lines) + "\ncapture:\n" + numbered(text, packets)
     return True, ""
 
 
@@ -183,7 +187,8 @@ def _inside(slug: str, folder: Path) -> int:
         return 1
     (folder / SCENARIO).write_text(json.dumps({"timeout": scenario.timeout}))
     # a hung example: print where every host's thread is stuck, then exit
-    faulthandler.dump_traceback_later(scenario.timeout, exit=True)
+    # (its hosts are built under this watchdog too: stretched in a slow guest, lab/process.py)
+    faulthandler.dump_traceback_later(scenario.timeout * SLOW, exit=True)
     report = run(scenario, folder)
     faulthandler.cancel_dump_traceback_later()
     status["ok"], status["problem"] = judge(scenario, folder, report, started)

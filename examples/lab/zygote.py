@@ -31,6 +31,7 @@ import traceback
 from pathlib import Path
 
 from . import scenarios, worker
+from .process import SLOW
 from .process import kill_group, kill_groups
 
 
@@ -165,7 +166,7 @@ class Zygote:
         self._ready = threading.Event()
         self._closed = False
         threading.Thread(target=self._read, daemon=True).start()
-        if not self._ready.wait(120) or self.proc.poll() is not None:
+        if not self._ready.wait(120 * SLOW) or self.proc.poll() is not None:
             self.close()
             raise RuntimeError("the lab's zygote did not start:\n" + "".join(self._log))
 

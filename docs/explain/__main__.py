@@ -1,0 +1,116 @@
+"""rst-explain FILE...: for each RST, the catalogue pages that explain it (see __init__)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import IO, Iterator
+
+from . import ExplainError, explain_stream
+
+SITE = "https://example.org/tcp-reset-field-guide/"
+
+
+def _packet_numbers() -> dict[str, dict[str, int]]:
+    """slug -> claim name -> packet number, from the catalogue's recordings when present
+    (build/traces/SLUG.json beside a source checkout, or $RST_EXPLAIN_TRACES)."""
+    folder = Path(os.environ.get("RST_EXPLAIN_TRACES", Path(__file__).resolve().parents[2] / "build" / "traces"))
+    numbers: dict[str, dict[str, int]] = {}
+    if folder.is_dir():
+        for path in folder.glob("*.json"):
+            try:
+                packets = json.loads(path.read_text())["packets"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            numbers[path.stem] = {p["name"]: p["number"] for p in packets if p.get("name")}
+    return numbers
+
+
+def _link(slug: str, packet_name: str | None, numbers: dict[str, dict[str, int]]) -> str:
+    number = numbers.get(slug, {}).get(packet_name or "")
+    return f"{SITE}scenarios/{slug}/" + (f"#packet-{number}" if number else "")
+
+
+def _print_text(items: Iterator[dict], name: str, out: IO[str], numbers: dict) -> None:
+    print(f"== {name}", file=out)
+    for item in items:
+        if "notes" in item:
+            for note in item["notes"]:
+                where = f" (packet {note['packet']})" if note.get("packet") else ""
+                print(f"note: {note['text']}{where}", file=out)
+                for v in note["verdicts"]:
+                    print(f"    {v['slug']:<28} {v['score']:>3}  {_link(v['slug'], v['packet_name'], numbers)}", file=out)
+            continue
+        print(f"packet {item['packet']}  {item['src']} > {item['dst']}  [{item['flags']}]  t={item['time']:.6f}",
+              file=out)
+        if not item["verdicts"]:
+            print("    no page matches", file=out)
+        for rank, v in enumerate(item["verdicts"][:4]):
+            mark = "=" if len(item["tie"]) > 1 and v["slug"] in item["tie"] else " "
+            print(f"  {mark}{rank + 1}. {v['slug']:<26} score {v['score']:>3}  "
+                  f"{_link(v['slug'], v['packet_name'], numbers)}", file=out)
+            if rank == 0 or v["slug"] in item["tie"]:
+                for e in v["evidence"]:
+                    print(f"        + {e}", file=out)
+                for e in v["against"]:
+                    print(f"        - {e}", file=out)
+        if len(item["tie"]) > 1:
+            print(f"    tie: {', '.join(item['tie'])}: alike on the wire; to tell them apart:", file=out)
+        for step in item["next"]:
+            print(f"      * {step}", file=out)
+
+
+def _print_json(items: Iterator[dict], out: IO[str]) -> None:
+    # written as it streams: each RST as soon as it is settled
+    out.write('{"rsts": [')
+    first = True
+    for item in items:
+        if "notes" in item:
+            out.write('], "notes": ' + json.dumps(item["notes"]) + "}\n")
+            return
+        out.write(("" if first else ",\n") + json.dumps(item))
+        first = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="rst-explain",
+        description="For each TCP RST in a capture (pcap, pcapng, or tcpdump's text; - for stdin), "
+                    "the pages of the TCP Reset Field Guide that explain it, with the evidence.")
+    parser.add_argument("files", nargs="+", metavar="FILE")
+    parser.add_argument("--json", action="store_true", help="one JSON document per file")
+    args = parser.parse_args(argv)
+    numbers = _packet_numbers()
+    status = 0
+    for name in args.files:
+        try:
+            stream = sys.stdin.buffer if name == "-" else open(name, "rb")
+        except OSError as exc:
+            print(f"rst-explain: {name}: {exc.strerror}", file=sys.stderr)
+            status = 1
+            continue
+        try:
+            with stream:
+                items = explain_stream(stream, name)
+                if args.json:
+                    # fail before writing anything when the input is not a capture
+                    head = next(items)
+                    _print_json(_chain(head, items), sys.stdout)
+                else:
+                    _print_text(items, name, sys.stdout, numbers)
+        except ExplainError as exc:
+            print(f"rst-explain: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def _chain(head: dict, rest: Iterator[dict]) -> Iterator[dict]:
+    yield head
+    yield from rest
+
+
+if __name__ == "__main__":
+    sys.exit(main())
