@@ -4,6 +4,7 @@
     nox -s examples -- closed-port           just one (several slugs may be given)
     nox -s examples -- --update SLUG         accept a changed shape into examples/shapes/
     nox -s examples -- --repeat 50 SLUG      record N times; fails if the trace's shape varies
+    nox -s clients                           the client session: real client programs (build/client-traces/)
     nox -s docs                              record every scenario and build site/ (--strict)
     nox -s matrix                            record every scenario on each other kernel (lab/kernels.py)
     nox -s site                              build site/ from build/traces/ (what the tests recorded)
@@ -31,6 +32,15 @@ def examples(session: nox.Session) -> None:
     """Record every scenario's trace (or the slugs given) into build/traces/."""
     _install(session)
     session.run("python", "-m", "lab", "run", *session.posargs)
+
+
+@nox.session
+def clients(session: nox.Session) -> None:
+    """The client session: the scenarios with a client, each real client program (curl, Node.js,
+    Go, Java, Python's libraries) run after their steps, into build/client-traces/ (their own
+    session: the programs' start-up would stretch the catalogue's run; `nox -s bench` times it)."""
+    _install(session)
+    session.run("python", "-m", "lab", "run", "--programs", *session.posargs)
 
 
 @nox.session

@@ -1,6 +1,9 @@
 """Command line of the lab.
 
     python -m lab run [--repeat N] [--jobs J] [--update] [SLUG ...]   record scenarios (default: all)
+    python -m lab run --programs [SLUG ...]                the client session: the scenarios with a client again,
+                                                           each real client program after their steps
+                                                           (build/client-traces/, examples/shapes/clients/)
     python -m lab list                                     the known slugs
     python -m lab run --keep-failed --out DIR              publish failed claims too, with RESULTS (lab/matrix.py)
     python -m lab matrix [--kernel NAME ...]               the catalogue on other kernels (build/traces/KERNEL/)
@@ -23,11 +26,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import scenarios
-from .artifact import RESULTS, ROOT, TRACES, ArtifactError
+from .artifact import CLIENT_TRACES, RESULTS, ROOT, TRACES, ArtifactError
 from .preflight import LabUnavailable
 from .process import die_with_parent
 from .runner import Result, Runner, format_shapes
-from .scenarios import UnknownScenario, all_slugs, check
+from .scenarios import UnknownScenario, all_slugs, check, client_slugs, runs_clients
 
 
 _printing = threading.Lock()  # results arrive from the runner's threads
@@ -94,8 +97,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     repeated = sorted({s for s in args.slugs if args.slugs.count(s) > 1})
     if repeated:
         raise BadInput(f"given more than once: {', '.join(repeated)} (use --repeat N)")
-    slugs = check(args.slugs) if args.slugs else all_slugs()
-    out = args.out.resolve()
+    slugs = check(args.slugs) if args.slugs else (client_slugs() if args.programs else all_slugs())
+    if args.programs:
+        without = [s for s in slugs if not runs_clients(s)]
+        if without:
+            raise BadInput(f"--programs: {', '.join(without)} has no client (no each_program());"
+                           f" the scenarios with one: {', '.join(client_slugs())}")
+        if args.keep_failed:
+            raise BadInput("--programs records this machine's client session: not with --keep-failed")
+    out = (args.out or (CLIENT_TRACES if args.programs else TRACES)).resolve()
     if out.exists() and not out.is_dir():
         raise BadInput(f"--out {args.out} is not a folder")
     for kept in (scenarios.EXAMPLES, ROOT / "docs"):
@@ -103,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise BadInput(f"--out {args.out} is inside {kept}: recordings go elsewhere (build/traces)")
     if args.keep_failed and (args.update or args.repeat > 1):
         raise BadInput("--keep-failed records each scenario once, as it is: not with --update or --repeat")
-    runner = Runner(out=out, jobs=args.jobs, update=args.update, keep_failed=args.keep_failed)
+    runner = Runner(out=out, jobs=args.jobs, update=args.update, keep_failed=args.keep_failed, programs=args.programs)
     started = time.monotonic()
 
     def announce() -> None:  # `nox -s docs` starts the site's build once it reads this line
@@ -147,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--jobs", type=positive, default=None, help="scenarios run at once")
     run.add_argument("--busy", type=cpus, default=0, metavar="N",
                      help="keep N CPUs busy meanwhile (determinism under load; at most the CPUs there are)")
-    run.add_argument("--out", type=Path, default=TRACES, help="where artifacts go (build/traces)")
+    run.add_argument("--out", type=Path, default=None,
+                     help="where artifacts go (build/traces; build/client-traces with --programs)")
+    run.add_argument("--programs", action="store_true",
+                     help="the client session: run each real client program (lab/clients.py) after the steps"
+                          " of the scenarios with a client (default: all of those)")
     run.add_argument("--update", action="store_true",
                      help="accept each recorded shape into examples/shapes/ instead of failing on a change")
     run.add_argument("--keep-failed", action="store_true",

@@ -26,6 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository (examples/lab/ -> .
 # the one definition of where recordings live; tests point it elsewhere
 TRACES = Path(os.environ.get("FIELDGUIDE_TRACES") or ROOT / "build" / "traces")
 SUFFIXES = (".pcap", ".txt", ".json")
+# the client session's recordings (`python -m lab run --programs`, lab/clients.py): the scenarios
+# with a client again, each real client program run after the example's own steps; their own
+# folder, so that the catalogue's run (without programs) keeps its time
+CLIENT_TRACES = Path(os.environ.get("FIELDGUIDE_CLIENT_TRACES") or ROOT / "build" / "client-traces")
 FOLDER_FILES = (".lock", ".key")  # the folder's own: its lock (locked()) and its sealing key (key())
 # another kernel's folder (build/traces/KERNEL/, lab/matrix.py) also holds what its run did:
 RESULTS = "results.json"  # written in the guest: each scenario recorded or not, and why

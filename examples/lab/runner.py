@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import clients, shapes, tracer, worker
-from .artifact import SUFFIXES, TRACES, Recording, key, locked, seal
+from .artifact import CLIENT_TRACES, SUFFIXES, TRACES, Recording, key, locked, seal
 from .preflight import preflight
 from .process import SLOW, kill_group
 from .scenarios import MAX_TIMEOUT, runs_clients
@@ -51,9 +51,14 @@ class Result:
 
 
 class Runner:
-    def __init__(self, out: Path = TRACES, jobs: int | None = None, update: bool = False,
-                 keep_failed: bool = False) -> None:
-        self.out = out
+    def __init__(self, out: Path | None = None, jobs: int | None = None, update: bool = False,
+                 keep_failed: bool = False, programs: bool = False) -> None:
+        # programs: the client session (each real client program after the example's steps,
+        # lab/clients.py), only for the scenarios with a client, into its own folder with its
+        # own shapes; the catalogue's run leaves them out (their start-up, the JVMs' and Node's
+        # above all, would stretch it)
+        self.programs = programs
+        self.out = out or (CLIENT_TRACES if programs else TRACES)
         self.jobs = jobs
         self.keep_failed = keep_failed
         self.update = update  # accept a new shape (`--update`) instead of failing on it
@@ -74,7 +79,7 @@ class Runner:
         assert self._tracer is not None
         answering = tracer.Server(self._tracer, tmp)  # the worker asks it for its kernel events
         try:
-            child = self._zygote.fork(slug, tmp)
+            child = self._zygote.fork(slug, tmp, self.programs)
             try:
                 # the worker dumps its threads' stacks and exits at its own timeout;
                 # this one only catches a worker too stuck to do even that
@@ -102,7 +107,7 @@ class Runner:
         if not status["ok"]:
             return Result(slug, False, seconds, status["problem"], rec.shape if rec else [], rec, kept)
         assert rec is not None
-        difference = "" if self.update else shapes.difference(slug, rec.shape)
+        difference = "" if self.update else shapes.difference(slug, rec.shape, self.programs)
         if difference:
             return Result(slug, False, seconds, difference, rec.shape, rec, kept)
         return Result(slug, True, seconds, "", rec.shape, rec, tmp)
@@ -114,6 +119,9 @@ class Runner:
         once the run holds its folder (a build started after that waits for the run)."""
         if not slugs or repeat < 1 or len(set(slugs)) != len(slugs) or (self.jobs is not None and self.jobs < 1):
             raise ValueError("slugs must be distinct and given, repeat and jobs at least 1")
+        if self.programs and not all(runs_clients(slug) for slug in slugs):
+            raise ValueError("the client session records only scenarios with a client: "
+                             + ", ".join(s for s in slugs if not runs_clients(s)) + " has none")
         try:
             with locked(self.out, exclusive=True,
                         on_wait=lambda message: print(message, file=sys.stderr, flush=True)):
@@ -139,31 +147,7 @@ class Runner:
         results: list[Result] = []
         pool = ThreadPoolExecutor(max_workers=jobs)
 
-        # the client scenarios start once every other scenario has finished: their programs'
-        # start-up (JVMs, Node.js, Python) would take the CPUs from the timers other scenarios
-        # measure (user-timeout's claim on when its error comes failed beside them). They are
-        # submitted last, so that a pool of any size has started every other one first.
-        with_programs = {slug for slug in slugs if runs_clients(slug)}
-        slugs = [s for s in slugs if s not in with_programs] + [s for s in slugs if s in with_programs]
-        others_done = threading.Event()
-        others_left = [len(slugs) - len(with_programs)]
-        counting = threading.Lock()
-        if not others_left[0]:
-            others_done.set()
-
         def consecutive(slug: str) -> list[Result]:
-            if slug in with_programs:
-                others_done.wait()
-            try:
-                return _consecutive(slug)
-            finally:
-                if slug not in with_programs:
-                    with counting:
-                        others_left[0] -= 1
-                        if not others_left[0]:
-                            others_done.set()
-
-        def _consecutive(slug: str) -> list[Result]:
             mine = []
             for _ in range(repeat):
                 try:
@@ -177,7 +161,7 @@ class Runner:
         self._tracer = tracer.Tracer.launch()  # attaches its probes while the first hosts are built
         self._tracer.expect(len(slugs) * repeat)
         threading.Thread(target=self._tracer.ready, daemon=True).start()
-        if any(runs_clients(slug) for slug in slugs):
+        if self.programs:
             clients.prepare()  # builds Go and Java once (if their sources changed), reads the versions
         try:
             self._zygote = Zygote(self.prefix)
@@ -229,7 +213,7 @@ class Runner:
                 _fail(mine, "shapes differ between runs:\n" + format_shapes(mine))
                 continue
             if self.update:
-                shapes.accept(slug, mine[0].shape)
+                shapes.accept(slug, mine[0].shape, self.programs)
             first = mine[0]
             assert first.files is not None and first.recording is not None
             secret = secret or key(self.out, create=True)

@@ -52,14 +52,19 @@ def all_slugs() -> list[str]:
                   if re.fullmatch(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*", p.stem))
 
 
-def sources_digest(slug: str) -> str:
+def sources_digest(slug: str, programs: bool = False) -> str:
     """SHA-256 over the example's source and the lab's (and the client programs', for a
-    scenario that runs them): what a recording was made from."""
+    recording of the client session): what a recording was made from."""
     digest = hashlib.sha256()
-    programs = sorted((EXAMPLES / "clients").glob("*.*")) if runs_clients(slug) else []  # lab/clients.py's
-    for path in [path_of(slug), *sorted((EXAMPLES / "lab").glob("*.py")), *programs]:
+    programs_files = sorted((EXAMPLES / "clients").glob("*.*")) if programs and runs_clients(slug) else []
+    for path in [path_of(slug), *sorted((EXAMPLES / "lab").glob("*.py")), *programs_files]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+def client_slugs() -> list[str]:
+    """The scenarios the client session records (those with each_program())."""
+    return [slug for slug in all_slugs() if runs_clients(slug)]
 
 
 def runs_clients(slug: str) -> bool:
@@ -85,6 +90,7 @@ class BadExample(ValueError):
 class Scenario:
     slug: str
     module: ModuleType
+    programs: bool = False  # the client session: each real client program runs after the example's steps
 
     @property
     def title(self) -> str:
@@ -115,12 +121,17 @@ class Scenario:
     def timeout(self) -> float:
         """The example's TIMEOUT, and CLIENTS_TIMEOUT more when it runs the client programs."""
         own = float(getattr(self.module, "TIMEOUT", DEFAULT_TIMEOUT))
-        return min(own + CLIENTS_TIMEOUT, MAX_TIMEOUT) if self.has_clients else own
+        return min(own + CLIENTS_TIMEOUT, MAX_TIMEOUT) if self.runs_programs else own
 
     @property
     def has_clients(self) -> bool:
         """It runs each real client program (lab/clients.py) after its own steps."""
         return callable(getattr(self.module, "each_program", None))
+
+    @property
+    def runs_programs(self) -> bool:
+        """This run is the client session's and the example has a client."""
+        return self.programs and self.has_clients
 
     @property
     def trace_options(self) -> list[str]:
@@ -131,13 +142,13 @@ class Scenario:
 _loading = threading.Lock()
 
 
-def load(slug: str) -> Scenario:
+def load(slug: str, programs: bool = False) -> Scenario:
     check([slug])
     name = "example_" + slug.replace("-", "_")
     with _loading:
         if name not in sys.modules:
             _import(name, slug)
-    scenario = Scenario(slug, sys.modules[name])
+    scenario = Scenario(slug, sys.modules[name], programs)
     validate(scenario)
     return scenario
 

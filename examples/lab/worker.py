@@ -1,7 +1,7 @@
 """Run one scenario, confined (lab/sandbox.py): import it, build its hosts, capture, run it,
 check its claims, and leave its artifacts in the run's folder.
 
-    python -m lab.worker SLUG FOLDER
+    python -m lab.worker SLUG FOLDER [--programs]
 
 Writes FOLDER/SLUG.{pcap,txt,json} when every claim holds, and FOLDER/worker.json
 (`{"ok": ..., "problem": ...}`) in every case it can. The runner's zygote forks each
@@ -84,7 +84,7 @@ def run(scenario: Scenario, folder: Path) -> dict[str, Any]:
             report["counters"] = {h.name: counter_deltas(before[h.name], h.counters()) for h in built}
             lap("scenario")
             report["own_calls"] = len(transcript.entries)  # what came later is the programs' phase
-            if scenario.has_clients:
+            if scenario.runs_programs:
                 for program in clients.each(built[0]):  # each real program, as the client, in turn
                     scenario.module.each_program(program, *built)
                     for h in built:
@@ -143,7 +143,7 @@ def judge(scenario: Scenario, folder: Path, report: dict[str, Any], started: flo
         claims=trace.claims, packets=packets, shape=shape_of(packets, [entry for entry, _ in runs]),
         pcap_sha256=hashlib.sha256(pcap.read_bytes()).hexdigest(),
         seconds=round(time.monotonic() - started, 3), timings=report["timings"],
-        sources_sha256=scenarios.sources_digest(slug),
+        sources_sha256=scenarios.sources_digest(slug, scenario.programs),
         # (the kernel's lists of reasons served the claims: not repeated in every recording)
         tracing={**{k: v for k, v in traced["tracing"].items() if k != "reasons"}, "kernel": report["kernel"]},
         states=kernel_events.states(events), kernel_events=kernel_events.strip(events),
@@ -173,13 +173,13 @@ def numbered(text: str, packets: list[Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _inside(slug: str, folder: Path) -> int:
+def _inside(slug: str, folder: Path, programs: bool) -> int:
     """PID 1 of the run's namespaces: import the example, run it, judge it."""
     started = time.monotonic()
     status: dict[str, Any] = {"ok": False, "problem": ""}
     faulthandler.dump_traceback_later(IMPORT_TIMEOUT, exit=True)  # an example that loops at import
     try:
-        scenario = load(slug)
+        scenario = load(slug, programs)
     except BaseException as exc:  # SystemExit too: an example must not end the run's process
         status["problem"] = (f"examples/{scenarios.path_of(slug).name} cannot be loaded:\n"
                              + "".join(traceback.format_exception(exc)))
@@ -196,9 +196,10 @@ def _inside(slug: str, folder: Path) -> int:
     return 0 if status["ok"] else 1
 
 
-def record(slug: str, folder: Path) -> int:
-    """Run the scenario in its sandbox (this process must be single-threaded); the exit code."""
-    code = sandbox.run_confined(lambda: _inside(slug, folder), writable=folder,
+def record(slug: str, folder: Path, programs: bool = False) -> int:
+    """Run the scenario in its sandbox (this process must be single-threaded); the exit code.
+    programs: run each real client program after the example's steps (the client session)."""
+    code = sandbox.run_confined(lambda: _inside(slug, folder, programs), writable=folder,
                                 hidden=[folder.parent / FOLDER_FILES[1]])  # the sealing key
     return code if code >= 0 else 128 - code  # killed by a signal: 128 + its number
 
@@ -217,5 +218,5 @@ def recording_of(folder: Path, slug: str) -> Recording | None:
 
 
 if __name__ == "__main__":
-    sys.exit(record(sys.argv[1], Path(sys.argv[2]).resolve()))
+    sys.exit(record(sys.argv[1], Path(sys.argv[2]).resolve(), sys.argv[3:] == ["--programs"]))
 

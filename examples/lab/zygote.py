@@ -90,7 +90,7 @@ def _child(request: dict, inherited: list[int]) -> None:
         os.close(devnull)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         scenarios.use_examples(Path(request["examples"]))
-        code = worker.record(request["slug"], folder)
+        code = worker.record(request["slug"], folder, request.get("programs", False))
     except BaseException:
         traceback.print_exc()
     finally:
@@ -194,14 +194,14 @@ class Zygote:
             child.started.set()
             child.exited.set()
 
-    def fork(self, slug: str, folder: Path) -> _Child:
+    def fork(self, slug: str, folder: Path, programs: bool = False) -> _Child:
         with self._lock:
             if self._closed:
                 raise KeyboardInterrupt
             self._next += 1
             child = self._children[self._next] = _Child()
             request = {"id": self._next, "slug": slug, "folder": str(folder),
-                       "examples": str(scenarios.EXAMPLES)}
+                       "examples": str(scenarios.EXAMPLES), "programs": programs}
             assert self.proc.stdin is not None
             self.proc.stdin.write((json.dumps(request) + "\n").encode())
             self.proc.stdin.flush()
