@@ -27,17 +27,18 @@ from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
 from mkdocs.structure.pages import Page
 
-from lab.artifact import ArtifactError, Recording, key, locked
+from lab.artifact import CLIENT_TRACES, ArtifactError, Recording, key, locked
 
 from . import chinese as zh
-from . import explainer, kernels, mermaid, notebook, symptoms, vendor, wireshark
+from . import explainer, kernels, mermaid, notebook, programs, symptoms, vendor, wireshark
 from .placeholders import PHASE_LABELS, Context, PageError, expand_page
-from .recordings import load_all, stale
+from .recordings import load_all, load_clients, stale
 
 log = logging.getLogger("mkdocs.hooks.fieldguide")
 
 recordings: dict[str, Recording] = {}
 quoted: list = []
+clients: list[programs.Clients] = []  # the client session's recordings (`nox -s clients`), or why none
 matrix: list[kernels.Matrix] = []  # other kernels' fresh recordings (kernels.py), if any
 chinese: dict = {}  # chinese.py: the pages' Chinese titles, glibc's Chinese error texts
 mermaid_scripts: list[str] = []
@@ -70,6 +71,11 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
         recordings.clear()
         recordings.update(load_all(Path(config.docs_dir)))
         quoted[:] = symptoms.load_quoted()
+        if CLIENT_TRACES.is_dir():  # a client session still recording: wait for its end
+            held.enter_context(locked(CLIENT_TRACES, on_wait=log.info))
+        clients[:] = [programs.Clients(*load_clients())]
+        if clients[0].missing:
+            log.info(f"the client programs' lines are not shown: {clients[0].missing}")
         matrix[:] = [kernels.load_matrix(list(recordings), stale)]
         for name, why in matrix[0].left_out.items():
             log.warning(f"kernel {name}'s recordings are not used: {why}")
@@ -116,6 +122,10 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
         assert rec.pcap is not None
         for source in (rec.pcap, rec.pcap.with_suffix(".json")):
             files.append(File.generated(config, f"traces/{source.name}", abs_src_path=str(source)))
+    for rec in (clients[0].recordings.values() if clients else []):  # the client session's, programs.py
+        assert rec.pcap is not None
+        for source in (rec.pcap, rec.pcap.with_suffix(".txt"), rec.pcap.with_suffix(".json")):
+            files.append(File.generated(config, f"traces/clients/{source.name}", abs_src_path=str(source)))
     for run in (matrix[0].runs if matrix else []):  # other kernels' captures, beside this machine's
         for rec in run.recordings.values():
             assert rec.pcap is not None
@@ -158,7 +168,8 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
     try:
         views = wireshark_views[0].view if wireshark_views else None
         return expand_page(markdown, Context(src, slug, recordings, quoted, chinese, views,
-                                             matrix[0] if matrix else kernels.Matrix([], {})), first_line)
+                                             matrix[0] if matrix else kernels.Matrix([], {}),
+                                             clients[0] if clients else programs.Clients()), first_line)
     except PageError as exc:
         raise PluginError(str(exc)) from None
 

@@ -53,6 +53,8 @@ class Context:
     wireshark: Callable[[str], Any] | None = None
     # other kernels' recordings of the scenarios (kernels.py): each page's Kernels section
     matrix: kernels.Matrix = field(default_factory=lambda: kernels.Matrix([], {}))
+    # the client session's recordings (`nox -s clients`), or why the build has none (programs.py)
+    clients: programs.Clients = field(default_factory=programs.Clients)
 
     @property
     def own(self) -> Recording:
@@ -122,7 +124,8 @@ def expand_page(markdown: str, ctx: Context, first_line: int = 1) -> str:
                    f'{render.plain(zh["summary"])}</p>\n\n') if zh else ""
         out = (f"# {render.plain(ctx.own.title)}\n\n" + chinese + out.rstrip("\n") + "\n\n"
                + kernels.section(ctx.own, ctx.matrix, kernels.load_notes()) + "\n"
-               + symptoms.you_may_have_seen(ctx.own, ctx.quoted, ctx.src) + "\n")
+               + symptoms.you_may_have_seen(ctx.own, ctx.quoted, ctx.src,
+                                            ctx.clients.recordings.get(ctx.own.slug)) + "\n")
     return out
 
 
@@ -238,7 +241,7 @@ def _diagram(ctx: Context, args: list[str]) -> str:
 
 @placeholder("outcomes")
 def _outcomes(ctx: Context, args: list[str]) -> str:
-    return render.outcomes_table(ctx.own) + "\n" + programs.program_row(ctx.own)
+    return render.outcomes_table(ctx.own) + "\n" + programs.program_row(ctx.own.slug, ctx.clients, ctx.link)
 
 
 @placeholder("counters")
@@ -305,7 +308,7 @@ def _scenario_index(ctx: Context, args: list[str]) -> str:
 
 @placeholder("client_matrix")
 def _client_matrix(ctx: Context, args: list[str]) -> str:
-    return programs.client_matrix(ctx.recordings, ctx.link)
+    return programs.client_matrix(ctx.clients, ctx.link)
 
 
 @placeholder("client_programs")
@@ -327,7 +330,7 @@ def _kernel_matrix(ctx: Context, args: list[str]) -> str:
 
 @placeholder("symptom_index")
 def _symptom_index(ctx: Context, args: list[str]) -> str:
-    return symptoms.symptom_index(ctx.recordings, ctx.quoted, ctx.src, ctx.chinese)
+    return symptoms.symptom_index(ctx.recordings, ctx.quoted, ctx.src, ctx.chinese, ctx.clients.recordings)
 
 
 @placeholder("symptom_summary")

@@ -1,11 +1,15 @@
 """What real client programs printed (lab/clients.py): the matrix, and each scenario's row.
 
-Every line comes from SLUG.json's outcomes: an entry with `program` (name, version) is one
-program's run, with what it printed (`output`), its exit status, how many connections it
-opened and its packets' numbers. Each cell links to the packet that caused what the
-program printed: for a failure, the packet symptoms.py's rule picks among the program's
-own packets (the RST it received for ECONNRESET...); for a response, the last segment
-with data the client received.
+The programs run in their own session (`nox -s clients`, build/client-traces/SLUG.json,
+lab/clients.py), not in the catalogue's run the rest of the page is built from: their
+start-up would stretch it. Every line comes from those recordings' outcomes: an entry with
+`program` (name, version) is one program's run, with what it printed (`output`), its exit
+status, how many connections it opened and its packets' numbers. Each cell names the packet
+that caused what the program printed, in the client session's capture (published as
+traces/clients/SLUG.pcap and .txt): for a failure, the packet symptoms.py's rule picks among
+the program's own packets (the RST it received for ECONNRESET...); for a response, the last
+segment with data the client received. A build without that session says so, and how to
+record it, where the lines would be.
 
     {{ client_matrix }}   (docs/clients.md) scenarios down, programs across
     {{ outcomes }}        a scenario page's calls, then its programs' row (program_row())
@@ -13,12 +17,30 @@ with data the client received.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from lab.artifact import Packet, Recording
+from lab.scenarios import runs_clients
 
-from .render import literal, name_id, plain
+from .render import capture_of, literal, plain
 from .symptoms import explaining_packets, program_key
+
+
+@dataclass
+class Clients:
+    """The client session's recordings the build uses (recordings.load_clients()), or why none."""
+
+    recordings: dict[str, Recording] = field(default_factory=dict)
+    missing: str = "this build did not record the client programs"
+
+
+def not_recorded(clients: Clients) -> str:
+    """What a page says where the programs' lines would be, when the build has none."""
+    return (f"This build did not record the real client programs ({clients.missing.rstrip('.')})."
+            " They run in a session of their own, since their start-up would stretch the catalogue's"
+            " run: `nox -s clients` records them into `build/client-traces/`, and the next build shows"
+            " what each one printed.")
 
 
 def runs(rec: Recording) -> list[tuple[str, dict[str, Any]]]:
@@ -38,9 +60,10 @@ def caused_by(rec: Recording, host: str, entry: dict[str, Any]) -> Packet | None
     return (with_data or received or [None])[-1]
 
 
-def cell(rec: Recording, host: str, entry: dict[str, Any], link: str) -> str:
+def cell(rec: Recording, host: str, entry: dict[str, Any], capture: str) -> str:
     """One program's result: its first line, the rest of what it printed, exit status,
-    connections, and the packet that caused it (link: the scenario page, "" on its own page)."""
+    connections, and the packet that caused it (capture: a link to the client session's
+    capture of the scenario, from the page that shows the cell)."""
     lines = entry["output"] or ["(printed nothing)"]
     rest = "<br>".join(literal(line) for line in lines[1:])
     out = literal(lines[0]) + (f"<br><small>{rest}</small>" if rest else "")
@@ -49,33 +72,40 @@ def cell(rec: Recording, host: str, entry: dict[str, Any], link: str) -> str:
         out += f", **{entry['connections']} connections**" + (" (it tried again by itself)" if entry["connections"] > 1 else "")
     packet = caused_by(rec, host, entry)
     if packet is not None:
-        anchor = name_id(rec, packet, own_page=not link)
-        target = f"{link}#{name_id(rec, packet)}" if link else f"#{anchor}"
-        out += f"<br>[packet {packet.number} ({plain(rec.anchor(packet))})]({target})"
+        out += f"<br>packet {packet.number} ({plain(rec.anchor(packet))}) of [the client session's capture]({capture})"
     return out
 
 
-def program_row(rec: Recording) -> str:
-    """A scenario page's programs: one row a program (a table down the page reads on a phone)."""
-    found = runs(rec)
-    if not found:
+def program_row(slug: str, clients: Clients, link: Any) -> str:
+    """A scenario page's programs: one row a program (a table down the page reads on a phone).
+    link(target): a relative link from the page."""
+    if not runs_clients(slug):
         return ""
+    if slug not in clients.recordings:
+        return "\n" + not_recorded(clients) + "\n"
+    rec = clients.recordings[slug]
+    found = runs(rec)
+    capture = link(capture_of(slug))
     out = ["", "The same request from real client programs, run on the same client host after the"
-           " example's own steps (each one's packets are named after it in the trace above):", "",
+           " example's own steps, in the client session (`nox -s clients`): its own run of this"
+           f" scenario, whose [capture]({capture}) and [trace]({capture.removesuffix('.pcap')}.txt)"
+           " name each program's packets after it:", "",
            "| program | version | what it printed |", "|---|---|---|"]
     for host, entry in found:
         request = entry["call"].split(": ", 1)[-1]
         out.append(f"| {plain(entry['program']['name'])}<br><small>{literal(request)}</small>"
-                   f" | {plain(entry['program']['version'])} | {cell(rec, host, entry, '')} |")
+                   f" | {plain(entry['program']['version'])} | {cell(rec, host, entry, capture)} |")
     return "\n".join(out)
 
 
-def client_matrix(recordings: dict[str, Recording], link: Any) -> str:
-    """Scenarios down, programs across; each cell the recorded line, linked to its packet.
+def client_matrix(clients: Clients, link: Any) -> str:
+    """Scenarios down, programs across; each cell the recorded line and its packet.
     link(target): a relative link from the page that shows it."""
-    having = [rec for rec in recordings.values() if runs(rec)]
+    if not clients.recordings:
+        return not_recorded(clients)
+    having = [rec for rec in clients.recordings.values() if runs(rec)]
     if not having:
-        raise ValueError("no recording holds a client program's run; run `nox -s examples`")
+        raise ValueError("no recording of the client session holds a client program's run")
     names: dict[str, str] = {}  # program -> version, in the order they ran
     for rec in having:
         for _, entry in runs(rec):
@@ -85,6 +115,7 @@ def client_matrix(recordings: dict[str, Recording], link: Any) -> str:
     for rec in having:
         page = link(f"scenarios/{rec.slug}.md")
         by_name = {e["program"]["name"]: (host, e) for host, e in runs(rec)}
-        cells = [cell(rec, *by_name[n], page) if n in by_name else "not run" for n in names]
+        capture = link(capture_of(rec.slug))
+        cells = [cell(rec, *by_name[n], capture) if n in by_name else "not run" for n in names]
         out.append(f"| [{plain(rec.title)}]({page}) | " + " | ".join(cells) + " |")
     return "\n".join(out)

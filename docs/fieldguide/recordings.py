@@ -14,7 +14,7 @@ import hmac
 from pathlib import Path
 
 from lab import scenarios, shapes
-from lab.artifact import ArtifactError, Recording, key, load, seal
+from lab.artifact import CLIENT_TRACES, ArtifactError, Recording, key, load, seal
 from lab.capture import read_packets
 
 from .render import check_anchors, records
@@ -25,28 +25,39 @@ def example_why(slug: str) -> str:
     return " ".join(" ".join(doc.split("\n\n")[1:]).split())
 
 
-def stale(slug: str, rec: Recording, json_file: Path) -> str:
+CLIENTS_COMMAND = "nox -s clients"  # records the client session (lab/clients.py), build/client-traces/
+
+
+def _again(slug: str, programs: bool) -> str:
+    return f"`{CLIENTS_COMMAND if programs else 'nox -s examples'} -- {slug}`"
+
+
+def stale(slug: str, rec: Recording, json_file: Path, programs: bool = False) -> str:
     """Why a recording is not from the current example and lab ("" if it is): older than
     one of their files, or recorded from other sources (a copy's dates prove nothing).
-    Other kernels' recordings (kernels.py) are judged the same way."""
-    lab_sources = sorted((scenarios.EXAMPLES / "lab").glob("*.py"))
-    newer = [p for p in [scenarios.path_of(slug), *lab_sources] if p.stat().st_mtime > json_file.stat().st_mtime]
+    Other kernels' recordings (kernels.py) and the client session's (programs: with the
+    client programs' files too) are judged the same way."""
+    sources = [scenarios.path_of(slug), *sorted((scenarios.EXAMPLES / "lab").glob("*.py"))]
+    if programs:
+        sources += sorted((scenarios.EXAMPLES / "clients").glob("*.*"))
+    newer = [p for p in sources if p.stat().st_mtime > json_file.stat().st_mtime]
     if newer:
-        return f"the trace is older than {newer[0].name}; record it again: `nox -s examples -- {slug}`"
-    if rec.sources_sha256 != scenarios.sources_digest(slug):
+        return f"the trace is older than {newer[0].name}; record it again: {_again(slug, programs)}"
+    if rec.sources_sha256 != scenarios.sources_digest(slug, programs):
         return ("the trace was recorded from another version of the example or the lab;"
-                f" record it again: `nox -s examples -- {slug}`")
+                f" record it again: {_again(slug, programs)}")
     return ""
 
 
-def load_checked(slug: str, secret: bytes) -> Recording:
-    rec = load(slug)
+def load_checked(slug: str, secret: bytes, programs: bool = False) -> Recording:
+    """programs: the client session's recording (build/client-traces/), with its own shapes."""
+    rec = load(slug, CLIENT_TRACES if programs else None)
     assert rec.pcap is not None
     pcap = rec.pcap.read_bytes()
     if not hmac.compare_digest(rec.signature, seal(rec, rec.text.encode(), pcap, secret)):
         raise ArtifactError("the recording is not the one its run sealed (edited, or put together from"
-                            f" several runs); record it again: `nox -s examples -- {slug}`")
-    why = stale(slug, rec, rec.pcap.with_suffix(".json"))
+                            f" several runs); record it again: {_again(slug, programs)}")
+    why = stale(slug, rec, rec.pcap.with_suffix(".json"), programs)
     if why:
         raise ArtifactError(why)
     failed = [c["claim"] for c in rec.claims if not c["passed"]]
@@ -60,7 +71,7 @@ def load_checked(slug: str, secret: bytes) -> Recording:
         raise ArtifactError(f"the packets of {slug}.json are not those of {rec.pcap.name}")
     records(rec)  # the text and the capture must agree packet for packet
     check_anchors(rec)
-    difference = shapes.difference(slug, rec.shape)  # the committed shape, as the run checked it
+    difference = shapes.difference(slug, rec.shape, programs)  # the committed shape, as the run checked it
     if difference:
         raise ArtifactError(difference)
     return rec
@@ -86,3 +97,26 @@ def load_all(docs: Path) -> dict[str, Recording]:
     if problems:
         raise ArtifactError("the site cannot be built from these traces:\n  " + "\n  ".join(problems))
     return found
+
+
+def load_clients() -> tuple[dict[str, Recording], str]:
+    """The client session's recordings (`nox -s clients`, build/client-traces/): every scenario
+    with a client, each checked as load_checked() checks the catalogue's; used only when all
+    are there, sealed and fresh. ({}, why not) otherwise: the pages then say the build did
+    not record the programs, never show an older run's lines."""
+    slugs = scenarios.client_slugs()
+    if not any((CLIENT_TRACES / f"{slug}.json").is_file() for slug in slugs):
+        return {}, "this build did not record the client programs"
+    problems, found = [], {}
+    try:
+        secret = key(CLIENT_TRACES)
+    except ArtifactError as exc:
+        return {}, str(exc)
+    for slug in slugs:
+        try:
+            found[slug] = load_checked(slug, secret, programs=True)
+        except (ArtifactError, ValueError, KeyError) as exc:
+            problems.append(f"{slug}: {exc}")
+    if problems:
+        return {}, "the client session's recordings are not used: " + "; ".join(problems)
+    return found, ""

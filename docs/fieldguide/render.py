@@ -30,6 +30,12 @@ _INERT = str.maketrans({c: f"&#{ord(c)};" for c in map(chr, range(128)) if not (
 
 # -- recorded text, escaped by construction ------------------------------------------------
 
+def capture_of(slug: str) -> str:
+    """The client session's capture of a scenario (`nox -s clients`), as the site publishes it
+    (hooks.on_files): what the client programs' lines point into."""
+    return f"traces/clients/{slug}.pcap"
+
+
 def plain(text: object) -> str:
     """Recorded text as inert page text: all ASCII but letters, digits and spaces as &#N;."""
     return str(text).translate(_INERT)

@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 from lab.artifact import Packet, Recording
 
-from .render import literal, name_id, plain
+from .render import capture_of, literal, name_id, plain
 
 QUOTED = Path(__file__).with_name("quoted_symptoms.yml")
 
@@ -78,6 +78,9 @@ class Seen:
     packet: Packet | None  # the packet that explains it (anchored on the scenario page)
     why: str  # "the RST it received"...
     anchor: str  # its anchor on the scenario page (its name), or the trace's
+    # a client program's line (the client session, `nox -s clients`): its capture, as the site
+    # publishes it (programs.capture_of()); the packet is that capture's, not the page's
+    capture: str = ""
 
     @property
     def packet_label(self) -> str:
@@ -130,8 +133,10 @@ def program_key(rec: Recording, host: str, entry: dict[str, Any]) -> str:
     return entry["raised"].split(":")[0]
 
 
-def seen_in(rec: Recording) -> list[Seen]:
-    """Every failure the recording holds, once per (host, call, text)."""
+def seen_in(rec: Recording, capture: str = "") -> list[Seen]:
+    """Every failure the recording holds, once per (host, call, text). capture: rec is the
+    client session's (published there): only its programs' lines are taken, the rest is
+    the catalogue's recording's."""
     found: dict[tuple[str, str, str], Seen] = {}
     failures: dict[tuple[str, str, str], int] = {}  # (host, errno, call name) -> failures so far
     for host, entries in rec.outcomes.items():
@@ -145,9 +150,9 @@ def seen_in(rec: Recording) -> list[Seen]:
                 program = f"{entry['program']['name']} ({entry['program']['version']})"
                 found[(host, entry["call"], entry["raised"])] = Seen(
                     rec.slug, rec.title, host, program, entry["raised"], key, "program", packet, why,
-                    name_id(rec, packet) if packet else "the-trace")
+                    name_id(rec, packet) if packet else "the-trace", capture)
                 continue
-            if entry.get("phase") == "programs":  # the servers' side of the programs' runs
+            if entry.get("phase") == "programs" or capture:  # the servers' side of the programs' runs
                 continue
             if "raised" in entry:
                 text = f"{entry['raised']}: {entry['message']}" if entry["message"] else entry["raised"]
@@ -213,8 +218,8 @@ def _where(seen: Seen, src: str, own_page: bool) -> str:
     call = "log" if seen.source == "log" else literal(seen.call)
     if seen.source == "program":
         call = f"{plain(seen.call)}, run as the client"
-        target = f"#{seen.anchor}" if own_page else _link(src, f"scenarios/{seen.slug}.md") + f"#{seen.anchor}"
-        return f"{call}, explained by {seen.why}: [{plain(seen.packet_label)}]({target})"
+        return (f"{call}, explained by {seen.why}: {plain(seen.packet_label)} of"
+                f" [the client session's capture]({_link(src, seen.capture)})")
     target = f"#{seen.anchor}" if own_page else _link(src, f"scenarios/{seen.slug}.md") + f"#{seen.anchor}"
     return f"the {plain(seen.host)}'s {call}, explained by {seen.why}: [{plain(seen.packet_label)}]({target})"
 
@@ -228,10 +233,18 @@ def _quoted_line(q: dict[str, Any]) -> str:
     return f"{plain(q['software'])}: {literal(q['text'])}{note} ([source, {plain(q['version'])}]({q['source']}))"
 
 
-def _groups(recordings: dict[str, Recording]) -> tuple[dict[str, list[Seen]], list[str]]:
+def _all_seen(recordings: dict[str, Recording], programs: dict[str, Recording] | None) -> list[Seen]:
+    """The catalogue's failures, and the client programs' (programs: the client session's
+    recordings, when the build has them)."""
+    return ([s for rec in recordings.values() for s in seen_in(rec)]
+            + [s for rec in (programs or {}).values() for s in seen_in(rec, capture_of(rec.slug))])
+
+
+def _groups(recordings: dict[str, Recording], programs: dict[str, Recording] | None = None
+            ) -> tuple[dict[str, list[Seen]], list[str]]:
     """Every captured failure by errno (or exception class), and the keys, most scenarios first."""
     groups: dict[str, list[Seen]] = {}
-    for seen in (s for rec in recordings.values() for s in seen_in(rec)):
+    for seen in _all_seen(recordings, programs):
         groups.setdefault(seen.key, []).append(seen)
     if not groups:
         raise ValueError("no recording holds a failed call; run `nox -s docs`")
@@ -261,11 +274,12 @@ def symptom_summary(recordings: dict[str, Recording], src: str, chinese: dict[st
 
 
 def symptom_index(recordings: dict[str, Recording], quoted: list[dict[str, Any]], src: str,
-                  chinese: dict[str, Any] | None = None) -> str:
+                  chinese: dict[str, Any] | None = None, programs: dict[str, Recording] | None = None) -> str:
     """Every captured failure, grouped by errno (or exception class), most scenarios first;
-    with glibc's Chinese text of each errno where it was recorded."""
+    with glibc's Chinese text of each errno where it was recorded (programs: the client
+    session's recordings, when the build has them)."""
     chinese = chinese or {}
-    groups, order = _groups(recordings)
+    groups, order = _groups(recordings, programs)
     out = []  # a list, not a table: the error texts are long and phones are narrow
     for key in order:
         texts = sorted({s.text for s in groups[key]})
@@ -309,9 +323,11 @@ def symptom_index(recordings: dict[str, Recording], quoted: list[dict[str, Any]]
     return "\n".join(out)
 
 
-def you_may_have_seen(rec: Recording, quoted: list[dict[str, Any]], src: str) -> str:
-    """The end of a scenario page: what its applications met, and the same in other software."""
-    found = seen_in(rec)
+def you_may_have_seen(rec: Recording, quoted: list[dict[str, Any]], src: str,
+                      programs: Recording | None = None) -> str:
+    """The end of a scenario page: what its applications met, and the same in other software
+    (programs: the client session's recording of the scenario, when the build has it)."""
+    found = seen_in(rec) + (seen_in(programs, capture_of(rec.slug)) if programs else [])
     # not searched: every page's list of shared errnos would rank all of them alike; the
     # symptom index is the page a search for an error should find
     out = ["## You may have seen { #you-may-have-seen data-search-exclude }", ""]
