@@ -18,20 +18,31 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab.artifact import ROOT, TRACES
+from lab.artifact import CLIENT_TRACES, ROOT, TRACES
 from lab.preflight import LabUnavailable
 from lab.runner import Result, Runner
-from lab.scenarios import all_slugs
+from lab.scenarios import all_slugs, client_slugs
 
 
 @pytest.fixture(scope="session")
 def recorded() -> dict[str, Result]:
-    """Every scenario recorded fresh by this session into build/traces/."""
+    """Every scenario recorded fresh by this session into build/traces/, then the client
+    session (the scenarios with a client again, each real client program after their
+    steps) into build/client-traces/: the site is built from both, as after `nox -s clients`."""
     try:
         runner = Runner(out=TRACES)
+        programs = Runner(out=CLIENT_TRACES, programs=True)
     except LabUnavailable as exc:
         pytest.fail(f"the lab cannot run here: {exc}")
-    return {r.slug: r for r in runner.run(all_slugs())}
+    results = {r.slug: r for r in runner.run(all_slugs())}
+    programs.run(client_slugs())  # its failures show on the matrix page's tests, by name
+    return results
+
+
+@pytest.fixture(scope="session")
+def recorded_client_traces(recorded: dict[str, Result]) -> Path:
+    """build/client-traces/ after this session's client session."""
+    return CLIENT_TRACES
 
 
 # -- site ------------------------------------------------------------------------------

@@ -28,8 +28,8 @@ def program_runs(traces: Path) -> dict[str, list[dict]]:
     return found
 
 
-def test_every_client_scenario_runs_at_least_six_programs(recorded_traces: Path) -> None:
-    runs = program_runs(recorded_traces)
+def test_every_client_scenario_runs_at_least_six_programs(recorded_client_traces: Path) -> None:
+    runs = program_runs(recorded_client_traces)
     assert runs, "no recording holds a client program's run"
     for slug, entries in runs.items():
         names = {e["program"]["name"] for e in entries}
@@ -39,28 +39,44 @@ def test_every_client_scenario_runs_at_least_six_programs(recorded_traces: Path)
             assert e["packets"] and e["connections"] >= 1, f"{slug}: {e['call']} has no packet of its own"
 
 
-def test_every_line_of_the_matrix_was_recorded_by_this_build(built_site: Path, recorded_traces: Path) -> None:
+def test_every_line_of_the_matrix_was_recorded_by_this_build(built_site: Path, recorded_client_traces: Path) -> None:
     page = (built_site / "clients" / "index.html").read_text()
     table = page[page.index("<table"):page.index("</table>")]
     cells = [text_of(c) for c in re.findall(r"<code>(.*?)</code>", table, re.DOTALL)]
-    recorded = {line for entries in program_runs(recorded_traces).values() for e in entries for line in e["output"]}
+    recorded = {line for entries in program_runs(recorded_client_traces).values() for e in entries for line in e["output"]}
     assert cells, "the matrix shows no line"
     assert set(cells) <= recorded, f"lines not in this build's recordings: {set(cells) - recorded}"
-    for slug, entries in program_runs(recorded_traces).items():
+    for slug, entries in program_runs(recorded_client_traces).items():
         for e in entries:  # and every line each program printed is in its scenario's row
             assert all(html.escape(line, quote=False) in html.unescape(page) or line in text_of(page)
                        for line in e["output"]), (slug, e["output"])
-            assert f"scenarios/{slug}/#" in page
+            assert f"scenarios/{slug}/\"" in page
 
 
-def test_each_cell_links_to_a_packet_of_its_program(built_site: Path, recorded_traces: Path) -> None:
+def test_each_cell_names_a_packet_of_its_program(built_site: Path, recorded_client_traces: Path) -> None:
+    """Each cell names the packet that caused the line, in the client session's capture,
+    published beside the page (the catalogue's capture of the scenario has no programs)."""
     page = (built_site / "clients" / "index.html").read_text()
-    links = re.findall(r'href="\.\./scenarios/([a-z0-9-]+)/#([a-z0-9-]+)"', page)
-    runs = program_runs(recorded_traces)
-    assert len(links) >= sum(len(e) for e in runs.values()) - 1
-    for slug, anchor in links:
-        scenario = (built_site / "scenarios" / slug / "index.html").read_text()
-        assert f'id="{anchor}"' in scenario, f"{slug}: no anchor #{anchor}"
+    cells = re.findall(r'packet (\d+) \(([^)]*)\) of <a href="\.\./traces/clients/([a-z0-9-]+)\.pcap"', page)
+    runs = program_runs(recorded_client_traces)
+    assert len(cells) >= sum(len(e) for e in runs.values()) - 1
+    for number, _, slug in cells:
+        assert (built_site / "traces" / "clients" / f"{slug}.pcap").is_file(), slug
+        data = json.loads((recorded_client_traces / f"{slug}.json").read_text())
+        mine = {n for e in runs[slug] for n in e["packets"]}
+        assert int(number) in mine and any(p["number"] == int(number) for p in data["packets"]), (slug, number)
+
+
+def test_without_the_client_session_the_pages_say_so(tmp_path: Path) -> None:
+    """A build whose client session is missing shows no program line and says how to record it."""
+    from fieldguide import programs
+
+    missing = programs.Clients()
+    for text in (programs.client_matrix(missing, lambda target: target),
+                 programs.program_row("closed-port", missing, lambda target: target)):
+        assert "did not record the real client programs" in text and "`nox -s clients`" in text
+        assert "|" not in text
+    assert programs.program_row("graceful-close", missing, lambda target: target) == ""
 
 
 def test_a_missing_program_fails_naming_its_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
