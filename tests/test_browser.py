@@ -220,21 +220,14 @@ def test_scenario_page_shows_its_recording(watched: Watched, site_url: str, slug
     text = outcomes.inner_text()
     for entries in data["outcomes"].values():
         for entry in entries:
-            if entry.get("phase") == "programs":  # the client programs' phase: its own table, below
-                continue
             assert entry["call"] in text, entry
             assert entry.get("raised", "") in text
-    programs = [e for entries in data["outcomes"].values() for e in entries if "program" in e]
-    if programs:  # the real client programs' row: each one's name and every line it printed
-        table = page.locator("h2#what-each-application-saw ~ div.md-typeset__scrollwrap table").nth(1).inner_text()
-        for entry in programs:
-            assert entry["program"]["name"] in table and all(line in table for line in entry["output"]), entry
 
     # "You may have seen": one entry per failure, linked to its packet
     seen = page.locator("h2#you-may-have-seen + ul, h2#you-may-have-seen + p").first
     assert seen.is_visible()
-    for entries in data["outcomes"].values():  # (not what the servers of the client programs noted)
-        for entry in (e for e in entries if "raised" in e and (e.get("phase") != "programs" or "program" in e)):
+    for entries in data["outcomes"].values():
+        for entry in (e for e in entries if "raised" in e):
             assert entry["raised"] in seen.inner_text()
     for href in seen.locator("a[href^='#']").evaluate_all("links => links.map(a => a.getAttribute('href'))"):
         assert page.locator(f".fg-trace {href}").count() == 1 or href == "#the-trace", (
@@ -481,9 +474,7 @@ def test_rsts_are_marked_in_the_diagram_in_either_palette(browser: Any, site_url
     wait_for_diagrams(page)
     svg = "document.querySelector('div.mermaid').shadowRoot.querySelector('svg')"
     labels = page.evaluate(f"[...{svg}.querySelectorAll('text.messageText')].map(t => t.textContent)")
-    data = recording(slug)  # the diagram draws the example's own packets, not the client programs'
-    theirs = {n for entries in data["outcomes"].values() for e in entries if "program" in e for n in e["packets"]}
-    rsts = [p for p in data["packets"] if "R" in p["flags"] and p["number"] not in theirs]
+    rsts = [p for p in recording(slug)["packets"] if "R" in p["flags"]]
     assert [label for label in labels if label.startswith("RST ")] == [
         label for label in labels if any(f"({p['name']})" in label for p in rsts)]
     assert len([label for label in labels if label.startswith("RST ")]) == len(rsts)

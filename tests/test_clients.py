@@ -110,3 +110,12 @@ def test_a_reused_port_opens_a_new_connection_of_the_program_that_reused_it() ->
     second = {"host": "client", "program": {"id": "b"}, "window": [10.9, 11.5]}
     runs = clients.attribute([first, second], packets, [], 10.0)
     assert [(e["packets"], e["connections"]) for e, _ in runs] == [([1, 2], 1), ([3, 4], 1)]
+
+
+def test_each_client_scenario_page_shows_its_programs_row(built_site: Path, recorded_client_traces: Path) -> None:
+    """The scenario's page (built from the catalogue's run) shows the client session's row of it."""
+    for slug, entries in program_runs(recorded_client_traces).items():
+        text = text_of((built_site / "scenarios" / slug / "index.html").read_text())
+        assert "did not record the real client programs" not in text, slug
+        for e in entries:
+            assert all(line in text for line in [e["program"]["name"], e["program"]["version"], *e["output"]]), (slug, e)
