@@ -15,7 +15,7 @@ import heapq
 from collections import deque
 from typing import Iterator
 
-from .capture import ACK, FIN, RST, SYN, Segment, flag_text, option_names
+from .capture import ACK, FIN, RST, SYN, Segment, flag_text, has_timestamps, option_names
 
 MOD = 1 << 32
 AFTER_PACKETS = 4          # packets of the same connection watched after a RST
@@ -40,13 +40,13 @@ def _idle(conn: "Connection", gap: float) -> bool:
 
 class Side:
     __slots__ = ("addr", "port", "isn", "nxt", "una_seen", "fin_seq", "fin_time", "fin_acked",
-                 "data_bytes", "data_packets", "retransmits", "ttl", "ttl_mixed", "ip_id",
+                 "data_bytes", "data_packets", "retransmits", "ttl", "ttl_mixed",
                  "timestamps", "packets", "last_time", "syn_count", "synack_count", "probes",
                  "last_data_time", "acks_sent_time", "win", "last_ack", "probe_number")
 
     def __init__(self, addr: str, port: int) -> None:
         self.addr, self.port = addr, port
-        self.isn = self.nxt = self.fin_seq = self.ttl = self.ip_id = None
+        self.isn = self.nxt = self.fin_seq = self.ttl = None
         self.una_seen = None          # highest ack this side received from the peer
         self.fin_time = self.last_time = self.last_data_time = self.acks_sent_time = None
         self.fin_acked = self.timestamps = self.ttl_mixed = False
@@ -61,13 +61,13 @@ class Side:
 class Connection:
     __slots__ = ("sides", "first", "last", "history", "rtt", "resets", "pending", "syn_time",
                  "synack_time", "synack_ack", "handshake_ack", "synack_again_after_ack",
-                 "midstream", "first_number", "idle_max", "first_finding")
+                 "midstream", "first_number", "first_finding")
 
     def __init__(self, a: Side, b: Side, seg: Segment, midstream: bool) -> None:
         self.sides = (a, b)
         self.first = self.last = seg.time
         self.first_number = seg.number
-        self.history: deque = deque(maxlen=6)   # (direction, Segment) of the last packets
+        self.history: deque = deque(maxlen=6)   # the last Segments (direction: Tracker._sent_by)
         self.rtt = None
         self.resets: list[int] = []
         self.pending: list[Finding] = []
@@ -76,7 +76,6 @@ class Connection:
         self.midstream = midstream
         if midstream:
             self.handshake_ack = seg   # no handshake to watch
-        self.idle_max = 0.0   # longest silence before new data so far
         self.first_finding = None
 
 
@@ -126,23 +125,35 @@ class Tracker:
             entry = self._open(seg, (src, sport, dst, dport))
         conn, d = entry
         me = conn.sides[d]
-        if flags & 0x17 == ACK and seq == me.nxt and not conn.pending and me.ttl == ttl and conn.handshake_ack:
-            # the common case, inline: an in-order ACK or data segment of a known connection
+        kind = flags & 0x17   # FIN, SYN, RST, ACK
+        if (kind == ACK or kind == FIN | ACK and not length) and seq == me.nxt and me.ttl == ttl \
+                and not conn.pending and (conn.handshake_ack or not length and d == 0
+                                          and conn.synack_time is not None):
+            # the common case, inline: an in-order ACK, data or bare FIN of a known connection
+            # (the same bookkeeping as _update's for such a segment)
+            every_ack = kind != ACK     # _update looks at every ACK of these for a FIN's
+            if conn.handshake_ack is None:
+                conn.handshake_ack = seg
+                every_ack = True
             peer = conn.sides[1 - d]
             if length:
-                if not me.retransmits and t - conn.last > conn.idle_max:
-                    conn.idle_max = t - conn.last
                 me.data_packets += 1
                 me.data_bytes += length
                 me.last_data_time = t
                 me.nxt = (seq + length) & 0xFFFFFFFF
                 if not me.timestamps:
-                    me.timestamps = "TS" in option_names(seg.options)
+                    me.timestamps = has_timestamps(seg.options)
+            elif kind != ACK:
+                me.nxt = (seq + 1) & 0xFFFFFFFF
+                if me.fin_seq is None:
+                    me.fin_seq, me.fin_time = seq, t
             una = peer.una_seen
             if una is None or 0 < (ack - una) & 0xFFFFFFFF < 0x80000000:
                 peer.una_seen = ack
                 if peer.fin_seq is not None:
                     self._fin_acked(conn, me, peer, ack)
+            elif every_ack and peer.fin_seq is not None:
+                self._fin_acked(conn, me, peer, ack)
             me.acks_sent_time = t
             me.last_ack = ack
             me.win = win
@@ -154,7 +165,7 @@ class Tracker:
             if conn.pending:
                 self._watch_after(conn, d, seg)
             self._update(conn, d, me, conn.sides[1 - d], seg)
-        conn.history.append((d, seg))
+        conn.history.append(seg)
         conn.last = t
         me.last_time = t
         me.packets += 1
@@ -194,11 +205,8 @@ class Tracker:
                 me.probe_number = seg.number
         if me.ttl is None:
             me.ttl = seg.ttl
-            me.ip_id = seg.ip_id
-        elif seg.ttl is not None:
-            if seg.ttl != me.ttl:
-                me.ttl_mixed = True
-            me.ip_id = seg.ip_id
+        elif seg.ttl is not None and seg.ttl != me.ttl:
+            me.ttl_mixed = True
         if flags & SYN:
             self._syn(conn, d, me, seg, seq)
         elif flags & ACK and d == 0 and conn.synack_time is not None and conn.handshake_ack is None:
@@ -213,11 +221,9 @@ class Tracker:
             else:
                 me.data_packets += 1
                 me.data_bytes += length
-            if me.retransmits == 0 and seg.time - conn.last > conn.idle_max and conn.history:
-                conn.idle_max = seg.time - conn.last   # silence before new data (not before resends)
             me.last_data_time = seg.time
             if seg.ttl is not None:
-                self.host_ttl.setdefault(me.addr, set()).add(seg.ttl)
+                self._host_ttl(me.addr, seg.ttl)
         elif not flags & (SYN | FIN) and me.nxt is not None and (seq + 1) % MOD == me.nxt \
                 and peer.nxt is not None and conn.history:
             me.probes += 1     # a keepalive probe: one byte before what it has sent (tcp_xmit_probe_skb)
@@ -235,12 +241,18 @@ class Tracker:
                 self._fin_acked(conn, me, peer, seg.ack)
         me.win = seg.win
         if not me.timestamps and length:
-            me.timestamps = "TS" in option_names(seg.options)
+            me.timestamps = has_timestamps(seg.options)
+
+    def _host_ttl(self, addr: str, ttl: int) -> None:
+        ttls = self.host_ttl.get(addr)
+        if ttls is None:
+            self.host_ttl[addr] = ttls = set()
+        ttls.add(ttl)
 
     def _syn(self, conn: Connection, d: int, me: Side, seg: Segment, seq: int) -> None:
         if seg.ttl is not None:
-            self.host_ttl.setdefault(me.addr, set()).add(seg.ttl)
-        me.timestamps = "TS" in option_names(seg.options)
+            self._host_ttl(me.addr, seg.ttl)
+        me.timestamps = has_timestamps(seg.options)
         if seg.flags & ACK:
             me.synack_count += 1
             if me.synack_count > 1 and conn.handshake_ack is not None:
@@ -329,8 +341,9 @@ class Tracker:
         self.reset_times.setdefault((me.addr, me.port), deque(maxlen=8)).append(seg.time)
 
         last = None
-        for hd, hseg in reversed(conn.history):
-            if hd != d:
+        sent_by = self._sent_by
+        for hseg in reversed(conn.history):
+            if sent_by(hseg) != d:
                 last = hseg
                 break
             if hseg.flags & (SYN | FIN) or hseg.length:
@@ -487,7 +500,7 @@ class Tracker:
     def _idle_before(self, conn: Connection, last: Segment) -> str:
         """An idle gap before `last`: long against the connection's round trip."""
         prev = None
-        for hd, hseg in reversed(conn.history):
+        for hseg in reversed(conn.history):
             if hseg is last:
                 continue
             if hseg.time < last.time:
@@ -497,16 +510,20 @@ class Tracker:
             return ""
         return f"the connection had been idle {last.time - prev.time:.3f} s before packet {last.number}"
 
-    @staticmethod
-    def _first_after_synack(conn: Connection, d: int, answered: Segment) -> bool:
+    def _sent_by(self, seg: Segment) -> int:
+        """The direction (index into its connection's sides) of a segment of an open connection."""
+        return self.conns[(seg.src, seg.sport, seg.dst, seg.dport)][1]
+
+    def _first_after_synack(self, conn: Connection, d: int, answered: Segment) -> bool:
         """Is `answered` the peer's first segment since the sender's latest SYN-ACK?"""
         seen = False
-        for hd, hseg in reversed(conn.history):
+        for hseg in reversed(conn.history):
             if hseg is answered:
                 seen = True
                 continue
             if not seen:
                 continue
+            hd = self._sent_by(hseg)
             if hd == d and hseg.flags & (SYN | ACK) == SYN | ACK:
                 return True
             if hd != d:
