@@ -213,35 +213,37 @@ def _pcap(stream: IO[bytes], head: bytes, name: str) -> Iterator[Segment]:
                            "(Ethernet, raw IP, Linux cooked, loopback)")
     unpack_record = struct.Struct(endian + "IIII").unpack_from
     decode = _Decoder()
-    names = decode.names
     addr = decode.addr
     new = tuple.__new__
     # the common frame, unpacked in one call: Ethernet, IPv4 without options, TCP (checked below)
     fast = _ETH_IPV4_TCP if link == _LINK_ETHERNET else None
+    pairs: dict[bytes, tuple[str, str]] = {}   # 8 address bytes -> (source, destination) text
     number = 0
-    buf, at = b"", 0
+    buf, at, size = b"", 0, 0
     while True:
-        if len(buf) - at < 16:
+        if size - at < 16:
             more = stream.read(_CHUNK)
             if not more:
-                if len(buf) - at:
+                if size - at:
                     raise _truncated(name, number + 1)
                 break
             buf, at = buf[at:] + more, 0
+            size = len(buf)
             continue
         sec, frac, caplen, _ = unpack_record(buf, at)
         if caplen > 262144 * 4:
             raise ExplainError(f"{name}: packet {number + 1} claims {caplen} bytes: "
                                "the file is damaged or not a pcap")
         end = at + 16 + caplen
-        if len(buf) < end:
+        if size < end:
             more = stream.read(max(_CHUNK, caplen + 16))
             if not more:
                 raise _truncated(name, number + 1)
             buf, at = buf[at:] + more, 0
+            size = len(buf)
             continue
         if fast is not None and caplen >= 54:
-            (etype, version_ihl, total, ip_id, frag, ttl, proto, src, dst, sport, dport, seq, ack, off,
+            (etype, version_ihl, total, ip_id, frag, ttl, proto, hosts, sport, dport, seq, ack, off,
              flags, win) = fast(buf, at + 16)
             if etype == 0x0800 and version_ihl == 0x45 and proto == 6 and not frag & 0x1FFF:
                 number += 1
@@ -253,8 +255,10 @@ def _pcap(stream: IO[bytes], head: bytes, name: str) -> Iterator[Segment]:
                 length = payload_end - options_end
                 if options_end > end:
                     options_end = end
-                yield new(Segment, (number, sec + frac * scale, names.get(src) or addr(src),
-                                    names.get(dst) or addr(dst), sport, dport, flags, seq, ack, win,
+                pair = pairs.get(hosts)
+                if pair is None:
+                    pairs[hosts] = pair = (addr(hosts[:4]), addr(hosts[4:]))
+                yield new(Segment, (number, sec + frac * scale, pair[0], pair[1], sport, dport, flags, seq, ack, win,
                                     length if length > 0 else 0, ttl, ip_id,
                                     buf[tcp + 20:options_end] if options_end > tcp + 20 else b"", False))
                 at = end
@@ -267,7 +271,7 @@ def _pcap(stream: IO[bytes], head: bytes, name: str) -> Iterator[Segment]:
             yield seg
 
 
-_ETH_IPV4_TCP = struct.Struct("!12xHBxHHHBB2x4s4sHHIIBBH").unpack_from
+_ETH_IPV4_TCP = struct.Struct("!12xHBxHHHBB2x8sHHIIBBH").unpack_from
 
 
 def _pcapng(stream: IO[bytes], head: bytes, name: str) -> Iterator[Segment]:

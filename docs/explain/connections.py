@@ -118,11 +118,12 @@ class Tracker:
     # -- per packet ----------------------------------------------------------------------
 
     def add(self, seg: Segment) -> None:
-        number, t, src, dst, sport, dport, flags, seq, ack, win, length, ttl = seg[:12]
+        number, t, src, dst, sport, dport, flags, seq, ack, win, length, ttl, _, _, _ = seg
         self.segments += 1
-        entry = self.conns.get((src, sport, dst, dport))
+        key = (src, sport, dst, dport)
+        entry = self.conns.get(key)
         if entry is None:
-            entry = self._open(seg, (src, sport, dst, dport))
+            entry = self._open(seg, key, src, dst, sport, dport, flags)
         conn, d = entry
         me = conn.sides[d]
         kind = flags & 0x17   # FIN, SYN, RST, ACK
@@ -178,17 +179,17 @@ class Tracker:
             if me.fin_acked:
                 self.closed.append(conn)
 
-    def _open(self, seg: Segment, key: tuple) -> tuple[Connection, int]:
-        src, dst = Side(seg.src, seg.sport), Side(seg.dst, seg.dport)
-        synack = seg.flags & (SYN | ACK) == SYN | ACK
-        if synack:   # the initiator is the receiver of a SYN-ACK
+    def _open(self, seg: Segment, key: tuple, src_addr: str, dst_addr: str, sport: int, dport: int,
+              flags: int) -> tuple[Connection, int]:
+        src, dst = Side(src_addr, sport), Side(dst_addr, dport)
+        if flags & (SYN | ACK) == SYN | ACK:   # the initiator is the receiver of a SYN-ACK
             conn = Connection(dst, src, seg, midstream=False)
             fwd, rev = 1, 0
         else:
-            conn = Connection(src, dst, seg, midstream=not seg.flags & SYN)
+            conn = Connection(src, dst, seg, midstream=not flags & SYN)
             fwd, rev = 0, 1
         self.conns[key] = (conn, fwd)
-        self.conns[(seg.dst, seg.dport, seg.src, seg.sport)] = (conn, rev)
+        self.conns[(dst_addr, dport, src_addr, sport)] = (conn, rev)
         a = conn.sides[0]
         if not conn.midstream:
             self.endpoints[(a.addr, a.port)] = conn
