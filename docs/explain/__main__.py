@@ -85,9 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("files", nargs="+", metavar="FILE")
     parser.add_argument("--json", action="store_true", help="one JSON document per file")
     args = parser.parse_args(argv)
-    # the tracker keeps many small objects alive (open and recently closed connections); the
-    # collector's default thresholds rescan them so often that it costs half the run
-    gc.set_threshold(100_000, 50, 100)
+    # the tracker keeps many small objects alive (open and recently closed connections), and
+    # the cycle collector's rescans of them cost up to half the run; rst_explain frees by
+    # reference counts alone (it breaks its one cycle itself; tests/test_explain.py checks)
+    gc.disable()
     numbers = _packet_numbers()
     status = 0
     for name in args.files:

@@ -296,6 +296,8 @@ class Tracker:
         if conn.pending:
             self._settle(conn)
         self._note_connection(conn)
+        conn.first_finding = None   # the one reference cycle (finding <-> connection): the CLI
+                                    # runs without the cycle collector (__main__.py)
         a, b = conn.sides
         self.conns.pop((a.addr, a.port, b.addr, b.port), None)
         self.conns.pop((b.addr, b.port, a.addr, a.port), None)
