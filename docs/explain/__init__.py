@@ -96,8 +96,9 @@ def _next_steps(tie: list[str]) -> list[str]:
         if len(set(group["slugs"]) & set(tie)) >= 2:
             steps += [s for s in group["next"] if s not in steps]
     if len(tie) > 1 and not steps:
-        steps.append("capture on both sides, and record the kernel's reason for the RST "
-                     "(tracepoint tcp:tcp_send_reset, Linux 6.10 and later)")
+        steps.append("capture on both sides, and record the kernel's reason for the RST (the reason "
+                     "field of tracepoint tcp:tcp_send_reset, which tcp_v4_send_reset() and "
+                     "tcp_send_active_reset() fill in Linux 6.18)")
     return steps
 
 

@@ -43,8 +43,10 @@ def flag_text(flags: int) -> str:
     return out + "." if flags & ACK else (out or "none")
 
 
-_OPTION_NAMES = {0: "eol", 1: "nop", 2: "mss", 3: "wscale", 4: "sackOK", 5: "sack", 8: "TS",
-                 19: "md5", 29: "tcp-ao", 30: "mptcp", 34: "tfo", 254: "exp"}
+# tcpdump's names (tcp_option_values in its print-tcp.c)
+_OPTION_NAMES = {0: "eol", 1: "nop", 2: "mss", 3: "wscale", 4: "sackOK", 5: "sack", 6: "echo",
+                 7: "echoreply", 8: "TS", 11: "cc", 12: "ccnew", 13: "ccecho", 19: "md5", 20: "scps",
+                 28: "uto", 29: "tcp-ao", 30: "mptcp", 34: "tfo", 254: "exp"}
 
 
 def option_names(options: object) -> tuple[str, ...]:
@@ -258,8 +260,8 @@ def _pcap(stream: IO[bytes], head: bytes, name: str) -> Iterator[Segment]:
                 pair = pairs.get(hosts)
                 if pair is None:
                     pairs[hosts] = pair = (addr(hosts[:4]), addr(hosts[4:]))
-                yield new(Segment, (number, sec + frac * scale, pair[0], pair[1], sport, dport, flags, seq, ack, win,
-                                    length if length > 0 else 0, ttl, ip_id,
+                yield new(Segment, (number, sec + frac * scale, pair[0], pair[1], sport, dport, flags, seq,
+                                    ack, win, length if length > 0 else 0, ttl, ip_id,
                                     buf[tcp + 20:options_end] if options_end > tcp + 20 else b"", False))
                 at = end
                 continue
@@ -370,7 +372,9 @@ def _fallback_port(text: str) -> int:
     return 65536 + (sum(text.encode()) * 131 + len(text)) % 1_000_000
 
 
-# tcpdump prints /etc/services names without -nn; these are the ones it prints most
+# without -n tcpdump prints a port by its name in the services database (recorded: tcpdump 4.99.3
+# -r closed-port.pcap prints 192.0.2.2.http-alt, with -n 192.0.2.2.8080); the usual names, and
+# some only in IANA's fuller list that other systems install as /etc/services (ddi-tcp-1)
 _SERVICES = {"ftp-data": 20, "ftp": 21, "ssh": 22, "telnet": 23, "smtp": 25, "domain": 53,
              "http": 80, "pop3": 110, "sunrpc": 111, "imap": 143, "bgp": 179, "ldap": 389,
              "https": 443, "microsoft-ds": 445, "submission": 587, "ldaps": 636, "imaps": 993,
@@ -483,10 +487,11 @@ def _text_segment(number: int, head: re.Match[str], rest: str) -> Segment | None
 
 class _Absolute:
     """tcpdump prints seq/ack relative (unless -S): the first segment of a flow that carries
-    an ACK is printed as is and sets both directions' bases (its seq, its ack - 1); later
-    ACK-bearing segments print numbers minus those bases; segments without ACK print theirs
-    as is (print-tcp.c, tcp_print(): tcp_seq_hash). This undoes it, and recognises -S output
-    by numbers that stay near the bases."""
+    an ACK, and any that also carries SYN, is printed as is and sets both directions' bases
+    (its seq, its ack - 1); later ACK-bearing segments print numbers minus those bases;
+    segments without ACK print theirs as is (tcp_print() in tcpdump's print-tcp.c, its
+    tcp_seq_hash table). A SYN-ACK sent again resets the bases to the same values, so one
+    base per flow undoes it. This recognises -S output by numbers that stay near the bases."""
 
     def __init__(self) -> None:
         self.bases: dict[tuple, list[int]] = {}

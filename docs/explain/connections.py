@@ -27,7 +27,7 @@ SWEEP_EVERY = 4096         # packets between sweeps (a power of 2)
 
 
 def _before(a: int, b: int) -> bool:
-    """a < b in sequence space (RFC 9293 3.4: arithmetic modulo 2**32)."""
+    """a < b in sequence space (RFC 9293 §3.4: arithmetic modulo 2**32)."""
     return 0 < (b - a) % MOD < 1 << 31
 
 
@@ -227,7 +227,10 @@ class Tracker:
                 self._host_ttl(me.addr, seg.ttl)
         elif not flags & (SYN | FIN) and me.nxt is not None and (seq + 1) % MOD == me.nxt \
                 and peer.nxt is not None and conn.history:
-            me.probes += 1     # a keepalive probe: one byte before what it has sent (tcp_xmit_probe_skb)
+            # a keepalive probe: seq snd_una - 1, one below the oldest unacknowledged byte, which on
+            # an idle connection is one below all it has sent (tcp_xmit_probe_skb() in
+            # net/ipv4/tcp_output.c, from tcp_keepalive_timer() in net/ipv4/tcp_timer.c)
+            me.probes += 1
             me.probe_number = seg.number
         if me.nxt is None or _before(me.nxt, end):
             me.nxt = end
@@ -317,19 +320,25 @@ class Tracker:
         if ack:
             feat["rst_ack"] = f"[{flags}]: the RST acknowledges (ack {seg.ack})"
         else:
-            feat["rst_no_ack"] = (f"[{flags}] without ACK, seq {seg.seq}: the reply RFC 9293 (3.10.7.1) "
-                                  "prescribes to a segment that reached no connection: seq = that segment's ack")
+            feat["rst_no_ack"] = (f"[{flags}] without ACK, seq {seg.seq}: the reply RFC 9293 §3.10.7.1 "
+                                  "prescribes to an ACK-bearing segment that reached no connection (seq = that "
+                                  "segment's ack), as tcp_v4_send_reset() in net/ipv4/tcp_ipv4.c builds it")
         if not opts:
-            feat["rst_no_options"] = "no TCP option: made without a connection's state"
+            feat["rst_no_options"] = ("no TCP option: made without a connection's state (tcp_v4_send_reset() "
+                                      "in net/ipv4/tcp_ipv4.c builds a RST from the segment it answers and "
+                                      "adds no option but MD5, TCP-AO or MPTCP)")
             if me.timestamps:
                 feat["options_unlike_sender"] = (f"no TCP option, while {me.name()}'s own segments "
                                                  "carry timestamps")
         elif "TS" in opts:
-            feat["rst_timestamps"] = "the timestamp option: a socket of this connection sent it"
+            feat["rst_timestamps"] = ("the timestamp option: a socket of this connection sent it (a socket's "
+                                      "RST leaves through __tcp_transmit_skb() in net/ipv4/tcp_output.c, which "
+                                      "adds the connection's options)")
         if seg.win == 0:
             feat["rst_win_zero"] = "window 0"
         else:
-            feat["rst_win_open"] = f"window {seg.win}: a live socket's receive window"
+            feat["rst_win_open"] = (f"window {seg.win}: a live socket's receive window (__tcp_transmit_skb() in "
+                                    "net/ipv4/tcp_output.c; tcp_v4_send_reset() leaves it 0)")
         if ack and seg.seq == 0:
             feat["rst_seq_zero"] = "seq 0"
         self._ttl_features(f, seg)
@@ -434,7 +443,9 @@ class Tracker:
                                                f"{me.isn} + 1: no SYN-ACK of this capture had it")
             if conn.synack_again_after_ack:
                 feat["synack_retransmitted"] = ("the SYN-ACK was sent again after the client's ACK: "
-                                                "the listener had dropped that ACK")
+                                                "the listener had dropped that ACK (tcp_check_req() in "
+                                                "net/ipv4/tcp_minisocks.c drops it when the accept queue is "
+                                                "full and tcp_abort_on_overflow is 0)")
         if len([x for x in self.syn_times if seg.time - x < 1.0]) >= 3 and me.synack_count:
             feat["syn_burst"] = "several SYNs from other ports just before"
         # established connections
@@ -454,7 +465,9 @@ class Tracker:
                     feat["answers_data"] = f"the answered packet carries {answered.length} bytes of data"
                 elif answered.number == peer.probe_number:
                     feat["keepalive_probe"] = (f"packet {answered.number} is a keepalive probe: no data, "
-                                               + ("seq one below what its sender had sent" if answered.seq >= 0
+                                               + ("seq one below what its sender had sent (snd_una - 1: "
+                                                  "tcp_xmit_probe_skb() in net/ipv4/tcp_output.c)"
+                                                  if answered.seq >= 0
                                                   else "after an idle gap, acknowledging nothing new"))
                 if me.fin_seq is not None:
                     feat["sender_fin_before"] = (f"{me.name()} had sent its FIN {seg.time - me.fin_time:.3f} s "
@@ -466,9 +479,12 @@ class Tracker:
                 feat["seq_exact"] = "seq is exactly the next byte the sender owed"
             elif me.nxt is not None and peer.win is not None:
                 feat["seq_in_window"] = (f"seq {seg.seq} is not the next byte {me.name()} owed ({me.nxt}): "
-                                         "RFC 5961 (3.2) says answer with a challenge ACK")
+                                         "RFC 5961 §3.2 has the receiver answer it with a challenge ACK if it "
+                                         "falls in its window, drop it if not (tcp_validate_incoming() in "
+                                         "net/ipv4/tcp_input.c)")
             if seg.win and ("rst_timestamps" in feat or not me.timestamps):
-                feat["socket_abort"] = ("a socket's RST (tcp_send_active_reset): its window "
+                feat["socket_abort"] = ("a socket's RST (tcp_send_active_reset() in net/ipv4/tcp_output.c): "
+                                        "its window "
                                         f"{seg.win}{', its timestamps' if 'rst_timestamps' in feat else ''}")
             if not me.data_bytes and not peer.data_bytes and me.fin_seq is None and peer.fin_seq is None:
                 feat["no_data"] = "no data either way: the handshake, then the RST"
@@ -541,7 +557,9 @@ class Tracker:
             if sent_by_receiver and f.after == 1 and seg.flags & ACK and not seg.flags & (RST | SYN | FIN) \
                     and not seg.length and f.segment.flags & ACK and "seq_exact" not in feat:
                 feat["challenge_ack"] = (f"{f.receiver.name()} answered with an ACK (packet {seg.number}), "
-                                         "not a close: a challenge ACK (RFC 5961 3.2)")
+                                         "not a close: a challenge ACK (RFC 5961 §3.2; "
+                                         "tcp_send_challenge_ack(), called by tcp_validate_incoming() "
+                                         "in net/ipv4/tcp_input.c)")
             if not sent_by_receiver and not seg.flags & RST and seg.time - f.segment.time >= 0:
                 ttl_note = ""
                 if seg.ttl is not None and f.segment.ttl is not None and seg.ttl != f.segment.ttl:
@@ -564,8 +582,10 @@ class Tracker:
             times = self.reset_times.get((f.sender.addr, f.sender.port), ())
             together = sum(1 for x in times if abs(x - f.segment.time) < 0.01)
             if together > 1 and "sender_acceptor" in f.features:
-                f.features["resets_together"] = (f"{f.sender.name()} reset {together} connections within "
-                                                 "10 ms: a listener closing its accept queue")
+                f.features["resets_together"] = (
+                    f"{f.sender.name()} reset {together} connections within 10 ms: a listener closing its "
+                    "accept queue (inet_csk_listen_stop() in net/ipv4/inet_connection_sock.c resets each "
+                    "queued one)")
             self.done.append(f)
             self.settled.add(f.segment.number)
         conn.pending = keep
