@@ -152,9 +152,10 @@ TIES: list[dict] = [
               "a proxy or port forward in front? its own connection to the backend tells"]},
     {"slugs": ["keepalive-race", "write-after-peer-close"],
      "why": "the sender had sent its FIN and closed; data arriving after it has no reader and is "
-            "answered with R (a socket closed for reading resets on new data: tcp_rcv_state_process() "
-            "in net/ipv4/tcp_input.c; once the socket is gone, tcp_v4_send_reset() in "
-            "net/ipv4/tcp_ipv4.c answers): a reused keep-alive connection and a plain late write look alike",
+            "answered with R (a socket closed for reading refuses new data in tcp_rcv_state_process() "
+            "in net/ipv4/tcp_input.c, and tcp_v4_do_rcv() answers with tcp_v4_send_reset() in "
+            "net/ipv4/tcp_ipv4.c, as tcp_v4_rcv() does once the socket is gone): a reused keep-alive "
+            "connection and a plain late write look alike",
      "next": ["does the client reuse pooled connections (HTTP keep-alive)? compare the server's "
               "idle timeout with the pool's",
               "the time between the FIN and the data: a request sent just as the server closed"]},
