@@ -219,3 +219,22 @@ def test_memory_follows_open_connections_not_the_file(tmp_path: Path) -> None:
     # 40k connections in 8 s of capture time; at most FORGET_QUIET s of closed ones remain
     assert kept < 40_000 * (FORGET_QUIET + 1) / 8 * 1.2
     assert tracker.rsts > 1000
+
+
+def test_no_reference_cycle_outlives_a_run(tmp_path: Path) -> None:
+    """The command line runs without the cycle collector (__main__.py): everything a run
+    creates must be freed by reference counts alone, resets and their findings included."""
+    import gc
+    from lab.bench_explain import write_capture
+    path = tmp_path / "resets.pcap"
+    write_capture(path, packets=20_000, concurrent=16)
+    data = path.read_bytes()
+    gc.collect()
+    gc.disable()
+    try:
+        doc = rst_explain.explain(data, "cycles")
+        assert len(doc["rsts"]) > 100
+        del doc
+        assert gc.collect() == 0, "a run left objects only the cycle collector frees"
+    finally:
+        gc.enable()

@@ -353,7 +353,7 @@ def test_no_page_numbers_a_packet_in_its_prose() -> None:
 # breaks their links, so it must be a deliberate change of this list.
 STABLE_SECTIONS = ["the-trace", "wireshark", "the-exchange", "what-each-application-saw", "which-counters-moved",
                    "why-linux-does-this", "spot-it-in-production", "fix-or-avoid", "the-example",
-                   "provenance", "you-may-have-seen"]
+                   "provenance", "kernels", "you-may-have-seen"]
 
 
 @pytest.mark.parametrize("slug", SLUGS)

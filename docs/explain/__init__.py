@@ -48,6 +48,7 @@ The command line: ``rst-explain FILE...`` (``python -m rst_explain``), ``--json`
 
 from __future__ import annotations
 
+import heapq
 import io
 from typing import IO, Iterator
 
@@ -95,8 +96,9 @@ def _next_steps(tie: list[str]) -> list[str]:
         if len(set(group["slugs"]) & set(tie)) >= 2:
             steps += [s for s in group["next"] if s not in steps]
     if len(tie) > 1 and not steps:
-        steps.append("capture on both sides, and record the kernel's reason for the RST "
-                     "(tracepoint tcp:tcp_send_reset, Linux 6.10 and later)")
+        steps.append("capture on both sides, and record the kernel's reason for the RST (the reason "
+                     "field of tracepoint tcp:tcp_send_reset, which tcp_v4_send_reset() and "
+                     "tcp_send_active_reset() fill in Linux 6.18)")
     return steps
 
 
@@ -147,20 +149,18 @@ def _notes(tracker: Tracker) -> list[dict]:
 def explain_stream(stream: IO[bytes], name: str = "-") -> Iterator[dict]:
     """Each RST's document in packet order, as soon as settled; then {"notes": [...]}."""
     tracker = Tracker()
-    waiting: dict[int, dict] = {}
+    waiting: list[tuple[int, dict]] = []   # heap of (packet number, document) held back
     add = tracker.add
 
     def in_order(findings: list[Finding], final: bool) -> Iterator[dict]:
         for f in findings:
-            waiting[f.segment.number] = _rst_document(f)
+            heapq.heappush(waiting, (f.segment.number, _rst_document(f)))
         if not waiting:
             return
         # a RST may be settled before an earlier one still watched: hold it back until then
         oldest_open = None if final else tracker.oldest_unsettled()
-        for number in sorted(waiting):
-            if oldest_open is not None and number > oldest_open:
-                break
-            yield waiting.pop(number)
+        while waiting and (oldest_open is None or waiting[0][0] <= oldest_open):
+            yield heapq.heappop(waiting)[1]
 
     for seg in segments(stream, name):
         add(seg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -37,30 +38,31 @@ def _link(slug: str, packet_name: str | None, numbers: dict[str, dict[str, int]]
 def _print_text(items: Iterator[dict], name: str, out: IO[str], numbers: dict) -> None:
     print(f"== {name}", file=out)
     for item in items:
+        lines = []   # one write per RST: a capture may hold many thousands
+        add = lines.append
         if "notes" in item:
             for note in item["notes"]:
                 where = f" (packet {note['packet']})" if note.get("packet") else ""
-                print(f"note: {note['text']}{where}", file=out)
+                add(f"note: {note['text']}{where}")
                 for v in note["verdicts"]:
-                    print(f"    {v['slug']:<28} {v['score']:>3}  {_link(v['slug'], v['packet_name'], numbers)}", file=out)
+                    add(f"    {v['slug']:<28} {v['score']:>3}  {_link(v['slug'], v['packet_name'], numbers)}")
+            out.write("".join(line + "\n" for line in lines))
             continue
-        print(f"packet {item['packet']}  {item['src']} > {item['dst']}  [{item['flags']}]  t={item['time']:.6f}",
-              file=out)
+        add(f"packet {item['packet']}  {item['src']} > {item['dst']}  [{item['flags']}]  t={item['time']:.6f}")
         if not item["verdicts"]:
-            print("    no page matches", file=out)
+            add("    no page matches")
+        tie = item["tie"]
         for rank, v in enumerate(item["verdicts"][:4]):
-            mark = "=" if len(item["tie"]) > 1 and v["slug"] in item["tie"] else " "
-            print(f"  {mark}{rank + 1}. {v['slug']:<26} score {v['score']:>3}  "
-                  f"{_link(v['slug'], v['packet_name'], numbers)}", file=out)
-            if rank == 0 or v["slug"] in item["tie"]:
-                for e in v["evidence"]:
-                    print(f"        + {e}", file=out)
-                for e in v["against"]:
-                    print(f"        - {e}", file=out)
-        if len(item["tie"]) > 1:
-            print(f"    tie: {', '.join(item['tie'])}: alike on the wire; to tell them apart:", file=out)
-        for step in item["next"]:
-            print(f"      * {step}", file=out)
+            mark = "=" if len(tie) > 1 and v["slug"] in tie else " "
+            add(f"  {mark}{rank + 1}. {v['slug']:<26} score {v['score']:>3}  "
+                f"{_link(v['slug'], v['packet_name'], numbers)}")
+            if rank == 0 or v["slug"] in tie:
+                lines += [f"        + {e}" for e in v["evidence"]]
+                lines += [f"        - {e}" for e in v["against"]]
+        if len(tie) > 1:
+            add(f"    tie: {', '.join(tie)}: alike on the wire; to tell them apart:")
+        lines += [f"      * {step}" for step in item["next"]]
+        out.write("".join(line + "\n" for line in lines))
 
 
 def _print_json(items: Iterator[dict], out: IO[str]) -> None:
@@ -83,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("files", nargs="+", metavar="FILE")
     parser.add_argument("--json", action="store_true", help="one JSON document per file")
     args = parser.parse_args(argv)
+    # the tracker keeps many small objects alive (open and recently closed connections), and
+    # the cycle collector's rescans of them cost up to half the run; rst_explain frees by
+    # reference counts alone (it breaks its one cycle itself; tests/test_explain.py checks)
+    gc.disable()
     numbers = _packet_numbers()
     status = 0
     for name in args.files:

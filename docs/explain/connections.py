@@ -15,7 +15,7 @@ import heapq
 from collections import deque
 from typing import Iterator
 
-from .capture import ACK, FIN, RST, SYN, Segment, flag_text, option_names
+from .capture import ACK, FIN, RST, SYN, Segment, flag_text, has_timestamps, option_names
 
 MOD = 1 << 32
 AFTER_PACKETS = 4          # packets of the same connection watched after a RST
@@ -27,7 +27,7 @@ SWEEP_EVERY = 4096         # packets between sweeps (a power of 2)
 
 
 def _before(a: int, b: int) -> bool:
-    """a < b in sequence space (RFC 9293 3.4: arithmetic modulo 2**32)."""
+    """a < b in sequence space (RFC 9293 §3.4: arithmetic modulo 2**32)."""
     return 0 < (b - a) % MOD < 1 << 31
 
 
@@ -40,13 +40,13 @@ def _idle(conn: "Connection", gap: float) -> bool:
 
 class Side:
     __slots__ = ("addr", "port", "isn", "nxt", "una_seen", "fin_seq", "fin_time", "fin_acked",
-                 "data_bytes", "data_packets", "retransmits", "ttl", "ttl_mixed", "ip_id",
+                 "data_bytes", "data_packets", "retransmits", "ttl", "ttl_mixed",
                  "timestamps", "packets", "last_time", "syn_count", "synack_count", "probes",
                  "last_data_time", "acks_sent_time", "win", "last_ack", "probe_number")
 
     def __init__(self, addr: str, port: int) -> None:
         self.addr, self.port = addr, port
-        self.isn = self.nxt = self.fin_seq = self.ttl = self.ip_id = None
+        self.isn = self.nxt = self.fin_seq = self.ttl = None
         self.una_seen = None          # highest ack this side received from the peer
         self.fin_time = self.last_time = self.last_data_time = self.acks_sent_time = None
         self.fin_acked = self.timestamps = self.ttl_mixed = False
@@ -61,13 +61,13 @@ class Side:
 class Connection:
     __slots__ = ("sides", "first", "last", "history", "rtt", "resets", "pending", "syn_time",
                  "synack_time", "synack_ack", "handshake_ack", "synack_again_after_ack",
-                 "midstream", "first_number", "idle_max", "first_finding")
+                 "midstream", "first_number", "first_finding")
 
     def __init__(self, a: Side, b: Side, seg: Segment, midstream: bool) -> None:
         self.sides = (a, b)
         self.first = self.last = seg.time
         self.first_number = seg.number
-        self.history: deque = deque(maxlen=6)   # (direction, Segment) of the last packets
+        self.history: deque = deque(maxlen=6)   # the last Segments (direction: Tracker._sent_by)
         self.rtt = None
         self.resets: list[int] = []
         self.pending: list[Finding] = []
@@ -76,7 +76,6 @@ class Connection:
         self.midstream = midstream
         if midstream:
             self.handshake_ack = seg   # no handshake to watch
-        self.idle_max = 0.0   # longest silence before new data so far
         self.first_finding = None
 
 
@@ -119,30 +118,43 @@ class Tracker:
     # -- per packet ----------------------------------------------------------------------
 
     def add(self, seg: Segment) -> None:
-        number, t, src, dst, sport, dport, flags, seq, ack, win, length, ttl = seg[:12]
+        number, t, src, dst, sport, dport, flags, seq, ack, win, length, ttl, _, _, _ = seg
         self.segments += 1
-        entry = self.conns.get((src, sport, dst, dport))
+        key = (src, sport, dst, dport)
+        entry = self.conns.get(key)
         if entry is None:
-            entry = self._open(seg, (src, sport, dst, dport))
+            entry = self._open(seg, key, src, dst, sport, dport, flags)
         conn, d = entry
         me = conn.sides[d]
-        if flags & 0x17 == ACK and seq == me.nxt and not conn.pending and me.ttl == ttl and conn.handshake_ack:
-            # the common case, inline: an in-order ACK or data segment of a known connection
+        kind = flags & 0x17   # FIN, SYN, RST, ACK
+        if (kind == ACK or kind == FIN | ACK and not length) and seq == me.nxt and me.ttl == ttl \
+                and not conn.pending and (conn.handshake_ack or not length and d == 0
+                                          and conn.synack_time is not None):
+            # the common case, inline: an in-order ACK, data or bare FIN of a known connection
+            # (the same bookkeeping as _update's for such a segment)
+            every_ack = kind != ACK     # _update looks at every ACK of these for a FIN's
+            if conn.handshake_ack is None:
+                conn.handshake_ack = seg
+                every_ack = True
             peer = conn.sides[1 - d]
             if length:
-                if not me.retransmits and t - conn.last > conn.idle_max:
-                    conn.idle_max = t - conn.last
                 me.data_packets += 1
                 me.data_bytes += length
                 me.last_data_time = t
                 me.nxt = (seq + length) & 0xFFFFFFFF
                 if not me.timestamps:
-                    me.timestamps = "TS" in option_names(seg.options)
+                    me.timestamps = has_timestamps(seg.options)
+            elif kind != ACK:
+                me.nxt = (seq + 1) & 0xFFFFFFFF
+                if me.fin_seq is None:
+                    me.fin_seq, me.fin_time = seq, t
             una = peer.una_seen
             if una is None or 0 < (ack - una) & 0xFFFFFFFF < 0x80000000:
                 peer.una_seen = ack
                 if peer.fin_seq is not None:
                     self._fin_acked(conn, me, peer, ack)
+            elif every_ack and peer.fin_seq is not None:
+                self._fin_acked(conn, me, peer, ack)
             me.acks_sent_time = t
             me.last_ack = ack
             me.win = win
@@ -154,7 +166,7 @@ class Tracker:
             if conn.pending:
                 self._watch_after(conn, d, seg)
             self._update(conn, d, me, conn.sides[1 - d], seg)
-        conn.history.append((d, seg))
+        conn.history.append(seg)
         conn.last = t
         me.last_time = t
         me.packets += 1
@@ -167,17 +179,17 @@ class Tracker:
             if me.fin_acked:
                 self.closed.append(conn)
 
-    def _open(self, seg: Segment, key: tuple) -> tuple[Connection, int]:
-        src, dst = Side(seg.src, seg.sport), Side(seg.dst, seg.dport)
-        synack = seg.flags & (SYN | ACK) == SYN | ACK
-        if synack:   # the initiator is the receiver of a SYN-ACK
+    def _open(self, seg: Segment, key: tuple, src_addr: str, dst_addr: str, sport: int, dport: int,
+              flags: int) -> tuple[Connection, int]:
+        src, dst = Side(src_addr, sport), Side(dst_addr, dport)
+        if flags & (SYN | ACK) == SYN | ACK:   # the initiator is the receiver of a SYN-ACK
             conn = Connection(dst, src, seg, midstream=False)
             fwd, rev = 1, 0
         else:
-            conn = Connection(src, dst, seg, midstream=not seg.flags & SYN)
+            conn = Connection(src, dst, seg, midstream=not flags & SYN)
             fwd, rev = 0, 1
         self.conns[key] = (conn, fwd)
-        self.conns[(seg.dst, seg.dport, seg.src, seg.sport)] = (conn, rev)
+        self.conns[(dst_addr, dport, src_addr, sport)] = (conn, rev)
         a = conn.sides[0]
         if not conn.midstream:
             self.endpoints[(a.addr, a.port)] = conn
@@ -194,11 +206,8 @@ class Tracker:
                 me.probe_number = seg.number
         if me.ttl is None:
             me.ttl = seg.ttl
-            me.ip_id = seg.ip_id
-        elif seg.ttl is not None:
-            if seg.ttl != me.ttl:
-                me.ttl_mixed = True
-            me.ip_id = seg.ip_id
+        elif seg.ttl is not None and seg.ttl != me.ttl:
+            me.ttl_mixed = True
         if flags & SYN:
             self._syn(conn, d, me, seg, seq)
         elif flags & ACK and d == 0 and conn.synack_time is not None and conn.handshake_ack is None:
@@ -213,14 +222,15 @@ class Tracker:
             else:
                 me.data_packets += 1
                 me.data_bytes += length
-            if me.retransmits == 0 and seg.time - conn.last > conn.idle_max and conn.history:
-                conn.idle_max = seg.time - conn.last   # silence before new data (not before resends)
             me.last_data_time = seg.time
             if seg.ttl is not None:
-                self.host_ttl.setdefault(me.addr, set()).add(seg.ttl)
+                self._host_ttl(me.addr, seg.ttl)
         elif not flags & (SYN | FIN) and me.nxt is not None and (seq + 1) % MOD == me.nxt \
                 and peer.nxt is not None and conn.history:
-            me.probes += 1     # a keepalive probe: one byte before what it has sent (tcp_xmit_probe_skb)
+            # a keepalive probe: seq snd_una - 1, one below the oldest unacknowledged byte, which on
+            # an idle connection is one below all it has sent (tcp_xmit_probe_skb() in
+            # net/ipv4/tcp_output.c, from tcp_keepalive_timer() in net/ipv4/tcp_timer.c)
+            me.probes += 1
             me.probe_number = seg.number
         if me.nxt is None or _before(me.nxt, end):
             me.nxt = end
@@ -235,12 +245,18 @@ class Tracker:
                 self._fin_acked(conn, me, peer, seg.ack)
         me.win = seg.win
         if not me.timestamps and length:
-            me.timestamps = "TS" in option_names(seg.options)
+            me.timestamps = has_timestamps(seg.options)
+
+    def _host_ttl(self, addr: str, ttl: int) -> None:
+        ttls = self.host_ttl.get(addr)
+        if ttls is None:
+            self.host_ttl[addr] = ttls = set()
+        ttls.add(ttl)
 
     def _syn(self, conn: Connection, d: int, me: Side, seg: Segment, seq: int) -> None:
         if seg.ttl is not None:
-            self.host_ttl.setdefault(me.addr, set()).add(seg.ttl)
-        me.timestamps = "TS" in option_names(seg.options)
+            self._host_ttl(me.addr, seg.ttl)
+        me.timestamps = has_timestamps(seg.options)
         if seg.flags & ACK:
             me.synack_count += 1
             if me.synack_count > 1 and conn.handshake_ack is not None:
@@ -283,6 +299,8 @@ class Tracker:
         if conn.pending:
             self._settle(conn)
         self._note_connection(conn)
+        conn.first_finding = None   # the one reference cycle (finding <-> connection): the CLI
+                                    # runs without the cycle collector (__main__.py)
         a, b = conn.sides
         self.conns.pop((a.addr, a.port, b.addr, b.port), None)
         self.conns.pop((b.addr, b.port, a.addr, a.port), None)
@@ -302,19 +320,25 @@ class Tracker:
         if ack:
             feat["rst_ack"] = f"[{flags}]: the RST acknowledges (ack {seg.ack})"
         else:
-            feat["rst_no_ack"] = (f"[{flags}] without ACK, seq {seg.seq}: the reply RFC 9293 (3.10.7.1) "
-                                  "prescribes to a segment that reached no connection: seq = that segment's ack")
+            feat["rst_no_ack"] = (f"[{flags}] without ACK, seq {seg.seq}: the reply RFC 9293 §3.10.7.1 "
+                                  "prescribes to an ACK-bearing segment that reached no connection (seq = that "
+                                  "segment's ack), as tcp_v4_send_reset() in net/ipv4/tcp_ipv4.c builds it")
         if not opts:
-            feat["rst_no_options"] = "no TCP option: made without a connection's state"
+            feat["rst_no_options"] = ("no TCP option: made without a connection's state (tcp_v4_send_reset() "
+                                      "in net/ipv4/tcp_ipv4.c builds a RST from the segment it answers and "
+                                      "adds no option but MD5, TCP-AO or MPTCP)")
             if me.timestamps:
                 feat["options_unlike_sender"] = (f"no TCP option, while {me.name()}'s own segments "
                                                  "carry timestamps")
         elif "TS" in opts:
-            feat["rst_timestamps"] = "the timestamp option: a socket of this connection sent it"
+            feat["rst_timestamps"] = ("the timestamp option: a socket of this connection sent it (a socket's "
+                                      "RST leaves through __tcp_transmit_skb() in net/ipv4/tcp_output.c, which "
+                                      "adds the connection's options)")
         if seg.win == 0:
             feat["rst_win_zero"] = "window 0"
         else:
-            feat["rst_win_open"] = f"window {seg.win}: a live socket's receive window"
+            feat["rst_win_open"] = (f"window {seg.win}: a live socket's receive window (__tcp_transmit_skb() in "
+                                    "net/ipv4/tcp_output.c; tcp_v4_send_reset() leaves it 0)")
         if ack and seg.seq == 0:
             feat["rst_seq_zero"] = "seq 0"
         self._ttl_features(f, seg)
@@ -329,8 +353,9 @@ class Tracker:
         self.reset_times.setdefault((me.addr, me.port), deque(maxlen=8)).append(seg.time)
 
         last = None
-        for hd, hseg in reversed(conn.history):
-            if hd != d:
+        sent_by = self._sent_by
+        for hseg in reversed(conn.history):
+            if sent_by(hseg) != d:
                 last = hseg
                 break
             if hseg.flags & (SYN | FIN) or hseg.length:
@@ -418,7 +443,9 @@ class Tracker:
                                                f"{me.isn} + 1: no SYN-ACK of this capture had it")
             if conn.synack_again_after_ack:
                 feat["synack_retransmitted"] = ("the SYN-ACK was sent again after the client's ACK: "
-                                                "the listener had dropped that ACK")
+                                                "the listener had dropped that ACK (tcp_check_req() in "
+                                                "net/ipv4/tcp_minisocks.c drops it when the accept queue is "
+                                                "full and tcp_abort_on_overflow is 0)")
         if len([x for x in self.syn_times if seg.time - x < 1.0]) >= 3 and me.synack_count:
             feat["syn_burst"] = "several SYNs from other ports just before"
         # established connections
@@ -438,7 +465,9 @@ class Tracker:
                     feat["answers_data"] = f"the answered packet carries {answered.length} bytes of data"
                 elif answered.number == peer.probe_number:
                     feat["keepalive_probe"] = (f"packet {answered.number} is a keepalive probe: no data, "
-                                               + ("seq one below what its sender had sent" if answered.seq >= 0
+                                               + ("seq one below what its sender had sent (snd_una - 1: "
+                                                  "tcp_xmit_probe_skb() in net/ipv4/tcp_output.c)"
+                                                  if answered.seq >= 0
                                                   else "after an idle gap, acknowledging nothing new"))
                 if me.fin_seq is not None:
                     feat["sender_fin_before"] = (f"{me.name()} had sent its FIN {seg.time - me.fin_time:.3f} s "
@@ -450,9 +479,12 @@ class Tracker:
                 feat["seq_exact"] = "seq is exactly the next byte the sender owed"
             elif me.nxt is not None and peer.win is not None:
                 feat["seq_in_window"] = (f"seq {seg.seq} is not the next byte {me.name()} owed ({me.nxt}): "
-                                         "RFC 5961 (3.2) says answer with a challenge ACK")
+                                         "RFC 5961 §3.2 has the receiver answer it with a challenge ACK if it "
+                                         "falls in its window, drop it if not (tcp_validate_incoming() in "
+                                         "net/ipv4/tcp_input.c)")
             if seg.win and ("rst_timestamps" in feat or not me.timestamps):
-                feat["socket_abort"] = ("a socket's RST (tcp_send_active_reset): its window "
+                feat["socket_abort"] = ("a socket's RST (tcp_send_active_reset() in net/ipv4/tcp_output.c): "
+                                        "its window "
                                         f"{seg.win}{', its timestamps' if 'rst_timestamps' in feat else ''}")
             if not me.data_bytes and not peer.data_bytes and me.fin_seq is None and peer.fin_seq is None:
                 feat["no_data"] = "no data either way: the handshake, then the RST"
@@ -487,7 +519,7 @@ class Tracker:
     def _idle_before(self, conn: Connection, last: Segment) -> str:
         """An idle gap before `last`: long against the connection's round trip."""
         prev = None
-        for hd, hseg in reversed(conn.history):
+        for hseg in reversed(conn.history):
             if hseg is last:
                 continue
             if hseg.time < last.time:
@@ -497,16 +529,20 @@ class Tracker:
             return ""
         return f"the connection had been idle {last.time - prev.time:.3f} s before packet {last.number}"
 
-    @staticmethod
-    def _first_after_synack(conn: Connection, d: int, answered: Segment) -> bool:
+    def _sent_by(self, seg: Segment) -> int:
+        """The direction (index into its connection's sides) of a segment of an open connection."""
+        return self.conns[(seg.src, seg.sport, seg.dst, seg.dport)][1]
+
+    def _first_after_synack(self, conn: Connection, d: int, answered: Segment) -> bool:
         """Is `answered` the peer's first segment since the sender's latest SYN-ACK?"""
         seen = False
-        for hd, hseg in reversed(conn.history):
+        for hseg in reversed(conn.history):
             if hseg is answered:
                 seen = True
                 continue
             if not seen:
                 continue
+            hd = self._sent_by(hseg)
             if hd == d and hseg.flags & (SYN | ACK) == SYN | ACK:
                 return True
             if hd != d:
@@ -521,7 +557,9 @@ class Tracker:
             if sent_by_receiver and f.after == 1 and seg.flags & ACK and not seg.flags & (RST | SYN | FIN) \
                     and not seg.length and f.segment.flags & ACK and "seq_exact" not in feat:
                 feat["challenge_ack"] = (f"{f.receiver.name()} answered with an ACK (packet {seg.number}), "
-                                         "not a close: a challenge ACK (RFC 5961 3.2)")
+                                         "not a close: a challenge ACK (RFC 5961 §3.2; "
+                                         "tcp_send_challenge_ack(), called by tcp_validate_incoming() "
+                                         "in net/ipv4/tcp_input.c)")
             if not sent_by_receiver and not seg.flags & RST and seg.time - f.segment.time >= 0:
                 ttl_note = ""
                 if seg.ttl is not None and f.segment.ttl is not None and seg.ttl != f.segment.ttl:
@@ -544,8 +582,10 @@ class Tracker:
             times = self.reset_times.get((f.sender.addr, f.sender.port), ())
             together = sum(1 for x in times if abs(x - f.segment.time) < 0.01)
             if together > 1 and "sender_acceptor" in f.features:
-                f.features["resets_together"] = (f"{f.sender.name()} reset {together} connections within "
-                                                 "10 ms: a listener closing its accept queue")
+                f.features["resets_together"] = (
+                    f"{f.sender.name()} reset {together} connections within 10 ms: a listener closing its "
+                    "accept queue (inet_csk_listen_stop() in net/ipv4/inet_connection_sock.c resets each "
+                    "queued one)")
             self.done.append(f)
             self.settled.add(f.segment.number)
         conn.pending = keep

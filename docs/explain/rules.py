@@ -107,7 +107,8 @@ NO_RST_NOTES: dict[str, tuple[str, list[tuple[str, str, int, str]]]] = {
     "graceful": ("closed gracefully: a FIN each way, each acknowledged, no RST",
                  [("graceful-close", "server-fin", 3, "a FIN each way, both acknowledged")]),
     "synack_again": ("the SYN-ACK was sent again although the client had acknowledged it: the "
-                     "listener dropped the ACK (accept queue full), no RST",
+                     "listener dropped the ACK (accept queue full: tcp_check_req() in "
+                     "net/ipv4/tcp_minisocks.c), no RST",
                      [("backlog-overflow-default", "syn-ack-again", 3,
                        "SYN-ACK retransmitted after the handshake's ACK")]),
     "silent_drop": ("data sent again and again with no answer: a silent drop, no RST",
@@ -125,7 +126,8 @@ SILENT_DROP_BONUS = {"answered_before": {"lb-idle-silent-drop": 1}}
 TIES: list[dict] = [
     {"slugs": ["closed-port", "firewall-reject"],
      "why": "a RST with ACK, seq 0, window 0, no option, answering the SYN at once: the kernel's "
-            "reply for no socket (tcp_v4_send_reset) and nftables' `reject with tcp reset` "
+            "reply for no socket (tcp_v4_send_reset() in net/ipv4/tcp_ipv4.c) and nftables' "
+            "`reject with tcp reset` (nf_reject_ip_tcphdr_put() in net/ipv4/netfilter/nf_reject_ipv4.c) "
             "build the same segment; only a TTL unlike the host's other packets gives the router away",
      "next": ["compare the RST's TTL (tcpdump -v) with a connection to the same host that works",
               "capture on the server: a RST the server never sent was forged on the way",
@@ -134,27 +136,33 @@ TIES: list[dict] = [
      "why": "connect, then close() with SO_LINGER 0 and no data: the same handshake and R. with "
             "the socket's window and timestamps; a health checker is just a client that does it",
      "next": ["find the process that owns the client port (`ss -tnp` while it runs)",
-              "nstat on the client: TcpExtTCPAbortOnData counts a close() with SO_LINGER 0 (__tcp_close)"]},
+              "nstat on the client: TcpExtTCPAbortOnData counts a close() with SO_LINGER 0 "
+              "(__tcp_close() in net/ipv4/tcp.c)"]},
     {"slugs": ["unread-data-close", "process-killed", "accepted-then-reset", "listener-closed-queue"],
      "why": "data arrives, is acknowledged, and the receiver's socket answers with R. instead of a "
-            "response: close() with unread data (__tcp_close), whether the program called it, "
-            "died, is a proxy with nothing behind it, or never accepted the connection before its "
-            "listener closed",
+            "response: close() with unread data (__tcp_close() in net/ipv4/tcp.c), whether the program "
+            "called it, died, or is a proxy with nothing behind it; or the connection was never "
+            "accepted and its listener closed (inet_csk_listen_stop() in "
+            "net/ipv4/inet_connection_sock.c, through tcp_disconnect() in net/ipv4/tcp.c)",
      "next": ["on the server: did the process exit (journal, exit code) or close the socket itself?",
               "`ss -tn` on the server before the close: a non-zero Recv-Q is the unread data",
-              "nstat on the server: TcpExtTCPAbortOnClose counts a close() with unread data (__tcp_close); "
-              "a listener closing its queue does not count there",
+              "nstat on the server: TcpExtTCPAbortOnClose counts a close() with unread data (__tcp_close() "
+              "in net/ipv4/tcp.c); a listener closing its queue does not count there (tcp_disconnect() "
+              "counts nothing)",
               "a proxy or port forward in front? its own connection to the backend tells"]},
     {"slugs": ["keepalive-race", "write-after-peer-close"],
-     "why": "the sender had sent its FIN and closed; data arriving after it is answered with R "
-            "(no socket any more): a reused keep-alive connection and a plain late write look alike",
+     "why": "the sender had sent its FIN and closed; data arriving after it has no reader and is "
+            "answered with R (a socket closed for reading refuses new data in tcp_rcv_state_process() "
+            "in net/ipv4/tcp_input.c, and tcp_v4_do_rcv() answers with tcp_v4_send_reset() in "
+            "net/ipv4/tcp_ipv4.c, as tcp_v4_rcv() does once the socket is gone): a reused keep-alive "
+            "connection and a plain late write look alike",
      "next": ["does the client reuse pooled connections (HTTP keep-alive)? compare the server's "
               "idle timeout with the pool's",
               "the time between the FIN and the data: a request sent just as the server closed"]},
     {"slugs": ["peer-lost-state", "idle-timeout-middlebox"],
      "why": "data after an idle gap answered by R with window 0 and no option: the peer without a "
-            "socket and a middlebox that forgot the flow send the same; only the TTL differs, and "
-            "tcpdump prints it with -v",
+            "socket (tcp_v4_send_reset() in net/ipv4/tcp_ipv4.c) and a middlebox that forgot the flow "
+            "send the same; only the TTL differs, and tcpdump prints it with -v",
      "next": ["print TTLs (`tcpdump -v`) and compare the RST's with the peer's other packets",
               "capture on the peer too: did its kernel send the RST?",
               "look for a NAT, firewall or load balancer idle timeout on the path"]},
@@ -163,12 +171,17 @@ TIES: list[dict] = [
             "no data: `ss -K` and a listener closed with this connection still queued look alike "
             "when a single connection is reset",
      "next": ["several connections to the same port reset at the same moment: the listener closed",
-              "on the server: the kernel's reason (`perf trace -e tcp:tcp_send_reset`, Linux 6.10+), "
-              "the audit log for ss -K, the service's restart time"]},
+              "on the server, the kernel's stack at the reset, not its reason: both send "
+              "SK_RST_REASON_TCP_STATE through tcp_send_active_reset(), `ss -K` from tcp_abort() in "
+              "net/ipv4/tcp.c, a closing listener from inet_csk_listen_stop() in "
+              "net/ipv4/inet_connection_sock.c (`bpftrace -e 'tracepoint:tcp:tcp_send_reset "
+              "{ @[kstack] = count(); }'`)",
+              "the service's restart time against the reset's"]},
     {"slugs": ["lb-idle-silent-drop", "user-timeout"],
      "why": "data retransmitted without answer and no RST: the packets die on the way, whether a "
             "load balancer forgot the flow or the peer vanished; TCP_USER_TIMEOUT or the "
-            "retransmission limit ends it with ETIMEDOUT",
+            "retransmission limit ends it with ETIMEDOUT (tcp_write_timeout() and tcp_write_err() in "
+            "net/ipv4/tcp_timer.c)",
      "next": ["`ss -tio` on the sender: retrans and the timer while it happens",
               "nstat: TcpExtTCPTimeouts and TcpRetransSegs",
               "capture on the other side of the load balancer: did the data get there?"]},

@@ -551,25 +551,59 @@ def _numbers(seq: object, ack: object) -> str:
     return literal(f"seq {seq}" + (f", ack {ack}" if ack is not None else ""))
 
 
+def wireshark_base(rec: Recording, p: Packet, src: str, sport: int, dst: str, dport: int) -> tuple[Packet, int] | None:
+    """The packet from which Wireshark took the base of src's relative numbers, up to p, and the base.
+    Wireshark 4.0's dissect_tcp() (packet-tcp.c, "initialize base_seq numbers") sets it once per
+    side: from that side's first segment (its seq if a SYN, else seq - 1), or, if the other side's
+    segment with the ACK flag comes first, from that segment's ack - 1. A pure SYN may start a new
+    conversation (port reuse), so the search starts at the latest one."""
+    tuple_ = {(src, sport, dst, dport), (dst, dport, src, sport)}
+    own = [q for q in rec.packets[: p.number] if q.proto == "tcp" and (q.src, q.sport, q.dst, q.dport) in tuple_]
+    syns = [i for i, q in enumerate(own) if "S" in q.flags and "." not in q.flags]
+    for q in own[syns[-1] if syns else 0:]:
+        if (q.src, q.sport) == (src, sport):
+            return q, q.seq if "S" in q.flags else (q.seq - 1) % 2**32
+        if "." in q.flags:
+            return q, (q.ack - 1) % 2**32
+    return None
+
+
 def _why_numbers(rec: Recording, p: Packet, f: Frame, tcp_source: str, reading_tcpdump: str) -> str:
     """Why Wireshark's relative numbers for p are what they are, next to this page's and tcpdump's,
-    said from what the capture holds (a SYN from each side, or none)."""
+    said from what the capture holds (a SYN from each side, or none) and checked against what
+    Wireshark showed: a reason that does not give Wireshark's number is not given."""
     seq, ack = relative(rec, p)
     mine = isn_before(rec, p, p.src, p.sport, p.dst, p.dport)
     theirs = isn_before(rec, p, p.dst, p.dport, p.src, p.sport)
-    function = f"[`tcp_analyze_sequence_number()`]({tcp_source})"
+    function = f"[`dissect_tcp()`]({tcp_source})"
     why = []
     if f.seq != seq:
-        why.append(f"{plain(p.sender)} sent no SYN in this capture, so Wireshark counts its sequence numbers"
-                   f" from one less than the first it saw (its first segment reads Seq=1; {function})"
-                   if mine is None else f"Wireshark's tcp.seq is not this page's ({function})")
+        base = wireshark_base(rec, p, p.src, p.sport, p.dst, p.dport) if mine is None else None
+        if base and f.seq == (p.seq - base[1]) % 2**32:
+            q = base[0]
+            why.append(f"{plain(p.sender)} sent no SYN in this capture, so Wireshark counts its sequence numbers"
+                       + (f" from one less than its first segment's, {_frame_link(rec, q.number)}, which reads Seq=1"
+                          if (q.src, q.sport) == (p.src, p.sport) else
+                          f" from one less than the first ack {plain(p.receiver)} sent, {_frame_link(rec, q.number)}")
+                       + f" ({function})")
+        else:
+            why.append(f"Wireshark's tcp.seq is not this page's ({function})")
         why.append("this page, with no ISN to count from, gives the number on the wire" if mine is None else "")
     if ack is not None and f.ack != ack:
-        why.append(f"{plain(p.receiver)} sent no SYN in this capture, so Wireshark counts the ack from one less"
-                   f" than the first ack {plain(p.sender)} sent ({function})"
-                   if theirs is None else f"Wireshark's tcp.ack is not this page's ({function})")
+        base = wireshark_base(rec, p, p.dst, p.dport, p.src, p.sport) if theirs is None else None
+        if base and f.ack == (p.ack - base[1]) % 2**32:
+            q = base[0]
+            why.append(f"{plain(p.receiver)} sent no SYN in this capture, so Wireshark counts the ack"
+                       + (f" from one less than the first ack {plain(p.sender)} sent, {_frame_link(rec, q.number)}"
+                          if (q.src, q.sport) == (p.src, p.sport) else
+                          f" from one less than {plain(p.receiver)}'s first segment's seq, {_frame_link(rec, q.number)}")
+                       + f" ({function})")
+        else:
+            why.append(f"Wireshark's tcp.ack is not this page's ({function})")
     if not [w for w in why if w]:
-        why.append(f"Wireshark's relative numbers are this page's: both count from each side's SYN ({function})")
+        why.append(f"Wireshark's relative numbers are this page's: both count from each side's SYN ({function})"
+                   if mine is not None and (ack is None or theirs is not None) else
+                   "Wireshark's numbers are this page's")
     record = records(rec)[p.number - 1]
     printed = [(int(m.group(1)), shown, raw) for m, shown, raw in
                ((_TCPDUMP_SEQ.search(record), f.seq, f.seq_raw), (_TCPDUMP_ACK.search(record), f.ack, f.ack_raw)) if m]
@@ -640,9 +674,11 @@ def wireshark_view(rec: Recording, view: View, pcap_link: str, reading_tcpdump: 
         if p.is_rst or f.seq != seq or (ack is not None and f.ack != ack):
             differing.append((p, f))
     if differing:
-        out += ["Sequence numbers: Wireshark's `tcp.seq` and `tcp.ack` are relative by default; `tcp.seq_raw` and"
-                " `tcp.ack_raw` are the numbers on the wire. For each RST, and each packet whose relative"
-                " numbers are not this page's:", "",
+        out += ["Sequence numbers: Wireshark's `tcp.seq` and `tcp.ack` are relative by default (its preferences"
+                " *Analyze TCP sequence numbers* and *Relative sequence numbers* default to on:"
+                f" `tcp_analyze_seq` and `tcp_relative_seq` in [packet-tcp.c]({tcp_source}));"
+                " `tcp.seq_raw` and `tcp.ack_raw` are the numbers on the wire. For each RST, and each packet"
+                " whose relative numbers are not this page's:", "",
                 "| packet | tcpdump's line | this page | Wireshark (tcp.seq, tcp.ack) | on the wire (raw) |",
                 "|---|---|---|---|---|"]
         for p, f in differing:

@@ -41,6 +41,8 @@ from lab.artifact import Packet, Recording
 
 from .render import capture_of, literal, name_id, plain
 
+OWN_WORDING = "本指南用语"  # "this guide's wording": beside a name that is ours, not glibc's
+
 QUOTED = Path(__file__).with_name("quoted_symptoms.yml")
 
 # a noted log line is a symptom when it names a Python exception (ConnectionResetError: ...)
@@ -288,12 +290,13 @@ def symptom_index(recordings: dict[str, Recording], quoted: list[dict[str, Any]]
                    + ", ".join(literal(t) for t in texts))
     out.append("")
     for key in order:
-        # glibc's Chinese text in the heading: a heading is what search ranks first (its title
-        # field), so a Chinese reader's query for the error text lands on this entry
         # the error's Chinese names in its heading: a heading is what search ranks first (its
-        # title field), so a Chinese reader's query for the error lands on this entry
+        # title field), so a Chinese reader's query for the error lands on this entry. glibc's
+        # text is recorded (chinese.glibc_messages); the guide's own wording (chinese.yml's
+        # `errors`) is marked as ours, so it is not taken for any program's output
         zh, own = chinese.get("messages", {}).get(key), chinese.get("names", {}).get(key)
-        named = " · ".join(plain(n) for n in (zh, own) if n)
+        names = ([plain(zh)] if zh else []) + ([f"{plain(own)}（{OWN_WORDING}）"] if own else [])
+        named = " · ".join(names)
         named = f' · <span lang="zh-CN">{named}</span>' if named else ""
         out += [f"## {plain(describe_key(key))}{named} {{ #{group_id(key)} }}", ""]
         if zh:

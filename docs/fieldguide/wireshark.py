@@ -279,16 +279,19 @@ class Sharkd:
         return View(self.version(), frames, expert, filters, recommended, refused)
 
     def shown(self, display_filter: str) -> list[int]:
-        """The frames the filter shows. sharkd 4.0 keeps each filter's result by its text
-        (sharkd_session.c, filter_table) and not per file: after a second `load` the same text
-        gets the first file's answer. Leading spaces, one more per file, make the text new."""
+        """The frames the filter shows. sharkd 4.0 keeps each filter's result by its text and not
+        per file (sharkd_session.c at v4.0.17: sharkd_session_filter_data() looks the text up in
+        filter_table, made once by sharkd_session_main(); `load` does not empty it): after a second
+        `load` the same text gets the first file's answer (seen here: RST filter on closed-port.pcap,
+        then on linger-zero.pcap, answered frame 2 where tshark says 4). Leading spaces, one more per
+        file, make the text new."""
         spaced = " " * self._loads + display_filter
         return [row["num"] for row in self.call("frames", {"filter": spaced, "column0": "frame.number:0"})]
 
     def close(self) -> None:
         if self.proc.poll() is None:
             assert self.proc.stdin is not None
-            self.proc.stdin.close()  # sharkd's console mode ends at the end of its input
+            self.proc.stdin.close()  # console mode reads requests until EOF (sharkd_session_main(), sharkd_session.c)
             try:
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:

@@ -157,10 +157,14 @@ def measure_docs(recording_target: float, rounds: int = 3) -> dict:
 def report_explain() -> dict:
     from .bench_explain import measure
     figures = measure(BENCH)
-    print(f"rst-explain on {figures['packets']} packets: {figures['explain_s']:.2f} s "
-          f"({figures['explain_command']}); tcpdump printing it: {figures['tcpdump_s']:.2f} s "
-          f"({figures['tcpdump_command']}); ratio {figures['ratio']:.2f}, target <= "
-          f"{figures['target_ratio']:g}: {'met' if figures['target_met'] else 'MISSED'}")
+    print(f"rst-explain on {figures['packets']} packets ({figures['explain_command']}): CPU "
+          f"{figures['explain_cpu_s']:.2f} s, wall {figures['explain_wall_s']:.2f} s; tcpdump printing it "
+          f"({figures['tcpdump_command']}): CPU {figures['tcpdump_cpu_s']:.2f} s, wall "
+          f"{figures['tcpdump_wall_s']:.2f} s (medians of {len(figures['explain_runs'])} runs side by side, "
+          f"load average {figures['load_average'][0]:.1f})")
+    print(f"ratio on CPU time {figures['ratio_cpu']:.2f} (on wall {figures['ratio_wall']:.2f}); judged on "
+          f"{figures['judged_on']}; target <= {figures['target_ratio']:g}: "
+          f"{'met' if figures['target_met'] else 'MISSED'}")
     return figures
 
 
