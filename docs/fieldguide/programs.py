@@ -86,7 +86,9 @@ def program_row(slug: str, clients: Clients, link: Any) -> str:
     rec = clients.recordings[slug]
     found = runs(rec)
     capture = link(capture_of(slug))
-    out = ["", "The same request from real client programs, run on the same client host after the"
+    # not searched here: the matrix page (clients.md, boosted) and the symptom index are where a
+    # search for a program's line should land; the rows would only weigh on every reader's index
+    out = ["", '<div data-search-exclude markdown>', "", "The same request from real client programs, run on the same client host after the"
            " example's own steps, in the client session (`nox -s clients`): its own run of this"
            f" scenario, whose [capture]({capture}) and [trace]({capture.removesuffix('.pcap')}.txt)"
            " name each program's packets after it:", "",
@@ -95,7 +97,7 @@ def program_row(slug: str, clients: Clients, link: Any) -> str:
         request = entry["call"].split(": ", 1)[-1]
         out.append(f"| {plain(entry['program']['name'])}<br><small>{literal(request)}</small>"
                    f" | {plain(entry['program']['version'])} | {cell(rec, host, entry, capture)} |")
-    return "\n".join(out)
+    return "\n".join([*out, "", "</div>"])
 
 
 def client_matrix(clients: Clients, link: Any) -> str:
