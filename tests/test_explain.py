@@ -18,7 +18,7 @@ import rst_explain
 from lab.artifact import TRACES
 from lab.scenarios import all_slugs
 from rst_explain.rules import NO_RST_NOTES, PAGES, TIES
-from scapy.all import IP, IPv6, TCP, Ether, PcapNgWriter, PcapWriter, UDP, rdpcap
+from scapy.all import IP, IPv6, TCP, CookedLinux, CookedLinuxV2, Ether, PcapNgWriter, PcapWriter, UDP, rdpcap
 
 EXPLAIN = [sys.executable, "-m", "rst_explain"]
 TEXT_FLAGS = ["", "-n", "-nn", "-S", "-v", "-vnn", "-tttt", "-tt -S -v"]
@@ -122,6 +122,41 @@ def test_recording_is_explained_by_its_own_page(recorded, slug: str, form: str) 
         firsts = [[v["slug"] for v in n["verdicts"] if v["score"] == n["verdicts"][0]["score"]]
                   for n in doc["notes"] if n["verdicts"]]
         assert any(slug in f for f in firsts), f"{slug} ({form}): notes {doc['notes']}"
+
+
+def _sll2(pcap: Path, tmp_path: Path) -> Path:
+    """A `tcpdump -i any` capture (LINUX_SLL, 113) framed as LINUX_SLL2 (276), as
+    `tcpdump -i any -y LINUX_SLL2` writes it: interface index and direction per packet."""
+    out = []
+    for p in rdpcap(str(pcap)):
+        assert p.haslayer(CookedLinux), f"{pcap.name}: not a LINUX_SLL capture"
+        q = CookedLinuxV2(proto=0x0800, ifindex=2 if p[IP].src.startswith("192.") else 3,
+                          pkttype=p[CookedLinux].pkttype, lladdrtype=1, lladdrlen=6, src=b"\x02" * 8) / p[IP]
+        q.time = p.time
+        out.append(q)
+    path = tmp_path / "sll2.pcap"
+    writer = PcapWriter(str(path), linktype=276)
+    writer.write(out)
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("slug", ["proxy-keepalive-race", "proxy-upstream-reset"])
+def test_linux_cooked_captures(recorded, slug: str, tmp_path: Path) -> None:
+    """`tcpdump -i any` captures: LINUX_SLL as recorded, LINUX_SLL2 too, in pcap, pcapng and
+    tcpdump's text (which prefixes SLL2 packets with the interface and its direction)."""
+    pcap = TRACES / f"{slug}.pcap"
+    assert pcap.read_bytes()[20:24] == (113).to_bytes(4, "little"), "the lab's proxy capture is no longer LINUX_SLL"
+    expected = [(r["packet"], r["tie"]) for r in rst_explain.explain(pcap.read_bytes(), slug)["rsts"]]
+    assert expected and all(slug in tie for _, tie in expected), expected
+    sll2 = _sll2(pcap, tmp_path)
+    assert sll2.read_bytes()[20:24] == (276).to_bytes(4, "little")
+    text = _tcpdump(sll2, "-nn")
+    assert b" In  IP " in text and b" Out IP " in text, text[:300]
+    for form, data in (("pcap", sll2.read_bytes()), ("pcapng", _pcapng(sll2)), ("text", text),
+                       ("text -v", _tcpdump(sll2, "-v"))):
+        got = [(r["packet"], r["tie"]) for r in rst_explain.explain(data, f"{slug} SLL2 ({form})")["rsts"]]
+        assert got == expected, (form, got, expected)
 
 
 def test_every_tie_is_a_documented_group(recorded) -> None:

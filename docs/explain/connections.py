@@ -494,6 +494,11 @@ class Tracker:
                                     (peer.last_data_time or 0) > me.last_data_time) and me.fin_seq is None:
                 feat["peer_data_unanswered"] = (f"{peer.name()} sent {peer.data_bytes} bytes; "
                                                 f"{me.name()} acknowledged them and answered with the RST, no data")
+            if me.data_bytes and me.fin_seq is None and me.last_data_time is not None and \
+                    (peer.last_data_time is None or me.last_data_time >= peer.last_data_time):
+                feat["sender_data_then_rst"] = (f"{me.name()} sent {me.data_bytes} bytes, the connection's last "
+                                                "data, then this RST and no FIN: it aborted while or after "
+                                                "answering")
             if peer.fin_seq is not None and me.fin_seq is None:
                 feat["peer_fin_before"] = (f"{peer.name()} had sent its FIN {seg.time - peer.fin_time:.3f} s "
                                            "earlier (it had only finished sending)")

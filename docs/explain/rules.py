@@ -62,6 +62,8 @@ PAGES: dict[str, Page] = {
                                     "keepalive_probe": -2}),
     "keepalive-race": Page("server-rst", ("answers_segment", "sender_fin_before"),
                            {**_NO_SOCKET_REPLY, "answers_data": 2, "ttl_differs": -4}),
+    "proxy-keepalive-race": Page("up1-rst", ("answers_segment", "sender_fin_before"),
+                                 {**_NO_SOCKET_REPLY, "answers_data": 2, "ttl_differs": -4}),
     "write-after-peer-close": Page("c1-server-rst", ("answers_segment", "sender_fin_before"),
                                    {**_NO_SOCKET_REPLY, "answers_data": 2, "ttl_differs": -4}),
     "time-wait-rst": Page("rfc1337-0-server-rst", ("after_close",),
@@ -86,6 +88,7 @@ PAGES: dict[str, Page] = {
                     {**_SOCKET_ABORT, **_NO_PROBES, "sender_acceptor": 2}),
     "listener-closed-queue": Page("first-rst", ("socket_abort", "sender_acceptor"),
                                   {**_SOCKET_ABORT, **_NO_PROBES, "no_data": 2, "peer_data_unanswered": 2,
+                                   "sender_data_then_rst": -4,   # a queued connection was never accepted
                                    "resets_together": 4, "peer_fin_before": -4, "sender_fin_then_rst": -4,
                                    "idle_before": -1}),
     "unread-data-close": Page("server-rst", ("socket_abort", "peer_data_unanswered"),
@@ -94,6 +97,11 @@ PAGES: dict[str, Page] = {
                            {**_SOCKET_ABORT, "sender_acceptor": 2, "peer_fin_before": -2}),
     "accepted-then-reset": Page("python-rst", ("socket_abort", "peer_data_unanswered"),
                                 {**_SOCKET_ABORT, "sender_acceptor": 2, "peer_fin_before": -2}),
+    # an accepted connection answered (part of) a response, then aborted: SO_LINGER 0 and close()
+    # in the backend behind a proxy (__tcp_close() in net/ipv4/tcp.c calls tcp_disconnect())
+    "proxy-upstream-reset": Page("python-up-rst", ("socket_abort", "sender_data_then_rst"),
+                                 {**_SOCKET_ABORT, **_NO_PROBES, "sender_acceptor": 2, "sender_data_then_rst": 2,
+                                  "peer_fin_before": -2}),
     "half-close-misread": Page("c1-server-rst", ("socket_abort", "peer_fin_before"),
                                {**_SOCKET_ABORT, "sender_acceptor": 1, "peer_data_unanswered": 1}),
     "early-response-lost": Page("c1-server-rst", ("socket_abort", "sender_fin_then_rst"),
@@ -150,15 +158,24 @@ TIES: list[dict] = [
               "in net/ipv4/tcp.c); a listener closing its queue does not count there (tcp_disconnect() "
               "counts nothing)",
               "a proxy or port forward in front? its own connection to the backend tells"]},
-    {"slugs": ["keepalive-race", "write-after-peer-close"],
+    {"slugs": ["keepalive-race", "write-after-peer-close", "proxy-keepalive-race"],
      "why": "the sender had sent its FIN and closed; data arriving after it has no reader and is "
             "answered with R (a socket closed for reading refuses new data in tcp_rcv_state_process() "
             "in net/ipv4/tcp_input.c, and tcp_v4_do_rcv() answers with tcp_v4_send_reset() in "
-            "net/ipv4/tcp_ipv4.c, as tcp_v4_rcv() does once the socket is gone): a reused keep-alive "
-            "connection and a plain late write look alike",
+            "net/ipv4/tcp_ipv4.c, as tcp_v4_rcv() does once the socket is gone; an orphaned socket kept "
+            "as time-wait answers data with TCP_TW_RST in tcp_timewait_state_process() in "
+            "net/ipv4/tcp_minisocks.c): a reused keep-alive connection, a plain late write and a "
+            "proxy's pooled upstream connection look alike; the proxy is only a client of the backend",
      "next": ["does the client reuse pooled connections (HTTP keep-alive)? compare the server's "
               "idle timeout with the pool's",
-              "the time between the FIN and the data: a request sent just as the server closed"]},
+              "the time between the FIN and the data: a request sent just as the server closed",
+              "a proxy sends the data? nginx logs 'upstream prematurely closed connection while reading "
+              "response header from upstream' (ngx_http_upstream_process_header() in "
+              "src/http/ngx_http_upstream.c, nginx release-1.22.1) in its error log",
+              "capture both legs of the proxy at once (`tcpdump -i any` on it): a client request just "
+              "before the write on the pooled connection, then a retry on a new connection, or a 502 "
+              "for a POST (ngx_http_upstream_next() in src/http/ngx_http_upstream.c repeats no "
+              "non-idempotent request)"]},
     {"slugs": ["peer-lost-state", "idle-timeout-middlebox"],
      "why": "data after an idle gap answered by R with window 0 and no option: the peer without a "
             "socket (tcp_v4_send_reset() in net/ipv4/tcp_ipv4.c) and a middlebox that forgot the flow "
