@@ -107,4 +107,25 @@ def test_a_program_without_an_errno_that_met_a_fin_is_keyed_as_an_end_of_stream(
 def test_no_quoted_line_is_of_a_program_the_lab_runs() -> None:
     for entry in symptoms.load_quoted():
         assert entry["version"].strip(), entry
-        assert not re.search(r"\b(curl|Node\.js|Go|Java|requests|httpx|aiohttp)\b", entry["software"]), entry
+        assert not re.search(r"\b(curl|Node\.js|Go|Java|requests|httpx|aiohttp|nginx)\b", entry["software"]), entry
+
+
+def test_nginx_error_lines_are_recorded_symptoms_with_nginx_version() -> None:
+    """nginx's error.log lines (lab/nginx.py) are read for their message and errno; its
+    notice lines and other hosts' notes are not symptoms."""
+    log = "2026/12/01 22:15:21 [{level}] 11#11: *1 {message}, client: 192.0.2.1, server: , request: \"GET / HTTP/1.1\""
+    data = recording([packet(1, "client", "server", "S"), packet(2, "client", "server", "R."),
+                      packet(3, "client", "server", "F.", 40001)],
+                     {"server": [{"call": "nginx -v", "returned": repr("nginx version: nginx/1.22.1")},
+                                 {"call": "nginx error.log", "returned": repr(log.format(
+                                     level="error", message="readv() failed (104: Connection reset by peer) while reading upstream"))},
+                                 {"call": "nginx error.log", "returned": repr(log.format(
+                                     level="error", message="upstream prematurely closed connection while reading response header from upstream"))},
+                                 {"call": "nginx error.log", "returned": repr(log.format(level="notice", message="start worker processes"))}]})
+    reset, closed = symptoms.seen_in(data)
+    assert (reset.text, reset.key, reset.packet.number, reset.source) == (
+        "readv() failed (104: Connection reset by peer) while reading upstream", "ECONNRESET", 2, "log")
+    assert (closed.text, closed.key, closed.packet.number, closed.why) == (
+        "upstream prematurely closed connection while reading response header from upstream",
+        "RemoteDisconnected", 3, "the FIN it received")
+    assert reset.logged_by == "nginx (nginx version: nginx/1.22.1)"

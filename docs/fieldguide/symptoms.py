@@ -11,8 +11,10 @@ recordings in build/traces/SLUG.json and nothing typed by hand:
 
 What a run captured: every call a host's application made that raised (class, errno,
 message: the `outcomes` of SLUG.json), and the log lines the example noted
-(`host.note("log", ...)`) that name a Python exception, and what each real client program
-printed (curl, Node.js, Go, Java, Python's libraries: lab/clients.py). Lines printed by
+(`host.note("log", ...)`) that name a Python exception, the error lines nginx wrote as the
+proxy of the proxy-* scenarios (`host.note("nginx error.log", ...)`, with the `nginx -v`
+its run noted: LOG_FORMATS), and what each real client program printed (curl, Node.js, Go,
+Java, Python's libraries: lab/clients.py). Lines printed by
 software the lab cannot run (Envoy, a cloud's load balancer) are quoted in
 quoted_symptoms.yml, each with its version and public source, and shown beside the
 captured ones that share their errno.
@@ -47,6 +49,12 @@ QUOTED = Path(__file__).with_name("quoted_symptoms.yml")
 
 # a noted log line is a symptom when it names a Python exception (ConnectionResetError: ...)
 _EXCEPTION_IN_LOG = re.compile(r"\b[A-Z]\w*(?:Error|Exception)\b")
+
+# nginx's error.log line: "<date> <time> [<level>] <pid>#<tid>: *<connection> <message>, client: ..."
+# (ngx_log_error_core(), src/core/ngx_log.c; ", client: ..." is ngx_http_log_error()'s, in
+# src/http/ngx_http_request.c). The message is what a reader searches for; the rest is this run's.
+_NGINX_ERROR = re.compile(r"^\S+ \S+ \[(?:error|crit|alert|emerg)\] \d+#\d+: (?:\*\d+ )?(?P<message>.+?)(?:, client: .*)?$")
+_NGINX_ERRNO = re.compile(r"\((\d+): [^)]*\)")  # "(104: Connection reset by peer)": the kernel's errno
 
 # (direction, flag) of the packet that explains a failure, tried in order
 _EXPLAINED_BY: dict[str, list[tuple[str, str]]] = {
@@ -83,6 +91,7 @@ class Seen:
     # a client program's line (the client session, `nox -s clients`): its capture, as the site
     # publishes it (programs.capture_of()); the packet is that capture's, not the page's
     capture: str = ""
+    logged_by: str = ""  # a log line's writer, as the index names it: "the server application"
 
     @property
     def packet_label(self) -> str:
@@ -123,6 +132,50 @@ def _errno_of(text: str) -> str | None:
     return errno_module.errorcode.get(int(found.group(1))) if found else None
 
 
+def _python_failure(line: str) -> tuple[str, str] | None:
+    """A Python application's log line naming an exception: the line, keyed by its errno or class."""
+    exception = _EXCEPTION_IN_LOG.search(line)
+    return (line, _errno_of(line) or exception.group(0)) if exception else None
+
+
+def _nginx_failure(line: str) -> tuple[str, str] | None:
+    """nginx's error-level line: its message, keyed by the errno it prints; a message without
+    one is an end of stream when nginx says the upstream closed (ngx_http_upstream.c logs
+    "upstream prematurely closed connection" when recv() returns 0: the upstream's FIN)."""
+    found = _NGINX_ERROR.match(line)
+    if not found:
+        return None
+    message = found.group("message")
+    number = _NGINX_ERRNO.search(message)
+    if number:
+        return message, errno_module.errorcode.get(int(number.group(1)), number.group(1))
+    if "upstream prematurely closed connection" in message:
+        return message, "RemoteDisconnected"
+    return None
+
+
+@dataclass(frozen=True)
+class LogFormat:
+    """A kind of log line the examples note (host.note(NAME, line)), read for failures."""
+
+    note: str  # the note's name in SLUG.json's outcomes
+    logged_by: str  # who wrote it, as the index says
+    version_note: str | None  # the note holding the writer's version, on the same host
+    failure: Any  # line -> (text shown, key), or None when the line is no failure
+
+
+LOG_FORMATS = {f.note: f for f in [
+    LogFormat("log", "the server application", None, _python_failure),
+    LogFormat("nginx error.log", "nginx", "nginx -v", _nginx_failure),  # lab/nginx.py's error_log()
+]}
+
+
+def _logged_by(form: LogFormat, entries: list[dict[str, Any]]) -> str:
+    """"nginx (nginx version: nginx/1.22.1)": the writer, with the version its run noted."""
+    versions = [_unquote(e["returned"]) for e in entries if form.version_note and e["call"] == form.version_note]
+    return f"{form.logged_by} ({versions[0]})" if versions else form.logged_by
+
+
 def program_key(rec: Recording, host: str, entry: dict[str, Any]) -> str:
     """A client program's failure, keyed as a Python one is: the errno the program printed,
     else the last one the kernel reported to its sockets (inet_sk_error_report), else
@@ -156,14 +209,16 @@ def seen_in(rec: Recording, capture: str = "") -> list[Seen]:
                 continue
             if entry.get("phase") == "programs" or capture:  # the servers' side of the programs' runs
                 continue
+            logged_by = ""
             if "raised" in entry:
                 text = f"{entry['raised']}: {entry['message']}" if entry["message"] else entry["raised"]
                 key, source = entry.get("errno") or entry["raised"], "Python"
-            elif entry["call"] == "log" and _EXCEPTION_IN_LOG.search(entry["returned"]):
-                text = _unquote(entry["returned"])
-                exception = _EXCEPTION_IN_LOG.search(text)
-                assert exception is not None
-                key, source = _errno_of(text) or exception.group(0), "log"
+            elif entry["call"] in LOG_FORMATS and "returned" in entry:
+                form = LOG_FORMATS[entry["call"]]
+                failure = form.failure(_unquote(entry["returned"]))
+                if failure is None:
+                    continue
+                (text, key), source, logged_by = failure, "log", _logged_by(form, entries)
             else:
                 continue
             # the n-th failure of one call (connect, recv, log...) died on the n-th connection
@@ -177,7 +232,8 @@ def seen_in(rec: Recording, capture: str = "") -> list[Seen]:
             packet = packets[min(nth, len(packets) - 1)] if packets else None
             anchor = name_id(rec, packet) if packet else "the-trace"
             found[(host, entry["call"], text)] = Seen(
-                rec.slug, rec.title, host, entry["call"], text, key, source, packet, why, anchor)
+                rec.slug, rec.title, host, entry["call"], text, key, source, packet, why, anchor,
+                logged_by=logged_by)
     return list(found.values())
 
 
@@ -217,7 +273,8 @@ def group_id(key: str) -> str:
 
 
 def _where(seen: Seen, src: str, own_page: bool) -> str:
-    call = "log" if seen.source == "log" else literal(seen.call)
+    call = (f"log, written by {plain(seen.logged_by)}" if seen.logged_by != LOG_FORMATS["log"].logged_by
+            else "log") if seen.source == "log" else literal(seen.call)
     if seen.source == "program":
         call = f"{plain(seen.call)}, run as the client"
         return (f"{call}, explained by {seen.why}: {plain(seen.packet_label)} of"
@@ -307,7 +364,7 @@ def symptom_index(recordings: dict[str, Recording], quoted: list[dict[str, Any]]
         for seen in groups[key]:
             by_text.setdefault(seen.text, []).append(seen)
         for text, seens in sorted(by_text.items()):
-            kind = ("logged by the server application" if all(s.source == "log" for s in seens)
+            kind = (f"logged by {plain(seens[0].logged_by)}" if all(s.source == "log" for s in seens)
                     else "printed by a client program" if all(s.source == "program" for s in seens)
                     else "raised in Python")
             out += [f"{literal(text)} ({kind}), in:", ""]
