@@ -97,7 +97,7 @@ def claims(trace):
     trace.next("client", ".", name="response-ack", ack=response.seq + 7,
                what="the client acknowledges the response; the flow goes idle")
     rst = trace.next("server", "R", name="lb-rst-to-client", reason=None, seq=response.seq + 7, win=0, options=(),
-                     after=IDLE_TIMEOUT, within=IDLE_TIMEOUT + 0.2,
+                     after=IDLE_TIMEOUT, within=IDLE_TIMEOUT + 1.0,  # the load balancer's timer is a user process's: late on a loaded machine (705 ms seen)
                      what=f"{IDLE_TIMEOUT} s of silence later, a bare RST arrives in the server's name,"
                           " at exactly the client's next expected byte")
     trace.check("it arrives with TTL 64: made one hop away, by the load balancer",

@@ -126,7 +126,7 @@ def claims(trace):
     trace.next("proxy", ".", name="get-first-ack", receiver="client")
     trace.handshake("proxy", "backend", name="up1-handshake", what="nginx opens an upstream connection")
     trace.next("proxy", "P.", name="up1-get-first", receiver="backend", what="nginx forwards GET /first")
-    backend_response(trace, "up1-first")
+    idle_since = backend_response(trace, "up1-first")
     trace.next("proxy", "P.", name="first-response", receiver="client",
                what="nginx relays the 200 to the client and keeps the upstream connection")
     trace.next("client", ".", name="first-response-ack")
@@ -134,8 +134,9 @@ def claims(trace):
     trace.next("client", "P.", name="get-second", what="GET /second, while nginx's worker is paused")
     trace.next("proxy", ".", name="get-second-ack", receiver="client",
                what="the proxy's kernel acknowledges it; nginx has not read it yet")
-    fin = trace.next("backend", "F.", name="up1-idle-fin", after=IDLE_TIMEOUT / 2,
+    fin = trace.next("backend", "F.", name="up1-idle-fin",
                      what="the backend's idle timeout closes the pooled connection: FIN")
+    idle_for(trace, fin, idle_since)
     trace.next("proxy", ".", name="up1-idle-fin-ack", receiver="backend", ack=fin.seq + 1,
                what="the proxy's kernel acknowledges the FIN; nginx has not looked yet")
     reused = trace.next("proxy", "P.", name="up1-get-second", receiver="backend",
@@ -145,7 +146,7 @@ def claims(trace):
     trace.handshake("proxy", "backend", name="up2-handshake",
                     what="nginx sends the GET again, on a new upstream connection")
     trace.next("proxy", "P.", name="up2-get-second", receiver="backend", what="GET /second again")
-    backend_response(trace, "up2-second")
+    idle_since = backend_response(trace, "up2-second")
     trace.next("proxy", "P.", name="second-response", receiver="client", what="the client gets its 200")
     trace.next("client", ".", name="second-response-ack")
     # the race, with a POST
@@ -153,8 +154,9 @@ def claims(trace):
     trace.next("proxy", ".", name="post-order-ack", receiver="client")
     trace.next("client", "P.", name="post-order-body", payload=6, what="its 6-byte body")
     trace.next("proxy", ".", name="post-order-body-ack", receiver="client")
-    fin = trace.next("backend", "F.", name="up2-idle-fin", after=IDLE_TIMEOUT / 2,
+    fin = trace.next("backend", "F.", name="up2-idle-fin",
                      what="the backend's idle timeout closes the new pooled connection: FIN")
+    idle_for(trace, fin, idle_since)
     trace.next("proxy", ".", name="up2-idle-fin-ack", receiver="backend", ack=fin.seq + 1)
     reused = trace.next("proxy", "P.", name="up2-post-order", receiver="backend",
                         what="nginx resumes and sends POST /order on the pooled connection")
@@ -191,5 +193,14 @@ def backend_response(trace, name):
     trace.next("backend", ".", name=f"{name}-request-ack")
     trace.next("backend", "P.", name=f"{name}-headers", what="the backend answers 200: headers...")
     trace.next("proxy", ".", name=f"{name}-headers-ack", receiver="backend")
-    trace.next("backend", "P.", name=f"{name}-body", payload=5, what="...then the 5-byte body")
+    body = trace.next("backend", "P.", name=f"{name}-body", payload=5, what="...then the 5-byte body")
     trace.next("proxy", ".", name=f"{name}-body-ack", receiver="backend")
+    return body
+
+
+def idle_for(trace, fin, since):
+    """The idle timer counts from the backend's last byte sent, not from whatever the client
+    did meanwhile (its request may come at any time before the FIN)."""
+    idle = fin.time - since.time
+    trace.check(f"the FIN comes after {IDLE_TIMEOUT} s idle since the backend's last response byte",
+                idle >= IDLE_TIMEOUT * 0.9, f"{idle * 1000:.1f} ms")
