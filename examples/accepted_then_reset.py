@@ -75,7 +75,8 @@ def claims(trace):
         request = trace.next("client", "P.", name=f"{who}-request", what=f"{who} sends its request")
         trace.next("server", ".", name=f"{who}-request-ack", ack=request.seq + request.payload,
                    what="the proxy's kernel acknowledges it; nobody reads it")
-        trace.next("server", "R.", name=f"{who}-rst", seq=request.ack, ack=request.seq + request.payload, within=0.1,
+        trace.next("server", "R.", name=f"{who}-rst", seq=request.ack, ack=request.seq + request.payload,
+                   within=1.0,  # a user process reacts (its dial refused, it closes): late on a loaded machine (173 ms seen)
                    what="the proxy closes the connection with the request unread: a RST, not a FIN")
     trace.no("server", "F", what="the proxy never sends a FIN")
     trace.raised("server", "connect", "ECONNREFUSED", nth=0)
