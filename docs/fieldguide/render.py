@@ -657,7 +657,11 @@ def wireshark_view(rec: Recording, view: View, pcap_link: str, reading_tcpdump: 
     if marked:
         out += ["The Info column of each RST and of each packet with expert info above *Chat*:", ""]
         out += rows(marked) + [""]
-    out += [f'??? note "Every packet\'s Info column ({len(view.frames)})"', "", indent("\n".join(rows(view.frames))), ""]
+    # every packet's Info line repeats the trace: kept out of the search index (which every page
+    # loads), like the sequence-number table below; the RSTs' lines and the expert info stay searchable
+    out += ['<div data-search-exclude markdown>', "",
+            f'??? note "Every packet\'s Info column ({len(view.frames)})"', "", indent("\n".join(rows(view.frames))), "",
+            "</div>", ""]
     if view.expert:
         out += ["Expert info (*Analyze › Expert Information*), as Wireshark words it:", "",
                 "| packet | severity | group | message |", "|---|---|---|---|"]
@@ -674,6 +678,7 @@ def wireshark_view(rec: Recording, view: View, pcap_link: str, reading_tcpdump: 
         if p.is_rst or f.seq != seq or (ack is not None and f.ack != ack):
             differing.append((p, f))
     if differing:
+        out += ['<div data-search-exclude markdown>', ""]
         out += ["Sequence numbers: Wireshark's `tcp.seq` and `tcp.ack` are relative by default (its preferences"
                 " *Analyze TCP sequence numbers* and *Relative sequence numbers* default to on:"
                 f" `tcp_analyze_seq` and `tcp_relative_seq` in [packet-tcp.c]({tcp_source}));"
@@ -693,5 +698,5 @@ def wireshark_view(rec: Recording, view: View, pcap_link: str, reading_tcpdump: 
         out.append("")
         out += [f"- {_frame_link(rec, p.number)}: {_why_numbers(rec, p, f, tcp_source, reading_tcpdump)}"
                 for p, f in differing]
-        out.append("")
+        out += ["", "</div>", ""]
     return "\n".join(out)
