@@ -430,8 +430,11 @@ def test_page_weight(browser: Any, site_url: str, built_site: Path) -> None:
     assert mermaid, "a page with a diagram loads the self-hosted Mermaid"
     assert not [u for u in figures["home"]["urls"] if u.endswith("/mermaid.min.js")], (
         "the home page has no diagram: it must not load Mermaid's 2.8 MB")
-    # the home page without Mermaid weighs well under a megabyte; Mermaid alone is 2.8 MB
-    assert 0 < figures["home"]["transferred_bytes"] < 1_500_000, figures["home"]["transferred_bytes"]
+    # the home page without Mermaid: its bulk is the search index of every page (1.2 MB as
+    # served here, about 350 KiB gzipped), which grew with 33 scenarios, each page's Wireshark
+    # view and the matrix pages: 1.5 MB was passed at 1,506,905 bytes; Mermaid alone is 2.8 MB
+    assert 0 < figures["home"]["transferred_bytes"] < 1_650_000, figures["home"]["transferred_bytes"]
+    assert 0 < figures["home"]["transferred_bytes_if_gzipped"] < 450_000, figures["home"]["transferred_bytes_if_gzipped"]
     assert figures["largest_scenario"]["transferred_bytes"] > 2_800_000
     # only the explain page loads Pyodide: its WebAssembly is the bulk of that page
     for name in ("home", "largest_scenario"):

@@ -15,7 +15,8 @@
     for (const table of content()) {
       table.removeAttribute("data-fg-stacked");
       const column = table.closest(".md-typeset__scrollwrap") || table.parentElement;
-      if (table.scrollWidth > column.clientWidth + 1) {
+      // (its box may overflow where the table itself does not: inside an admonition's fold)
+      if (table.scrollWidth > column.clientWidth + 1 || column.scrollWidth > column.clientWidth + 1) {
         label(table);
         table.setAttribute("data-fg-stacked", "");
       }
