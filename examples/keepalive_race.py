@@ -12,6 +12,9 @@ hits it when the FIN is still on its way.
 
 import http.client
 import logging
+import re
+import socket
+import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import urllib3
@@ -23,10 +26,33 @@ HOSTS = ("client", "server")
 IDLE_TIMEOUT = 0.3  # the server's keep-alive timeout: the scenario's own protocol delay
 
 
-def run(client, server):
+# the programs' run: the server's FIN to the program's first connection is held back (dropped on
+# its way out) so that it is still on its way when the program sends its second request
+FIN_IN_FLIGHT = """
+table ip fin_in_flight {{
+    chain out {{
+        type filter hook output priority 0; policy accept;
+        tcp sport 8080 tcp dport {port} tcp flags & fin != 0 counter drop
+    }}
+}}
+"""
+
+
+def http_server(server, idle_timeout, hold_first_fin=False):
+    """http.server on port 8080, keeping connections open between requests for idle_timeout
+    (None: until the client closes), logging into the transcript. hold_first_fin: the FIN of
+    the first connection it accepts never leaves the server (FIN_IN_FLIGHT)."""
+    accepted = []
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep the connection open between requests
-        timeout = IDLE_TIMEOUT  # an idle connection is closed after this long
+        timeout = idle_timeout  # an idle connection is closed after this long
+
+        def setup(self):
+            accepted.append(self.client_address)
+            if hold_first_fin and len(accepted) == 1:
+                server.nft(FIN_IN_FLIGHT.format(port=self.client_address[1]))
+            super().setup()
 
         def do_GET(self):
             body = b"hello\n"
@@ -39,7 +65,11 @@ def run(client, server):
             server.note("log", format % args)
 
     with server:
-        httpd = HTTPServer((server.ip, 8080), Handler)
+        return HTTPServer((server.ip, 8080), Handler)
+
+
+def run(client, server):
+    httpd = http_server(server, IDLE_TIMEOUT)
     serving = server.start(httpd.handle_request)  # serves one connection, then closes it
 
     with client:
@@ -83,6 +113,38 @@ def run(client, server):
     client.note("urllib3: response.status", response.status)
     with client.receives(".", source=server):  # the server acknowledges the client's FIN
         pool.close()
+    httpd.server_close()  # port 8080 is the programs' next
+
+
+def each_program(program, client, server):
+    """Each real client makes two requests with one client object: the first opens a connection
+    that the server closes after its idle timeout; the second is made once the server has closed
+    it, its FIN still on its way (held back). A program that tries again on a new connection is
+    served there, and that connection stays open until the program closes it."""
+    httpd = http_server(server, IDLE_TIMEOUT, hold_first_fin=True)
+    first = server.start(httpd.handle_request)  # the first connection, up to its idle timeout
+    url = f"http://{server.ip}:8080"
+    running = program.start("GET", f"{url}/first", then=f"{url}/second")
+    first.join(program.timeout)
+    if first.is_alive():
+        raise TimeoutError(f"{program.name}: the first connection was not closed within {program.timeout:g} s")
+    httpd.RequestHandlerClass.timeout = None  # any later connection: open until the program closes it
+    stopped = threading.Event()
+    later = server.start(serve_until, httpd, stopped)
+    running.proceed()  # the server has closed: the program makes its second request now
+    running.wait()
+    stopped.set()
+    httpd.socket.shutdown(socket.SHUT_RDWR)  # wakes handle_request()
+    later.join(program.timeout)
+    httpd.server_close()
+    held = re.search(r"counter packets (\d+)", server.sh("nft", "list", "table", "ip", "fin_in_flight"))
+    server.note("FIN segments held back (nftables counter)", int(held.group(1)))
+    server.nft("delete table ip fin_in_flight")
+
+
+def serve_until(httpd, stopped):
+    while not stopped.is_set():
+        httpd.handle_request()
 
 
 def claims(trace):

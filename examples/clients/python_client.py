@@ -1,38 +1,66 @@
 """Python's HTTP client libraries: one request, and what the application gets back.
 
-    python python_client.py requests|httpx|aiohttp GET URL
-    python python_client.py requests|httpx|aiohttp POST URL BYTES
+    python python_client.py requests|httpx|aiohttp GET URL         [--then URL2]
+    python python_client.py requests|httpx|aiohttp POST URL BYTES  [--then URL2]
 
 Prints "HTTP <status>" for a response, or the exception as a traceback's last line shows
 it (module.Class: message) and, where an OSError inside it carries one, "errno: <number>";
 exits 1 then. Each library with its defaults (certificate checks aside: the lab's server
-has a certificate of its own making).
+has a certificate of its own making). --then URL2: once standard input is closed, the same
+request to URL2 with the same client (requests.Session, httpx.Client, aiohttp.ClientSession:
+their pools of kept-alive connections); the first's result is printed as
+"first request: HTTP <status>".
 """
 
 import asyncio
 import sys
 
 
-def with_requests(method, url, body):
+def pause():
+    """Between the two requests: until standard input is closed."""
+    sys.stdin.buffer.read()
+
+
+def with_requests(method, urls, body):
     import requests
 
-    return requests.request(method, url, data=body, verify=False).status_code
+    with requests.Session() as session:
+        for i, url in enumerate(urls):
+            if i:
+                pause()
+            status = session.request(method, url, data=body, verify=False).status_code
+            if i < len(urls) - 1:
+                print(f"first request: HTTP {status}", flush=True)
+    return status
 
 
-def with_httpx(method, url, body):
+def with_httpx(method, urls, body):
     import httpx
 
-    return httpx.request(method, url, content=body, verify=False).status_code
+    with httpx.Client(verify=False) as client:
+        for i, url in enumerate(urls):
+            if i:
+                pause()
+            status = client.request(method, url, content=body).status_code
+            if i < len(urls) - 1:
+                print(f"first request: HTTP {status}", flush=True)
+    return status
 
 
-def with_aiohttp(method, url, body):
+def with_aiohttp(method, urls, body):
     import aiohttp
 
     async def fetch():
         async with aiohttp.ClientSession() as session:
-            async with session.request(method, url, data=body, ssl=False) as response:
-                await response.read()
-                return response.status
+            for i, url in enumerate(urls):
+                if i:  # the event loop runs on while the pause lasts, as an application's would
+                    await asyncio.get_running_loop().run_in_executor(None, pause)
+                async with session.request(method, url, data=body, ssl=False) as response:
+                    await response.read()
+                    status = response.status
+                if i < len(urls) - 1:
+                    print(f"first request: HTTP {status}", flush=True)
+        return status
 
     return asyncio.run(fetch())
 
@@ -54,13 +82,18 @@ def errno_in(exc):
 
 
 def main():
-    library, method, url = sys.argv[1:4]
-    body = b"x" * int(sys.argv[4]) if method == "POST" else None
+    args = sys.argv[1:]
+    urls = [args[2]]
+    if args[-2:-1] == ["--then"]:
+        urls.append(args.pop())
+        args.pop()
+    library, method = args[:2]
+    body = b"x" * int(args[3]) if method == "POST" else None
     import warnings
 
     warnings.simplefilter("ignore")  # urllib3's InsecureRequestWarning
     try:
-        status = {"requests": with_requests, "httpx": with_httpx, "aiohttp": with_aiohttp}[library](method, url, body)
+        status = {"requests": with_requests, "httpx": with_httpx, "aiohttp": with_aiohttp}[library](method, urls, body)
     except Exception as exc:
         kind = type(exc)
         module = "" if kind.__module__ == "builtins" else kind.__module__ + "."

@@ -39,6 +39,7 @@ from .preflight import LabUnavailable
 SOURCES = ROOT / "examples" / "clients"
 BUILT = Path(os.environ.get("FIELDGUIDE_CLIENTS") or ROOT / "build" / "clients")
 MANIFEST = "programs.json"  # what prepare() built: each program's argv and version
+FIRST = "first request: "  # how a program with a second request prints the first one's result
 RUN_TIMEOUT = 30.0  # seconds a program may take for one request before it is killed (a JVM on a busy machine)
 # the JVM reserves a quarter of the machine's memory for its heap by default: more than the
 # sandbox's address-space limit (lab/sandbox.py); a request needs very little
@@ -53,23 +54,32 @@ class Program:
     package: str  # where a new machine gets it (the message when it is missing)
     tool: str  # the executable it needs
 
-    def argv(self, built: Path, method: str, url: str, body: str | None) -> list[str]:
-        """The command line of one request; body: a file of the upload's bytes (curl reads it)."""
+    def argv(self, built: Path, method: str, url: str, body: str | None, then: str | None = None) -> list[str]:
+        """The command line of one request; body: a file of the upload's bytes (curl reads it).
+        then: a second request (same method and body) to this URL with the same client, made
+        once the program's standard input is closed (Run.proceed()); the first one's result
+        is printed as "first request: ..." (FIRST)."""
         size = [str(os.path.getsize(body))] if body else []
+        second = ["--then", then] if then else []
         if self.name == "curl":
             # -sS: no progress meter, errors still printed; -D -: the response's head on stdout
-            return ["curl", "-sS", "-o", "/dev/null", "-D", "-", "-k", "-X", method, url,
-                    *(["--data-binary", f"@{body}"] if body else [])]
+            request = ["-sS", "-o", "/dev/null", "-k", "-X", method, *(["--data-binary", f"@{body}"] if body else [])]
+            if not then:
+                return ["curl", *request, "-D", "-", url]
+            # one curl, three transfers sharing its connection pool: the first request, a read
+            # of standard input to its end (the pause), the second request
+            return ["curl", *request, "-w", FIRST + "HTTP %{http_code}\\n", url,
+                    "--next", "-sS", "-o", "/dev/null", "file:///dev/stdin", "--next", *request, "-D", "-", then]
         if self.name.startswith("node-"):
             script = {"node-http": "http_get.js", "node-fetch": "fetch.js"}[self.name]
-            return ["node", str(SOURCES / script), method, url, *size]
+            return ["node", str(SOURCES / script), method, url, *size, *second]
         if self.name == "go-net-http":
-            return [str(built / "go-client"), method, url, *size]
+            return [str(built / "go-client"), method, url, *size, *second]
         if self.name.startswith("java-"):
             main = {"java-httpclient": "HttpClientGet", "java-socket": "SocketGet"}[self.name]
-            return [*JAVA, "-cp", str(built / "java"), main, method, url, *size]
+            return [*JAVA, "-cp", str(built / "java"), main, method, url, *size, *second]
         library = self.name.removeprefix("python-")
-        return [sys.executable, str(SOURCES / "python_client.py"), library, method, url, *size]
+        return [sys.executable, str(SOURCES / "python_client.py"), library, method, url, *size, *second]
 
 
 PROGRAMS = (
@@ -199,7 +209,8 @@ def _room_for_wasm() -> None:
 class Run:
     """A program running on a host: started, then waited for (start(), then .wait())."""
 
-    def __init__(self, program: Program, host: Any, method: str, url: str, body_size: int) -> None:
+    def __init__(self, program: Program, host: Any, method: str, url: str, body_size: int,
+                 then: str | None = None) -> None:
         info = manifest()
         body = None
         if body_size:
@@ -208,16 +219,25 @@ class Run:
                 with open(body, "wb") as f:
                     f.write(b"x" * body_size)
         self.program, self.host = program, host
-        self.argv = program.argv(Path(info["built"]), method, url, body)
+        self.argv = program.argv(Path(info["built"]), method, url, body, then)
         self.call = f"{program.label}: {method} {url}" + (f" with a {body_size}-byte body" if body_size else "")
+        if then:
+            self.call += f", then {method} {then} with the same client"
         self.version = info["versions"][program.name]
         self.started = time.time()
-        self._proc = subprocess.Popen(netns.command(host.fd, self.argv), stdin=subprocess.DEVNULL,
+        # with a second request, the program waits for its standard input to close (proceed())
+        self._proc = subprocess.Popen(netns.command(host.fd, self.argv), stdin=subprocess.PIPE if then else subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(host.fd,),
                                       env={**os.environ, "NODE_NO_WARNINGS": "1"}, preexec_fn=_room_for_wasm)
 
+    def proceed(self) -> None:
+        """Let a program started with a second request make it: close its standard input."""
+        stdin, self._proc.stdin = self._proc.stdin, None  # communicate() would flush a closed pipe
+        stdin.close()
+
     def wait(self, timeout: float = RUN_TIMEOUT) -> dict[str, Any]:
-        """Wait for the program to exit; record and return what it printed and its exit status."""
+        """Wait for the program to exit; record and return what it printed and its exit status
+        (with a second request: what it printed for that one; the first's line in `first_request`)."""
         try:
             out, _ = self._proc.communicate(timeout=timeout)
             status: int | str = self._proc.returncode
@@ -226,9 +246,11 @@ class Run:
             out, _ = self._proc.communicate()
             status = f"killed after {timeout:g} s"
         lines = [line.rstrip() for line in out.decode(errors="replace").splitlines() if line.strip()]
+        first_request = [line.removeprefix(FIRST) for line in lines if line.startswith(FIRST)]
+        lines = [line for line in lines if not line.startswith(FIRST)]
         entry: dict[str, Any] = {
             "call": self.call, "program": {"name": self.program.label, "version": self.version, "id": self.program.name},
-            "output": lines, "exit_status": status,
+            "output": lines, "exit_status": status, **({"first_request": first_request[0]} if first_request else {}),
             # the wall-clock window the lab uses to find the program's connections (worker.judge)
             "window": [self.started, time.time()],
         }
@@ -249,8 +271,10 @@ class Client:
         self.name, self.label = program.name, program.label
         self.timeout = RUN_TIMEOUT  # how long a step waiting for the program may wait
 
-    def start(self, method: str, url: str, body_size: int = 0) -> Run:
-        return Run(self.program, self.host, method, url, body_size)
+    def start(self, method: str, url: str, body_size: int = 0, then: str | None = None) -> Run:
+        """then: a second request to this URL with the same client (its connection pool), made
+        when the run's proceed() is called."""
+        return Run(self.program, self.host, method, url, body_size, then)
 
     def get(self, url: str) -> dict[str, Any]:
         return self.start("GET", url).wait()
