@@ -119,3 +119,39 @@ def test_each_client_scenario_page_shows_its_programs_row(built_site: Path, reco
         assert "did not record the real client programs" not in text, slug
         for e in entries:
             assert all(line in text for line in [e["program"]["name"], e["program"]["version"], *e["output"]]), (slug, e)
+
+
+def test_a_second_request_waits_for_standard_input_with_the_same_client(tmp_path: Path) -> None:
+    """--then: every program gets the second URL; curl shares its pool across three transfers,
+    the middle one reading standard input (the pause the lab ends with Run.proceed())."""
+    first, second = "http://192.0.2.2:8080/first", "http://192.0.2.2:8080/second"
+    for program in clients.PROGRAMS:
+        argv = program.argv(tmp_path, "GET", first, None, second)
+        if program.name == "curl":
+            assert argv.count("--next") == 2 and argv.index(first) < argv.index("file:///dev/stdin") < argv.index(second)
+            assert clients.FIRST in argv[argv.index("-w") + 1] and "-w" not in argv[argv.index("--next"):]
+        else:
+            assert argv[-2:] == ["--then", second] and first in argv, program.name
+        assert second not in program.argv(tmp_path, "GET", first, None), program.name
+
+
+def test_keepalive_race_programs_meet_a_fin_still_on_its_way(recorded_client_traces: Path) -> None:
+    """Each program's second request reaches a connection the server has closed whose FIN the
+    client never received: the server's kernel resets it from FIN-WAIT-1 (TCP_ABORT_ON_DATA)."""
+    from lab.artifact import connections, load
+
+    rec = load("keepalive-race", recorded_client_traces)
+    connection = connections(rec.packets)
+    by_number = {p.number: p for p in rec.packets}
+    held = [o["returned"] for o in rec.outcomes["server"] if o.get("call") == "FIN segments held back (nftables counter)"]
+    runs = [e for e in rec.outcomes["client"] if "program" in e]
+    assert len(runs) == len(clients.PROGRAMS) and len(held) == len(runs)
+    for entry, fins_held in zip(runs, held):
+        name = entry["program"]["id"]
+        assert entry["first_request"].endswith("200") or entry["first_request"].endswith("200 OK"), (name, entry)
+        assert int(fins_held) >= 1, (name, fins_held)
+        mine = [by_number[n] for n in entry["packets"]]
+        first = [p for p in mine if connection.get(p.number) == connection[mine[0].number]]
+        assert not any("F" in p.flags for p in first if p.sender == "server"), f"{name}: the server's FIN arrived"
+        (rst,) = [p for p in first if "R" in p.flags]
+        assert rst.sender == "server" and rst.kernel and rst.kernel["reason"] == "TCP_ABORT_ON_DATA", (name, rst)
