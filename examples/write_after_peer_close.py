@@ -9,6 +9,10 @@ between, while a read returns end-of-stream (`b""`), never ECONNRESET: the FIN
 came first.
 """
 
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
 TITLE = "Write after the peer closed: the first write succeeds, a RST answers it"
 PHASE = "established"
 HOSTS = ("client", "server")
@@ -36,6 +40,57 @@ def run(client, server):
             try_call(sock.recv, 1024)
             try_call(sock.send, b"second")
         sock.close()
+
+
+def each_program(program, client, server):
+    """Each real client makes two requests with one client object (its pool of kept-alive
+    connections). The server answers the first without `Connection: close` and closes the
+    connection; once the client's kernel has acknowledged that FIN, the program makes its
+    second request: does it find the connection closed, or write on it? A new connection is
+    served, and stays open until the program closes it."""
+    accepted = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # the response says nothing of closing
+
+        def do_GET(self):
+            accepted.append(self.client_address)
+            body = b"hello\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = len(accepted) == 1  # the first connection: close() after the response
+
+        def log_message(self, format, *args):
+            server.note("log", format % args)
+
+    with server:
+        httpd = HTTPServer((server.ip, 8080), Handler)
+    first = server.start(httpd.handle_request)
+    url = f"http://{server.ip}:8080"
+    running = program.start("GET", f"{url}/first", then=f"{url}/second")
+    first.join(program.timeout)
+    if first.is_alive():
+        raise TimeoutError(f"{program.name}: the first connection was not closed within {program.timeout:g} s")
+    # the FIN is acknowledged (by an ACK, or the program's own FIN) when no socket of the
+    # server is left in FIN-WAIT-1: kernel state with no event to wait on
+    server.until("the client's kernel acknowledged the server's FIN",
+                 lambda: not server.sh("ss", "-Htn", "state", "fin-wait-1", "sport", "=", ":8080").strip(),
+                 timeout=program.timeout)
+    stopped = threading.Event()
+    later = server.start(serve_until, httpd, stopped)
+    running.proceed()  # the FIN has arrived: the program makes its second request now
+    running.wait()
+    stopped.set()
+    httpd.socket.shutdown(socket.SHUT_RDWR)  # wakes handle_request()
+    later.join(program.timeout)
+    httpd.server_close()
+
+
+def serve_until(httpd, stopped):
+    while not stopped.is_set():
+        httpd.handle_request()
 
 
 def try_call(call, arg):

@@ -155,3 +155,27 @@ def test_keepalive_race_programs_meet_a_fin_still_on_its_way(recorded_client_tra
         assert not any("F" in p.flags for p in first if p.sender == "server"), f"{name}: the server's FIN arrived"
         (rst,) = [p for p in first if "R" in p.flags]
         assert rst.sender == "server" and rst.kernel and rst.kernel["reason"] == "TCP_ABORT_ON_DATA", (name, rst)
+
+
+def test_write_after_peer_close_programs_request_again_after_the_fin(recorded_client_traces: Path) -> None:
+    """Each program's second request comes after the server's FIN reached the client: on the
+    first connection, nothing of the client's with data follows the FIN but a write on it."""
+    from lab.artifact import connections, load
+
+    rec = load("write-after-peer-close", recorded_client_traces)
+    connection = connections(rec.packets)
+    by_number = {p.number: p for p in rec.packets}
+    runs = [e for e in rec.outcomes["client"] if "program" in e]
+    assert len(runs) == len(clients.PROGRAMS)
+    for entry in runs:
+        name = entry["program"]["id"]
+        mine = [by_number[n] for n in entry["packets"]]
+        first = [p for p in mine if connection.get(p.number) == connection[mine[0].number]]
+        fin = next(i for i, p in enumerate(first) if p.sender == "server" and "F" in p.flags)
+        requests = [i for i, p in enumerate(first) if p.sender == "client" and p.payload > 0]
+        assert requests[0] < fin and all(i > fin for i in requests[1:]), (name, requests, fin)
+        if len(requests) > 1:  # it wrote on the closed connection: the server's kernel resets it
+            (rst,) = [p for p in first[fin:] if "R" in p.flags]
+            assert rst.sender == "server" and rst.kernel["reason"] == "TCP_TIMEWAIT_SOCKET", (name, rst)
+        else:
+            assert entry["connections"] == 2 and entry["exit_status"] == 0, (name, entry)

@@ -69,7 +69,7 @@ def cell(rec: Recording, host: str, entry: dict[str, Any], capture: str) -> str:
     out = literal(lines[0]) + (f"<br><small>{rest}</small>" if rest else "")
     out += f"<br>exit status {plain(entry['exit_status'])}"
     if entry["connections"] != 1:
-        out += f", **{entry['connections']} connections**" + (" (it tried again by itself)" if entry["connections"] > 1 else "")
+        out += f", **{entry['connections']} connections**" + (" (it opened another by itself)" if entry["connections"] > 1 else "")
     packet = caused_by(rec, host, entry)
     if packet is not None:
         out += f"<br>packet {packet.number} ({plain(rec.anchor(packet))}) of [the client session's capture]({capture})"
