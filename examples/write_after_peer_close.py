@@ -78,6 +78,7 @@ def each_program(program, client, server):
     server.until("the client's kernel acknowledged the server's FIN",
                  lambda: not server.sh("ss", "-Htn", "state", "fin-wait-1", "sport", "=", ":8080").strip(),
                  timeout=program.timeout)
+    running.settled()  # and the program has done what it does when a pooled connection's FIN arrives
     stopped = threading.Event()
     later = server.start(serve_until, httpd, stopped)
     running.proceed()  # the FIN has arrived: the program makes its second request now

@@ -235,6 +235,32 @@ class Run:
         stdin, self._proc.stdin = self._proc.stdin, None  # communicate() would flush a closed pipe
         stdin.close()
 
+    def settled(self, timeout: float = RUN_TIMEOUT) -> None:
+        """Wait until the program has handled what reached it (a FIN on a pooled connection):
+        every thread asleep in two readings of /proc in a row, none having run in between (its
+        context switches unchanged). No event says so: poll, as Host.until() does."""
+        deadline, before = time.monotonic() + timeout, None
+        while (now := self._asleep()) is None or now != before:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.program.label} did not settle within {timeout:g} s")
+            before = now
+            time.sleep(0.001)
+
+    def _asleep(self) -> dict[str, list[str]] | None:
+        """Each thread's context switches, or None if one of them is not asleep (S; Z: exited)."""
+        task = f"/proc/{self._proc.pid}/task"
+        found = {}
+        try:
+            for tid in os.listdir(task):
+                with open(f"{task}/{tid}/status") as f:
+                    status = f.read()
+                if re.search(r"^State:\s+(\S)", status, re.M).group(1) not in "SZ":
+                    return None
+                found[tid] = re.findall(r"ctxt_switches:\s+(\d+)", status)
+        except FileNotFoundError:  # a thread came or went
+            return None
+        return found
+
     def wait(self, timeout: float = RUN_TIMEOUT) -> dict[str, Any]:
         """Wait for the program to exit; record and return what it printed and its exit status
         (with a second request: what it printed for that one; the first's line in `first_request`)."""
