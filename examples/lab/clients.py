@@ -7,6 +7,15 @@ every program in turn, after the scenario's own steps, on the client host:
         server.start(httpd.handle_request)           # the server's part, once per program
         program.get(f"http://{server.ip}:8080/")     # runs it; what it printed is recorded
 
+A scenario about a reused connection starts a program with a second request, made with the
+same client (its pool of kept-alive connections) once the scenario is ready for it:
+
+    running = program.start("GET", f"{url}/first", then=f"{url}/second")
+    ...                                              # the server closes, the path forgets...
+    running.settled()                                # (the program has handled what came)
+    running.proceed()                                # it makes its second request now
+    running.wait()
+
 The program's packets are in the scenario's trace, each group named after the program
 (curl-1, curl-2...); what it printed (its first line, the rest, its exit status) is in
 SLUG.json's outcomes with `program` (name and version), tied to its connections' packets.
