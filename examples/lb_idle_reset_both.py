@@ -13,7 +13,10 @@ kernel sent a RST: the client's arrives with TTL 64, one hop too close to be
 the server's.
 """
 
+import socket
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from scapy.layers.inet import IP, TCP
 
@@ -25,9 +28,10 @@ IDLE_TIMEOUT = 0.3  # seconds of silence before the load balancer resets the flo
 PORT = 443
 
 
-def load_balancer(router, tap, client_ip, server_ip):
+def load_balancer(router, tap, client_ip, server_ip, idle_from=None):
     """The load balancer's flow table for one flow: the next sequence number each side will
-    send, and the time of its last segment; on idle timeout, a RST to each side."""
+    send, and the time of its last segment; on idle timeout, a RST to each side.
+    idle_from: an event before which no silence counts (a program's first response sent)."""
     next_seq = {}
     ports = None
     tap.expect(flags="S", source=client_ip)  # wait for the flow to start (the SYN)
@@ -43,7 +47,9 @@ def load_balancer(router, tap, client_ip, server_ip):
         try:
             seen = tap.expect(flags=None, timeout=IDLE_TIMEOUT)
         except TimeoutError:
-            break
+            if idle_from is None or idle_from.is_set():
+                break
+            continue
         if time.monotonic() > deadline:
             raise TimeoutError("the flow never went idle")
     client_port, server_port = ports
@@ -65,6 +71,62 @@ def serve(listener):
         conn.recv(1024)  # waits for the next request, which never comes
     except ConnectionResetError:
         pass
+
+
+def each_program(program, client, router, server):
+    """Each real client makes two requests with one client object (its pool of kept-alive
+    connections). The load balancer resets the first connection once it has been idle after
+    the response (a RST to each side); once the program has handled its RST, it makes its
+    second request. A new connection is served, and stays open until the program closes it."""
+    answered = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep the connection open between requests
+
+        def do_GET(self):
+            body = b"hello\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            answered.set()
+
+        def handle(self):
+            try:
+                super().handle()
+            except ConnectionResetError as exc:  # the load balancer's RST, in the client's name
+                server.note("the server's wait for the next request", repr(exc))
+
+        def log_message(self, format, *args):
+            server.note("log", format % args)
+
+    with server:
+        httpd = HTTPServer((server.ip, 8080), Handler)
+    tap = router.wiretap()
+    lb = router.start(load_balancer, router, tap, client.ip, server.ip, answered)
+    reset = client.expects("R", source=server)
+    first = server.start(httpd.handle_request)
+    url = f"http://{server.ip}:8080"
+    running = program.start("GET", f"{url}/first", then=f"{url}/second")
+    reset.wait(program.timeout)  # the load balancer's RST reached the client
+    running.settled()  # and the program has done what it does when a pooled connection is reset
+    first.join(program.timeout)
+    if first.is_alive():
+        raise TimeoutError(f"{program.name}: the server's first connection was not reset")
+    lb.join(program.timeout)
+    stopped = threading.Event()
+    later = server.start(serve_until, httpd, stopped)
+    running.proceed()  # the program makes its second request now
+    running.wait()
+    stopped.set()
+    httpd.socket.shutdown(socket.SHUT_RDWR)  # wakes handle_request()
+    later.join(program.timeout)
+    httpd.server_close()
+
+
+def serve_until(httpd, stopped):
+    while not stopped.is_set():
+        httpd.handle_request()
 
 
 def run(client, router, server):

@@ -179,3 +179,24 @@ def test_write_after_peer_close_programs_request_again_after_the_fin(recorded_cl
             assert rst.sender == "server" and rst.kernel["reason"] == "TCP_TIMEWAIT_SOCKET", (name, rst)
         else:
             assert entry["connections"] == 2 and entry["exit_status"] == 0, (name, entry)
+
+
+def test_lb_idle_reset_both_programs_request_again_after_the_reset(recorded_client_traces: Path) -> None:
+    """Each program's first connection is reset by the load balancer (no TCP stack sent that
+    RST) before its second request; a program that did not open another connection failed."""
+    from lab.artifact import connections, load
+
+    rec = load("lb-idle-reset-both", recorded_client_traces)
+    connection = connections(rec.packets)
+    by_number = {p.number: p for p in rec.packets}
+    runs = [e for e in rec.outcomes["client"] if "program" in e]
+    assert len(runs) == len(clients.PROGRAMS)
+    for entry in runs:
+        name = entry["program"]["id"]
+        mine = [by_number[n] for n in entry["packets"]]
+        first = [p for p in mine if connection.get(p.number) == connection[mine[0].number]]
+        (rst,) = [p for p in first if "R" in p.flags]
+        assert rst.sender == "server" and rst.kernel is None and rst.ttl == 64, (name, rst)
+        requests = [p for p in first if p.sender == "client" and p.payload > 0]
+        assert requests[0].time < rst.time and all(p.time > rst.time for p in requests[1:]), name
+        assert entry["connections"] == 2 or entry["exit_status"] != 0, (name, entry)
