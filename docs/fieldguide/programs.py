@@ -24,7 +24,7 @@ from typing import Any
 from lab.artifact import Packet, Recording
 from lab.scenarios import runs_clients
 
-from .render import capture_of, indent, literal, name_id, packet_id, plain, trace_html
+from .render import capture_of, literal, name_id, packet_id, plain, trace_html
 from .symptoms import explaining_packets, program_key
 
 
@@ -85,19 +85,22 @@ def session_id(rec: Recording, p: Packet) -> str:
     return name_id(rec, p, own_page=False)
 
 
-def session_trace(own: Recording, rec: Recording, capture: str) -> str:
+def session_trace(own: Recording, rec: Recording) -> str:
     """The client session's trace, folded, on the scenario's page: what each cell links to.
     Its anchors must not meet the page's own trace's."""
     mine = {a for p in own.packets for a in (packet_id(own.slug, p.number), name_id(own, p))}
     theirs = {a for p in rec.packets for a in (packet_id(rec.slug, p.number, False), session_id(rec, p))}
     if mine & theirs:
         raise ValueError(f"{own.slug}: the client session's trace would reuse the anchors {sorted(mine & theirs)}")
+    # raw HTML, not an admonition: Markdown would wrap the trace's <div> in a <p> inside one
+    # (and lose its end tag); not searched: the page's own trace is what a search should find
     return "\n".join([
-        f'??? note "The client session\'s trace ({len(rec.packets)} packets)" ', "",
-        indent(f"Captured on the {plain(rec.captured_on)} by tcpdump {plain(rec.tcpdump_version)}, in the"
-               f" client session's run of this scenario: the example's own packets (named as above),"
-               f" then each program's, named after it. [Download the capture]({capture})."), "",
-        indent(trace_html(rec, own_page=False)), ""])
+        '<details class="note" data-search-exclude>',
+        f"<summary>The client session's trace ({len(rec.packets)} packets)</summary>",
+        f"<p>Captured on the {plain(rec.captured_on)} by tcpdump {plain(rec.tcpdump_version)}, in the"
+        " client session's run of this scenario: the example's own packets (named as above),"
+        " then each program's, named after it (its capture is linked above the rows).</p>",
+        trace_html(rec, own_page=False), "</details>"])
 
 
 def program_row(own: Recording, clients: Clients, link: Any) -> str:
@@ -123,7 +126,7 @@ def program_row(own: Recording, clients: Clients, link: Any) -> str:
         request = entry["call"].split(": ", 1)[-1]
         out.append(f"| {plain(entry['program']['name'])}<br><small>{literal(request)}</small>"
                    f" | {plain(entry['program']['version'])} | {cell(rec, host, entry, '')} |")
-    return "\n".join([*out, "", session_trace(own, rec, capture), "</div>"])
+    return "\n".join([*out, "", "</div>", "", session_trace(own, rec), ""])
 
 
 def client_matrix(clients: Clients, link: Any) -> str:
