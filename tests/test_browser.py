@@ -296,6 +296,8 @@ def test_a_matrix_cell_opens_its_packet_in_the_folded_client_trace(watched: Watc
     line = page.locator(f"details .fg-packet:has(#{anchor})")
     line.wait_for(state="visible")
     assert line.evaluate("el => el.closest('details').open")
+    # the fold holds raw HTML: a lost end tag once collapsed the whole article to no width
+    assert page.locator("article").bounding_box()["width"] > DESKTOP["width"] / 3
     assert line.evaluate("el => getComputedStyle(el).outlineStyle") != "none", "the :target highlight"
     box = line.bounding_box()
     assert box and 0 <= box["y"] < DESKTOP["height"], box
