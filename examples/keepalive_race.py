@@ -24,6 +24,7 @@ PHASE = "established"
 HOSTS = ("client", "server")
 
 IDLE_TIMEOUT = 0.3  # the server's keep-alive timeout: the scenario's own protocol delay
+PROGRAMS_IDLE_TIMEOUT = 0.05  # the same, in the programs' run (they wait for the lab, not for it)
 
 
 # the programs' run: the server's FIN to the program's first connection is held back (dropped on
@@ -38,19 +39,22 @@ table ip fin_in_flight {{
 """
 
 
-def http_server(server, idle_timeout, hold_first_fin=False):
-    """http.server on port 8080, keeping connections open between requests for idle_timeout
-    (None: until the client closes), logging into the transcript. hold_first_fin: the FIN of
-    the first connection it accepts never leaves the server (FIN_IN_FLIGHT)."""
+def http_server(server, idle_timeout, programs=False):
+    """http.server on port 8080, keeping connections open between requests for idle_timeout,
+    logging into the transcript. programs: only the first connection it accepts is closed
+    when idle, its timer started by its response (a program may be slow to send its first
+    request), and its FIN never leaves the server (FIN_IN_FLIGHT); later ones stay open
+    until the client closes them."""
     accepted = []
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep the connection open between requests
-        timeout = idle_timeout  # an idle connection is closed after this long
+        timeout = None if programs else idle_timeout  # an idle connection is closed after this long
 
         def setup(self):
             accepted.append(self.client_address)
-            if hold_first_fin and len(accepted) == 1:
+            self.first = len(accepted) == 1
+            if programs and self.first:
                 server.nft(FIN_IN_FLIGHT.format(port=self.client_address[1]))
             super().setup()
 
@@ -60,6 +64,8 @@ def http_server(server, idle_timeout, hold_first_fin=False):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+            if programs and self.first:
+                self.connection.settimeout(idle_timeout)
 
         def log_message(self, format, *args):  # http.server logs to stderr; keep the line
             server.note("log", format % args)
@@ -121,14 +127,13 @@ def each_program(program, client, server):
     that the server closes after its idle timeout; the second is made once the server has closed
     it, its FIN still on its way (held back). A program that tries again on a new connection is
     served there, and that connection stays open until the program closes it."""
-    httpd = http_server(server, IDLE_TIMEOUT, hold_first_fin=True)
+    httpd = http_server(server, PROGRAMS_IDLE_TIMEOUT, programs=True)
     first = server.start(httpd.handle_request)  # the first connection, up to its idle timeout
     url = f"http://{server.ip}:8080"
     running = program.start("GET", f"{url}/first", then=f"{url}/second")
     first.join(program.timeout)
     if first.is_alive():
         raise TimeoutError(f"{program.name}: the first connection was not closed within {program.timeout:g} s")
-    httpd.RequestHandlerClass.timeout = None  # any later connection: open until the program closes it
     stopped = threading.Event()
     later = server.start(serve_until, httpd, stopped)
     running.proceed()  # the server has closed: the program makes its second request now
