@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,30 @@ def test_each_client_scenario_page_shows_its_programs_row(built_site: Path, reco
         assert "did not record the real client programs" not in text, slug
         for e in entries:
             assert all(line in text for line in [e["program"]["name"], e["program"]["version"], *e["output"]]), (slug, e)
+
+
+def test_the_matrix_page_names_each_scenario_that_does_not_run_the_programs() -> None:
+    """docs/clients.md's "Which scenarios run them" names exactly the scenarios without
+    each_program(): one given programs leaves the list, one added without them joins it."""
+    from lab.scenarios import all_slugs, client_slugs
+
+    text = (Path(__file__).parent.parent / "docs" / "clients.md").read_text()
+    section = text.split("## Which scenarios run them", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"\(scenarios/([a-z0-9-]+)\.md\)", section))
+    without = set(all_slugs()) - set(client_slugs())
+    assert named == without, f"named but running programs: {sorted(named - without)};" \
+                             f" not running programs, not named: {sorted(without - named)}"
+
+
+def test_a_program_finds_a_name_in_its_own_hosts_file_and_nobody_else_does(tmp_path: Path, monkeypatch) -> None:
+    """with_names(): the program resolves the name its normal way (getaddrinfo() here, as
+    curl, Node.js, Java and Python do); the machine's /etc/hosts and mounts never see it."""
+    monkeypatch.chdir(tmp_path)
+    name, address = "blocked.example", "198.51.100.2"
+    argv = clients.with_names(["getent", "ahostsv4", name], {name: address})
+    assert address not in argv and argv[-3:] == ["getent", "ahostsv4", name]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.split()[0] == address, done
+    assert name not in Path("/etc/hosts").read_text()
+    assert subprocess.run(["getent", "-s", "files", "hosts", name]).returncode == 2  # not found, here
+    assert clients.with_names(["true"], {}) == ["true"]

@@ -17,9 +17,11 @@ public class SocketGet {
         byte[] body = args[0].equals("POST") ? new byte[Integer.parseInt(args[2])] : new byte[0];
         String head = args[0] + " " + uri.getPath() + " HTTP/1.1\r\nHost: " + uri.getHost()
                 + "\r\nContent-Length: " + body.length + "\r\nConnection: close\r\n\r\n";
-        try (Socket socket = uri.getScheme().equals("https")
-                ? HttpClientGet.trustingEveryone().getSocketFactory().createSocket(uri.getHost(), uri.getPort())
-                : new Socket(uri.getHost(), uri.getPort())) {
+        boolean tls = uri.getScheme().equals("https");
+        int port = uri.getPort() != -1 ? uri.getPort() : tls ? 443 : 80; // -1: the URL names none
+        try (Socket socket = tls
+                ? HttpClientGet.trustingEveryone().getSocketFactory().createSocket(uri.getHost(), port)
+                : new Socket(uri.getHost(), port)) {
             OutputStream out = socket.getOutputStream();
             out.write(head.getBytes(StandardCharsets.US_ASCII));
             out.write(body);

@@ -196,10 +196,35 @@ def _room_for_wasm() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
 
 
+# -- a server name resolved to the lab's server, each program its own normal way ------------
+
+HOSTS_FILE = "etc-hosts"  # in the run's folder (its working directory): the programs' /etc/hosts
+# in a mount namespace of the program's own, this file is bind-mounted over /etc/hosts, then the
+# program is exec'd: the namespace, and the mount, end with the program
+OWN_HOSTS = 'mount --bind "$0" /etc/hosts && exec "$@"'
+
+
+def with_names(argv: list[str], names: dict[str, str]) -> list[str]:
+    """The argv that runs `argv` with `names` (name -> address) added to the machine's /etc/hosts,
+    seen by that program alone: curl, Node.js, Java and Python ask getaddrinfo(), Go (built
+    without cgo) reads /etc/hosts itself; none is told an address on its command line. Nothing
+    reaches the machine's /etc/hosts: the run's mounts are its own already (lab/sandbox.py), and
+    `unshare --mount` makes the program's private ones."""
+    if not names:
+        return argv
+    lines = "".join(f"{address} {name}\n" for name, address in names.items())
+    path = Path(HOSTS_FILE).resolve()
+    machine = Path("/etc/hosts").read_text()
+    path.write_text(machine + ("\n" if machine and not machine.endswith("\n") else "")
+                    + "# the lab's (lab/clients.py with_names())\n" + lines)
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", OWN_HOSTS, str(path), *argv]
+
+
 class Run:
     """A program running on a host: started, then waited for (start(), then .wait())."""
 
-    def __init__(self, program: Program, host: Any, method: str, url: str, body_size: int) -> None:
+    def __init__(self, program: Program, host: Any, method: str, url: str, body_size: int,
+                 names: dict[str, str] | None = None) -> None:
         info = manifest()
         body = None
         if body_size:
@@ -208,13 +233,14 @@ class Run:
                 with open(body, "wb") as f:
                     f.write(b"x" * body_size)
         self.program, self.host = program, host
-        self.argv = program.argv(Path(info["built"]), method, url, body)
+        self.argv = with_names(program.argv(Path(info["built"]), method, url, body), names or {})
         self.call = f"{program.label}: {method} {url}" + (f" with a {body_size}-byte body" if body_size else "")
         self.version = info["versions"][program.name]
         self.started = time.time()
         self._proc = subprocess.Popen(netns.command(host.fd, self.argv), stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(host.fd,),
                                       env={**os.environ, "NODE_NO_WARNINGS": "1"}, preexec_fn=_room_for_wasm)
+        self.pid = self._proc.pid
 
     def wait(self, timeout: float = RUN_TIMEOUT) -> dict[str, Any]:
         """Wait for the program to exit; record and return what it printed and its exit status."""
@@ -248,9 +274,14 @@ class Client:
         self.program, self.host = program, host
         self.name, self.label = program.name, program.label
         self.timeout = RUN_TIMEOUT  # how long a step waiting for the program may wait
+        self.names: dict[str, str] = {}  # server names the program finds in its /etc/hosts (resolve())
+
+    def resolve(self, name: str, address: str) -> None:
+        """The program finds `name` at `address`, as it finds any name: see with_names()."""
+        self.names[name] = address
 
     def start(self, method: str, url: str, body_size: int = 0) -> Run:
-        return Run(self.program, self.host, method, url, body_size)
+        return Run(self.program, self.host, method, url, body_size, self.names)
 
     def get(self, url: str) -> dict[str, Any]:
         return self.start("GET", url).wait()
