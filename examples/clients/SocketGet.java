@@ -10,6 +10,7 @@ import java.io.OutputStream;
 import java.net.Socket;
 import java.net.URI;
 import java.nio.charset.StandardCharsets;
+import javax.net.ssl.SSLSocketFactory;
 
 public class SocketGet {
     public static void main(String[] args) throws Exception {
@@ -20,7 +21,7 @@ public class SocketGet {
         boolean tls = uri.getScheme().equals("https");
         int port = uri.getPort() != -1 ? uri.getPort() : tls ? 443 : 80; // -1: the URL names none
         try (Socket socket = tls
-                ? HttpClientGet.trustingEveryone().getSocketFactory().createSocket(uri.getHost(), port)
+                ? SSLSocketFactory.getDefault().createSocket(uri.getHost(), port)
                 : new Socket(uri.getHost(), port)) {
             OutputStream out = socket.getOutputStream();
             out.write(head.getBytes(StandardCharsets.US_ASCII));

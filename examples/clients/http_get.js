@@ -8,7 +8,7 @@ const { request } = require(process.argv[3].startsWith("https:") ? "https" : "ht
 
 const [method, url, size] = process.argv.slice(2);
 const body = method === "POST" ? Buffer.alloc(Number(size), "x") : null;
-const req = request(url, { method, rejectUnauthorized: false, headers: body ? { "Content-Length": body.length } : {} });
+const req = request(url, { method, headers: body ? { "Content-Length": body.length } : {} });
 req.on("response", (res) => {
   console.log(`HTTP ${res.statusCode}`);
   res.resume();

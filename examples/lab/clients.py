@@ -58,7 +58,7 @@ class Program:
         size = [str(os.path.getsize(body))] if body else []
         if self.name == "curl":
             # -sS: no progress meter, errors still printed; -D -: the response's head on stdout
-            return ["curl", "-sS", "-o", "/dev/null", "-D", "-", "-k", "-X", method, url,
+            return ["curl", "-sS", "-o", "/dev/null", "-D", "-", "-X", method, url,
                     *(["--data-binary", f"@{body}"] if body else [])]
         if self.name.startswith("node-"):
             script = {"node-http": "http_get.js", "node-fetch": "fetch.js"}[self.name]
