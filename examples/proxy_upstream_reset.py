@@ -4,12 +4,16 @@ nginx proxies to a backend that sends the headers of a response announcing 1000
 bytes, then 100 bytes of the body, and then aborts: `SO_LINGER` with a zero
 timeout and `close()`, so its kernel sends a RST instead of a FIN (a process
 that crashes, or a server that aborts a request it cannot finish, does the
-same). nginx has already passed the status line and headers on to the client
-(200 OK); its next read from the backend fails with ECONNRESET, it logs the
-error and closes the client's connection, 900 bytes short. The client cannot
-be given a 502 any more: it sees a 200 whose body ends early, which Python's
-http.client reports as IncompleteRead and curl as a transfer closed with bytes
-remaining.
+same). nginx passes the status line and headers on to the client (200 OK); its
+read of the rest from the backend fails with ECONNRESET, it logs the error and
+closes the client's connection short. The client cannot be given a 502 any more:
+it sees a 200 whose body ends early, which Python's http.client reports as
+IncompleteRead and curl as a transfer closed with bytes remaining. Whether the
+100 bytes of body reach the client depends on one thing: whether nginx's worker
+finds the response and the RST in the same wake-up (it relays them) or reads the
+response first (it drops them). The lab decides it, both ways: for Python's
+request nginx's worker is stopped while both arrive, for curl's it has read the
+response before the RST comes.
 """
 
 import http.client
@@ -37,6 +41,8 @@ server {{
 }}
 """
 
+# ngx_event_pipe_read_upstream(), ngx_event_pipe_write_to_downstream() (src/event/ngx_event_pipe.c)
+DEBUG_STEPS = ("pipe read upstream:", "pipe preread:", "pipe recv chain:", "pipe write downstream flush in")
 HEAD = f"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {LENGTH}\r\n\r\n".encode()
 
 
@@ -74,7 +80,8 @@ def run(client, proxy, backend):
     listener = backend.socket()
     listener.bind((backend.ip, BACKEND_PORT))
     listener.listen()
-    nginx = proxy.nginx(NGINX.format(backend=backend.ip, port=BACKEND_PORT, proxy=proxy.ip, listen=PORT))
+    # at debug level (Debian's nginx is built --with-debug) its log shows how it read each response
+    nginx = proxy.nginx(NGINX.format(backend=backend.ip, port=BACKEND_PORT, proxy=proxy.ip, listen=PORT), "debug")
     # Python's http.client: the response and the RST reach nginx in one wake-up; curl: nginx has
     # read the response when the RST comes
     serving = backend.start(backend_server, backend, listener, proxy, nginx, (True, False))
@@ -102,8 +109,18 @@ def run(client, proxy, backend):
         client.note("curl prints", line)
     serving.join(5)
     client.note("curl --version", client.sh("curl", "--version").splitlines()[0])
+    note_log(proxy, nginx)
+
+
+def note_log(proxy, nginx):
+    """nginx's error lines, and the debug lines of its reading the response body: whether the
+    socket was still readable (`pipe read upstream: 1`) when it took the body bytes that came
+    with the headers, and whether it flushed them to the client on the error (`flush in`)."""
     for line in nginx.error_log():
-        proxy.note("nginx error.log", line)
+        if "[debug]" not in line:
+            proxy.note("nginx error.log", line)
+        elif any(step in line for step in DEBUG_STEPS):
+            proxy.note("nginx debug log", line)
 
 
 RELAYED = {
@@ -152,6 +169,13 @@ def claims(trace):
                 " (CURLE_PARTIAL_FILE)",
                 len(curl) == 3 and f"curl: (18) transfer closed with {LENGTH} bytes remaining" in curl[0]
                 and "0 bytes" in curl[1] and curl[2] == "'exit status 18'", " / ".join(curl))
+    debug = [o["returned"] for o in trace.calls("proxy", "nginx debug log")]
+    for who, request, steps in (("python", "*1", ["pipe read upstream: 1", "pipe preread: 100", "pipe recv chain: -1",
+                                                  "pipe write downstream flush in"]),
+                                ("curl", "*3", ["pipe read upstream: 0", "pipe preread: 100", "pipe read upstream: 0",
+                                                "pipe read upstream: 1", "pipe recv chain: -1"])):
+        seen = [line.split(f"{request} ", 1)[1].strip("'") for line in debug if f" {request} " in line]
+        trace.check(f"nginx's debug log for {who}'s request: " + ", ".join(steps), seen == steps, " / ".join(seen))
     logs = [o["returned"] for o in trace.calls("proxy", "nginx error.log")]
     # readv(): nginx reads a response body into several buffers at once (ngx_readv_chain)
     reset = [line for line in logs if "readv() failed (104: Connection reset by peer) while reading upstream" in line]
