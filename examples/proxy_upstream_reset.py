@@ -17,6 +17,8 @@ response before the RST comes.
 """
 
 import http.client
+import itertools
+import re
 import socket
 import struct
 
@@ -47,11 +49,15 @@ HEAD = f"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {LENGTH}
 
 
 def backend_server(backend, listener, proxy, nginx, at_once):
-    """One request per item of `at_once`, each answered with headers and the first 100 bytes
-    of the body, then aborted. at_once: whether nginx's worker gets the response and the RST
-    in one wake-up (it is stopped while both arrive), or reads the response before the RST."""
+    """One request per item of `at_once` (or until the listener is shut down), each answered
+    with headers and the first 100 bytes of the body, then aborted. at_once: whether nginx's
+    worker gets the response and the RST in one wake-up (it is stopped while both arrive), or
+    reads the response before the RST."""
     for together in at_once:
-        conn, _ = listener.accept()
+        try:
+            conn, _ = listener.accept()
+        except OSError:  # shut down: no more requests
+            return
         request = conn.recv(4096)
         backend.note("backend received", request.split(b"\r\n", 1)[0].decode())
         if together:
@@ -73,15 +79,22 @@ def unread(proxy, backend):
     return sum(int(row.split()[0]) for row in rows.splitlines())
 
 
+def start(proxy, backend):
+    """nginx and the backend's listener. At debug level (Debian's nginx is built --with-debug)
+    nginx's log shows how it read each response."""
+    listener = backend.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((backend.ip, BACKEND_PORT))
+    listener.listen()
+    nginx = proxy.nginx(NGINX.format(backend=backend.ip, port=BACKEND_PORT, proxy=proxy.ip, listen=PORT), "debug")
+    return nginx, listener
+
+
 def run(client, proxy, backend):
     # every segment the client receives is acknowledged at once (the route's quickack): a
     # delayed ACK would otherwise race the client's own close and make the trace vary
     client.sh("ip", "route", "replace", "192.0.2.0/24", "dev", "eth0", "src", client.ip, "quickack", "1")
-    listener = backend.socket()
-    listener.bind((backend.ip, BACKEND_PORT))
-    listener.listen()
-    # at debug level (Debian's nginx is built --with-debug) its log shows how it read each response
-    nginx = proxy.nginx(NGINX.format(backend=backend.ip, port=BACKEND_PORT, proxy=proxy.ip, listen=PORT), "debug")
+    nginx, listener = start(proxy, backend)
     # Python's http.client: the response and the RST reach nginx in one wake-up; curl: nginx has
     # read the response when the RST comes
     serving = backend.start(backend_server, backend, listener, proxy, nginx, (True, False))
@@ -110,17 +123,36 @@ def run(client, proxy, backend):
     serving.join(5)
     client.note("curl --version", client.sh("curl", "--version").splitlines()[0])
     note_log(proxy, nginx)
+    nginx.stop()  # each program gets an nginx and an error log of its own (each_program)
+    listener.close()
 
 
 def note_log(proxy, nginx):
-    """nginx's error lines, and the debug lines of its reading the response body: whether the
-    socket was still readable (`pipe read upstream: 1`) when it took the body bytes that came
-    with the headers, and whether it flushed them to the client on the error (`flush in`)."""
+    """nginx's error lines (what its log holds at the default level, `error`), and the debug
+    lines of its reading the response body: whether the socket was still readable (`pipe read
+    upstream: 1`) when it took the body bytes that came with the headers, and whether it
+    flushed them to the client on the error (`flush in`). A debug entry may run over several
+    lines (a request's headers); only an entry's first line says its level."""
     for line in nginx.error_log():
-        if "[debug]" not in line:
+        level = re.match(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[(\w+)\]", line)
+        if level and level.group(1) in ("error", "crit", "alert", "emerg"):
             proxy.note("nginx error.log", line)
-        elif any(step in line for step in DEBUG_STEPS):
+        elif level and level.group(1) == "debug" and any(step in line for step in DEBUG_STEPS):
             proxy.note("nginx debug log", line)
+
+
+def each_program(program, client, proxy, backend):
+    """Each real client asks nginx for the report; the backend sends the headers and 100
+    bytes of the body and resets, while nginx's worker is stopped (python's case above).
+    nginx's log lines of the program's request are recorded with it."""
+    nginx, listener = start(proxy, backend)
+    serving = backend.start(backend_server, backend, listener, proxy, nginx, itertools.repeat(True))
+    program.get(f"http://{proxy.ip}:{PORT}/report")
+    listener.shutdown(socket.SHUT_RDWR)  # wakes the backend's accept()
+    serving.join(5)
+    listener.close()
+    note_log(proxy, nginx)
+    nginx.stop()
 
 
 RELAYED = {

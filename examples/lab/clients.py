@@ -270,7 +270,7 @@ def attribute(outcomes: list[dict[str, Any]], packets: list[Any], events: list[d
     """Each program's outcome with its packets: those of every connection (artifact.connections())
     whose first packet was captured while the program ran (an ICMP message by its own time). Each entry's
     wall-clock `window` is replaced by what the recording keeps: `packets` (numbers),
-    `connections` (how many it opened: a retry or a reconnection shows here) and
+    `connections` (how many its host opened: a retry or a reconnection shows here) and
     `kernel_errors` (inet_sk_error_report's errno on its connections, in order)."""
     runs = [e for e in outcomes if "program" in e]
     connection = connections(packets)
@@ -285,7 +285,10 @@ def attribute(outcomes: list[dict[str, Any]], packets: list[Any], events: list[d
                 if start <= (opened[connection[p.number]] if p.number in connection else p.time) <= end]
         ports = {(p.src, p.sport) for p in mine if p.proto == "tcp" and p.sender == entry["host"]}
         entry["packets"] = [p.number for p in mine]
-        entry["connections"] = len({connection[p.number] for p in mine if p.number in connection and p.flags == "S"})
+        # opened by the program's host: through a proxy, the proxy's own connections to its backend
+        # are the program's packets too, but not connections the program opened
+        entry["connections"] = len({connection[p.number] for p in mine
+                                    if p.number in connection and p.flags == "S" and p.sender == entry["host"]})
         entry["kernel_errors"] = [e["errno"] for e in events if e["event"] == "inet_sk_error_report"
                                   and e["host"] == entry["host"] and (e["src"], e["sport"]) in ports
                                   and start <= e["time"] <= end]
