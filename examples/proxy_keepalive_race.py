@@ -114,7 +114,8 @@ def each_program(program, client, proxy, backend):
     """Each real client, three times, through an nginx of its own: GET /first fills nginx's
     pool; then GET /second and POST /order each meet the race, decided as above: nginx's
     worker is stopped until the program's whole request and the backend's FIN on the pooled
-    connection have both arrived, in that order. Here the backend closes the idle connection
+    connection have both arrived, in that order (lab/nginx.py serve(), which also stops the
+    program until nginx has answered). Here the backend closes the idle connection
     when the lab says (its reading side shut, as its idle timeout would), since a program's
     start-up takes longer than any idle timeout worth waiting for. nginx's error log lines
     are recorded with each run."""
@@ -122,27 +123,25 @@ def each_program(program, client, proxy, backend):
     with backend:
         httpd = HTTPServer((backend.ip, BACKEND_PORT), backend_handler(backend, None, opened))
 
-    def serve(closed):
+    def serve_two_connections():
         for done in closed:  # the connection nginx pools; the one it opens to repeat the GET
             httpd.handle_request()
             done.set()
 
-    serving = backend.start(serve, closed)
+    serving = backend.start(serve_two_connections)
     nginx = start_nginx(proxy, backend)
     url = f"http://{proxy.ip}:{PORT}"
     seen = len(nginx.error_log())
-    program.get(f"{url}/first")
+    nginx.serve(program, client, "GET", f"{url}/first")
     for method, path, body, done in (("GET", "/second", 0, closed[0]), ("POST", "/order", 6, closed[1])):
         seen = note_new_lines(proxy, nginx, seen)
-        nginx.pause_worker()
-        arrived = proxy.expects_request(client)
-        running = program.start(method, f"{url}{path}", body)
-        arrived.wait(program.timeout)  # the whole request waits in the proxy's kernel
-        with proxy.receives("F.", source=backend):  # the backend's FIN has reached the proxy
-            opened[-1].shutdown(socket.SHUT_RD)  # idle: its handler reads the end, closes
-        done.wait(5)  # the backend's socket is closed: nginx's request will draw a RST
-        nginx.resume_worker()
-        running.wait()
+
+        def idle_timeout(done=done):  # while nginx's worker is stopped, behind the program's request
+            with proxy.receives("F.", source=backend):  # the backend's FIN has reached the proxy
+                opened[-1].shutdown(socket.SHUT_RD)  # idle: its handler reads the end, closes
+            if not done.wait(5):  # the backend's socket is closed: nginx's request will draw a RST
+                raise TimeoutError("the backend did not close its idle connection within 5 s")
+        nginx.serve(program, client, method, f"{url}{path}", body, meanwhile=idle_timeout)
     note_new_lines(proxy, nginx, seen)
     serving.join(5)
     httpd.server_close()
@@ -175,7 +174,6 @@ def race(client, proxy, backend, nginx, web, pooled, method, path, body=None):
     resumes, armed before it does: nginx's ACKs on the connection it may open next, and the
     client's ACK of the response."""
     nginx.pause_worker()
-    proxy.until("nginx's worker is stopped", lambda: nginx.worker_state() == "T")
     segments = 2 if body else 1  # http.client sends a body in a segment of its own
     with client, client.receives(".", source=proxy, count=segments):  # the proxy's kernel ACKs it
         client.record(f"request('{method}', '{path}')", web.request, method, path, body)

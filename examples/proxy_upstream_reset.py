@@ -144,10 +144,11 @@ def note_log(proxy, nginx):
 def each_program(program, client, proxy, backend):
     """Each real client asks nginx for the report; the backend sends the headers and 100
     bytes of the body and resets, while nginx's worker is stopped (python's case above).
+    The program is stopped from its request until nginx has closed (lab/nginx.py serve()).
     nginx's log lines of the program's request are recorded with it."""
     nginx, listener = start(proxy, backend)
     serving = backend.start(backend_server, backend, listener, proxy, nginx, itertools.repeat(True))
-    program.get(f"http://{proxy.ip}:{PORT}/report")
+    nginx.serve(program, client, "GET", f"http://{proxy.ip}:{PORT}/report")
     listener.shutdown(socket.SHUT_RDWR)  # wakes the backend's accept()
     serving.join(5)
     listener.close()

@@ -24,6 +24,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -32,7 +33,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from . import netns
+from . import netns, process
 from .artifact import ROOT, connections
 from .preflight import LabUnavailable
 
@@ -215,6 +216,15 @@ class Run:
         self._proc = subprocess.Popen(netns.command(host.fd, self.argv), stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(host.fd,),
                                       env={**os.environ, "NODE_NO_WARNINGS": "1"}, preexec_fn=_room_for_wasm)
+
+    def pause(self) -> None:
+        """SIGSTOP the program and wait until it has stopped: what reaches it meanwhile waits in
+        its sockets (the lab decides a race with it); resume() lets it go on."""
+        os.kill(self._proc.pid, signal.SIGSTOP)
+        self.host.until(f"{self.program.label} is stopped", lambda: process.state(self._proc.pid) == "T")
+
+    def resume(self) -> None:
+        os.kill(self._proc.pid, signal.SIGCONT)
 
     def wait(self, timeout: float = RUN_TIMEOUT) -> dict[str, Any]:
         """Wait for the program to exit; record and return what it printed and its exit status."""

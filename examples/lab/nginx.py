@@ -20,8 +20,11 @@ import pwd
 import shutil
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from . import process
 
 PACKAGE = "nginx"  # Debian's package that installs /usr/sbin/nginx
 
@@ -100,7 +103,29 @@ class Nginx:
 
     def worker_state(self) -> str:
         """The worker's state letter in /proc (T: stopped, S: sleeping...)."""
-        return Path(f"/proc/{self.worker}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return process.state(self.worker)
+
+    def serve(self, program: Any, client: Any, method: str, url: str, body_size: int = 0,
+              meanwhile: Callable[[], None] | None = None) -> dict[str, Any]:
+        """Run a real client program (lab/clients.py) through this nginx, its packets in one
+        order: the worker is stopped until the program's whole request has arrived (and
+        `meanwhile()` has run: what the scenario lets arrive behind it); the program is stopped
+        from then until nginx has sent its response and gone back to waiting, closing the
+        connection first if it does. A program that closes once it has read the status line
+        would otherwise race nginx's own close. Returns the program's recorded outcome."""
+        self.pause_worker()
+        arrived = self.host.expects_request(client)
+        running = program.start(method, url, body_size)
+        arrived.wait(program.timeout)
+        running.pause()
+        if meanwhile:
+            meanwhile()
+        answered = client.expects("P.", source=self.host)
+        self.resume_worker()
+        answered.wait(program.timeout)
+        self.host.until("nginx's worker waits for events again", lambda: process.waits_in_epoll(self.worker))
+        running.resume()
+        return running.wait()
 
     def error_log(self) -> list[str]:
         """The lines this nginx wrote to its error log file (not an earlier one's), as written."""
