@@ -284,6 +284,25 @@ def test_symptom_index_links_to_packets(watched: Watched, site_url: str,
     assert line.is_visible() and line.bounding_box()["y"] < DESKTOP["height"]
 
 
+def test_a_matrix_cell_opens_its_packet_in_the_folded_client_trace(watched: Watched, site_url: str) -> None:
+    """A cell of the client matrix links to the packet that caused the program's line, in the
+    client session's trace folded on the scenario's page: following it opens the fold and
+    shows the highlighted line."""
+    page = open_page(watched, f"{site_url}clients/")
+    link = page.locator("article table a[href*='scenarios/'][href*='#']").first
+    anchor = urlparse(link.get_attribute("href")).fragment
+    link.click()
+    page.wait_for_url(f"**#{anchor}")
+    line = page.locator(f"details .fg-packet:has(#{anchor})")
+    line.wait_for(state="visible")
+    assert line.evaluate("el => el.closest('details').open")
+    # the fold holds raw HTML: a lost end tag once collapsed the whole article to no width
+    assert page.locator("article").bounding_box()["width"] > DESKTOP["width"] / 3
+    assert line.evaluate("el => getComputedStyle(el).outlineStyle") != "none", "the :target highlight"
+    box = line.bounding_box()
+    assert box and 0 <= box["y"] < DESKTOP["height"], box
+
+
 @pytest.mark.parametrize("viewport", [DESKTOP, MOBILE], ids=["desktop", "mobile"])
 def test_search_finds_econnreset_on_scenario_pages(browser: Any, site_url: str, viewport: dict[str, int]) -> None:
     watched = Watched(browser, viewport=viewport, color_scheme="light")

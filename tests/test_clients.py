@@ -7,6 +7,7 @@ import html
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from lab import clients
@@ -53,18 +54,23 @@ def test_every_line_of_the_matrix_was_recorded_by_this_build(built_site: Path, r
             assert f"scenarios/{slug}/\"" in page
 
 
-def test_each_cell_names_a_packet_of_its_program(built_site: Path, recorded_client_traces: Path) -> None:
-    """Each cell names the packet that caused the line, in the client session's capture,
-    published beside the page (the catalogue's capture of the scenario has no programs)."""
+def test_each_cell_links_to_the_packet_of_its_program(built_site: Path, recorded_client_traces: Path) -> None:
+    """Each cell links to the line of the packet that caused what the program printed, in the
+    client session's trace shown on the scenario's page (the page's own trace, the catalogue's
+    run, has no programs), and that packet is one of the program's own."""
     page = (built_site / "clients" / "index.html").read_text()
-    cells = re.findall(r'packet (\d+) \(([^)]*)\) of <a href="\.\./traces/clients/([a-z0-9-]+)\.pcap"', page)
+    cells = re.findall(r'<a href="\.\./scenarios/([a-z0-9-]+)/#([^"]+)">packet (\d+) \(([^)]*)\)</a> of the client', page)
     runs = program_runs(recorded_client_traces)
     assert len(cells) >= sum(len(e) for e in runs.values()) - 1
-    for number, _, slug in cells:
-        assert (built_site / "traces" / "clients" / f"{slug}.pcap").is_file(), slug
-        data = json.loads((recorded_client_traces / f"{slug}.json").read_text())
+    for slug, anchor, number, _ in cells:
+        target = (built_site / "scenarios" / slug / "index.html").read_text()
+        line = re.search(rf'<span class="fg-packet[^"]*" id="{slug}-packet-(\d+)"><span class="fg-anchor" id="{re.escape(anchor)}">', target)
+        assert line and line.group(1) == number, (slug, anchor, number)
+        assert 'id="packet-1"' in target  # the page's own trace keeps its anchors beside
         mine = {n for e in runs[slug] for n in e["packets"]}
-        assert int(number) in mine and any(p["number"] == int(number) for p in data["packets"]), (slug, number)
+        assert int(number) in mine, (slug, number)
+        data = json.loads((recorded_client_traces / f"{slug}.json").read_text())
+        assert any(p["number"] == int(number) for p in data["packets"]), (slug, number)
 
 
 def test_without_the_client_session_the_pages_say_so(tmp_path: Path) -> None:
@@ -72,11 +78,12 @@ def test_without_the_client_session_the_pages_say_so(tmp_path: Path) -> None:
     from fieldguide import programs
 
     missing = programs.Clients()
+    page = SimpleNamespace(slug="closed-port", packets=[])  # the page's own recording: only its slug is read
     for text in (programs.client_matrix(missing, lambda target: target),
-                 programs.program_row("closed-port", missing, lambda target: target)):
+                 programs.program_row(page, missing, lambda target: target)):
         assert "did not record the real client programs" in text and "`nox -s clients`" in text
         assert "|" not in text
-    assert programs.program_row("graceful-close", missing, lambda target: target) == ""
+    assert programs.program_row(SimpleNamespace(slug="graceful-close"), missing, lambda target: target) == ""
 
 
 def test_a_missing_program_fails_naming_its_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

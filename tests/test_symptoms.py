@@ -129,3 +129,20 @@ def test_nginx_error_lines_are_recorded_symptoms_with_nginx_version() -> None:
         "upstream prematurely closed connection while reading response header from upstream",
         "RemoteDisconnected", 3, "the FIN it received")
     assert reset.logged_by == "nginx (nginx version: nginx/1.22.1)"
+
+
+def test_a_5xx_status_line_is_a_symptom_and_programs_meet_python_in_one_group() -> None:
+    """A proxy's 502 reaches its client as a response, not an error: http.client's noted status
+    line and a program's printed one are both symptoms, keyed by code and RFC 9110's phrase, and
+    explained by the response segment the client received; a 200 is none."""
+    answered = program_run([3, 4], ["HTTP 502"], exit_status=0, returned="HTTP 502")
+    del answered["raised"], answered["message"]  # exit status 0: lab/clients.py's Run.wait() records a return
+    data = recording([packet(1, "client", "server", "S"), packet(2, "server", "client", "P."),
+                      packet(3, "client", "server", "S", 40001), packet(4, "server", "client", "P.", 40001)],
+                     {"client": [{"call": "status line", "returned": repr("HTTP/1.1 200 OK")},
+                                 {"call": "status line", "returned": repr("HTTP/1.1 502 Bad Gateway")}, answered]})
+    noted, printed = symptoms.seen_in(data)
+    assert (noted.text, noted.key, noted.source, noted.packet.number, noted.why) == (
+        "HTTP/1.1 502 Bad Gateway", "HTTP 502 Bad Gateway", "response", 2, "the response it received")
+    assert (printed.text, printed.key, printed.source, printed.packet.number) == ("HTTP 502", "HTTP 502 Bad Gateway", "program", 4)
+    assert symptoms.http_error("HTTP 200") is None and symptoms.http_error("HTTP/2 503") == "HTTP 503 Service Unavailable"

@@ -16,3 +16,15 @@ document.addEventListener("click", (event) => {
     inBar();
   }
 });
+
+// A link to a packet of a folded trace (the client session's, under a page's programs) opens
+// the fold, so that the line it names is shown (browsers that do not open it themselves)
+const openTarget = () => {
+  const target = location.hash && document.getElementById(decodeURIComponent(location.hash.slice(1)));
+  for (let fold = target && target.closest("details"); fold; fold = fold.parentElement.closest("details")) {
+    if (!fold.open) fold.open = true;
+  }
+  if (target && target.closest("details")) target.scrollIntoView({block: "center"});
+};
+window.addEventListener("hashchange", openTarget);
+window.addEventListener("DOMContentLoaded", openTarget);

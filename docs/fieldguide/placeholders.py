@@ -241,7 +241,7 @@ def _diagram(ctx: Context, args: list[str]) -> str:
 
 @placeholder("outcomes")
 def _outcomes(ctx: Context, args: list[str]) -> str:
-    return render.outcomes_table(ctx.own) + "\n" + programs.program_row(ctx.own.slug, ctx.clients, ctx.link)
+    return render.outcomes_table(ctx.own) + "\n" + programs.program_row(ctx.own, ctx.clients, ctx.link)
 
 
 @placeholder("counters")

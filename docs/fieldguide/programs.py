@@ -4,9 +4,10 @@ The programs run in their own session (`nox -s clients`, build/client-traces/SLU
 lab/clients.py), not in the catalogue's run the rest of the page is built from: their
 start-up would stretch it. Every line comes from those recordings' outcomes: an entry with
 `program` (name, version) is one program's run, with what it printed (`output`), its exit
-status, how many connections it opened and its packets' numbers. Each cell names the packet
-that caused what the program printed, in the client session's capture (published as
-traces/clients/SLUG.pcap and .txt): for a failure, the packet symptoms.py's rule picks among
+status, how many connections it opened and its packets' numbers. Each cell links to the packet
+that caused what the program printed, on the scenario's page, which shows the client session's
+trace folded under its programs' rows (the capture is published as traces/clients/SLUG.pcap
+and .txt): for a failure, the packet symptoms.py's rule picks among
 the program's own packets (the RST it received for ECONNRESET...); for a response, the last
 segment with data the client received. A build without that session says so, and how to
 record it, where the lines would be.
@@ -23,7 +24,7 @@ from typing import Any
 from lab.artifact import Packet, Recording
 from lab.scenarios import runs_clients
 
-from .render import capture_of, literal, plain
+from .render import capture_of, literal, name_id, packet_id, plain, trace_html
 from .symptoms import explaining_packets, program_key
 
 
@@ -60,10 +61,11 @@ def caused_by(rec: Recording, host: str, entry: dict[str, Any]) -> Packet | None
     return (with_data or received or [None])[-1]
 
 
-def cell(rec: Recording, host: str, entry: dict[str, Any], capture: str) -> str:
+def cell(rec: Recording, host: str, entry: dict[str, Any], page: str) -> str:
     """One program's result: its first line, the rest of what it printed, exit status,
-    connections, and the packet that caused it (capture: a link to the client session's
-    capture of the scenario, from the page that shows the cell)."""
+    connections, and the packet that caused it, linked to its line in the client session's
+    trace on the scenario's page (page: that page's link from the one that shows the cell,
+    "" on the page itself)."""
     lines = entry["output"] or ["(printed nothing)"]
     rest = "<br>".join(literal(line) for line in lines[1:])
     out = literal(lines[0]) + (f"<br><small>{rest}</small>" if rest else "")
@@ -72,13 +74,40 @@ def cell(rec: Recording, host: str, entry: dict[str, Any], capture: str) -> str:
         out += f", **{entry['connections']} connections**" + (" (it tried again by itself)" if entry["connections"] > 1 else "")
     packet = caused_by(rec, host, entry)
     if packet is not None:
-        out += f"<br>packet {packet.number} ({plain(rec.anchor(packet))}) of [the client session's capture]({capture})"
+        out += (f"<br>[packet {packet.number} ({plain(rec.anchor(packet))})]({page}#{session_id(rec, packet)})"
+                " of the client session's trace")
     return out
 
 
-def program_row(slug: str, clients: Clients, link: Any) -> str:
-    """A scenario page's programs: one row a program (a table down the page reads on a phone).
+def session_id(rec: Recording, p: Packet) -> str:
+    """The anchor of a packet's line in the client session's trace, on the scenario's page:
+    the slug in front keeps it apart from the page's own trace (packet-N, its names)."""
+    return name_id(rec, p, own_page=False)
+
+
+def session_trace(own: Recording, rec: Recording) -> str:
+    """The client session's trace, folded, on the scenario's page: what each cell links to.
+    Its anchors must not meet the page's own trace's."""
+    mine = {a for p in own.packets for a in (packet_id(own.slug, p.number), name_id(own, p))}
+    theirs = {a for p in rec.packets for a in (packet_id(rec.slug, p.number, False), session_id(rec, p))}
+    if mine & theirs:
+        raise ValueError(f"{own.slug}: the client session's trace would reuse the anchors {sorted(mine & theirs)}")
+    # raw HTML, not an admonition: Markdown would wrap the trace's <div> in a <p> inside one
+    # (and lose its end tag); not searched: the page's own trace is what a search should find
+    return "\n".join([
+        '<details class="note" data-search-exclude>',
+        f"<summary>The client session's trace ({len(rec.packets)} packets)</summary>",
+        f"<p>Captured on the {plain(rec.captured_on)} by tcpdump {plain(rec.tcpdump_version)}, in the"
+        " client session's run of this scenario: the example's own packets (named as above),"
+        " then each program's, named after it (its capture is linked above the rows).</p>",
+        trace_html(rec, own_page=False), "</details>"])
+
+
+def program_row(own: Recording, clients: Clients, link: Any) -> str:
+    """A scenario page's programs: one row a program (a table down the page reads on a phone),
+    then the client session's trace the rows link into. own: the page's recording;
     link(target): a relative link from the page."""
+    slug = own.slug
     if not runs_clients(slug):
         return ""
     if slug not in clients.recordings:
@@ -96,8 +125,8 @@ def program_row(slug: str, clients: Clients, link: Any) -> str:
     for host, entry in found:
         request = entry["call"].split(": ", 1)[-1]
         out.append(f"| {plain(entry['program']['name'])}<br><small>{literal(request)}</small>"
-                   f" | {plain(entry['program']['version'])} | {cell(rec, host, entry, capture)} |")
-    return "\n".join([*out, "", "</div>"])
+                   f" | {plain(entry['program']['version'])} | {cell(rec, host, entry, '')} |")
+    return "\n".join([*out, "", "</div>", "", session_trace(own, rec), ""])
 
 
 def client_matrix(clients: Clients, link: Any) -> str:
@@ -117,7 +146,6 @@ def client_matrix(clients: Clients, link: Any) -> str:
     for rec in having:
         page = link(f"scenarios/{rec.slug}.md")
         by_name = {e["program"]["name"]: (host, e) for host, e in runs(rec)}
-        capture = link(capture_of(rec.slug))
-        cells = [cell(rec, *by_name[n], capture) if n in by_name else "not run" for n in names]
+        cells = [cell(rec, *by_name[n], page) if n in by_name else "not run" for n in names]
         out.append(f"| [{plain(rec.title)}]({page}) | " + " | ".join(cells) + " |")
     return "\n".join(out)

@@ -14,7 +14,8 @@ message: the `outcomes` of SLUG.json), and the log lines the example noted
 (`host.note("log", ...)`) that name a Python exception, the error lines nginx wrote as the
 proxy of the proxy-* scenarios (`host.note("nginx error.log", ...)`, with the `nginx -v`
 its run noted: LOG_FORMATS), and what each real client program printed (curl, Node.js, Go,
-Java, Python's libraries: lab/clients.py). Lines printed by
+Java, Python's libraries: lab/clients.py), and a 5xx status line a client received (a proxy's
+502: `host.note("status line", ...)`, or a program's first line). Lines printed by
 software the lab cannot run (Envoy, a cloud's load balancer) are quoted in
 quoted_symptoms.yml, each with its version and public source, and shown beside the
 captured ones that share their errno.
@@ -35,6 +36,7 @@ import errno as errno_module
 import os
 import re
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,9 @@ _EXCEPTION_IN_LOG = re.compile(r"\b[A-Z]\w*(?:Error|Exception)\b")
 # src/http/ngx_http_request.c). The message is what a reader searches for; the rest is this run's.
 _NGINX_ERROR = re.compile(r"^\S+ \S+ \[(?:error|crit|alert|emerg)\] \d+#\d+: (?:\*\d+ )?(?P<message>.+?)(?:, client: .*)?$")
 _NGINX_ERRNO = re.compile(r"\((\d+): [^)]*\)")  # "(104: Connection reset by peer)": the kernel's errno
+# a response's status line as a client shows it ("HTTP/1.1 502 Bad Gateway", "HTTP 502"): a
+# 5xx is a failure a proxy answers with when its upstream failed (the error is on its other leg)
+_HTTP_ERROR = re.compile(r"^HTTP(?:/\d(?:\.\d)?)? (5\d\d)\b")
 
 # (direction, flag) of the packet that explains a failure, tried in order
 _EXPLAINED_BY: dict[str, list[tuple[str, str]]] = {
@@ -65,12 +70,14 @@ _EXPLAINED_BY: dict[str, list[tuple[str, str]]] = {
     "RemoteDisconnected": [("received", "F")],
     "TimeoutError": [("sent", "S"), ("sent", "F")],
 }
+_HTTP_EXPLAINED_BY = [("received", "P")]  # an HTTP 5xx: the response segment that carried it
 _WHY = {
     ("received", "R"): "the RST it received",
     ("sent", "R"): "the RST it sent",
     ("received", "F"): "the FIN it received",
     ("sent", "S"): "the SYN it sent",
     ("sent", "F"): "the FIN it sent",
+    ("received", "P"): "the response it received",
 }
 
 
@@ -84,12 +91,13 @@ class Seen:
     call: str  # the recorded call, e.g. "recv(1024)", or "log" for a noted log line
     text: str  # what the application shows: "ConnectionResetError: [Errno 104] ..."
     key: str  # errno name, or the exception class when there is no errno
-    source: str  # "Python" or "log"
+    source: str  # "Python", "log", "response" (a status line received) or "program"
     packet: Packet | None  # the packet that explains it (anchored on the scenario page)
     why: str  # "the RST it received"...
     anchor: str  # its anchor on the scenario page (its name), or the trace's
     # a client program's line (the client session, `nox -s clients`): its capture, as the site
-    # publishes it (programs.capture_of()); the packet is that capture's, not the page's
+    # publishes it (programs.capture_of()); its packet is that session's trace's, which the
+    # scenario's page shows under the programs' rows (anchor: programs.session_id())
     capture: str = ""
     logged_by: str = ""  # a log line's writer, as the index names it: "the server application"
 
@@ -110,7 +118,7 @@ def explaining_packets(rec: Recording, host: str, key: str,
     the last one the host received is the one it died of. A timeout is explained by the
     first SYN (or FIN) the host sent on the connection.
     """
-    for direction, flag in _EXPLAINED_BY.get(key, []):
+    for direction, flag in _HTTP_EXPLAINED_BY if http_status(key) else _EXPLAINED_BY.get(key, []):
         side = "receiver" if direction == "received" else "sender"
         chosen: dict[tuple[Any, ...], Packet] = {}
         for p in rec.packets:
@@ -125,6 +133,24 @@ def explaining_packets(rec: Recording, host: str, key: str,
         if chosen:
             return sorted(chosen.values(), key=lambda p: p.number), _WHY[(direction, flag)]
     return [], "the trace"
+
+
+def http_error(line: str) -> str | None:
+    """A 5xx status line's key: "HTTP 502 Bad Gateway" (the reason phrase is RFC 9110's, read
+    from Python's http.HTTPStatus, so that curl's "HTTP/1.1 502 Bad Gateway" and Node's
+    "HTTP 502" meet in one group)."""
+    found = _HTTP_ERROR.match(line.strip())
+    if not found:
+        return None
+    code = int(found.group(1))
+    try:
+        return f"HTTP {code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return f"HTTP {code}"
+
+
+def http_status(key: str) -> bool:
+    return key.startswith("HTTP ")
 
 
 def _errno_of(text: str) -> str | None:
@@ -164,6 +190,8 @@ class LogFormat:
     failure: Any  # line -> (text shown, key), or None when the line is no failure
 
 
+STATUS_NOTE = "status line"  # a client's note of a response's status line (host.note("status line", ...))
+
 LOG_FORMATS = {f.note: f for f in [
     LogFormat("log", "the server application", None, _python_failure),
     LogFormat("nginx error.log", "nginx", "nginx -v", _nginx_failure),  # lab/nginx.py's error_log()
@@ -197,15 +225,17 @@ def seen_in(rec: Recording, capture: str = "") -> list[Seen]:
     for host, entries in rec.outcomes.items():
         for entry in entries:
             if "program" in entry:  # a real client program (lab/clients.py): its own first line
-                if "raised" not in entry:
+                status = http_error(entry["output"][0]) if entry["output"] and "raised" not in entry else None
+                if "raised" not in entry and not status:
                     continue
-                key = program_key(rec, host, entry)
+                key = status or program_key(rec, host, entry)
+                shown = entry["output"][0] if status else entry["raised"]
                 packets, why = explaining_packets(rec, host, key, among=set(entry["packets"]))
                 packet = packets[-1] if packets else None
                 program = f"{entry['program']['name']} ({entry['program']['version']})"
-                found[(host, entry["call"], entry["raised"])] = Seen(
-                    rec.slug, rec.title, host, program, entry["raised"], key, "program", packet, why,
-                    name_id(rec, packet) if packet else "the-trace", capture)
+                found[(host, entry["call"], shown)] = Seen(
+                    rec.slug, rec.title, host, program, shown, key, "program", packet, why,
+                    name_id(rec, packet, own_page=False) if packet else "the-trace", capture)
                 continue
             if entry.get("phase") == "programs" or capture:  # the servers' side of the programs' runs
                 continue
@@ -213,6 +243,9 @@ def seen_in(rec: Recording, capture: str = "") -> list[Seen]:
             if "raised" in entry:
                 text = f"{entry['raised']}: {entry['message']}" if entry["message"] else entry["raised"]
                 key, source = entry.get("errno") or entry["raised"], "Python"
+            elif entry["call"] == STATUS_NOTE and http_error(_unquote(entry.get("returned", ""))):
+                text = _unquote(entry["returned"])
+                key, source = http_error(text), "response"
             elif entry["call"] in LOG_FORMATS and "returned" in entry:
                 form = LOG_FORMATS[entry["call"]]
                 failure = form.failure(_unquote(entry["returned"]))
@@ -274,12 +307,11 @@ def group_id(key: str) -> str:
 
 def _where(seen: Seen, src: str, own_page: bool) -> str:
     call = (f"log, written by {plain(seen.logged_by)}" if seen.logged_by != LOG_FORMATS["log"].logged_by
-            else "log") if seen.source == "log" else literal(seen.call)
-    if seen.source == "program":
-        call = f"{plain(seen.call)}, run as the client"
-        return (f"{call}, explained by {seen.why}: {plain(seen.packet_label)} of"
-                f" [the client session's capture]({_link(src, seen.capture)})")
+            else "log") if seen.source == "log" else "response" if seen.source == "response" else literal(seen.call)
     target = f"#{seen.anchor}" if own_page else _link(src, f"scenarios/{seen.slug}.md") + f"#{seen.anchor}"
+    if seen.source == "program":  # its packet is on the page's fold of the client session's trace
+        return (f"{plain(seen.call)}, run as the client, explained by {seen.why}:"
+                f" [{plain(seen.packet_label)}]({target}) of the client session's trace")
     return f"the {plain(seen.host)}'s {call}, explained by {seen.why}: [{plain(seen.packet_label)}]({target})"
 
 
@@ -366,6 +398,7 @@ def symptom_index(recordings: dict[str, Recording], quoted: list[dict[str, Any]]
         for text, seens in sorted(by_text.items()):
             kind = (f"logged by {plain(seens[0].logged_by)}" if all(s.source == "log" for s in seens)
                     else "printed by a client program" if all(s.source == "program" for s in seens)
+                    else "the status line Python's http.client received" if all(s.source == "response" for s in seens)
                     else "raised in Python")
             out += [f"{literal(text)} ({kind}), in:", ""]
             # the scenarios' titles are not searched here: a search for SO_LINGER should find
