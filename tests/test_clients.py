@@ -120,6 +120,23 @@ def test_a_reused_port_opens_a_new_connection_of_the_program_that_reused_it() ->
     assert [(e["packets"], e["connections"]) for e, _ in runs] == [([1, 2], 1), ([3, 4], 1)]
 
 
+def test_a_proxys_connection_to_its_backend_is_the_programs_packets_not_its_connection() -> None:
+    """Through a proxy, the proxy's connection to the backend opened while the program ran is
+    the program's (both legs are captured), but the program opened one connection, not two."""
+    from lab.artifact import Packet
+    ips = {"client": "192.0.2.1", "proxy": "198.51.100.1", "backend": "198.51.100.2"}
+
+    def packet(number, sender, receiver, flags, sport, dport):
+        return Packet(number, 0.1 * number, sender, receiver, ips[sender], ips[receiver], sport, dport, flags,
+                      0, 0, 0, 0, 64, 0)
+    packets = [packet(1, "client", "proxy", "S", 40000, 8080), packet(2, "proxy", "client", "S.", 8080, 40000),
+               packet(3, "proxy", "backend", "S", 50000, 8080), packet(4, "backend", "proxy", "S.", 8080, 50000),
+               packet(5, "backend", "proxy", "R.", 8080, 50000), packet(6, "proxy", "client", "F.", 8080, 40000)]
+    entry = {"host": "client", "program": {"id": "curl"}, "window": [10.0, 11.0]}
+    ((entry, mine),) = clients.attribute([entry], packets, [], 10.0)
+    assert (entry["packets"], entry["connections"]) == ([1, 2, 3, 4, 5, 6], 1)
+
+
 def test_each_client_scenario_page_shows_its_programs_row(built_site: Path, recorded_client_traces: Path) -> None:
     """The scenario's page (built from the catalogue's run) shows the client session's row of it."""
     for slug, entries in program_runs(recorded_client_traces).items():

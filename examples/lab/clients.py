@@ -24,6 +24,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -32,7 +33,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from . import netns
+from . import netns, process
 from .artifact import ROOT, connections
 from .preflight import LabUnavailable
 
@@ -242,6 +243,15 @@ class Run:
                                       env={**os.environ, "NODE_NO_WARNINGS": "1"}, preexec_fn=_room_for_wasm)
         self.pid = self._proc.pid
 
+    def pause(self) -> None:
+        """SIGSTOP the program and wait until it has stopped: what reaches it meanwhile waits in
+        its sockets (the lab decides a race with it); resume() lets it go on."""
+        os.kill(self._proc.pid, signal.SIGSTOP)
+        self.host.until(f"{self.program.label} is stopped", lambda: process.state(self._proc.pid) == "T")
+
+    def resume(self) -> None:
+        os.kill(self._proc.pid, signal.SIGCONT)
+
     def wait(self, timeout: float = RUN_TIMEOUT) -> dict[str, Any]:
         """Wait for the program to exit; record and return what it printed and its exit status."""
         try:
@@ -301,7 +311,7 @@ def attribute(outcomes: list[dict[str, Any]], packets: list[Any], events: list[d
     """Each program's outcome with its packets: those of every connection (artifact.connections())
     whose first packet was captured while the program ran (an ICMP message by its own time). Each entry's
     wall-clock `window` is replaced by what the recording keeps: `packets` (numbers),
-    `connections` (how many it opened: a retry or a reconnection shows here) and
+    `connections` (how many its host opened: a retry or a reconnection shows here) and
     `kernel_errors` (inet_sk_error_report's errno on its connections, in order)."""
     runs = [e for e in outcomes if "program" in e]
     connection = connections(packets)
@@ -316,7 +326,10 @@ def attribute(outcomes: list[dict[str, Any]], packets: list[Any], events: list[d
                 if start <= (opened[connection[p.number]] if p.number in connection else p.time) <= end]
         ports = {(p.src, p.sport) for p in mine if p.proto == "tcp" and p.sender == entry["host"]}
         entry["packets"] = [p.number for p in mine]
-        entry["connections"] = len({connection[p.number] for p in mine if p.number in connection and p.flags == "S"})
+        # opened by the program's host: through a proxy, the proxy's own connections to its backend
+        # are the program's packets too, but not connections the program opened
+        entry["connections"] = len({connection[p.number] for p in mine
+                                    if p.number in connection and p.flags == "S" and p.sender == entry["host"]})
         entry["kernel_errors"] = [e["errno"] for e in events if e["event"] == "inet_sk_error_report"
                                   and e["host"] == entry["host"] and (e["src"], e["sport"]) in ports
                                   and start <= e["time"] <= end]
