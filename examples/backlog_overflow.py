@@ -10,6 +10,9 @@ server's kernel answers that ACK with a bare RST. The client's connect() had
 already succeeded; its first recv() raises ConnectionResetError (ECONNRESET).
 """
 
+import socket
+import time
+
 TITLE = "Accept queue overflow with tcp_abort_on_overflow: RST after the handshake"
 PHASE = "opening"
 HOSTS = ("client", "server")
@@ -69,3 +72,85 @@ def claims(trace):
                   what="the client's ACK to the retransmitted SYN-ACK is a challenge ACK (RFC 5961)")
     trace.returned("client", "connect", "None")
     trace.raised("client", "recv", "ECONNRESET")
+
+
+# -- the client programs (lab/clients.py) -------------------------------------------------
+PROGRAM_PORT = 8889  # each program's listener, listen(1) too
+# the path holds back everything the client sends to it but SYNs: the program's handshake ACK
+# and its request, as run()'s late ACK (the program's port is not known before it connects)
+HOLD_PROGRAM = """
+table ip hold_program {{
+    chain input {{
+        type filter hook input priority 0; policy accept;
+        ip saddr {client} tcp dport {port} tcp flags & syn == 0 drop
+    }}
+}}
+"""
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
+
+
+def catch_up(server, listener):
+    """The slow application, at last: it accepts what waits in its queue (the two fillers, closed
+    at once), then answers each new connection, until its listener is shut down."""
+    while True:
+        try:
+            conn, (address, _) = listener.accept()
+        except OSError:  # shut down: the program has exited
+            return
+        if address != server.ip:  # not a filler: a program's new connection
+            request = b""
+            while b"\r\n\r\n" not in request and (chunk := conn.recv(4096)):
+                request += chunk
+            conn.sendall(RESPONSE)
+            while conn.recv(4096):  # the lab decides a race: the program closes first, then the application
+                pass
+        conn.close()
+
+
+def each_program(program, client, server):
+    """Each real client asks a listener whose accept queue fills between the program's SYN and
+    its request: the request draws the RST. A program that connects again finds the queue still
+    full (its SYN is dropped); the application then catches up, and the SYN's retransmission
+    gets through."""
+    listener = server.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((server.ip, PROGRAM_PORT))
+    listener.listen(1)
+    server.nft(HOLD_PROGRAM.format(client=client.ip, port=PROGRAM_PORT))
+    held = server.expects("P.", source=client)
+    running = program.start("GET", f"http://{server.ip}:{PROGRAM_PORT}/")
+    held.wait(program.timeout)  # its ACK and request are held up: its connection waits half-open
+    fillers = []
+    for _ in range(2):  # the queue's two other connections, from the server itself (loopback: not on this link)
+        filler = server.socket()
+        filler.connect((server.ip, PROGRAM_PORT))
+        fillers.append(filler)
+    reset = client.expects("R", source=server)
+    tap = server.wiretap()
+    overflows = server.counters()["TcpExtListenOverflows"]
+    server.sh("nft", "delete", "table", "ip", "hold_program")  # the path heals: the request's retransmission comes
+    reset.wait(5)  # the request met the full queue (one overflow): the RST
+    serving = None
+    for _ in tap.each_until_exit(running.pid, "S", source=client.ip, timeout=program.timeout):
+        # the program connects again; the lab decides a race: its first SYN meets the full queue
+        # (dropped, a second overflow) before the application makes room
+        wait_for_count(server, "TcpExtListenOverflows", overflows + 2)
+        serving = server.start(catch_up, server, listener)
+        break
+    running.wait()
+    listener.shutdown(socket.SHUT_RDWR)  # wakes the application's accept()
+    if serving:
+        serving.join(5)
+    for filler in fillers:
+        filler.close()
+    listener.close()
+
+
+def wait_for_count(host, counter, value, timeout=1.0):
+    """Until the kernel's counter reaches value: a counter has no event to wait on, so it is read
+    again every millisecond (the kernel counts in the softirq that handled the segment)."""
+    deadline = time.monotonic() + timeout
+    while host.counters()[counter] < value:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{counter} did not reach {value} within {timeout:g} s")
+        time.sleep(0.001)

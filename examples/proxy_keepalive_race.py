@@ -15,6 +15,8 @@ until the client's request and the backend's FIN have both arrived.
 """
 
 import http.client
+import socket
+import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 TITLE = "nginx keep-alive race: 502 Bad Gateway from a pooled upstream connection"
@@ -33,7 +35,7 @@ upstream backend {{
     keepalive 4;                 # keep up to 4 idle connections to the backend per worker
 }}
 server {{
-    listen {proxy}:{listen};
+    listen {proxy}:{listen} deferred;  # accept a connection once its request is there, and read it at once
     location / {{
         proxy_pass http://backend;
         proxy_http_version 1.1;  # keep-alive to the backend needs HTTP/1.1...
@@ -43,10 +45,18 @@ server {{
 """
 
 
-def run(client, proxy, backend):
+def backend_handler(backend, idle_timeout, opened=None):
+    """http.server's handler for the backend: 200 "done" to any GET or POST, on a connection
+    kept open between requests and closed once idle for `idle_timeout` seconds (None: when
+    the lab shuts its reading side, each connection being appended to `opened`)."""
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep the connection open between requests
-        timeout = IDLE_TIMEOUT  # an idle connection is closed after this long
+        timeout = idle_timeout  # an idle connection is closed after this long
+
+        def setup(self):
+            super().setup()
+            if opened is not None:
+                opened.append(self.connection)
 
         def respond(self):
             length = int(self.headers.get("Content-Length") or 0)
@@ -62,15 +72,23 @@ def run(client, proxy, backend):
         def log_message(self, format, *args):  # http.server logs to stderr; keep the line
             backend.note("log", format % args)
 
+    return Handler
+
+
+def start_nginx(proxy, backend):
+    return proxy.nginx(NGINX.format(backend=backend.ip, port=BACKEND_PORT, proxy=proxy.ip, listen=PORT))
+
+
+def run(client, proxy, backend):
     with backend:
-        httpd = HTTPServer((backend.ip, BACKEND_PORT), Handler)
+        httpd = HTTPServer((backend.ip, BACKEND_PORT), backend_handler(backend, IDLE_TIMEOUT))
 
     def serve_two_connections():
         httpd.handle_request()  # the connection nginx pools, closed by the idle timeout
         httpd.handle_request()  # the one nginx opens to repeat the GET, closed the same way
 
     server_thread = backend.start(serve_two_connections)
-    nginx = proxy.nginx(NGINX.format(backend=backend.ip, port=BACKEND_PORT, proxy=proxy.ip, listen=PORT))
+    nginx = start_nginx(proxy, backend)
 
     web = http.client.HTTPConnection(proxy.ip, PORT, timeout=10)
     # nginx's pure ACKs to the backend on one upstream connection: the handshake's, one for
@@ -86,8 +104,56 @@ def run(client, proxy, backend):
     with proxy.receives(".", source=client):  # the client acknowledges nginx's FIN
         web.close()
     server_thread.join(5)
+    httpd.server_close()
     for line in nginx.error_log():
         proxy.note("nginx error.log", line)
+    nginx.stop()  # each program gets an nginx and an error log of its own (each_program)
+
+
+def each_program(program, client, proxy, backend):
+    """Each real client, three times, through an nginx of its own: GET /first fills nginx's
+    pool; then GET /second and POST /order each meet the race, decided as above: nginx's
+    worker is stopped until the program's whole request and the backend's FIN on the pooled
+    connection have both arrived, in that order (lab/nginx.py serve(), which also stops the
+    program until nginx has answered). Here the backend closes the idle connection
+    when the lab says (its reading side shut, as its idle timeout would), since a program's
+    start-up takes longer than any idle timeout worth waiting for. nginx's error log lines
+    are recorded with each run."""
+    opened, closed = [], [threading.Event(), threading.Event()]
+    with backend:
+        httpd = HTTPServer((backend.ip, BACKEND_PORT), backend_handler(backend, None, opened))
+
+    def serve_two_connections():
+        for done in closed:  # the connection nginx pools; the one it opens to repeat the GET
+            httpd.handle_request()
+            done.set()
+
+    serving = backend.start(serve_two_connections)
+    nginx = start_nginx(proxy, backend)
+    url = f"http://{proxy.ip}:{PORT}"
+    seen = len(nginx.error_log())
+    nginx.serve(program, client, "GET", f"{url}/first")
+    for method, path, body, done in (("GET", "/second", 0, closed[0]), ("POST", "/order", 6, closed[1])):
+        seen = note_new_lines(proxy, nginx, seen)
+
+        def idle_timeout(done=done):  # while nginx's worker is stopped, behind the program's request
+            with proxy.receives("F.", source=backend):  # the backend's FIN has reached the proxy
+                opened[-1].shutdown(socket.SHUT_RD)  # idle: its handler reads the end, closes
+            if not done.wait(5):  # the backend's socket is closed: nginx's request will draw a RST
+                raise TimeoutError("the backend did not close its idle connection within 5 s")
+        nginx.serve(program, client, method, f"{url}{path}", body, meanwhile=idle_timeout)
+    note_new_lines(proxy, nginx, seen)
+    serving.join(5)
+    httpd.server_close()
+    nginx.stop()
+
+
+def note_new_lines(proxy, nginx, seen):
+    """Record the lines nginx's error log gained since it had `seen` lines; return its length."""
+    lines = nginx.error_log()
+    for line in lines[seen:]:
+        proxy.note("nginx error.log", line)
+    return len(lines)
 
 
 def read_response(client, web, acked):
@@ -108,7 +174,6 @@ def race(client, proxy, backend, nginx, web, pooled, method, path, body=None):
     resumes, armed before it does: nginx's ACKs on the connection it may open next, and the
     client's ACK of the response."""
     nginx.pause_worker()
-    proxy.until("nginx's worker is stopped", lambda: nginx.worker_state() == "T")
     segments = 2 if body else 1  # http.client sends a body in a segment of its own
     with client, client.receives(".", source=proxy, count=segments):  # the proxy's kernel ACKs it
         client.record(f"request('{method}', '{path}')", web.request, method, path, body)

@@ -57,6 +57,18 @@ def server_name(payload):
     return None
 
 
+def forge_resets(inspector, hello):
+    """The middlebox's verdict on a blocked name: a RST to each end, each in the other's name,
+    each with exactly the sequence number its receiver expects next."""
+    c, s = hello[IP], hello[TCP]
+    to_client = IP(src=c.dst, dst=c.src) / TCP(sport=s.dport, dport=s.sport, flags="RA",
+                                               seq=s.ack, ack=s.seq + len(s.payload), window=0)
+    to_server = IP(src=c.src, dst=c.dst) / TCP(sport=s.sport, dport=s.dport, flags="RA",
+                                               seq=s.seq, ack=s.ack, window=0)
+    inspector.send(to_client)
+    inspector.send(to_server)
+
+
 def run(client, router, server):
     router.nft(HOLD_CLIENTHELLO)
     inspector = router.wiretap()  # sees each ClientHello arrive before the forward hook drops it
@@ -90,16 +102,10 @@ def run(client, router, server):
             router.note("the inspector reads the ClientHello's server name", name)
             if name != BLOCKED:
                 continue
-            c, s = hello[IP], hello[TCP]
             # the example's one concession to determinism: a RST that came while the connection
             # still waited in the server's accept queue would end it before its application saw it
             held.acquire()
-            to_client = IP(src=c.dst, dst=c.src) / TCP(sport=s.dport, dport=s.sport, flags="RA",
-                                                       seq=s.ack, ack=s.seq + len(s.payload), window=0)
-            to_server = IP(src=c.src, dst=c.dst) / TCP(sport=s.sport, dport=s.dport, flags="RA",
-                                                       seq=s.seq, ack=s.ack, window=0)
-            inspector.send(to_client)
-            inspector.send(to_server)
+            forge_resets(inspector, hello)
 
     server.start(serve)
     router.start(inspect)
@@ -123,8 +129,14 @@ def run(client, router, server):
     curl.wait_for("curl exit status")
     served.acquire()
 
+    router.note("ClientHellos held back by the rule", held_back(router))
+    listener.close()  # port 443 is free for each program's server (each_program)
+
+
+def held_back(router):
+    """How many ClientHellos the router's rule has held back so far (its counter)."""
     rule = router.sh("nft", "list", "chain", "inet", "middlebox", "forward")
-    router.note("ClientHellos held back by the rule", int(rule.split("counter packets ")[1].split()[0]))
+    return int(rule.split("counter packets ")[1].split()[0])
 
 
 def claims(trace):
@@ -165,3 +177,52 @@ def claims(trace):
     trace.counter("client", "TcpOutRsts", 0, what="nor did the client's")
     trace.counter("client", "TcpEstabResets", 2, what="the client counts two established connections reset")
     trace.counter("server", "TcpEstabResets", 2, what="and so does the server: the RST forged in the client's name")
+
+
+def serve_until_closed(listener, tls_server, held):
+    """The TLS server of one program's connections, until its listener is shut down."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:  # shut down: the program has exited
+            return
+        tls = tls_server.wrap_socket(conn._sock, server_side=True, do_handshake_on_connect=False)
+        held.release()
+        try:
+            tls.do_handshake()
+        except OSError:
+            pass
+
+
+def each_program(program, client, router, server):
+    """Each real client asks for https://blocked.example/, the name resolved its own way (its
+    host's /etc/hosts gives the server's address); the inspector resets every connection it
+    opens, a retry's too, and checks that each ClientHello names blocked.example."""
+    tls_server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls_server.load_cert_chain("cert.pem", "key.pem")  # run()'s certificate
+    listener = server.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((server.ip, 443))
+    listener.listen()
+    held = threading.Semaphore(0)
+    serving = server.start(serve_until_closed, listener, tls_server, held)
+    inspector = router.wiretap()
+    before = held_back(router)
+
+    program.resolve(BLOCKED, server.ip)
+    running = program.start("GET", f"https://{BLOCKED}/")
+    names = []
+    for hello in inspector.each_until_exit(running.pid, "P.", source=client.ip, timeout=program.timeout):
+        name = server_name(bytes(hello[TCP].payload))
+        names.append(name)
+        router.note(f"the inspector reads {program.label}'s ClientHello's server name", name)
+        if name == BLOCKED and held.acquire(timeout=5):  # the same concession as run()'s
+            forge_resets(inspector, hello)
+    printed = running.wait()["output"]
+    listener.shutdown(socket.SHUT_RDWR)  # wakes the server's accept()
+    serving.join(5)
+    listener.close()
+    held_now = held_back(router) - before
+    if not names or names != [BLOCKED] * held_now:
+        raise RuntimeError(f"{program.label}: the router held back {held_now} ClientHello(s); the inspector"
+                           f" read the server names {names}, not blocked.example in each; it printed {printed}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -119,6 +120,23 @@ def test_a_reused_port_opens_a_new_connection_of_the_program_that_reused_it() ->
     assert [(e["packets"], e["connections"]) for e, _ in runs] == [([1, 2], 1), ([3, 4], 1)]
 
 
+def test_a_proxys_connection_to_its_backend_is_the_programs_packets_not_its_connection() -> None:
+    """Through a proxy, the proxy's connection to the backend opened while the program ran is
+    the program's (both legs are captured), but the program opened one connection, not two."""
+    from lab.artifact import Packet
+    ips = {"client": "192.0.2.1", "proxy": "198.51.100.1", "backend": "198.51.100.2"}
+
+    def packet(number, sender, receiver, flags, sport, dport):
+        return Packet(number, 0.1 * number, sender, receiver, ips[sender], ips[receiver], sport, dport, flags,
+                      0, 0, 0, 0, 64, 0)
+    packets = [packet(1, "client", "proxy", "S", 40000, 8080), packet(2, "proxy", "client", "S.", 8080, 40000),
+               packet(3, "proxy", "backend", "S", 50000, 8080), packet(4, "backend", "proxy", "S.", 8080, 50000),
+               packet(5, "backend", "proxy", "R.", 8080, 50000), packet(6, "proxy", "client", "F.", 8080, 40000)]
+    entry = {"host": "client", "program": {"id": "curl"}, "window": [10.0, 11.0]}
+    ((entry, mine),) = clients.attribute([entry], packets, [], 10.0)
+    assert (entry["packets"], entry["connections"]) == ([1, 2, 3, 4, 5, 6], 1)
+
+
 def test_each_client_scenario_page_shows_its_programs_row(built_site: Path, recorded_client_traces: Path) -> None:
     """The scenario's page (built from the catalogue's run) shows the client session's row of it."""
     for slug, entries in program_runs(recorded_client_traces).items():
@@ -207,3 +225,30 @@ def test_lb_idle_reset_both_programs_request_again_after_the_reset(recorded_clie
         requests = [p for p in first if p.sender == "client" and p.payload > 0]
         assert requests[0].time < rst.time and all(p.time > rst.time for p in requests[1:]), name
         assert entry["connections"] == 2 or entry["exit_status"] != 0, (name, entry)
+
+
+def test_the_matrix_page_names_each_scenario_that_does_not_run_the_programs() -> None:
+    """docs/clients.md's "Which scenarios run them" names exactly the scenarios without
+    each_program(): one given programs leaves the list, one added without them joins it."""
+    from lab.scenarios import all_slugs, client_slugs
+
+    text = (Path(__file__).parent.parent / "docs" / "clients.md").read_text()
+    section = text.split("## Which scenarios run them", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"\(scenarios/([a-z0-9-]+)\.md\)", section))
+    without = set(all_slugs()) - set(client_slugs())
+    assert named == without, f"named but running programs: {sorted(named - without)};" \
+                             f" not running programs, not named: {sorted(without - named)}"
+
+
+def test_a_program_finds_a_name_in_its_own_hosts_file_and_nobody_else_does(tmp_path: Path, monkeypatch) -> None:
+    """with_names(): the program resolves the name its normal way (getaddrinfo() here, as
+    curl, Node.js, Java and Python do); the machine's /etc/hosts and mounts never see it."""
+    monkeypatch.chdir(tmp_path)
+    name, address = "blocked.example", "198.51.100.2"
+    argv = clients.with_names(["getent", "ahostsv4", name], {name: address})
+    assert address not in argv and argv[-3:] == ["getent", "ahostsv4", name]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.split()[0] == address, done
+    assert name not in Path("/etc/hosts").read_text()
+    assert subprocess.run(["getent", "-s", "files", "hosts", name]).returncode == 2  # not found, here
+    assert clients.with_names(["true"], {}) == ["true"]

@@ -11,7 +11,7 @@ from lab.capture import _count_packets
 from lab.recording import Transcript, describe_error
 from lab.scenarios import UnknownScenario, all_slugs, check
 from lab.trace import Trace
-from lab.wire import tcpdump_flags
+from lab.wire import http_request_complete, tcp_payload, tcpdump_flags
 from lab.worker import counter_deltas
 
 
@@ -246,3 +246,22 @@ def test_differing_shapes_fail_every_run_of_that_slug_and_publish_nothing(tmp_pa
     assert not any(r.ok for r in results)
     assert "shapes differ" in results[0].problem and "1 run(s)" in results[0].problem
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_request_is_whole_once_its_announced_body_is_there() -> None:
+    """host.expects_request() waits for a program's whole request, however it is split."""
+    head = b"POST /order HTTP/1.1\r\nHost: proxy\r\nContent-Length: 6\r\n\r\n"
+    assert not http_request_complete(head[:20])
+    assert not http_request_complete(head + b"item=")
+    assert http_request_complete(head + b"item=1")
+    assert http_request_complete(b"GET / HTTP/1.1\r\nHost: proxy\r\n\r\n")
+    chunked = b"POST / HTTP/1.1\r\ntransfer-encoding: Chunked\r\n\r\n6\r\nitem=1\r\n"
+    assert not http_request_complete(chunked)
+    assert http_request_complete(chunked + b"0\r\n\r\n")
+
+
+def test_a_segments_payload_is_read_past_its_headers() -> None:
+    ip = bytes([0x45, 0, 0, 0, 0, 0, 0, 0, 64, 6, 0, 0, 192, 0, 2, 1, 192, 0, 2, 254])
+    tcp = struct.pack("!HHIIBBHHH", 40000, 8080, 1234, 0, 8 << 4, 0x18, 512, 0, 0) + bytes(12)  # 32-byte header
+    assert tcp_payload(ip + tcp + b"GET /") == (40000, 1234, b"GET /")
+    assert tcp_payload(ip[:9] + bytes([17]) + ip[10:] + tcp) is None  # UDP

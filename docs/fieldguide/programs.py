@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from lab.artifact import Packet, Recording
 from lab.scenarios import runs_clients
@@ -129,6 +130,20 @@ def program_row(own: Recording, clients: Clients, link: Any) -> str:
     return "\n".join([*out, "", "</div>", "", session_trace(own, rec), ""])
 
 
+def runs_cell(rec: Recording, found: list[tuple[str, dict[str, Any]]], page: str) -> str:
+    """A program's cell: its one run, or each of its runs after its request (method and path:
+    a scenario that runs it again sends a request that meets what the earlier one left)."""
+    if len(found) == 1:
+        return cell(rec, *found[0], page)
+    return "<br>".join(f"**{plain(request_of(e))}**: " + cell(rec, host, e, page) for host, e in found)
+
+
+def request_of(entry: dict[str, Any]) -> str:
+    """"POST /order" from the run's call ("curl: POST http://192.0.2.254:8080/order with a 6-byte body")."""
+    method, url = entry["call"].split(": ", 1)[-1].split()[:2]
+    return f"{method} {urlsplit(url).path or '/'}"
+
+
 def client_matrix(clients: Clients, link: Any) -> str:
     """Scenarios down, programs across; each cell the recorded line and its packet.
     link(target): a relative link from the page that shows it."""
@@ -145,7 +160,10 @@ def client_matrix(clients: Clients, link: Any) -> str:
            "|---|" + "---|" * len(names)]
     for rec in having:
         page = link(f"scenarios/{rec.slug}.md")
-        by_name = {e["program"]["name"]: (host, e) for host, e in runs(rec)}
-        cells = [cell(rec, *by_name[n], page) if n in by_name else "not run" for n in names]
-        out.append(f"| [{plain(rec.title)}]({page}) | " + " | ".join(cells) + " |")
+        by_name: dict[str, list[tuple[str, dict[str, Any]]]] = {}  # a program may run more than once
+        for host, e in runs(rec):
+            by_name.setdefault(e["program"]["name"], []).append((host, e))
+        cells = [runs_cell(rec, by_name[n], page) if n in by_name else "not run" for n in names]
+        # the title is its page's to be found by ("ClientHello" finds tls-clienthello-reset): not searched here
+        out.append(f"| <span data-search-exclude>[{plain(rec.title)}]({page})</span> | " + " | ".join(cells) + " |")
     return "\n".join(out)

@@ -13,6 +13,7 @@ import java.io.OutputStream;
 import java.net.Socket;
 import java.net.URI;
 import java.nio.charset.StandardCharsets;
+import javax.net.ssl.SSLSocketFactory;
 
 public class SocketGet {
     public static void main(String[] args) throws Exception {
@@ -20,9 +21,11 @@ public class SocketGet {
         String[] urls = n >= 2 && args[n - 2].equals("--then") ? new String[] {args[1], args[n - 1]} : new String[] {args[1]};
         URI uri = URI.create(args[1]);
         byte[] body = args[0].equals("POST") ? new byte[Integer.parseInt(args[2])] : new byte[0];
-        try (Socket socket = uri.getScheme().equals("https")
-                ? HttpClientGet.trustingEveryone().getSocketFactory().createSocket(uri.getHost(), uri.getPort())
-                : new Socket(uri.getHost(), uri.getPort())) {
+        boolean tls = uri.getScheme().equals("https");
+        int port = uri.getPort() != -1 ? uri.getPort() : tls ? 443 : 80; // -1: the URL names none
+        try (Socket socket = tls
+                ? SSLSocketFactory.getDefault().createSocket(uri.getHost(), port)
+                : new Socket(uri.getHost(), port)) {
             OutputStream out = socket.getOutputStream();
             BufferedReader in = new BufferedReader(new InputStreamReader(socket.getInputStream(), StandardCharsets.US_ASCII));
             for (int i = 0; i < urls.length; i++) {

@@ -11,7 +11,6 @@ package main
 
 import (
 	"bytes"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -31,10 +30,7 @@ func main() {
 	if n := len(args); args[n-2] == "--then" {
 		args, urls = args[:n-2], append(urls, args[n-1])
 	}
-	// the lab's server has a certificate of its own making: what fails here is TCP, not trust
-	transport := http.DefaultTransport.(*http.Transport).Clone()
-	transport.TLSClientConfig = &tls.Config{InsecureSkipVerify: true}
-	client := &http.Client{Transport: transport}
+	client := http.DefaultClient
 	for i, url := range urls {
 		if i > 0 {
 			io.Copy(io.Discard, os.Stdin) // the pause between the two requests

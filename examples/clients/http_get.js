@@ -13,7 +13,7 @@ const { request } = require(url.startsWith("https:") ? "https" : "http");
 const body = method === "POST" ? Buffer.alloc(Number(size), "x") : null;
 
 function get(target, last) {
-  const req = request(target, { method, rejectUnauthorized: false, headers: body ? { "Content-Length": body.length } : {} });
+  const req = request(target, { method, headers: body ? { "Content-Length": body.length } : {} });
   req.on("response", (res) => {
     res.resume();
     res.on("end", () => {

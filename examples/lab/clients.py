@@ -33,6 +33,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -41,7 +42,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from . import netns
+from . import netns, process
 from .artifact import ROOT, connections
 from .preflight import LabUnavailable
 
@@ -72,7 +73,7 @@ class Program:
         second = ["--then", then] if then else []
         if self.name == "curl":
             # -sS: no progress meter, errors still printed; -D -: the response's head on stdout
-            request = ["-sS", "-o", "/dev/null", "-k", "-X", method, *(["--data-binary", f"@{body}"] if body else [])]
+            request = ["-sS", "-o", "/dev/null", "-X", method, *(["--data-binary", f"@{body}"] if body else [])]
             if not then:
                 return ["curl", *request, "-D", "-", url]
             # one curl, three transfers sharing its connection pool: the first request, a read
@@ -215,11 +216,35 @@ def _room_for_wasm() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
 
 
+# -- a server name resolved to the lab's server, each program its own normal way ------------
+
+HOSTS_FILE = "etc-hosts"  # in the run's folder (its working directory): the programs' /etc/hosts
+# in a mount namespace of the program's own, this file is bind-mounted over /etc/hosts, then the
+# program is exec'd: the namespace, and the mount, end with the program
+OWN_HOSTS = 'mount --bind "$0" /etc/hosts && exec "$@"'
+
+
+def with_names(argv: list[str], names: dict[str, str]) -> list[str]:
+    """The argv that runs `argv` with `names` (name -> address) added to the machine's /etc/hosts,
+    seen by that program alone: curl, Node.js, Java and Python ask getaddrinfo(), Go (built
+    without cgo) reads /etc/hosts itself; none is told an address on its command line. Nothing
+    reaches the machine's /etc/hosts: the run's mounts are its own already (lab/sandbox.py), and
+    `unshare --mount` makes the program's private ones."""
+    if not names:
+        return argv
+    lines = "".join(f"{address} {name}\n" for name, address in names.items())
+    path = Path(HOSTS_FILE).resolve()
+    machine = Path("/etc/hosts").read_text()
+    path.write_text(machine + ("\n" if machine and not machine.endswith("\n") else "")
+                    + "# the lab's (lab/clients.py with_names())\n" + lines)
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", OWN_HOSTS, str(path), *argv]
+
+
 class Run:
     """A program running on a host: started, then waited for (start(), then .wait())."""
 
     def __init__(self, program: Program, host: Any, method: str, url: str, body_size: int,
-                 then: str | None = None) -> None:
+                 names: dict[str, str] | None = None, then: str | None = None) -> None:
         info = manifest()
         body = None
         if body_size:
@@ -228,7 +253,7 @@ class Run:
                 with open(body, "wb") as f:
                     f.write(b"x" * body_size)
         self.program, self.host = program, host
-        self.argv = program.argv(Path(info["built"]), method, url, body, then)
+        self.argv = with_names(program.argv(Path(info["built"]), method, url, body, then), names or {})
         self.call = f"{program.label}: {method} {url}" + (f" with a {body_size}-byte body" if body_size else "")
         if then:
             self.call += f", then {method} {then} with the same client"
@@ -238,6 +263,16 @@ class Run:
         self._proc = subprocess.Popen(netns.command(host.fd, self.argv), stdin=subprocess.PIPE if then else subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(host.fd,),
                                       env={**os.environ, "NODE_NO_WARNINGS": "1"}, preexec_fn=_room_for_wasm)
+        self.pid = self._proc.pid
+
+    def pause(self) -> None:
+        """SIGSTOP the program and wait until it has stopped: what reaches it meanwhile waits in
+        its sockets (the lab decides a race with it); resume() lets it go on."""
+        os.kill(self._proc.pid, signal.SIGSTOP)
+        self.host.until(f"{self.program.label} is stopped", lambda: process.state(self._proc.pid) == "T")
+
+    def resume(self) -> None:
+        os.kill(self._proc.pid, signal.SIGCONT)
 
     def proceed(self) -> None:
         """Let a program started with a second request make it: close its standard input."""
@@ -305,11 +340,16 @@ class Client:
         self.program, self.host = program, host
         self.name, self.label = program.name, program.label
         self.timeout = RUN_TIMEOUT  # how long a step waiting for the program may wait
+        self.names: dict[str, str] = {}  # server names the program finds in its /etc/hosts (resolve())
+
+    def resolve(self, name: str, address: str) -> None:
+        """The program finds `name` at `address`, as it finds any name: see with_names()."""
+        self.names[name] = address
 
     def start(self, method: str, url: str, body_size: int = 0, then: str | None = None) -> Run:
         """then: a second request to this URL with the same client (its connection pool), made
         when the run's proceed() is called."""
-        return Run(self.program, self.host, method, url, body_size, then)
+        return Run(self.program, self.host, method, url, body_size, self.names, then)
 
     def get(self, url: str) -> dict[str, Any]:
         return self.start("GET", url).wait()
@@ -329,7 +369,7 @@ def attribute(outcomes: list[dict[str, Any]], packets: list[Any], events: list[d
     """Each program's outcome with its packets: those of every connection (artifact.connections())
     whose first packet was captured while the program ran (an ICMP message by its own time). Each entry's
     wall-clock `window` is replaced by what the recording keeps: `packets` (numbers),
-    `connections` (how many it opened: a retry or a reconnection shows here) and
+    `connections` (how many its host opened: a retry or a reconnection shows here) and
     `kernel_errors` (inet_sk_error_report's errno on its connections, in order)."""
     runs = [e for e in outcomes if "program" in e]
     connection = connections(packets)
@@ -344,7 +384,10 @@ def attribute(outcomes: list[dict[str, Any]], packets: list[Any], events: list[d
                 if start <= (opened[connection[p.number]] if p.number in connection else p.time) <= end]
         ports = {(p.src, p.sport) for p in mine if p.proto == "tcp" and p.sender == entry["host"]}
         entry["packets"] = [p.number for p in mine]
-        entry["connections"] = len({connection[p.number] for p in mine if p.number in connection and p.flags == "S"})
+        # opened by the program's host: through a proxy, the proxy's own connections to its backend
+        # are the program's packets too, but not connections the program opened
+        entry["connections"] = len({connection[p.number] for p in mine
+                                    if p.number in connection and p.flags == "S" and p.sender == entry["host"]})
         entry["kernel_errors"] = [e["errno"] for e in events if e["event"] == "inet_sk_error_report"
                                   and e["host"] == entry["host"] and (e["src"], e["sport"]) in ports
                                   and start <= e["time"] <= end]

@@ -25,7 +25,7 @@ from .peer import DROP_KERNEL_RSTS, RawPeer
 from .process import Process, python_argv
 from .recording import RecordedSocket, Transcript
 from .threads import HostThread
-from .wire import Expected, Tap
+from .wire import Expected, HttpRequestArrival, Tap
 
 SUBNETS = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
 MTU = 1500  # a veth link gives the MSS 1460 of real Ethernet
@@ -108,6 +108,11 @@ class Host:
     def expects(self, flags: str, source: Host | None = None, count: int = 1) -> Expected:
         """Like receives(), split in two: arm now, `.wait()` later (e.g. in another function)."""
         return self._open_inbox().expect(flags, self.facing(source) if source else None, count)
+
+    def expects_request(self, source: Host) -> HttpRequestArrival:
+        """Arm now, `.wait(timeout)` later: a whole HTTP request from `source` (a program whose
+        request may take several segments, and whose size the lab does not know)."""
+        return HttpRequestArrival(Tap(self.fd), self.facing(source))
 
     def facing(self, other: Host) -> str:
         """`other`'s address on the link towards this host (a router or proxy has one per link)."""

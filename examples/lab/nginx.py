@@ -2,7 +2,8 @@
 
     proxy = host.nginx(HTTP_BLOCK)   # starts nginx; returns once its worker is running
     proxy.worker                     # the worker process's pid (its "start worker process" line)
-    proxy.error_log()                # the lines nginx wrote to its error log file, as written
+    proxy.error_log()                # the lines this nginx wrote to its error log file, as written
+    proxy.stop()                     # SIGTERM, reaped: another nginx may take its port and folder
 
 The example gives the `http { ... }` block; this module adds what any nginx needs to run
 inside a run's sandbox (every file system read-only but the run's folder): its pid file,
@@ -19,8 +20,11 @@ import pwd
 import shutil
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from . import process
 
 PACKAGE = "nginx"  # Debian's package that installs /usr/sbin/nginx
 
@@ -67,14 +71,17 @@ class Nginx:
         self.dir = Path.cwd() / "nginx"  # the run's folder (lab/sandbox.py) is the working directory
         self.dir.mkdir(exist_ok=True)
         self.config = self.dir / "nginx.conf"
+        self.log = self.dir / "error.log"
+        self._log_start = self.log.stat().st_size if self.log.exists() else 0  # an earlier nginx's lines
         # as root, nginx gives its worker to the `user` (nobody by default), which the run's user
         # namespace does not map (it maps our own uid only, lab/sandbox.py): keep our own
         user = f"user {pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name};\n"
         self.config.write_text(MAIN.format(user=user if os.geteuid() == 0 else "", dir=self.dir,
                                            level=level, http=_indent(http)))
+        self.host = host
         host.note("nginx -v", version())
         # -e: the log nginx writes to before it has read its configuration
-        self.process = host.process([binary(), "-p", str(self.dir), "-e", str(self.dir / "error.log"),
+        self.process = host.process([binary(), "-p", str(self.dir), "-e", str(self.log),
                                      "-c", str(self.config)])
         try:
             started = self.process.wait_for("start worker process ")  # not "...processes"
@@ -83,20 +90,54 @@ class Nginx:
         self.worker = int(started.split()[-1])  # "... start worker process 123"
 
     def pause_worker(self) -> None:
-        """SIGSTOP the worker: what reaches it meanwhile waits, in the order it arrived."""
+        """SIGSTOP the worker and wait until it has stopped: what reaches it from then on waits,
+        and its next epoll_wait() returns all of it at once. kill() returns once the signal is
+        queued: a worker not stopped yet can still take a segment arriving meanwhile from
+        epoll_wait() and act on it alone after SIGCONT (nginx's debug log showed the event
+        without the EINTR a stopped worker's epoll_wait() returns; examples/proxy_upstream_reset.py)."""
         os.kill(self.worker, signal.SIGSTOP)
+        self.host.until("nginx's worker is stopped", lambda: self.worker_state() == "T")
 
     def resume_worker(self) -> None:
         os.kill(self.worker, signal.SIGCONT)
 
     def worker_state(self) -> str:
         """The worker's state letter in /proc (T: stopped, S: sleeping...)."""
-        return Path(f"/proc/{self.worker}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return process.state(self.worker)
+
+    def serve(self, program: Any, client: Any, method: str, url: str, body_size: int = 0,
+              meanwhile: Callable[[], None] | None = None) -> dict[str, Any]:
+        """Run a real client program (lab/clients.py) through this nginx, its packets in one
+        order: the worker is stopped until the program's whole request has arrived (and
+        `meanwhile()` has run: what the scenario lets arrive behind it); the program is stopped
+        from then until nginx has sent its response and gone back to waiting, closing the
+        connection first if it does. A program that closes once it has read the status line
+        would otherwise race nginx's own close. Returns the program's recorded outcome."""
+        self.pause_worker()
+        arrived = self.host.expects_request(client)
+        running = program.start(method, url, body_size)
+        arrived.wait(program.timeout)
+        running.pause()
+        if meanwhile:
+            meanwhile()
+        answered = client.expects("P.", source=self.host)
+        self.resume_worker()
+        answered.wait(program.timeout)
+        self.host.until("nginx's worker waits for events again", lambda: process.waits_in_epoll(self.worker))
+        running.resume()
+        return running.wait()
 
     def error_log(self) -> list[str]:
-        """The error log file's lines, as nginx wrote them."""
-        path = self.dir / "error.log"
-        return path.read_text().splitlines() if path.exists() else []
+        """The lines this nginx wrote to its error log file (not an earlier one's), as written."""
+        if not self.log.exists():
+            return []
+        with self.log.open("rb") as f:
+            f.seek(self._log_start)
+            return f.read().decode(errors="replace").splitlines()
+
+    def stop(self) -> None:
+        """SIGTERM (nginx's fast shutdown: the master stops its worker) and reap the master."""
+        self.process.kill(signal.SIGTERM)
 
 
 def _indent(block: str) -> str:

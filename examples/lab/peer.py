@@ -13,7 +13,11 @@ IP socket, both inside the host's namespace.
 
 from __future__ import annotations
 
+import os
+import select
 import socket
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from . import netns
@@ -51,6 +55,32 @@ class RawPeer:
         packet = IP(data)
         packet.time = when
         return packet
+
+    def each_until_exit(self, pid: int, flags: str | None = None, source: str | None = None,
+                        timeout: float = 30.0) -> Iterator[Any]:
+        """Each segment arriving (as expect() picks them) until process `pid` (a child of this
+        one) has exited and none is left: a program's first connection and any retry of it.
+        Its exit wakes the wait (a pidfd); `timeout` bounds the whole wait."""
+        exited = os.pidfd_open(pid)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    yield self.expect(flags, timeout=0, source=source)
+                    continue
+                except TimeoutError:  # none is waiting
+                    pass
+                ready = select.select([exited, self._rx.sock], [], [], max(deadline - time.monotonic(), 0))[0]
+                if not ready:
+                    return
+                if exited in ready:  # what arrived before the exit is still read
+                    while True:
+                        try:
+                            yield self.expect(flags, timeout=0, source=source)
+                        except TimeoutError:
+                            return
+        finally:
+            os.close(exited)
 
     def send(self, packet: Any) -> None:
         """Send a scapy IP packet as it is (checksums filled in by scapy)."""

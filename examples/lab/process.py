@@ -39,6 +39,18 @@ def python_argv(fn: Callable[..., Any], args: tuple[Any, ...]) -> list[str]:
 SLOW = float(os.environ.get("LAB_SLOW", 1))
 
 
+def state(pid: int) -> str:
+    """A process's state letter in /proc (R running, S sleeping, T stopped...)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def waits_in_epoll(pid: int) -> bool:
+    """Whether the process sleeps in epoll_wait(): it has handled every event it was given."""
+    with open(f"/proc/{pid}/wchan") as f:
+        return state(pid) == "S" and "epoll_wait" in f.read()
+
+
 class Process:
     def __init__(self, ns_fd: int, argv: list[str], host: Any, name: str) -> None:
         self._host, self.name = host, name

@@ -48,6 +48,7 @@ class Trace:
     noises: dict[int, str] = field(default_factory=dict)  # packet number -> why it is noise
     groups: dict[str, int] = field(default_factory=dict)  # name -> the one group claim that gave it
     _group_claims: int = 0
+    _program_runs: dict[str, int] = field(default_factory=dict)  # program -> its runs named so far
 
     # -- recording ------------------------------------------------------------
     def _claim(self, text: str, ok: bool, detail: str = "", packet: Packet | None = None) -> bool:
@@ -208,8 +209,12 @@ class Trace:
 
     def program(self, entry: dict[str, Any], packets: list[Packet]) -> None:
         """A real client program's run (lab/clients.py): its packets, one group named after
-        it (curl-1, curl-2...), and that it ended by itself within its time."""
+        it (curl-1, curl-2...; its second run in the scenario curl-run2), and that it ended by
+        itself within its time."""
         name = entry["program"]["id"]
+        runs = self._program_runs[name] = self._program_runs.get(name, 0) + 1
+        if runs > 1:  # the scenario runs the program again (a request that meets what the first left)
+            name += f"-run{runs}"
         self._group_claims += 1
         problems = [self._give(p, name, self._group_claims) for p in packets]
         status = entry["exit_status"]

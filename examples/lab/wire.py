@@ -113,3 +113,50 @@ class Expected:
                 raise TimeoutError(f"{seen} of {self.count} [{self.flags}] segment(s)"
                                    f"{' from ' + self.source if self.source else ''}"
                                    f" arrived within {timeout:g} s") from None
+
+
+def tcp_payload(data: bytes) -> tuple[int, int, bytes] | None:
+    """(source port, sequence number, payload) of an IPv4 TCP datagram, or None."""
+    if segment_flags(data) is None:
+        return None
+    ip = (data[0] & 0x0F) * 4
+    sport, _, seq = struct.unpack("!HHI", data[ip:ip + 8])
+    return sport, seq, data[ip + (data[ip + 12] >> 4) * 4:]
+
+
+def http_request_complete(stream: bytes) -> bool:
+    """Whether `stream` holds a whole HTTP/1.1 request: its head, and the body its
+    Content-Length announces or its chunked encoding ends (RFC 9112, section 6.3)."""
+    head, found, body = stream.partition(b"\r\n\r\n")
+    if not found:
+        return False
+    fields = {name.strip().lower(): value.strip() for name, _, value in
+              (line.partition(b":") for line in head.split(b"\r\n")[1:])}
+    if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
+        return body.endswith(b"0\r\n\r\n")
+    return len(body) >= int(fields.get(b"content-length", b"0"))
+
+
+class HttpRequestArrival:
+    """A whole HTTP request arriving from `source` on a new connection, over however many
+    segments its client sends: armed when made (the tap sees what arrives from then on)."""
+
+    def __init__(self, tap: Tap, source: str) -> None:
+        self.tap, self.source = tap, source
+
+    def wait(self, timeout: float = 5.0) -> None:
+        streams: dict[int, dict[int, bytes]] = {}  # source port -> offset in the stream -> payload
+        first: dict[int, int] = {}  # source port -> the sequence number of its first data
+        try:
+            for data, _ in self.tap.arrivals(timeout):
+                found = tcp_payload(data)
+                if found is None or socket.inet_ntoa(data[12:16]) != self.source or not found[2]:
+                    continue
+                sport, seq, payload = found
+                segments = streams.setdefault(sport, {})
+                segments[(seq - first.setdefault(sport, seq)) % 2**32] = payload  # a copy replaces its original
+                if http_request_complete(b"".join(segments[s] for s in sorted(segments))):
+                    return
+            raise TimeoutError(f"no whole HTTP request from {self.source} arrived within {timeout:g} s")
+        finally:
+            self.tap.close()
