@@ -16,10 +16,9 @@ async function main() {
   const targets = then ? [url, then] : [url];
   for (const [i, target] of targets.entries()) {
     if (i > 0) await new Promise((resolve) => process.stdin.on("end", resolve).resume()); // the pause
+    let res;
     try {
-      const res = await fetch(target, { method, body });
-      await res.arrayBuffer();
-      console.log(`${i < targets.length - 1 ? "first request: " : ""}HTTP ${res.status}`);
+      res = await fetch(target, { method, body });
     } catch (err) {
       console.log(String(err));
       if (err.cause) {
@@ -29,6 +28,8 @@ async function main() {
       process.exitCode = 1;
       return;
     }
+    console.log(`${i < targets.length - 1 ? "first request: " : ""}HTTP ${res.status}`);
+    await res.arrayBuffer();
   }
 }
 main();

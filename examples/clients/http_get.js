@@ -15,11 +15,9 @@ const body = method === "POST" ? Buffer.alloc(Number(size), "x") : null;
 function get(target, last) {
   const req = request(target, { method, headers: body ? { "Content-Length": body.length } : {} });
   req.on("response", (res) => {
+    console.log(`${last ? "" : "first request: "}HTTP ${res.statusCode}`);
     res.resume();
-    res.on("end", () => {
-      console.log(`${last ? "" : "first request: "}HTTP ${res.statusCode}`);
-      if (!last) process.stdin.resume().on("end", () => get(then, true)); // the pause between the two
-    });
+    if (!last) res.on("end", () => process.stdin.resume().on("end", () => get(then, true))); // the pause
   });
   req.on("error", (err) => {
     console.log(String(err));
