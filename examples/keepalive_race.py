@@ -13,8 +13,6 @@ hits it when the FIN is still on its way.
 import http.client
 import logging
 import re
-import socket
-import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import urllib3
@@ -134,22 +132,12 @@ def each_program(program, client, server):
     first.join(program.timeout)
     if first.is_alive():
         raise TimeoutError(f"{program.name}: the first connection was not closed within {program.timeout:g} s")
-    stopped = threading.Event()
-    later = server.start(serve_until, httpd, stopped)
-    running.proceed()  # the server has closed: the program makes its second request now
-    running.wait()
-    stopped.set()
-    httpd.socket.shutdown(socket.SHUT_RDWR)  # wakes handle_request()
-    later.join(program.timeout)
-    httpd.server_close()
+    with server.serving(httpd, program.timeout):  # a retry on a new connection is served too
+        running.proceed()  # the server has closed: the program makes its second request now
+        running.wait()
     held = re.search(r"counter packets (\d+)", server.sh("nft", "list", "table", "ip", "fin_in_flight"))
     server.note("FIN segments held back (nftables counter)", int(held.group(1)))
     server.nft("delete table ip fin_in_flight")
-
-
-def serve_until(httpd, stopped):
-    while not stopped.is_set():
-        httpd.handle_request()
 
 
 def claims(trace):

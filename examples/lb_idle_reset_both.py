@@ -13,7 +13,6 @@ kernel sent a RST: the client's arrives with TTL 64, one hop too close to be
 the server's.
 """
 
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -114,19 +113,9 @@ def each_program(program, client, router, server):
     if first.is_alive():
         raise TimeoutError(f"{program.name}: the server's first connection was not reset")
     lb.join(program.timeout)
-    stopped = threading.Event()
-    later = server.start(serve_until, httpd, stopped)
-    running.proceed()  # the program makes its second request now
-    running.wait()
-    stopped.set()
-    httpd.socket.shutdown(socket.SHUT_RDWR)  # wakes handle_request()
-    later.join(program.timeout)
-    httpd.server_close()
-
-
-def serve_until(httpd, stopped):
-    while not stopped.is_set():
-        httpd.handle_request()
+    with server.serving(httpd, program.timeout):  # a retry on a new connection is served too
+        running.proceed()  # the program makes its second request now
+        running.wait()
 
 
 def run(client, router, server):

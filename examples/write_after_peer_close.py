@@ -9,8 +9,6 @@ between, while a read returns end-of-stream (`b""`), never ECONNRESET: the FIN
 came first.
 """
 
-import socket
-import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 TITLE = "Write after the peer closed: the first write succeeds, a RST answers it"
@@ -79,19 +77,9 @@ def each_program(program, client, server):
                  lambda: not server.sh("ss", "-Htn", "state", "fin-wait-1", "sport", "=", ":8080").strip(),
                  timeout=program.timeout)
     running.settled()  # and the program has done what it does when a pooled connection's FIN arrives
-    stopped = threading.Event()
-    later = server.start(serve_until, httpd, stopped)
-    running.proceed()  # the FIN has arrived: the program makes its second request now
-    running.wait()
-    stopped.set()
-    httpd.socket.shutdown(socket.SHUT_RDWR)  # wakes handle_request()
-    later.join(program.timeout)
-    httpd.server_close()
-
-
-def serve_until(httpd, stopped):
-    while not stopped.is_set():
-        httpd.handle_request()
+    with server.serving(httpd, program.timeout):  # a retry on a new connection is served too
+        running.proceed()  # the FIN has arrived: the program makes its second request now
+        running.wait()
 
 
 def try_call(call, arg):

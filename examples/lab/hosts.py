@@ -15,6 +15,7 @@ import ipaddress
 import os
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -134,6 +135,25 @@ class Host:
         self._threads.append(thread)
         thread.start()
         return thread
+
+    @contextlib.contextmanager
+    def serving(self, server: Any, timeout: float) -> Iterator[None]:
+        """Serve `server`'s connections (a socketserver, one after another) in a thread of this
+        host while the block runs; then stop it, wake its accept() and close its socket."""
+        stopped = threading.Event()
+
+        def serve() -> None:
+            while not stopped.is_set():
+                server.handle_request()
+
+        thread = self.start(serve)
+        try:
+            yield
+        finally:
+            stopped.set()
+            server.socket.shutdown(socket.SHUT_RDWR)  # wakes handle_request()
+            thread.join(timeout)
+            server.server_close()
 
     def process(self, program: list[str] | Callable[..., Any], *args: Any) -> Process:
         """A separate process on this host: an argv, or fn(*args) run in a new Python
