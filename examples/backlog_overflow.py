@@ -110,7 +110,8 @@ def catch_up(server, listener):
 def each_program(program, client, server):
     """Each real client asks a listener whose accept queue fills between the program's SYN and
     its request: the request draws the RST. A program that connects again finds the queue still
-    full (its SYN is dropped); the application then catches up, and the SYN's retransmission
+    full (its SYN is dropped and counted, TcpExtListenOverflows: tcp_conn_request() in
+    net/ipv4/tcp_input.c); the application then catches up, and the SYN's retransmission
     gets through."""
     listener = server.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
