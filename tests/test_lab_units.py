@@ -265,3 +265,18 @@ def test_a_segments_payload_is_read_past_its_headers() -> None:
     tcp = struct.pack("!HHIIBBHHH", 40000, 8080, 1234, 0, 8 << 4, 0x18, 512, 0, 0) + bytes(12)  # 32-byte header
     assert tcp_payload(ip + tcp + b"GET /") == (40000, 1234, b"GET /")
     assert tcp_payload(ip[:9] + bytes([17]) + ip[10:] + tcp) is None  # UDP
+
+
+def test_the_clock_offset_is_read_between_two_monotonic_readings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A preemption between the readings (here: 5 ms in the first bracket) must not shift the
+    offset that ties the tracer's events to the capture's packets: the narrowest bracket wins."""
+    import itertools
+
+    from lab import kernel_events
+
+    ticks = itertools.chain([0, 5_000_000], itertools.count(10_000_000, 1_000))
+    monkeypatch.setattr(kernel_events.time, "monotonic_ns", lambda: next(ticks))
+    walls = itertools.chain([1_000_000_000_000], itertools.count(1_000_010_001_000, 2_000))
+    monkeypatch.setattr(kernel_events.time, "time_ns", lambda: next(walls))
+    # first bracket: 5 ms wide, wall read just after its start; the others 1 us wide
+    assert kernel_events.clock_offset_ns(samples=3) == 1_000_010_001_000 - 10_000_500

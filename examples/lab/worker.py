@@ -100,7 +100,7 @@ def run(scenario: Scenario, folder: Path) -> dict[str, Any]:
         lap("capture_stop")
         # what the kernel said in these hosts' namespaces, up to now (lab/tracer.py)
         until = time.monotonic_ns()
-        report["clock_offset_ns"] = time.time_ns() - time.monotonic_ns()
+        report["clock_offset_ns"] = kernel_events.clock_offset_ns()
         report["traced"] = tracer.ask(folder, {h.netns_inode: (h.name, h.made_ns) for h in built}, until)
         lap("kernel_events")
     finally:
