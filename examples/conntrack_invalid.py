@@ -16,6 +16,9 @@ established. With `net.netfilter.nf_conntrack_tcp_be_liberal=1` on the router
 socket, which answers it with a duplicate ACK; the connection lives.
 """
 
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
 from scapy.layers.inet import IP, TCP
 
 TITLE = "Conntrack INVALID: an out-of-window segment escapes NAT and draws a RST"
@@ -91,6 +94,91 @@ def run(client, router, server):
     conn2.sendall(b"hello")
     sock2.recv(1024)
     router.note("conntrack -S: invalid (all CPUs), at the end", invalid_count(router))
+
+
+def next_sequence_numbers(tap, client_ip):
+    """(client's port, the client's next sequence number, the server's) of the one connection
+    whose segments from the client have arrived at the server host, read from its last one:
+    called once the server has nothing left unacknowledged."""
+    last = None
+    while True:
+        try:
+            seen = tap.expect(timeout=0, source=client_ip)
+        except TimeoutError:  # none left
+            break
+        if seen[TCP].dport == BACKEND_PORT:
+            last = seen
+    if last is None:
+        raise TimeoutError("no segment of the client's arrived at the server")
+    tcp = last[TCP]
+    return tcp.sport, (tcp.seq + len(tcp.payload)) % 2**32, tcp.ack
+
+
+def each_program(program, client, router, server):
+    """Each real client makes two requests with one client object (its pool of kept-alive
+    connections) through the service address, with the router's nftables from run() and
+    nf_conntrack_tcp_be_liberal back at 0. Once the first response has been acknowledged and
+    the program has handled it, the server host sends the out-of-window segment of run() on
+    that connection: it escapes the reverse NAT, and the client's kernel answers it with the
+    RST that resets the server's end. Then the program makes its second request, on the pooled
+    connection its own kernel still holds, or on a new one, which is served and stays open
+    until the program closes it."""
+    router.sysctl("net.netfilter.nf_conntrack_tcp_be_liberal", 0)
+    # run()'s sockets hold port 8080 until closed: its second connection is destroyed first,
+    # without a packet on the wire (closing it would send a FIN into the recording)
+    server.lose_state(BACKEND_PORT)
+    for sock in server.sockets:
+        sock.close()
+    answered = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep the connection open between requests
+
+        def do_GET(self):
+            body = b"hello\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            answered.set()
+
+        def handle(self):
+            try:
+                super().handle()
+            except ConnectionResetError as exc:  # the client's kernel's RST, through the router
+                server.note("the server's wait for the next request", repr(exc))
+
+        def log_message(self, format, *args):
+            server.note("log", format % args)
+
+    with server:
+        httpd = HTTPServer((server.ip, BACKEND_PORT), Handler)
+    tap = server.wiretap()  # as in run(): the server host's stand-in forges the segment
+    first = server.start(httpd.handle_request)
+    url = f"http://{router.ip}:{SERVICE_PORT}"
+    running = program.start("GET", f"{url}/first", then=f"{url}/second")
+    if not answered.wait(program.timeout):
+        raise TimeoutError(f"{program.name}: the first request was not answered within {program.timeout:g} s")
+    # the response is acknowledged when the server's connection has nothing left to send
+    # (Send-Q 0): kernel state with no event to wait on
+    server.until("the client's kernel acknowledged the first response",
+                 lambda: server.sh("ss", "-Htn", "state", "established", "sport", "=", f":{BACKEND_PORT}")
+                 .split()[1:2] == ["0"], timeout=program.timeout)
+    running.settled()  # and the program has read it and waits for the lab
+    client_port, client_next, server_next = next_sequence_numbers(tap, client.ip)
+    segment = (IP(src=server.ip, dst=client.ip, flags="DF")
+               / TCP(sport=BACKEND_PORT, dport=client_port, flags="PA",
+                     seq=(server_next + AHEAD) % 2**32, ack=client_next, window=502) / b"stray")
+    with server.receives("R", source=client):  # the client's kernel answers it
+        tap.send(segment)
+    first.join(program.timeout)
+    if first.is_alive():
+        raise TimeoutError(f"{program.name}: the server's first connection was not reset")
+    client.note("the program's connection (ss -tn)",
+                " ".join(client.sh("ss", "-tnH", "sport", "=", f":{client_port}").split()[:5]))
+    with server.serving(httpd, program.timeout):  # a retry on a new connection is served too
+        running.proceed()  # the program makes its second request now
+        running.wait()
 
 
 def claims(trace):

@@ -8,6 +8,9 @@ flag) whose seq is the segment's ack, window 0. The client's `recv()` raises
 ConnectionResetError (ECONNRESET).
 """
 
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
 TITLE = "Peer lost its state: the next data is answered with RST"
 PHASE = "established"
 HOSTS = ("client", "server")
@@ -31,6 +34,67 @@ def run(client, server):
         sock.recv(1024)
     except ConnectionResetError:
         pass
+
+
+def http_server(server, answered=None):
+    """http.server on port 8080, keeping each connection open after its response (HTTP/1.1),
+    logging into the transcript; answered: set once the first response is written."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep the connection open between requests
+
+        def do_GET(self):
+            body = b"hello\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            if answered is not None:
+                answered.set()
+
+        def handle(self):
+            try:
+                super().handle()
+            except ConnectionAbortedError as exc:  # ss -K destroyed the connection it waited on
+                server.note("the server's wait for the next request", repr(exc))
+
+        def log_message(self, format, *args):
+            server.note("log", format % args)
+
+    with server:
+        return HTTPServer((server.ip, 8080), Handler)
+
+
+def each_program(program, client, server):
+    """Each real client makes two requests with one client object (its pool of kept-alive
+    connections). Once the first response has reached the program's kernel and the program
+    has handled it, the server host "reboots" as in run(): every socket on port 8080 is
+    destroyed and the client is told nothing. The service is then back up (a new listener on
+    the port) and the program makes its second request: on the pooled connection, which the
+    server's kernel answers with a RST, or on a new one, which is served and stays open until
+    the program closes it."""
+    answered = threading.Event()
+    httpd = http_server(server, answered)
+    first = server.start(httpd.handle_request)  # the first connection, until the reboot
+    url = f"http://{server.ip}:8080"
+    running = program.start("GET", f"{url}/first", then=f"{url}/second")
+    if not answered.wait(program.timeout):
+        raise TimeoutError(f"{program.name}: the first request was not answered within {program.timeout:g} s")
+    # the response is acknowledged when the server's connection has nothing left to send
+    # (Send-Q 0): kernel state with no event to wait on
+    server.until("the client's kernel acknowledged the first response",
+                 lambda: server.sh("ss", "-Htn", "state", "established", "sport", "=", ":8080").split()[1:2] == ["0"],
+                 timeout=program.timeout)
+    running.settled()  # and the program has read it and waits for the lab
+    killed = server.lose_state(8080)  # listener and connection, destroyed without a word
+    server.note("sockets destroyed by the reboot", [line.split()[0] for line in killed.splitlines()])
+    first.join(program.timeout)
+    if first.is_alive():
+        raise TimeoutError(f"{program.name}: the server's first connection outlived the reboot")
+    httpd.server_close()
+    with server.serving(http_server(server), program.timeout):  # the service is back up
+        running.proceed()  # the program makes its second request now
+        running.wait()
 
 
 def claims(trace):

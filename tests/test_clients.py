@@ -227,6 +227,58 @@ def test_lb_idle_reset_both_programs_request_again_after_the_reset(recorded_clie
         assert entry["connections"] == 2 or entry["exit_status"] != 0, (name, entry)
 
 
+def test_peer_lost_state_programs_request_again_after_the_silent_reboot(recorded_client_traces: Path) -> None:
+    """Each program's second request goes on its pooled connection, of which the server said
+    nothing (no FIN), and the new listener's kernel resets it; a program that did not open
+    another connection failed."""
+    from lab.artifact import connections, load
+
+    rec = load("peer-lost-state", recorded_client_traces)
+    connection = connections(rec.packets)
+    by_number = {p.number: p for p in rec.packets}
+    runs = [e for e in rec.outcomes["client"] if "program" in e]
+    assert len(runs) == len(clients.PROGRAMS)
+    for entry in runs:
+        name = entry["program"]["id"]
+        assert entry["first_request"].endswith(("200", "200 OK")), (name, entry)
+        mine = [by_number[n] for n in entry["packets"]]
+        first = [p for p in mine if connection.get(p.number) == connection[mine[0].number]]
+        assert not any("F" in p.flags for p in first), f"{name}: a FIN on the first connection"
+        requests = [p for p in first if p.sender == "client" and p.payload > 0]
+        assert len(requests) == 2, (name, requests)
+        rst = first[-1]
+        assert rst.sender == "server" and rst.flags == "R" and rst.seq == requests[1].ack, (name, rst)
+        assert rst.kernel and rst.kernel["reason"] == "TCP_FLAGS", (name, rst)
+        assert entry["connections"] == 2 or entry["exit_status"] != 0, (name, entry)
+
+
+def test_conntrack_invalid_programs_request_again_after_the_escaped_segment(recorded_client_traces: Path) -> None:
+    """Each program's pooled connection meets run()'s out-of-window segment: it arrives from the
+    server's own address, the client's kernel resets the server's end (NO_SOCKET), and the
+    program's second request on that connection draws a RST through the service address while
+    its kernel still held the connection as established; a program that did not open another
+    connection failed."""
+    from lab.artifact import load
+
+    rec = load("conntrack-invalid", recorded_client_traces)
+    by_number = {p.number: p for p in rec.packets}
+    runs = [e for e in rec.outcomes["client"] if "program" in e]
+    views = [o["returned"] for o in rec.outcomes["client"] if o.get("call") == "the program's connection (ss -tn)"]
+    assert len(runs) == len(clients.PROGRAMS) == len(views)
+    for entry, view in zip(runs, views):
+        name = entry["program"]["id"]
+        assert entry["first_request"].endswith(("200", "200 OK")), (name, entry)
+        assert view.startswith("'ESTAB") and "192.0.2.254:80" in view, (name, view)
+        mine = [by_number[n] for n in entry["packets"]]
+        stray = next(i for i, p in enumerate(mine) if p.src == "198.51.100.2")
+        reset, request, answer = mine[stray + 1:stray + 4]
+        assert (reset.sender, reset.flags, reset.dst) == ("client", "R", "198.51.100.2"), (name, reset)
+        assert reset.kernel and reset.kernel["reason"] == "NO_SOCKET", (name, reset)
+        assert request.sender == "client" and request.payload > 0 and request.dst == "192.0.2.254", (name, request)
+        assert (answer.src, answer.flags, answer.seq) == ("192.0.2.254", "R", request.ack), (name, answer)
+        assert entry["connections"] == 2 or entry["exit_status"] != 0, (name, entry)
+
+
 def test_the_matrix_page_names_each_scenario_that_does_not_run_the_programs() -> None:
     """docs/clients.md's "Which scenarios run them" names exactly the scenarios without
     each_program(): one given programs leaves the list, one added without them joins it."""
