@@ -17,7 +17,6 @@ socket, which answers it with a duplicate ACK; the connection lives.
 """
 
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from scapy.layers.inet import IP, TCP
 
@@ -130,29 +129,8 @@ def each_program(program, client, router, server):
     for sock in server.sockets:
         sock.close()
     answered = threading.Event()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep the connection open between requests
-
-        def do_GET(self):
-            body = b"hello\n"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            answered.set()
-
-        def handle(self):
-            try:
-                super().handle()
-            except ConnectionResetError as exc:  # the client's kernel's RST, through the router
-                server.note("the server's wait for the next request", repr(exc))
-
-        def log_message(self, format, *args):
-            server.note("log", format % args)
-
-    with server:
-        httpd = HTTPServer((server.ip, BACKEND_PORT), Handler)
+    # the client's kernel's RST, through the router, ends the first connection while the server waits on it
+    httpd = server.http_server(BACKEND_PORT, answered, lost=ConnectionResetError)
     tap = server.wiretap()  # as in run(): the server host's stand-in forges the segment
     first = server.start(httpd.handle_request)
     url = f"http://{router.ip}:{SERVICE_PORT}"

@@ -15,7 +15,6 @@ the server's.
 
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from scapy.layers.inet import IP, TCP
 
@@ -78,29 +77,8 @@ def each_program(program, client, router, server):
     the response (a RST to each side); once the program has handled its RST, it makes its
     second request. A new connection is served, and stays open until the program closes it."""
     answered = threading.Event()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep the connection open between requests
-
-        def do_GET(self):
-            body = b"hello\n"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            answered.set()
-
-        def handle(self):
-            try:
-                super().handle()
-            except ConnectionResetError as exc:  # the load balancer's RST, in the client's name
-                server.note("the server's wait for the next request", repr(exc))
-
-        def log_message(self, format, *args):
-            server.note("log", format % args)
-
-    with server:
-        httpd = HTTPServer((server.ip, 8080), Handler)
+    # the load balancer's RST, in the client's name, ends the first connection while the server waits on it
+    httpd = server.http_server(8080, answered, lost=ConnectionResetError)
     tap = router.wiretap()
     lb = router.start(load_balancer, router, tap, client.ip, server.ip, answered)
     reset = client.expects("R", source=server)

@@ -9,7 +9,6 @@ ConnectionResetError (ECONNRESET).
 """
 
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 TITLE = "Peer lost its state: the next data is answered with RST"
 PHASE = "established"
@@ -36,35 +35,6 @@ def run(client, server):
         pass
 
 
-def http_server(server, answered=None):
-    """http.server on port 8080, keeping each connection open after its response (HTTP/1.1),
-    logging into the transcript; answered: set once the first response is written."""
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep the connection open between requests
-
-        def do_GET(self):
-            body = b"hello\n"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            if answered is not None:
-                answered.set()
-
-        def handle(self):
-            try:
-                super().handle()
-            except ConnectionAbortedError as exc:  # ss -K destroyed the connection it waited on
-                server.note("the server's wait for the next request", repr(exc))
-
-        def log_message(self, format, *args):
-            server.note("log", format % args)
-
-    with server:
-        return HTTPServer((server.ip, 8080), Handler)
-
-
 def each_program(program, client, server):
     """Each real client makes two requests with one client object (its pool of kept-alive
     connections). Once the first response has reached the program's kernel and the program
@@ -74,7 +44,7 @@ def each_program(program, client, server):
     server's kernel answers with a RST, or on a new one, which is served and stays open until
     the program closes it."""
     answered = threading.Event()
-    httpd = http_server(server, answered)
+    httpd = server.http_server(8080, answered, lost=ConnectionAbortedError)  # ss -K destroys it
     first = server.start(httpd.handle_request)  # the first connection, until the reboot
     url = f"http://{server.ip}:8080"
     running = program.start("GET", f"{url}/first", then=f"{url}/second")
@@ -92,7 +62,7 @@ def each_program(program, client, server):
     if first.is_alive():
         raise TimeoutError(f"{program.name}: the server's first connection outlived the reboot")
     httpd.server_close()
-    with server.serving(http_server(server), program.timeout):  # the service is back up
+    with server.serving(server.http_server(8080, lost=ConnectionAbortedError), program.timeout):  # the service is back up
         running.proceed()  # the program makes its second request now
         running.wait()
 

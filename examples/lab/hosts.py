@@ -18,9 +18,11 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import HTTPServer
 from typing import Any
 
 from . import netns, rtnetlink
+from .httpd import keep_alive_server
 from .nginx import Nginx
 from .peer import DROP_KERNEL_RSTS, RawPeer
 from .process import Process, python_argv
@@ -169,6 +171,13 @@ class Host:
         """nginx (Debian's) as a process on this host, serving this `http { ... }` block;
         returns once its worker runs. Its error log at `level` is read with .error_log()."""
         return Nginx(self, http, level)
+
+    def http_server(self, port: int, answered: threading.Event | None = None,
+                    lost: type[BaseException] | None = None) -> HTTPServer:
+        """http.server on this host's port, keeping connections alive (lab/httpd.py):
+        answered is set once a response is written; `lost`, the error a connection taken
+        away by the scenario raises, is noted rather than failing the run."""
+        return keep_alive_server(self, port, answered, lost)
 
     def raw_peer(self) -> RawPeer:
         """Play this host's TCP by hand (scapy): its kernel's own RSTs are dropped."""
