@@ -4,6 +4,7 @@
     nox -s examples -- closed-port           just one (several slugs may be given)
     nox -s examples -- --update SLUG         accept a changed shape into examples/shapes/
     nox -s examples -- --repeat 50 SLUG      record N times; fails if the trace's shape varies
+    nox -s soak -- 30                        30 catalogue runs, 10 client sessions, one CPU busy: the races
     nox -s clients                           the client session: real client programs (build/client-traces/)
     nox -s docs                              record every scenario and build site/ (--strict)
     nox -s matrix                            record every scenario on each other kernel (lab/kernels.py)
@@ -41,6 +42,15 @@ def clients(session: nox.Session) -> None:
     session: the programs' start-up would stretch the catalogue's run; `nox -s bench` times it)."""
     _install(session)
     session.run("python", "-m", "lab", "run", "--programs", *session.posargs)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """Record the catalogue N times and the client session N/3 times with one CPU kept busy:
+    `nox -s soak -- [N] [SLUG...]`; per scenario and program session, the runs that failed and
+    why (build/soak.json; failed runs' folders in build/soak/failures/). Not part of the tests."""
+    _install(session)
+    session.run("python", "-m", "lab", "soak", *session.posargs)
 
 
 @nox.session

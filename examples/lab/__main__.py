@@ -8,6 +8,8 @@
     python -m lab run --keep-failed --out DIR              publish failed claims too, with RESULTS (lab/matrix.py)
     python -m lab matrix [--kernel NAME ...]               the catalogue on other kernels (build/traces/KERNEL/)
     python -m lab bench                                    timing figures (build/bench/)
+    python -m lab soak [N] [SLUG ...]                      N catalogue runs and N/3 client sessions, one CPU
+                                                           busy; failures per scenario (build/soak.json)
 """
 
 from __future__ import annotations
@@ -149,6 +151,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    from .soak import main as soak_main
+    words = list(args.runs_and_slugs)
+    runs = positive(words.pop(0)) if words and words[0].isdigit() else 10
+    repeated = sorted({s for s in words if words.count(s) > 1})
+    if repeated:
+        raise BadInput(f"given more than once: {', '.join(repeated)}")
+    check(words)  # an unknown slug is refused before anything runs
+    with busy_cpus(args.busy):
+        return soak_main(runs, words, args.busy)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab", description="Record TCP reset scenarios.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -173,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     matrix.add_argument("--nice", type=int, default=15, help="the guests' niceness (QEMU emulation is CPU-heavy)")
     matrix.add_argument("--kvm", action="store_true", help="use KVM (default: emulation, see lab/matrix.py)")
     matrix.add_argument("slugs", nargs="*", help="only these scenarios (default: all; a partial set replaces the folder)")
+    soak = sub.add_parser("soak", help="record the catalogue N times and the client session N/3 times, one CPU busy")
+    soak.add_argument("--busy", type=cpus, default=1, metavar="N", help="CPUs kept busy meanwhile (default 1)")
+    soak.add_argument("runs_and_slugs", nargs="*", metavar="[N] [SLUG]",
+                      help="catalogue runs (default 10), then the scenarios (default: all)")
     sub.add_parser("list", help="the known scenario slugs")
     bench = sub.add_parser("bench", help="measure the lab's own cost and the catalogue's")
     bench.add_argument("--rounds", type=int, default=20)
@@ -192,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "matrix":
             from .matrix import main as matrix_main
             return matrix_main(args)
+        if args.command == "soak":
+            return cmd_soak(args)
         if args.command == "bench":
             from .bench import main as bench_main
             return bench_main(args)

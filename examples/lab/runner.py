@@ -52,7 +52,7 @@ class Result:
 
 class Runner:
     def __init__(self, out: Path | None = None, jobs: int | None = None, update: bool = False,
-                 keep_failed: bool = False, programs: bool = False) -> None:
+                 keep_failed: bool = False, programs: bool = False, failures: Path | None = None) -> None:
         # programs: the client session (each real client program after the example's steps,
         # lab/clients.py), only for the scenarios with a client, into its own folder with its
         # own shapes; the catalogue's run leaves them out (their start-up, the JVMs' and Node's
@@ -62,6 +62,9 @@ class Runner:
         self.jobs = jobs
         self.keep_failed = keep_failed
         self.update = update  # accept a new shape (`--update`) instead of failing on it
+        # failures: where a failed run's private folder (its pcap, text, json, worker.log) is
+        # copied before it is removed, for a post-mortem (`python -m lab soak`)
+        self.failures = failures
         self.prefix = preflight()
         self._zygote: Zygote | None = None
         self._lock = threading.Lock()
@@ -74,6 +77,14 @@ class Runner:
         tmp = Path(tempfile.mkdtemp(prefix=f".run-{slug}-{os.getpid()}-", dir=self.out))
         with self._lock:
             self._folders.append(tmp)
+        result = self._record(slug, tmp)
+        if not result.ok and self.failures is not None:
+            kept = Path(tempfile.mkdtemp(prefix=f"{slug}-", dir=self.failures))
+            shutil.copytree(tmp, kept, dirs_exist_ok=True, ignore=_special_files)
+            (kept / "problem.txt").write_text(result.problem)
+        return result
+
+    def _record(self, slug: str, tmp: Path) -> Result:
         assert self._zygote is not None
         started = time.monotonic()
         assert self._tracer is not None
@@ -223,6 +234,11 @@ class Runner:
             files[".json"].write_text(first.recording.to_json())
             for suffix in SUFFIXES:  # the json last: its presence means a complete set
                 os.replace(files[suffix], self.out / f"{slug}{suffix}")
+
+
+def _special_files(folder: str, names: list[str]) -> list[str]:
+    """What copytree cannot copy: sockets and pipes a run leaves in its folder."""
+    return [n for n in names if not (os.path.isfile(os.path.join(folder, n)) or os.path.isdir(os.path.join(folder, n)))]
 
 
 def _fail(results: list[Result], problem: str) -> None:
