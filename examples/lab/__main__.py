@@ -160,7 +160,9 @@ def cmd_soak(args: argparse.Namespace) -> int:
         raise BadInput(f"given more than once: {', '.join(repeated)}")
     check(words)  # an unknown slug is refused before anything runs
     with busy_cpus(args.busy):
-        return soak_main(runs, words, args.busy)
+        if args.sessions is not None and args.sessions < 0:
+            raise BadInput(f"--sessions must be 0 or more, not {args.sessions}")
+        return soak_main(runs, words, args.busy, args.sessions)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     matrix.add_argument("slugs", nargs="*", help="only these scenarios (default: all; a partial set replaces the folder)")
     soak = sub.add_parser("soak", help="record the catalogue N times and the client session N/3 times, one CPU busy")
     soak.add_argument("--busy", type=cpus, default=1, metavar="N", help="CPUs kept busy meanwhile (default 1)")
+    soak.add_argument("--sessions", type=int, default=None, metavar="K",
+                      help="client sessions among the runs (default: N/3, rounded up; 0: none)")
     soak.add_argument("runs_and_slugs", nargs="*", metavar="[N] [SLUG]",
                       help="catalogue runs (default 10), then the scenarios (default: all)")
     sub.add_parser("list", help="the known scenario slugs")

@@ -2,7 +2,8 @@
 again with one CPU kept busy, to find what a single run cannot: a race.
 
 N catalogue runs (default 10), each the whole catalogue at once as the build records it, and
-one client session (`--programs`) for every three of them, rounded up (30 runs: 10 sessions);
+one client session (`--programs`) for every three of them, rounded up (30 runs: 10 sessions;
+`--sessions K` for another number, 0 for none);
 SLUG... narrows both (a slug without a client is left out of the sessions). Nothing is
 published where the site reads (build/traces/ stays as it is): the recordings go to
 build/soak/, and each failed run's folder (pcap, text, json, worker.log, problem.txt) is kept
@@ -33,10 +34,10 @@ def first_line(problem: str) -> str:
     return next((line.strip() for line in problem.splitlines() if line.strip()), "(no message)")
 
 
-def soak(runs: int, slugs: list[str], busy: int, on_line: Any = print) -> dict[str, Any]:
+def soak(runs: int, slugs: list[str], busy: int, sessions: int | None = None, on_line: Any = print) -> dict[str, Any]:
     catalogue = check(slugs) if slugs else all_slugs()
     with_clients = [s for s in catalogue if runs_clients(s)] if slugs else client_slugs()
-    sessions = math.ceil(runs / 3) if with_clients else 0
+    sessions = (math.ceil(runs / 3) if sessions is None else sessions) if with_clients else 0
     shutil.rmtree(SOAK, ignore_errors=True)
     failures = SOAK / "failures"
     failures.mkdir(parents=True)
@@ -62,10 +63,17 @@ def soak(runs: int, slugs: list[str], busy: int, on_line: Any = print) -> dict[s
     # the runners are made once: their preflight and key are not what is soaked
     runner = Runner(out=SOAK / "traces", failures=failures)
     programs = Runner(out=SOAK / "client-traces", programs=True, failures=failures) if sessions else None
+    # the sessions spread evenly among the catalogue's runs (after runs 1, 4, 7... for N/3)
+    after = {1 + (k * runs) // sessions for k in range(sessions)} if sessions else set()
+    done = 0
     for i in range(1, runs + 1):
         record("catalogue", runner, catalogue, i)
-        if programs and (i - 1) % 3 == 0:
-            record("client_session", programs, with_clients, (i - 1) // 3 + 1)
+        if programs and i in after:
+            done += 1
+            record("client_session", programs, with_clients, done)
+    while programs and done < sessions:  # more sessions than catalogue runs
+        done += 1
+        record("client_session", programs, with_clients, done)
     report["seconds"] = round(time.monotonic() - started, 1)
     return report
 
@@ -90,8 +98,8 @@ def summary(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def main(runs: int, slugs: list[str], busy: int) -> int:
-    report = soak(runs, slugs, busy)
+def main(runs: int, slugs: list[str], busy: int, sessions: int | None = None) -> int:
+    report = soak(runs, slugs, busy, sessions)
     REPORT.write_text(json.dumps(report, indent=1) + "\n")
     for line in summary(report):
         print(line, flush=True)
