@@ -121,9 +121,12 @@ def anchors(packets: list[Packet]) -> dict[int, str]:
     for p in packets:
         if not p.name:
             found[p.number] = f"noise-{p.number}"
-        else:
-            members = groups[p.name]
-            found[p.number] = p.name if len(members) == 1 else f"{p.name}-{members.index(p.number) + 1}"
+        elif len(groups[p.name]) == 1:
+            found[p.number] = p.name
+    for name, members in groups.items():  # a group's K-th packet: NAME-K
+        if len(members) > 1:
+            for k, number in enumerate(members, 1):
+                found[number] = f"{name}-{k}"
     return found
 
 
@@ -231,7 +234,12 @@ class Recording:
         return self.named(name)[0]
 
     def anchor(self, p: Packet) -> str:
-        return anchors(self.packets)[p.number]
+        # computed once per list of packets (Packets are frozen; a recording's list is made
+        # whole and never edited in place): a page asks for thousands of anchors
+        key = (id(self.packets), len(self.packets))
+        if getattr(self, "_anchors", (None,))[0] != key:
+            object.__setattr__(self, "_anchors", (key, anchors(self.packets)))
+        return self._anchors[1][p.number]
 
     def resets(self) -> list[Packet]:
         return [p for p in self.packets if p.is_rst]

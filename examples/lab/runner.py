@@ -175,7 +175,7 @@ class Runner:
         if self.programs:
             clients.prepare()  # builds Go and Java once (if their sources changed), reads the versions
         try:
-            self._zygote = Zygote(self.prefix)
+            self._zygote = Zygote(self.prefix, self.programs)
             futures = [pool.submit(consecutive, slug) for slug in slugs]
             for future in futures:
                 results.extend(future.result())

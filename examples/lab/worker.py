@@ -26,7 +26,7 @@ from typing import Any
 
 from . import clients
 from . import hosts as lab_hosts
-from . import kernel_events, sandbox, scenarios, tracer
+from . import kernel_events, pyfork, sandbox, scenarios, tracer
 from .artifact import FOLDER_FILES, Recording, shape_of
 from .capture import Capture, first_packet_time, read_packets, tcpdump_version, trace_text
 from .recording import Transcript
@@ -186,6 +186,8 @@ def _inside(slug: str, folder: Path, programs: bool) -> int:
         (folder / STATUS).write_text(json.dumps(status))
         return 1
     (folder / SCENARIO).write_text(json.dumps({"timeout": scenario.timeout}))
+    if scenario.runs_programs:  # while this process is single-threaded (lab/pyfork.py)
+        pyfork.start()
     # a hung example: print where every host's thread is stuck, then exit
     # (its hosts are built under this watchdog too: stretched in a slow guest, lab/process.py)
     faulthandler.dump_traceback_later(scenario.timeout * SLOW, exit=True)

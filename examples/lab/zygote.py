@@ -39,11 +39,15 @@ def _send(message: dict) -> None:
     os.write(1, (json.dumps(message) + "\n").encode())
 
 
-def _warm() -> None:
+def _warm(programs: bool = False) -> None:
     """Import the libraries the examples import (read from their source, not by running them):
     an example, and any module of the examples' own folder, is executed only in its worker,
     confined, so one that exits or loops at import fails its own run, not the zygote."""
     import scapy.layers.inet  # noqa: F401  (the lab reads every capture with it)
+
+    if programs:  # the client session: the Python client programs fork from the worker (lab/pyfork.py)
+        from . import pyfork
+        pyfork.warm()
 
     names = {m for slug in scenarios.all_slugs() for m in _imports(scenarios.path_of(slug))}
     for name in sorted(names):
@@ -101,7 +105,7 @@ def _child(request: dict, inherited: list[int]) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner decides when runs stop
-    _warm()
+    _warm(programs="--programs" in sys.argv[1:])
     _send({"ready": True})
     children: dict[int, tuple[int, int, str]] = {}  # pidfd -> (request id, pid, run folder)
     pending = b""
@@ -153,9 +157,9 @@ class _Child:
 class Zygote:
     """The warm parent of this run's workers (lab/zygote.py), and its protocol."""
 
-    def __init__(self, prefix: list[str]) -> None:
+    def __init__(self, prefix: list[str], programs: bool = False) -> None:
         self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "lab.zygote"],
+            [*prefix, sys.executable, "-m", "lab.zygote", *(["--programs"] if programs else [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
