@@ -55,6 +55,11 @@ def soak(runs: int, slugs: list[str], busy: int, sessions: int | None = None, on
         for r in results:
             entry = report[kind][r.slug]
             entry["runs"] += 1
+            for claim in (r.recording.claims if r.recording else []):
+                if "timing" in claim:  # each timing bound's measured gaps, run after run
+                    bound = entry.setdefault("timings", {}).setdefault(claim.get("name") or claim["claim"], {
+                        **{k: v for k, v in claim["timing"].items() if k != "gap"}, "gaps": []})
+                    bound["gaps"].append(claim["timing"]["gap"])
             if not r.ok:
                 entry["failed"] += 1
                 entry["failures"].append({"run": round_, "first_line": first_line(r.problem),
@@ -91,6 +96,14 @@ def summary(report: dict[str, Any]) -> list[str]:
                 if failure["first_line"] not in seen:
                     seen.add(failure["first_line"])
                     lines.append(f"       run {failure['run']}: {failure['first_line']}")
+    lines.append("timing bounds (seconds since the previous step): the largest gap measured, and its bound")
+    for kind in ("catalogue", "client_session"):
+        for slug, entry in report[kind].items():
+            for name, bound in entry.get("timings", {}).items():
+                gaps = sorted(bound["gaps"])
+                limits = ", ".join(f"{k} {v:g}" for k, v in bound.items() if k != "gaps")
+                lines.append(f"  {slug:<30} {name:<28} max {gaps[-1]:.3f}  min {gaps[0]:.3f}"
+                             f"  n {len(gaps):>3}  ({limits})")
     failed = sum(e["failed"] for kind in ("catalogue", "client_session") for e in report[kind].values())
     lines.append(f"{report['runs']} catalogue run(s) and {report['sessions']} client session(s)"
                  f" with {report['busy_cpus']} CPU(s) busy in {report['seconds']} s: {failed} failed run(s)"

@@ -51,10 +51,13 @@ class Trace:
     _program_runs: dict[str, int] = field(default_factory=dict)  # program -> its runs named so far
 
     # -- recording ------------------------------------------------------------
-    def _claim(self, text: str, ok: bool, detail: str = "", packet: Packet | None = None) -> bool:
+    def _claim(self, text: str, ok: bool, detail: str = "", packet: Packet | None = None,
+               timing: dict[str, float] | None = None) -> bool:
         entry: dict[str, Any] = {"claim": text, "passed": bool(ok)}
         if detail:
             entry["detail"] = detail
+        if timing:  # a bound on timing and what was measured: `python -m lab soak` reports its spread
+            entry["timing"] = timing
         if packet is not None and packet.number:
             entry["packet"] = packet.number
             entry["name"] = self.names.get(packet.number)
@@ -94,6 +97,13 @@ class Trace:
         without it makes the claim not applicable)."""
         why = self._unchecked(event)
         lacking = self.not_applicable(event, reason)
+        missed = self.tracing.get("missed", 0)
+        if not why and not lacking and missed and not ok():
+            # the event may be one the kernel did not let the tracer see (lab/tracer.py misses()):
+            # absent, it proves nothing either way
+            why = (f"not checked: the kernel skipped the tracer's probes {missed} time(s) during this run"
+                   " (a tracepoint that fires while a BPF program runs on the same CPU is not run:"
+                   " trace_call_bpf() in kernel/trace/bpf_trace.c), and this event is not among those seen")
         if why or lacking:
             entry: dict[str, Any] = {"claim": text, "passed": None, "detail": why or f"not applicable: {lacking}"}
             if lacking:
@@ -155,7 +165,8 @@ class Trace:
             if naming:
                 problems.append(naming)
             detail = f"packet {p.number}" + (": " + ", ".join(problems) if problems else "")
-            self._claim(text, not problems, detail, p)
+            bounds = {k: v for k, v in (("within", within), ("after", after)) if v is not None}
+            self._claim(text, not problems, detail, p, {"gap": round(gap, 6), **bounds} if bounds else None)
             if reason is not _UNSET or state is not None:
                 self.sent_by(p, reason, state)
             return p

@@ -421,7 +421,31 @@ class Tracer:
                     return False
         return True
 
-    def collect(self, namespaces: dict[int, tuple[str, int]], until: int) -> dict[str, Any]:
+    def misses(self) -> int:
+        """How many times the kernel skipped one of bpftrace's programs so far: a tracepoint that
+        fires while a BPF program already runs on the same CPU (a softirq's packet drop on a
+        timer tick that interrupted a probe in process context) is not run, only counted
+        (trace_call_bpf(), kernel/trace/bpf_trace.c: bpf_prog_active), in each program's
+        recursion_misses (/proc/PID/fdinfo of its file descriptor)."""
+        if self._proc is None:
+            return 0
+        total = 0
+        try:
+            names = os.listdir(f"/proc/{self._proc.pid}/fdinfo")
+        except OSError:
+            return 0
+        for name in names:
+            try:
+                with open(f"/proc/{self._proc.pid}/fdinfo/{name}") as f:
+                    info = f.read()
+            except OSError:
+                continue
+            if "prog_id:" in info:
+                found = re.search(r"^recursion_misses:\s+(\d+)", info, re.M)
+                total += int(found.group(1)) if found else 0
+        return total
+
+    def collect(self, namespaces: dict[int, tuple[str, int]], until: int, misses_before: int = 0) -> dict[str, Any]:
         """The run's events: those in its namespaces (inode -> (host, made at ns)), from the
         moment each was made until `until`, with the kernel's names for numbers."""
         if not self.status["recorded"]:
@@ -437,6 +461,9 @@ class Tracer:
             status["incomplete"] = "bpftrace did not confirm every event up to the end of the run"
         if lost:
             status["incomplete"] = f"bpftrace lost {lost} events during this run of the catalogue"
+        missed = self.misses() - misses_before
+        if missed:  # claims on an event that is absent cannot then be judged (lab/trace.py)
+            status["missed"] = missed
         return {"tracing": status, "events": events}
 
     def _decode(self, e: tuple[Any, ...], host: str) -> dict[str, Any]:
@@ -521,6 +548,7 @@ class Server:
             self._sock.bind(path)
         self._sock.listen(1)
         self._over = False
+        self._misses = 0  # the tracer's skipped probe runs when the run began (Tracer.misses())
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -542,9 +570,10 @@ class Server:
                     if request.get("wait"):
                         self._tracer.attached.wait(START_TIMEOUT + 5)
                         answer: dict[str, Any] = {"tracing": self._tracer.status}
+                        self._misses = self._tracer.misses()  # the run starts now
                     else:
                         namespaces = {int(k): (v[0], int(v[1])) for k, v in request["namespaces"].items()}
-                        answer = self._tracer.collect(namespaces, int(request["until"]))
+                        answer = self._tracer.collect(namespaces, int(request["until"]), self._misses)
                         self._run_over()
                 except Exception as exc:  # noqa: BLE001  (a malformed question gets an answer, not a hang)
                     answer = {"tracing": not_recorded(f"the tracer failed: {type(exc).__name__}: {exc}"),
