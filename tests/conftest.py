@@ -104,7 +104,7 @@ def chromium() -> str:
 
 def _unavailable(reason: str) -> None:
     if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI must run the browser tests: .ci/run installs chromium)")
+        pytest.fail(f"{reason} (CI must run the browser tests: .ci/setup installs chromium)")
     pytest.skip(reason)
 
 

@@ -4,7 +4,7 @@ is not applicable there, not failed; a kernel that cannot be booted is named and
 Booting a real guest takes minutes under emulation: only with LAB_GUEST_TESTS=1 (not in
 the default run). The boot-failure test below starts QEMU on an image that is not a kernel and
 gives it 15 s to say it booted (it hangs; the guest is killed); it runs where
-qemu-system-x86 and virtme-ng are installed (.ci/run installs them).
+qemu-system-x86 (.ci/setup installs it) and virtme-ng (a test extra, pyproject.toml) are installed.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def tshark(pcap: Path, *args: str) -> list[list[str]]:
     of an HTTP request reads differently in tshark's single pass)."""
     if not shutil.which("tshark"):
         if os.environ.get("CI"):
-            pytest.fail("tshark is missing (apt-get install tshark; .ci/run installs it)")
+            pytest.fail("tshark is missing (apt-get install tshark; .ci/setup installs it)")
         pytest.skip("tshark is not installed (apt-get install tshark)")
     with tempfile.TemporaryDirectory() as config:
         out = subprocess.run(["tshark", "-2", "-r", str(pcap), "-T", "fields", "-E", "separator=\t", "-E", "aggregator=\x1f",

@@ -47,9 +47,12 @@ def test_the_schema_check_rejects_a_broken_workflow(tmp_path: Path) -> None:
 
 
 def test_it_records_fresh_as_root_and_builds_with_nox(workflow: dict[Any, Any]) -> None:
-    runs = "\n".join(step.get("run", "") for step in steps(workflow, "build"))
+    runs = [step.get("run", "").strip() for step in steps(workflow, "build")]
+    assert "./.ci/setup" in runs, "the runner is not set up with the project's package list"
+    listed = subprocess.run(["sh", str(ROOT / ".ci" / "setup"), "--list"], capture_output=True, text=True,
+                            check=True).stdout.split()
     for package in sorted(set(TOOLS.values())):  # every Debian package the lab's preflight asks for
-        assert package in runs, f"the runner lacks {package}"
+        assert package in listed, f"the runner lacks {package}"
     build = next(step["run"] for step in steps(workflow, "build") if "nox -s site" in step.get("run", ""))
     assert build.startswith("sudo"), "the lab needs root on GitHub's Ubuntu runners"
     uses = [step.get("uses", "") for step in steps(workflow, "build")]

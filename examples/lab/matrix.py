@@ -267,3 +267,17 @@ def main(args: argparse.Namespace) -> int:
     if failed:
         print("kernels not recorded: " + ", ".join(failed), file=sys.stderr)
     return 1 if failed else 0
+
+
+def packages() -> list[str]:
+    """The Debian packages of KERNELS, for `.ci/setup --kernels`."""
+    return [kernel.package for kernel in KERNELS]
+
+
+# `PYTHONPATH=examples python3 -m lab.matrix --packages`: .ci/setup --kernels runs it before the
+# project is installed, so this module and what it imports stay standard-library only
+# (tests/test_setup.py checks it with `python3 -S`)
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--packages"]:
+        sys.exit("usage: python3 -m lab.matrix --packages (the matrix itself: python -m lab matrix)")
+    print("\n".join(packages()))
