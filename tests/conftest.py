@@ -1,4 +1,4 @@
-"""Shared fixtures: one fresh recording per test session, and the site built from it.
+"""Shared fixtures: one fresh recording per test session (own_recordings.py), and the site built from it.
 
 The lab (examples/lab/) and the site's build (docs/fieldguide/) are installed packages
 (`pip install -e .`, as nox does).
@@ -19,47 +19,34 @@ from typing import Any
 
 import pytest
 from lab.artifact import CLIENT_TRACES, ROOT, TRACES
-from lab.preflight import LabUnavailable
-from lab.runner import Result, Runner
+from lab.runner import Runner
 from lab.scenarios import all_slugs, client_slugs
 
-
-@pytest.fixture(scope="session")
-def recorded() -> dict[str, Result]:
-    """Every scenario recorded fresh by this session into build/traces/, then the client
-    session (the scenarios with a client again, each real client program after their
-    steps) into build/client-traces/: the site is built from both, as after `nox -s clients`."""
-    try:
-        runner = Runner(out=TRACES)
-        programs = Runner(out=CLIENT_TRACES, programs=True)
-    except LabUnavailable as exc:
-        pytest.fail(f"the lab cannot run here: {exc}")
-    results = {r.slug: r for r in runner.run(all_slugs())}
-    programs.run(client_slugs())  # its failures show on the matrix page's tests, by name
-    return results
+from own_recordings import Recorded, install, require_every
 
 
-@pytest.fixture(scope="session")
-def recorded_client_traces(recorded: dict[str, Result]) -> Path:
-    """build/client-traces/ after this session's client session."""
-    return CLIENT_TRACES
+def pytest_configure(config: pytest.Config) -> None:
+    # the fixtures recorded, recorded_clients, recorded_traces and recorded_client_traces;
+    # a failed recording reported at the top of the report and in its summary (own_recordings.py)
+    install(
+        config,
+        catalogue=Recorded("the catalogue", TRACES, lambda: Runner(out=TRACES).run(all_slugs())),
+        clients=Recorded("the client session", CLIENT_TRACES,
+                         lambda: Runner(out=CLIENT_TRACES, programs=True).run(client_slugs())),
+    )
 
 
 # -- site ------------------------------------------------------------------------------
 # The site's tests read the HTML of a site built from the traces recorded by this same
-# test session (`recorded` above), with `mkdocs build --strict` into a temporary folder
-# (a developer's site/ from `nox -s docs` is left alone).
+# test session (`recorded` and `recorded_clients`), with `mkdocs build --strict` into a
+# temporary folder (a developer's site/ from `nox -s docs` is left alone).
 
 
 @pytest.fixture(scope="session")
-def recorded_traces(recorded: dict[str, Result]) -> Path:
-    """build/traces/ after this session's recording (a failed scenario fails the site's build)."""
-    return TRACES
-
-
-@pytest.fixture(scope="session")
-def built_site(recorded_traces: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The site built with `mkdocs build --strict` from those traces; returns its folder."""
+def built_site(recorded: Recorded, recorded_clients: Recorded, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site built with `mkdocs build --strict` from both recordings; returns its folder.
+    A failed recording fails it by name (mkdocs' own error would show only its symptom)."""
+    require_every(recorded, recorded_clients, why="the site is built from every recording")
     out = tmp_path_factory.mktemp("site")
     proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
                           cwd=ROOT, capture_output=True, text=True, check=False,

@@ -14,6 +14,7 @@ import pytest
 from lab import clients
 from lab.preflight import LabUnavailable
 
+from own_recordings import Recorded
 from test_site import text_of
 
 MIN_PROGRAMS = 6
@@ -160,12 +161,12 @@ def test_a_second_request_waits_for_standard_input_with_the_same_client(tmp_path
         assert second not in program.argv(tmp_path, "GET", first, None), program.name
 
 
-def test_keepalive_race_programs_meet_a_fin_still_on_its_way(recorded_client_traces: Path) -> None:
+def test_keepalive_race_programs_meet_a_fin_still_on_its_way(recorded_clients: Recorded) -> None:
     """Each program's second request reaches a connection the server has closed whose FIN the
     client never received: the server's kernel resets it from FIN-WAIT-1 (TCP_ABORT_ON_DATA)."""
-    from lab.artifact import connections, load
+    from lab.artifact import connections
 
-    rec = load("keepalive-race", recorded_client_traces)
+    rec = recorded_clients.load("keepalive-race")
     connection = connections(rec.packets)
     by_number = {p.number: p for p in rec.packets}
     held = [o["returned"] for o in rec.outcomes["server"] if o.get("call") == "FIN segments held back (nftables counter)"]
@@ -182,12 +183,12 @@ def test_keepalive_race_programs_meet_a_fin_still_on_its_way(recorded_client_tra
         assert rst.sender == "server" and rst.kernel and rst.kernel["reason"] == "TCP_ABORT_ON_DATA", (name, rst)
 
 
-def test_write_after_peer_close_programs_request_again_after_the_fin(recorded_client_traces: Path) -> None:
+def test_write_after_peer_close_programs_request_again_after_the_fin(recorded_clients: Recorded) -> None:
     """Each program's second request comes after the server's FIN reached the client: on the
     first connection, nothing of the client's with data follows the FIN but a write on it."""
-    from lab.artifact import connections, load
+    from lab.artifact import connections
 
-    rec = load("write-after-peer-close", recorded_client_traces)
+    rec = recorded_clients.load("write-after-peer-close")
     connection = connections(rec.packets)
     by_number = {p.number: p for p in rec.packets}
     runs = [e for e in rec.outcomes["client"] if "program" in e]
@@ -206,12 +207,12 @@ def test_write_after_peer_close_programs_request_again_after_the_fin(recorded_cl
             assert entry["connections"] == 2 and entry["exit_status"] == 0, (name, entry)
 
 
-def test_lb_idle_reset_both_programs_request_again_after_the_reset(recorded_client_traces: Path) -> None:
+def test_lb_idle_reset_both_programs_request_again_after_the_reset(recorded_clients: Recorded) -> None:
     """Each program's first connection is reset by the load balancer (no TCP stack sent that
     RST) before its second request; a program that did not open another connection failed."""
-    from lab.artifact import connections, load
+    from lab.artifact import connections
 
-    rec = load("lb-idle-reset-both", recorded_client_traces)
+    rec = recorded_clients.load("lb-idle-reset-both")
     connection = connections(rec.packets)
     by_number = {p.number: p for p in rec.packets}
     runs = [e for e in rec.outcomes["client"] if "program" in e]
@@ -227,13 +228,13 @@ def test_lb_idle_reset_both_programs_request_again_after_the_reset(recorded_clie
         assert entry["connections"] == 2 or entry["exit_status"] != 0, (name, entry)
 
 
-def test_peer_lost_state_programs_request_again_after_the_silent_reboot(recorded_client_traces: Path) -> None:
+def test_peer_lost_state_programs_request_again_after_the_silent_reboot(recorded_clients: Recorded) -> None:
     """Each program's second request goes on its pooled connection, of which the server said
     nothing (no FIN), and the new listener's kernel resets it; a program that did not open
     another connection failed."""
-    from lab.artifact import connections, load
+    from lab.artifact import connections
 
-    rec = load("peer-lost-state", recorded_client_traces)
+    rec = recorded_clients.load("peer-lost-state")
     connection = connections(rec.packets)
     by_number = {p.number: p for p in rec.packets}
     runs = [e for e in rec.outcomes["client"] if "program" in e]
@@ -252,15 +253,14 @@ def test_peer_lost_state_programs_request_again_after_the_silent_reboot(recorded
         assert entry["connections"] == 2 or entry["exit_status"] != 0, (name, entry)
 
 
-def test_conntrack_invalid_programs_request_again_after_the_escaped_segment(recorded_client_traces: Path) -> None:
+def test_conntrack_invalid_programs_request_again_after_the_escaped_segment(recorded_clients: Recorded) -> None:
     """Each program's pooled connection meets run()'s out-of-window segment: it arrives from the
     server's own address, the client's kernel resets the server's end (NO_SOCKET), and the
     program's second request on that connection draws a RST through the service address while
     its kernel still held the connection as established; a program that did not open another
     connection failed."""
-    from lab.artifact import load
 
-    rec = load("conntrack-invalid", recorded_client_traces)
+    rec = recorded_clients.load("conntrack-invalid")
     by_number = {p.number: p for p in rec.packets}
     runs = [e for e in rec.outcomes["client"] if "program" in e]
     views = [o["returned"] for o in rec.outcomes["client"] if o.get("call") == "the program's connection (ss -tn)"]

@@ -20,6 +20,8 @@ from lab.scenarios import all_slugs
 from rst_explain.rules import NO_RST_NOTES, PAGES, TIES
 from scapy.all import IP, IPv6, TCP, CookedLinux, CookedLinuxV2, Ether, PcapNgWriter, PcapWriter, UDP, rdpcap
 
+from own_recordings import Recorded
+
 EXPLAIN = [sys.executable, "-m", "rst_explain"]
 TEXT_FLAGS = ["", "-n", "-nn", "-S", "-v", "-vnn", "-tttt", "-tt -S -v"]
 
@@ -107,9 +109,10 @@ FORMS = ["pcap", "pcapng", "moved", "ipv6"] + [f"text {f}".strip() for f in TEXT
 
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("slug", all_slugs())
-def test_recording_is_explained_by_its_own_page(recorded, slug: str, form: str) -> None:
+def test_recording_is_explained_by_its_own_page(recorded: Recorded, slug: str, form: str) -> None:
     """The page's own packet gets the page first, or tied first; a page without RST is
     named first by a note."""
+    recorded.require(slug)
     number, flags = _explaining_packet(slug)
     doc = rst_explain.explain(_variant(form, TRACES / f"{slug}.pcap"), f"{slug} ({form})")
     if "R" in flags:
@@ -142,9 +145,10 @@ def _sll2(pcap: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("slug", ["proxy-keepalive-race", "proxy-upstream-reset"])
-def test_linux_cooked_captures(recorded, slug: str, tmp_path: Path) -> None:
+def test_linux_cooked_captures(recorded: Recorded, slug: str, tmp_path: Path) -> None:
     """`tcpdump -i any` captures: LINUX_SLL as recorded, LINUX_SLL2 too, in pcap, pcapng and
     tcpdump's text (which prefixes SLL2 packets with the interface and its direction)."""
+    recorded.require(slug)
     pcap = TRACES / f"{slug}.pcap"
     assert pcap.read_bytes()[20:24] == (113).to_bytes(4, "little"), "the lab's proxy capture is no longer LINUX_SLL"
     expected = [(r["packet"], r["tie"]) for r in rst_explain.explain(pcap.read_bytes(), slug)["rsts"]]
@@ -159,7 +163,7 @@ def test_linux_cooked_captures(recorded, slug: str, tmp_path: Path) -> None:
         assert got == expected, (form, got, expected)
 
 
-def test_every_tie_is_a_documented_group(recorded) -> None:
+def test_every_tie_is_a_documented_group(recorded_traces: Path) -> None:
     """A tie for first between pages is one TIES names (with why and what to check next)."""
     groups = [set(g["slugs"]) for g in TIES]
     for slug in all_slugs():
@@ -171,7 +175,7 @@ def test_every_tie_is_a_documented_group(recorded) -> None:
                     assert rst["next"], (slug, rst["packet"])
 
 
-def test_ties_name_counters_the_kernel_counted(recorded) -> None:
+def test_ties_name_counters_the_kernel_counted(recorded_traces: Path) -> None:
     """A next step naming an nstat counter names one the lab recorded on one of the tied pages."""
     counted = {}
     for path in TRACES.glob("*.json"):
@@ -184,7 +188,8 @@ def test_ties_name_counters_the_kernel_counted(recorded) -> None:
                     assert any(word in counted.get(s, set()) for s in group["slugs"]), (group["slugs"], word)
 
 
-def test_the_command_line_and_json(recorded) -> None:
+def test_the_command_line_and_json(recorded: Recorded) -> None:
+    recorded.require("closed-port", "graceful-close")
     files = [str(TRACES / f"{s}.pcap") for s in ("closed-port", "graceful-close")]
     text = subprocess.run([*EXPLAIN, *files], capture_output=True, text=True, check=True).stdout
     assert "closed-port" in text and "firewall-reject" in text and "graceful-close" in text
@@ -197,7 +202,8 @@ def test_the_command_line_and_json(recorded) -> None:
     assert doc == json.loads(json.dumps(rst_explain.explain((TRACES / "closed-port.pcap").read_bytes(), files[0])))
 
 
-def test_stdin_reads_pasted_text(recorded) -> None:
+def test_stdin_reads_pasted_text(recorded: Recorded) -> None:
+    recorded.require("keepalive-race")
     pasted = _tcpdump(TRACES / "keepalive-race.pcap", "")
     proc = subprocess.run([*EXPLAIN, "-"], input=pasted, capture_output=True, check=True)
     assert b"keepalive-race" in proc.stdout and b"write-after-peer-close" in proc.stdout
@@ -222,7 +228,8 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("what", BAD_INPUTS)
-def test_bad_input_is_refused_cleanly(recorded, what: str, tmp_path: Path) -> None:
+def test_bad_input_is_refused_cleanly(recorded: Recorded, what: str, tmp_path: Path) -> None:
+    recorded.require("graceful-close")  # two inputs are its pcap, cut short
     path = tmp_path / "input"
     path.write_bytes(BAD_INPUTS[what]())
     for args in ([str(path)], ["--json", str(path)]):

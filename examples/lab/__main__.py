@@ -31,7 +31,7 @@ from . import scenarios
 from .artifact import CLIENT_TRACES, RESULTS, ROOT, TRACES, ArtifactError
 from .preflight import LabUnavailable
 from .process import die_with_parent
-from .runner import Result, Runner, format_shapes
+from .runner import Result, Runner, failures, format_shapes
 from .scenarios import UnknownScenario, all_slugs, check, client_slugs, runs_clients
 
 
@@ -133,12 +133,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f" {len({str(r.shape) for r in mine})} shape(s)")
             if len({str(r.shape) for r in mine}) > 1:
                 print(format_shapes(mine))
-    seen: set[str] = set()
-    for r in failed:
-        if r.slug in seen:
-            continue
-        seen.add(r.slug)
-        print(f"\n--- {r.slug} failed ---\n{r.problem.rstrip()}", file=sys.stderr)
+    if failed:
+        print("\n" + failures(failed), file=sys.stderr)
     print(f"{len(results) - len(failed)}/{len(results)} runs passed in {time.monotonic() - started:.2f} s")
     if failed:
         print("failed: " + ", ".join(sorted({r.slug for r in failed})), file=sys.stderr)

@@ -246,6 +246,16 @@ def _fail(results: list[Result], problem: str) -> None:
         r.ok, r.problem = False, problem
 
 
+def failures(results: list[Result]) -> str:
+    """Each failed slug's problem (the failed claim, the shape diff), its first run's when it
+    ran several times, as `python -m lab run` prints them; "" if none failed."""
+    first: dict[str, Result] = {}
+    for r in results:
+        if not r.ok:
+            first.setdefault(r.slug, r)
+    return "\n\n".join(f"--- {r.slug} failed ---\n{r.problem.rstrip()}" for r in first.values())
+
+
 def format_shapes(results: list[Result]) -> str:
     distinct: dict[str, int] = {}
     for r in results:
