@@ -20,7 +20,9 @@ WRONG_BY = 100_000  # the SYN-ACK acknowledges 100 000 bytes more than the clien
 # the timeout sits between two clocks: the server, played by scapy (a user process), must
 # have answered both SYNs (it took 320 ms on a loaded machine, past the 300 ms this was: its
 # SYN-ACK then found the socket closed), and the kernel's third SYN comes 1 s after the second
-# (recorded), which the application's own wake-up, late on a loaded machine too, must precede
+# (measured by hand with a longer timeout: tcp_retransmit_timer() in net/ipv4/tcp_timer.c does
+# not back off the first SYN timeouts, tcp_syn_linear_timeouts), which the application's own
+# wake-up, late on a loaded machine too, must precede
 CONNECT_TIMEOUT = 0.6
 
 

@@ -74,7 +74,8 @@ def run(client, router, server):
     # the inspector is a user process: on a loaded machine it can take longer than the client's
     # retransmission timeout (200 ms at least) to forge its RSTs, and the ClientHello sent again
     # meanwhile would be taken for the next connection's. A minimum RTO of 5 s on the client's
-    # route to the server (ip-route(8) rto_min) leaves the inspector that long: nothing is resent.
+    # route to the server (ip-route(8) rto_min) leaves the inspector that long: nothing is resent
+    # (the ClientHello is one segment: no tail loss probe comes sooner).
     subnet = server.ip.rsplit(".", 1)[0] + ".0/24"
     client.sh("ip", "route", "change", *client.sh("ip", "-4", "route", "show", subnet).split(), "rto_min", "5s")
     inspector = router.wiretap()  # sees each ClientHello arrive before the forward hook drops it

@@ -102,7 +102,7 @@ class Trace:
             # the event may be one the kernel did not let the tracer see (lab/tracer.py misses()):
             # absent, it proves nothing either way
             why = (f"not checked: the kernel skipped the tracer's probes {missed} time(s) during this run"
-                   " (a tracepoint that fires while a BPF program runs on the same CPU is not run:"
+                   " (a tracepoint that fires while a kprobe or tracepoint BPF program runs on the same CPU is not run:"
                    " trace_call_bpf() in kernel/trace/bpf_trace.c), and this event is not among those seen")
         if why or lacking:
             entry: dict[str, Any] = {"claim": text, "passed": None, "detail": why or f"not applicable: {lacking}"}

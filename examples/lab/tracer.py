@@ -423,10 +423,12 @@ class Tracer:
 
     def misses(self) -> int:
         """How many times the kernel skipped one of bpftrace's programs so far: a tracepoint that
-        fires while a BPF program already runs on the same CPU (a softirq's packet drop on a
+        fires while a kprobe or tracepoint BPF program already runs on the same CPU (a softirq's packet drop on a
         timer tick that interrupted a probe in process context) is not run, only counted
         (trace_call_bpf(), kernel/trace/bpf_trace.c: bpf_prog_active), in each program's
-        recursion_misses (/proc/PID/fdinfo of its file descriptor)."""
+        recursion_misses (/proc/PID/fdinfo of its file descriptor). Only kprobe and perf-event
+        tracepoint programs, such as bpftrace 0.17's `tracepoint:` probes, take bpf_prog_active;
+        the miss is counted for the programs of the tracepoint that was skipped."""
         if self._proc is None:
             return 0
         total = 0
