@@ -5,8 +5,9 @@
     nox -s examples -- --update SLUG         accept a changed shape into examples/shapes/
     nox -s examples -- --repeat 50 SLUG      record N times; fails if the trace's shape varies
     nox -s soak -- 30                        30 catalogue runs, 10 client sessions, one CPU busy: the races
-    nox -s clients                           the client session: real client programs (build/client-traces/)
-    nox -s docs                              record every scenario and build site/ (--strict)
+    nox -s clients                           the client session alone: real client programs (build/client-traces/)
+    nox -s docs                              record every scenario, then the client session, and build site/ (--strict)
+    nox -s docs -- --no-programs             the same without the client programs (no page shows their lines)
     nox -s matrix                            record every scenario on each other kernel (lab/kernels.py)
     nox -s site                              build site/ from build/traces/ (what the tests recorded)
     nox -s serve                             preview the site from the traces in build/traces/
@@ -39,7 +40,8 @@ def examples(session: nox.Session) -> None:
 def clients(session: nox.Session) -> None:
     """The client session: the scenarios with a client, each real client program (curl, Node.js,
     Go, Java, Python's libraries) run after their steps, into build/client-traces/ (their own
-    session: the programs' start-up would stretch the catalogue's run; `nox -s bench` times it)."""
+    session: the programs' start-up would stretch the catalogue's run; `nox -s docs` records it
+    after the catalogue; `nox -s bench` times it)."""
     _install(session)
     session.run("python", "-m", "lab", "run", "--programs", *session.posargs)
 
@@ -55,8 +57,9 @@ def soak(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Time the lab's own overhead, the whole catalogue and `nox -s docs`, and each other
-    kernel's boot and catalogue (`-- --kernels` boots them; `-- --kernels-only`); build/bench/."""
+    """Time the lab's own overhead, the whole catalogue, the client session (CPU per program),
+    `nox -s docs` (programs included), and each other kernel's boot and catalogue (`-- --kernels`
+    boots them; `-- --kernels-only`); build/bench/."""
     _install(session)
     session.run("python", "-m", "lab", "bench", *session.posargs)
 
@@ -80,30 +83,32 @@ def matrix(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Record every scenario fresh and build the site into site/ (--strict), overlapped
-    (docs/fieldguide/build.py): the build waits for the recording's end to read it."""
+    """Record every scenario fresh, then the client session, and build the site into
+    site/ (--strict), overlapped (docs/fieldguide/build.py): the build waits for each run's end
+    to read it. `-- --no-programs`: the catalogue alone, and no page shows the programs' lines."""
     _install(session)
     session.run("python", "-m", "fieldguide.build", *session.posargs)
 
 
 @nox.session
 def site(session: nox.Session) -> None:
-    """Build site/ (--strict) from the traces already in build/traces/, recording nothing:
-    the Pages workflow publishes exactly what `nox -s tests` recorded and checked."""
+    """Build site/ (--strict) from the traces already in build/traces/ and build/client-traces/,
+    recording nothing: the Pages workflow publishes exactly what `nox -s tests` recorded and checked."""
     _install(session)
     session.run("mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session
 def serve(session: nox.Session) -> None:
-    """Preview the site with live reload, from the traces already in build/traces/.
+    """Preview the site with live reload, from the traces already in build/traces/ and
+    build/client-traces/ (FIELDGUIDE_PROGRAMS=0 nox -s serve: without the client programs).
 
     Re-recording (`nox -s examples -- SLUG` in another shell) reloads the page; editing an
     example without recording it again shows the build's "trace is older" error.
     """
     _install(session)
     # (edits of docs/fieldguide/ need a restart: a running server keeps its modules)
-    session.run("mkdocs", "serve", "--watch", "examples", "--watch", "build/traces",
+    session.run("mkdocs", "serve", "--watch", "examples", "--watch", "build/traces", "--watch", "build/client-traces",
                 *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,7 +16,7 @@ from lab import clients
 from lab.preflight import LabUnavailable
 
 from own_recordings import Recorded
-from test_site import text_of
+from test_site import _build, text_of
 
 MIN_PROGRAMS = 6
 
@@ -75,17 +76,131 @@ def test_each_cell_links_to_the_packet_of_its_program(built_site: Path, recorded
         assert any(p["number"] == int(number) for p in data["packets"]), (slug, number)
 
 
-def test_without_the_client_session_the_pages_say_so(tmp_path: Path) -> None:
-    """A build whose client session is missing shows no program line and says how to record it."""
+def test_without_the_programs_the_pages_say_so() -> None:
+    """A build made without the programs shows no program line: the matrix page says so and how
+    to record them, a client scenario's row points there, another scenario says nothing."""
     from fieldguide import programs
 
-    missing = programs.Clients()
-    page = SimpleNamespace(slug="closed-port", packets=[])  # the page's own recording: only its slug is read
-    for text in (programs.client_matrix(missing, lambda target: target),
-                 programs.program_row(page, missing, lambda target: target)):
-        assert "did not record the real client programs" in text and "`nox -s clients`" in text
-        assert "|" not in text
-    assert programs.program_row(SimpleNamespace(slug="graceful-close"), missing, lambda target: target) == ""
+    without = programs.Clients()
+    assert not without.shown
+    matrix = programs.client_matrix(without, lambda target: target)
+    assert "made without the real client programs" in matrix and "`nox -s docs`" in matrix and "|" not in matrix
+    row = programs.program_row(SimpleNamespace(slug="closed-port", packets=[]), without, lambda target: target)
+    assert "made without the real client programs" in row and "(clients.md)" in row and "|" not in row
+    assert programs.program_row(SimpleNamespace(slug="graceful-close"), without, lambda target: target) == ""
+
+
+def test_prose_about_the_programs_rows_follows_the_builds_one_decision() -> None:
+    """{{ if_programs }}...{{ end_if_programs }} is kept where the build shows the programs and left
+    out where it does not, a paragraph or part of a sentence; the lines of later errors stay true,
+    and a block left open (or closed twice) fails, naming the page and the line."""
+    from fieldguide import programs
+    from fieldguide.placeholders import Context, PageError, expand_page
+
+    page = ("Intro.\n{{ if_programs }}\nThe table above.\n{{ end_if_programs }}\n"
+            "Three runs{{ if_programs }}, each shown{{ end_if_programs }}.\n")
+    shown = programs.Clients({"closed-port": SimpleNamespace()})  # only whether there are any is read
+    for decided, text in ((shown, "The table above."), (programs.Clients(), "")):
+        ctx = Context("clients.md", None, {}, [], clients=decided)
+        out = expand_page(page, ctx)
+        assert ("The table above." in out) == bool(text) and ("each shown" in out) == bool(text)
+        assert "if_programs" not in out and ("Three runs, each shown." if text else "Three runs.") in out
+        with pytest.raises(PageError, match=r"docs/clients.md, line 7: \{\{ nope \}\}"):
+            expand_page(page + "\n{{ nope }}", ctx)
+    ctx = Context("clients.md", None, {}, [])
+    with pytest.raises(PageError, match=r"line 2: \{\{ if_programs \}\} again before"):
+        expand_page("a\n{{ if_programs }} b {{ if_programs }}\n", ctx)
+    with pytest.raises(PageError, match=r"line 3: \{\{ end_if_programs \}\} without its"):
+        expand_page("a\n\n{{ end_if_programs }}\n", ctx)
+    with pytest.raises(PageError, match=r"line 1: \{\{ if_programs \}\} without its"):
+        expand_page("{{ if_programs }} b\n", ctx)
+
+
+def test_the_decision_is_one_setting_with_two_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fieldguide import PROGRAMS_ENV
+    from fieldguide.hooks import _programs_shown
+    from mkdocs.exceptions import PluginError
+
+    monkeypatch.delenv(PROGRAMS_ENV, raising=False)
+    assert _programs_shown()
+    monkeypatch.setenv(PROGRAMS_ENV, "0")
+    assert not _programs_shown()
+    monkeypatch.setenv(PROGRAMS_ENV, "no")
+    with pytest.raises(PluginError, match="not 'no'"):
+        _programs_shown()
+
+
+# What a page says of the programs' rows or lines: true only in a build that shows them.
+POINTS_AT_ROWS = re.compile(r"(?:program|first request).*(?:table above|rows? (?:are|is) (?:above|under|below))"
+                            r"|programs \(below\)|every line here|the row shows|the programs' rows", re.IGNORECASE)
+
+
+def rows_referred_to(site: Path) -> dict[str, list[str]]:
+    """Each page's sentences that refer to the programs' rows or lines (POINTS_AT_ROWS)."""
+    found = {}
+    for path in sorted(site.rglob("index.html")):
+        page = path.read_text()
+        article = page[page.find("<article"):page.find("</article>")]
+        sentences = re.split(r"(?<=[.!?])\s+", " ".join(text_of(article).split()))
+        hits = [s for s in sentences if POINTS_AT_ROWS.search(s)]
+        if hits:
+            found[str(path.parent.relative_to(site))] = hits
+    return found
+
+
+@pytest.fixture(scope="module")
+def site_without_programs(recorded_traces: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site built as `nox -s docs -- --no-programs` builds it, from this session's catalogue;
+    its client-session folder is an empty one: such a build reads none."""
+    from fieldguide import PROGRAMS_ENV
+
+    base = tmp_path_factory.mktemp("without-programs")
+    proc = _build(base, **{PROGRAMS_ENV: "0", "FIELDGUIDE_CLIENT_TRACES": str(base / "no-client-traces")})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return base / "site"
+
+
+def test_a_build_without_the_programs_refers_to_no_row_it_lacks(site_without_programs: Path, built_site: Path) -> None:
+    """The scan finds what the pages say of the rows where they are shown (so it can fail), and
+    nothing where they are not."""
+    shown = rows_referred_to(built_site)
+    assert "clients" in shown and sum(page.startswith("scenarios/") for page in shown) >= 5, shown
+    assert rows_referred_to(site_without_programs) == {}
+
+
+def test_a_build_without_the_programs_says_so_once_and_shows_none(site_without_programs: Path) -> None:
+    from lab.scenarios import client_slugs
+
+    said = "made without the real client programs"
+    matrix = text_of((site_without_programs / "clients" / "index.html").read_text())
+    assert matrix.count(said) == 1 and "nox -s docs" in matrix
+    assert not (site_without_programs / "traces" / "clients").exists(), "the client session's captures were published"
+    for slug in client_slugs():
+        page = (site_without_programs / "scenarios" / slug / "index.html").read_text()
+        assert text_of(page).count(said) == 1 and 'href="../../clients/"' in page, slug
+        assert "The client session's trace" not in page, slug
+
+
+CLIENT_BREAKAGES = {
+    "missing": lambda d: (d / "keepalive-race.json").unlink(),
+    "edited": lambda d: (d / "keepalive-race.json").write_text(
+        (d / "keepalive-race.json").read_text().replace('"exit_status": 0', '"exit_status": 1', 1)),
+    "not-recorded": lambda d: [p.unlink() for p in d.iterdir()],
+}
+
+
+@pytest.mark.parametrize("breakage", CLIENT_BREAKAGES)
+def test_a_default_build_fails_naming_a_missing_or_broken_client_recording(
+        recorded_traces: Path, recorded_client_traces: Path, tmp_path: Path, breakage: str) -> None:
+    """No silent fall-back: a build that shows the programs fails when it cannot, by name."""
+    traces = tmp_path / "client-traces"
+    shutil.copytree(recorded_client_traces, traces, ignore=shutil.ignore_patterns(".run-*"))
+    CLIENT_BREAKAGES[breakage](traces)
+    proc = _build(tmp_path, FIELDGUIDE_CLIENT_TRACES=str(traces))
+    said = proc.stdout + proc.stderr
+    assert proc.returncode != 0, f"the build passed with a {breakage} client recording"
+    assert ("no key in" if breakage == "not-recorded" else "scenario keepalive-race: ") in said, said[-2000:]
+    assert "--no-programs" in said and "Traceback" not in said, said[-3000:]
 
 
 def test_a_missing_program_fails_naming_its_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -142,7 +257,7 @@ def test_each_client_scenario_page_shows_its_programs_row(built_site: Path, reco
     """The scenario's page (built from the catalogue's run) shows the client session's row of it."""
     for slug, entries in program_runs(recorded_client_traces).items():
         text = text_of((built_site / "scenarios" / slug / "index.html").read_text())
-        assert "did not record the real client programs" not in text, slug
+        assert "made without the real client programs" not in text, slug
         for e in entries:
             assert all(line in text for line in [e["program"]["name"], e["program"]["version"], *e["output"]]), (slug, e)
 

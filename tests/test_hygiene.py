@@ -301,6 +301,31 @@ def test_a_passing_run_publishes_three_artifacts_and_nothing_else(lab: Lab) -> N
     lab.assert_nothing_left({"passes.pcap", "passes.txt", "passes.json"})
 
 
+def test_a_run_after_another_holds_its_folder_at_once_and_records_once_that_one_ended(lab: Lab, tmp_path: Path) -> None:
+    """--after DIR (`nox -s docs`: the client session after the catalogue): its own folder is
+    held from the start, so a reader waits; nothing is recorded until DIR's run has let go."""
+    import fcntl
+
+    from lab.artifact import locked
+
+    other = tmp_path / "other"
+    with locked(other, exclusive=True):  # another run, recording into DIR
+        proc = subprocess.Popen(lab.argv("--after", str(other), "passes"), env=lab.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().startswith("recording into ")
+        time.sleep(3)  # "passes" records in well under a second: long enough to see it wait
+        assert proc.poll() is None and not (lab.out / "passes.json").exists()
+        fd = os.open(lab.out / FOLDER_FILES[0], os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):  # a reader (the site's build) would wait
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    lab.assert_nothing_left({"passes.pcap", "passes.txt", "passes.json"})
+
+
 def test_unknown_slug_exits_2_listing_the_known_ones(lab: Lab) -> None:
     proc = lab.run("passes", "no-such-scenario")
     assert proc.returncode == 2

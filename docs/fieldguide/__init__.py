@@ -52,6 +52,9 @@ Other pages may use {{ scenario_index }} (home), {{ symptom_index }}, {{ kernel_
 {{ client_matrix }} and {{ client_programs }} (clients.md: what the real client programs printed,
 and their files),
 {{ tcpdump_line SLUG NAME }} (one recorded line with its fields) and {{ trace SLUG }}.
+Prose about the real client programs' rows or lines goes between {{ if_programs }} and
+{{ end_if_programs }} (a paragraph, or part of a sentence): a build made without the programs
+(`--no-programs`) leaves it out, so that no page refers to rows it does not show.
 
 The modules: recordings.py loads and checks every recording (lab.artifact's schema);
 render.py turns one into Markdown and HTML (pure, unit-tested); placeholders.py is the
@@ -63,3 +66,10 @@ mermaid.py serves Mermaid from the site; wireshark.py has Wireshark's own dissec
 (one sharkd) read every capture, for each page's section "In Wireshark" (#wireshark,
 inserted before "The exchange"); hooks.py wires them to MkDocs' events.
 """
+
+# The build's one decision on the real client programs (programs.py): their lines are shown,
+# and a missing, stale or failed client-session recording fails the build, unless the build
+# was asked for without them (`python -m fieldguide.build --no-programs`, which gives mkdocs
+# FIELDGUIDE_PROGRAMS=0; hooks.py reads it, once)
+PROGRAMS_ENV = "FIELDGUIDE_PROGRAMS"
+NO_PROGRAMS = "--no-programs"

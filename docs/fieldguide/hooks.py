@@ -3,7 +3,10 @@
 on_config: the notebook's kernel and sharkd (wireshark.py) start; the build waits for a run still recording (its
            lock), then every recording is loaded and checked (or the build fails, naming
            each scenario) and held, shared, until the build ends; sharkd reads their pcaps
-           in a thread; the scenario pages are put in the navigation, grouped by phase;
+           in a thread; then, unless the build was asked for without the client programs
+           (FIELDGUIDE_PROGRAMS=0, read here only), the same for the client session's
+           recordings, which fail the build as the catalogue's do; the scenario pages are
+           put in the navigation, grouped by phase;
 on_files: each pcap (and its JSON) is published under /traces/, with the vendored Mermaid,
           and what the explain page runs: Pyodide and rst_explain's sources (explainer.py);
           the census notebook, executing since on_config, is built last (notebook.py);
@@ -29,6 +32,7 @@ from mkdocs.structure.pages import Page
 
 from lab.artifact import CLIENT_TRACES, ArtifactError, Recording, key, locked
 
+from . import NO_PROGRAMS, PROGRAMS_ENV
 from . import chinese as zh
 from . import explainer, kernels, mermaid, notebook, programs, symptoms, vendor, wireshark
 from .placeholders import PHASE_LABELS, Context, PageError, expand_page
@@ -38,7 +42,7 @@ log = logging.getLogger("mkdocs.hooks.fieldguide")
 
 recordings: dict[str, Recording] = {}
 quoted: list = []
-clients: list[programs.Clients] = []  # the client session's recordings (`nox -s clients`), or why none
+clients: list[programs.Clients] = []  # the client session's recordings, none in a build without them
 matrix: list[kernels.Matrix] = []  # other kernels' fresh recordings (kernels.py), if any
 chinese: dict = {}  # chinese.py: the pages' Chinese titles, glibc's Chinese error texts
 mermaid_scripts: list[str] = []
@@ -55,7 +59,17 @@ def _warm_up() -> None:
     jieba.initialize()
 
 
+def _programs_shown() -> bool:
+    """The build's one decision on the client programs (fieldguide.PROGRAMS_ENV)."""
+    value = os.environ.get(PROGRAMS_ENV, "1")
+    if value not in ("0", "1"):
+        raise PluginError(f"{PROGRAMS_ENV} is 1 (the default: the client programs' lines are shown) or 0"
+                          f" (a build without them, `python -m fieldguide.build {NO_PROGRAMS}`), not {value!r}")
+    return value == "1"
+
+
 def on_config(config: MkDocsConfig) -> MkDocsConfig:
+    shown = _programs_shown()
     threading.Thread(target=_warm_up, name="warm-up", daemon=True).start()
     _edit_links(config, os.environ.get("FIELDGUIDE_REPOSITORY", "").rstrip("/"))
     census[:] = [notebook.Execution(Path(config.docs_dir) / notebook.SOURCE)]
@@ -71,11 +85,6 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
         recordings.clear()
         recordings.update(load_all(Path(config.docs_dir)))
         quoted[:] = symptoms.load_quoted()
-        if CLIENT_TRACES.is_dir():  # a client session still recording: wait for its end
-            held.enter_context(locked(CLIENT_TRACES, on_wait=log.info))
-        clients[:] = [programs.Clients(*load_clients())]
-        if clients[0].missing:
-            log.info(f"the client programs' lines are not shown: {clients[0].missing}")
         matrix[:] = [kernels.load_matrix(list(recordings), stale)]
         for name, why in matrix[0].left_out.items():
             log.warning(f"kernel {name}'s recordings are not used: {why}")
@@ -91,6 +100,16 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
         raise PluginError(str(exc)) from None
     census[0].recordings_ready.set()
     wireshark_views[0].start(recordings, key(), asked=wireshark.asked_by_pages(Path(config.docs_dir), recordings))
+    clients[:] = [programs.Clients()]
+    if shown:  # after the catalogue's: the client session may still be recording (build.py)
+        try:
+            held.enter_context(locked(CLIENT_TRACES, on_wait=log.info))
+            clients[:] = [programs.Clients(load_clients())]
+        except ArtifactError as exc:
+            on_build_error(exc)
+            raise PluginError(str(exc)) from None
+    else:
+        log.info(f"built without the client programs ({PROGRAMS_ENV}=0): no page shows their lines")
     mermaid_scripts[:] = mermaid.split_scripts(config.extra_javascript)
     groups = []
     for phase, label in PHASE_LABELS.items():

@@ -31,6 +31,8 @@ PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)((?:\s+[\w.-]+)*)\s*\}\}")
 ANYTHING_IN_BRACES = re.compile(r"\{\{.*?\}\}")
 HEADING = re.compile(r"^#{2,6}\s+(.+?)\s*$", re.MULTILINE)
 COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+# {{ if_programs }}...{{ end_if_programs }}: prose about the client programs' rows (programs.py)
+PROGRAMS_ONLY = re.compile(r"\{\{\s*(if_programs|end_if_programs)\s*\}\}")
 
 
 class PageError(ValueError):
@@ -94,6 +96,8 @@ def expand_page(markdown: str, ctx: Context, first_line: int = 1) -> str:
     def line_of(offset: int) -> int:
         return first_line + markdown.count("\n", 0, offset)
 
+    markdown = _programs_only(markdown, ctx.clients.shown, lambda offset: f"{where}docs/{ctx.src}, line {line_of(offset)}")
+
     for braces in ANYTHING_IN_BRACES.finditer(markdown):  # {{ Packet 1 }} must not reach a reader
         if not PLACEHOLDER.fullmatch(braces.group(0)):
             raise PageError(f"{where}docs/{ctx.src}, line {line_of(braces.start())}: {braces.group(0)}:"
@@ -127,6 +131,29 @@ def expand_page(markdown: str, ctx: Context, first_line: int = 1) -> str:
                + symptoms.you_may_have_seen(ctx.own, ctx.quoted, ctx.src,
                                             ctx.clients.recordings.get(ctx.own.slug)) + "\n")
     return out
+
+
+def _programs_only(markdown: str, shown: bool, at: Callable[[int], str]) -> str:
+    """The page with each {{ if_programs }}...{{ end_if_programs }} kept (without its markers)
+    where the build shows the client programs, and left out where it does not (its newlines
+    kept: the lines of later errors stay true). at(offset): where, for an error."""
+    out, done, opened = [], 0, None
+    for marker in PROGRAMS_ONLY.finditer(markdown):
+        if (marker.group(1) == "if_programs") == (opened is not None):
+            raise PageError(f"{at(marker.start())}: " + ("{{ if_programs }} again before its {{ end_if_programs }}"
+                                                         if opened is not None else
+                                                         "{{ end_if_programs }} without its {{ if_programs }}"))
+        if opened is None:
+            out.append(markdown[done:marker.start()])
+            opened = marker
+        else:
+            inside = markdown[opened.end():marker.start()]
+            out.append(inside if shown else "\n" * inside.count("\n"))
+            opened = None
+        done = marker.end()
+    if opened is not None:
+        raise PageError(f"{at(opened.start())}: {{{{ if_programs }}}} without its {{{{ end_if_programs }}}}")
+    return "".join(out) + markdown[done:]
 
 
 WIRESHARK_HEADING = "## In Wireshark { #wireshark }"

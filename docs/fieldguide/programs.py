@@ -9,8 +9,9 @@ that caused what the program printed, on the scenario's page, which shows the cl
 trace folded under its programs' rows (the capture is published as traces/clients/SLUG.pcap
 and .txt): for a failure, the packet symptoms.py's rule picks among
 the program's own packets (the RST it received for ECONNRESET...); for a response, the last
-segment with data the client received. A build without that session says so, and how to
-record it, where the lines would be.
+segment with data the client received. A build made without the programs (`--no-programs`)
+says so on the matrix page, and how to record them; each scenario's row points there, and
+the pages' prose about the rows is left out ({{ if_programs }}, placeholders.py).
 
     {{ client_matrix }}   (docs/clients.md) scenarios down, programs across
     {{ outcomes }}        a scenario page's calls, then its programs' row (program_row())
@@ -25,24 +26,32 @@ from urllib.parse import urlsplit
 from lab.artifact import Packet, Recording
 from lab.scenarios import runs_clients
 
+from . import NO_PROGRAMS
+from .recordings import CLIENTS_COMMAND
 from .render import capture_of, literal, name_id, packet_id, plain, trace_html
 from .symptoms import explaining_packets, program_key
 
 
 @dataclass
 class Clients:
-    """The client session's recordings the build uses (recordings.load_clients()), or why none."""
+    """The client session's recordings the build shows (recordings.load_clients()): one for
+    every scenario with a client, or none in a build made without the programs."""
 
     recordings: dict[str, Recording] = field(default_factory=dict)
-    missing: str = "this build did not record the client programs"
+
+    @property
+    def shown(self) -> bool:
+        """The build's one decision, as hooks.py took it: without the programs it loads none,
+        with them every one (or the build has failed, naming what is missing)."""
+        return bool(self.recordings)
 
 
-def not_recorded(clients: Clients) -> str:
-    """What a page says where the programs' lines would be, when the build has none."""
-    return (f"This build did not record the real client programs ({clients.missing.rstrip('.')})."
-            " They run in a session of their own, since their start-up would stretch the catalogue's"
-            " run: `nox -s clients` records them into `build/client-traces/`, and the next build shows"
-            " what each one printed.")
+def made_without() -> str:
+    """What the matrix page says, once, in a build made without the programs."""
+    return (f"**This build was made without the real client programs** (`nox -s docs -- {NO_PROGRAMS}`):"
+            " this page shows none of their lines. `nox -s docs` records them, in the client session"
+            f" (`{CLIENTS_COMMAND}` records it alone, into `build/client-traces/`), and shows what each one"
+            " printed.")
 
 
 def runs(rec: Recording) -> list[tuple[str, dict[str, Any]]]:
@@ -111,8 +120,9 @@ def program_row(own: Recording, clients: Clients, link: Any) -> str:
     slug = own.slug
     if not runs_clients(slug):
         return ""
-    if slug not in clients.recordings:
-        return "\n" + not_recorded(clients) + "\n"
+    if not clients.shown:
+        return (f"\nThis build was made without the real client programs ([What real clients print]"
+                f"({link('clients.md')}) says how to record them).\n")
     rec = clients.recordings[slug]
     found = runs(rec)
     capture = link(capture_of(slug))
@@ -147,8 +157,8 @@ def request_of(entry: dict[str, Any]) -> str:
 def client_matrix(clients: Clients, link: Any) -> str:
     """Scenarios down, programs across; each cell the recorded line and its packet.
     link(target): a relative link from the page that shows it."""
-    if not clients.recordings:
-        return not_recorded(clients)
+    if not clients.shown:
+        return made_without()
     having = [rec for rec in clients.recordings.values() if runs(rec)]
     if not having:
         raise ValueError("no recording of the client session holds a client program's run")

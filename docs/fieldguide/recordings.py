@@ -14,9 +14,10 @@ import hmac
 from pathlib import Path
 
 from lab import scenarios, shapes
-from lab.artifact import CLIENT_TRACES, ArtifactError, Recording, key, load, seal
+from lab.artifact import CLIENT_TRACES, ArtifactError, Recording, key, load, paths, seal
 from lab.capture import read_packets
 
+from . import NO_PROGRAMS
 from .render import check_anchors, records
 
 def example_why(slug: str) -> str:
@@ -99,24 +100,32 @@ def load_all(docs: Path) -> dict[str, Recording]:
     return found
 
 
-def load_clients() -> tuple[dict[str, Recording], str]:
-    """The client session's recordings (`nox -s clients`, build/client-traces/): every scenario
-    with a client, each checked as load_checked() checks the catalogue's; used only when all
-    are there, sealed and fresh. ({}, why not) otherwise: the pages then say the build did
-    not record the programs, never show an older run's lines."""
+def load_clients() -> dict[str, Recording]:
+    """The client session's recordings (build/client-traces/): every scenario with a client,
+    each checked as load_checked() checks the catalogue's. ArtifactError naming each scenario
+    whose recording is missing (its run failed or did not run), stale or not as its run
+    sealed it: a build that shows the programs shows this session's lines, never an older
+    run's, or fails (a build asked for without them does not call this: hooks.py)."""
     slugs = scenarios.client_slugs()
-    if not any((CLIENT_TRACES / f"{slug}.json").is_file() for slug in slugs):
-        return {}, "this build did not record the client programs"
+    if not slugs:
+        raise ArtifactError(f"no scenario runs the client programs (each_program()): build with {NO_PROGRAMS}")
     problems, found = [], {}
     try:
         secret = key(CLIENT_TRACES)
-    except ArtifactError as exc:
-        return {}, str(exc)
-    for slug in slugs:
+    except ArtifactError as exc:  # no session was recorded there, or its key is broken
+        problems.append(str(exc))
+        secret = b""
+    for slug in slugs if secret else []:
+        missing = [p.name for p in paths(slug, CLIENT_TRACES) if not p.is_file()]
         try:
+            if missing:
+                raise ArtifactError(f"no recording ({', '.join(missing)} missing): its run failed or was not"
+                                    f" run; record it: {_again(slug, True)}")
             found[slug] = load_checked(slug, secret, programs=True)
         except (ArtifactError, ValueError, KeyError) as exc:
-            problems.append(f"{slug}: {exc}")
+            problems.append(f"scenario {slug}: {exc}")
     if problems:
-        return {}, "the client session's recordings are not used: " + "; ".join(problems)
-    return found, ""
+        raise ArtifactError("the real client programs' lines cannot be shown from the client session's"
+                            " recordings (`nox -s docs` records them after the catalogue; a build without"
+                            f" them: `nox -s docs -- {NO_PROGRAMS}`):\n  " + "\n  ".join(problems))
+    return found

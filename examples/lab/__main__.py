@@ -4,6 +4,7 @@
     python -m lab run --programs [SLUG ...]                the client session: the scenarios with a client again,
                                                            each real client program after their steps
                                                            (build/client-traces/, examples/shapes/clients/)
+    python -m lab run --programs --after build/traces      the same, recording once the catalogue's run has ended
     python -m lab list                                     the known slugs
     python -m lab run --keep-failed --out DIR              publish failed claims too, with RESULTS (lab/matrix.py)
     python -m lab matrix [--kernel NAME ...]               the catalogue on other kernels (build/traces/KERNEL/)
@@ -115,7 +116,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise BadInput(f"--out {args.out} is inside {kept}: recordings go elsewhere (build/traces)")
     if args.keep_failed and (args.update or args.repeat > 1):
         raise BadInput("--keep-failed records each scenario once, as it is: not with --update or --repeat")
-    runner = Runner(out=out, jobs=args.jobs, update=args.update, keep_failed=args.keep_failed, programs=args.programs)
+    runner = Runner(out=out, jobs=args.jobs, update=args.update, keep_failed=args.keep_failed, programs=args.programs,
+                    after=args.after.resolve() if args.after else None)
     started = time.monotonic()
 
     def announce() -> None:  # `nox -s docs` starts the site's build once it reads this line
@@ -174,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--programs", action="store_true",
                      help="the client session: run each real client program (lab/clients.py) after the steps"
                           " of the scenarios with a client (default: all of those)")
+    run.add_argument("--after", type=Path, default=None, metavar="DIR",
+                     help="hold the output folder at once, but record once the run recording into DIR has"
+                          " ended (`nox -s docs`: the client session after the catalogue)")
     run.add_argument("--update", action="store_true",
                      help="accept each recorded shape into examples/shapes/ instead of failing on a change")
     run.add_argument("--keep-failed", action="store_true",

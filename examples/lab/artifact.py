@@ -278,6 +278,7 @@ class Recording:
 
 def key(folder: Path | None = None, create: bool = False) -> bytes:
     path = (folder or TRACES) / FOLDER_FILES[1]
+    again = "nox -s clients" if path.parent == CLIENT_TRACES else "nox -s examples"
     if create and not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -286,12 +287,12 @@ def key(folder: Path | None = None, create: bool = False) -> bytes:
         secret = bytes.fromhex(path.read_text().strip())
     except FileNotFoundError:
         raise ArtifactError(f"no key in {path.parent} to check the recordings' seals: record them again"
-                            " (`nox -s examples`)") from None
+                            f" (`{again}`)") from None
     except (OSError, ValueError):
         secret = b""
     if len(secret) < 16:
         raise ArtifactError(f"{path} is not a key the lab wrote: delete it and record again"
-                            " (`nox -s examples`)")
+                            f" (`{again}`)")
     return secret
 
 

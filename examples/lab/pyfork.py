@@ -97,7 +97,8 @@ def _serve(sock: socket.socket) -> None:
                     os._exit(0)
                 request = json.loads(data)
                 if "reap" in request:  # the worker has its exit status: the pid may go now
-                    os.waitpid(request["reap"], 0)
+                    _, _, usage = os.wait4(request["reap"], 0)
+                    sock.send(json.dumps({"reaped": request["reap"], "cpu_s": usage.ru_utime + usage.ru_stime}).encode())
                     continue
                 pid = os.fork()
                 if pid == 0:
@@ -143,6 +144,7 @@ class Forked:
         self._stdout = stdout
         self._chunks: list[bytes] = []  # what it printed so far (kept across a timeout, as Popen does)
         self.returncode: int | None = None
+        self.cpu_s: float | None = None  # user+sys, its threads' and reaped children's (communicate())
         self._exited = threading.Event()
 
     def _exit(self, status: int) -> None:
@@ -185,7 +187,7 @@ class Forked:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._exited.wait(left):
             raise subprocess.TimeoutExpired("python client", timeout or 0)
-        self._forks.reap(self.pid)
+        self.cpu_s = self._forks.reap(self.pid)
         return b"".join(self._chunks), None
 
 
@@ -208,6 +210,8 @@ class Forks:
         self._started: list[int] = []
         self._running: dict[int, Forked] = {}
         self._exits: dict[int, int] = {}  # exits that came before their pid was handed out
+        self._reaped: dict[int, float] = {}  # pid -> its CPU time, as the server reaped it
+        self._gone = False  # the server ended
         self._cond = threading.Condition()
         self._reader: threading.Thread | None = None
 
@@ -215,11 +219,16 @@ class Forks:
         while True:
             data = self._sock.recv(65536)
             if not data:
+                with self._cond:
+                    self._gone = True
+                    self._cond.notify_all()
                 return
             message = json.loads(data)
             with self._cond:
                 if "pid" in message:
                     self._started.append(message["pid"])
+                elif "reaped" in message:
+                    self._reaped[message["reaped"]] = message["cpu_s"]
                 else:
                     proc = self._running.pop(message["exit"], None)
                     if proc:
@@ -228,9 +237,16 @@ class Forks:
                         self._exits[message["exit"]] = message["status"]
                 self._cond.notify_all()
 
-    def reap(self, pid: int) -> None:
+    def reap(self, pid: int) -> float:
+        """Let the server reap an exited child; its CPU time (user+sys, wait4's rusage)."""
         with self._lock:
             self._sock.send(json.dumps({"reap": pid}).encode())
+        with self._cond:
+            while pid not in self._reaped:
+                if self._gone:
+                    raise RuntimeError(f"the fork server ended before reaping {pid}")
+                self._cond.wait()
+            return self._reaped.pop(pid)
 
     def spawn(self, argv: list[str], ns_fd: int, hosts_file: str | None = None,
               stdin_pipe: bool = False) -> Forked:

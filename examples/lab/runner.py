@@ -52,7 +52,8 @@ class Result:
 
 class Runner:
     def __init__(self, out: Path | None = None, jobs: int | None = None, update: bool = False,
-                 keep_failed: bool = False, programs: bool = False, failures: Path | None = None) -> None:
+                 keep_failed: bool = False, programs: bool = False, failures: Path | None = None,
+                 after: Path | None = None) -> None:
         # programs: the client session (each real client program after the example's steps,
         # lab/clients.py), only for the scenarios with a client, into its own folder with its
         # own shapes; the catalogue's run leaves them out (their start-up, the JVMs' and Node's
@@ -65,6 +66,11 @@ class Runner:
         # failures: where a failed run's private folder (its pcap, text, json, worker.log) is
         # copied before it is removed, for a post-mortem (`python -m lab soak`)
         self.failures = failures
+        # after: a folder another run records into; this one holds its own folder at once and
+        # starts once that run has let its folder go (`nox -s docs`: the client session after the
+        # catalogue, whose timers then have the CPUs to themselves, and the site's build never
+        # finds the client session's folder free between the two runs)
+        self.after = after
         self.prefix = preflight()
         self._zygote: Zygote | None = None
         self._lock = threading.Lock()
@@ -139,6 +145,9 @@ class Runner:
                 key(self.out, create=True)  # a broken key is reported before any trace is removed
                 if on_locked:
                     on_locked()
+                if self.after is not None:  # nothing of this run (not even its tracer) meets that one's timers
+                    with locked(self.after):  # shared: granted once that run's exclusive lock is gone
+                        pass
                 return self._run_locked(slugs, repeat, on_result)
         finally:
             # the recordings are published and their folder let go: the site's build may read
