@@ -95,11 +95,15 @@ def cpus(text: str) -> int:
     return value
 
 
+def refuse_repeated(slugs: list[str], hint: str = "") -> None:
+    repeated = sorted({s for s in slugs if slugs.count(s) > 1})
+    if repeated:
+        raise BadInput(f"given more than once: {', '.join(repeated)}{hint}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     # every input is checked before anything is touched or deleted
-    repeated = sorted({s for s in args.slugs if args.slugs.count(s) > 1})
-    if repeated:
-        raise BadInput(f"given more than once: {', '.join(repeated)} (use --repeat N)")
+    refuse_repeated(args.slugs, " (use --repeat N)")
     slugs = check(args.slugs) if args.slugs else (client_slugs() if args.programs else all_slugs())
     if args.programs:
         without = [s for s in slugs if not runs_clients(s)]
@@ -153,9 +157,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
     from .soak import main as soak_main
     words = list(args.runs_and_slugs)
     runs = positive(words.pop(0)) if words and words[0].isdigit() else 10
-    repeated = sorted({s for s in words if words.count(s) > 1})
-    if repeated:
-        raise BadInput(f"given more than once: {', '.join(repeated)}")
+    refuse_repeated(words)
     check(words)  # an unknown slug is refused before anything runs
     with busy_cpus(args.busy):
         if args.sessions is not None and args.sessions < 0:
