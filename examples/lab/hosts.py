@@ -214,6 +214,24 @@ class Host:
         finally:
             self.nft("delete table ip silent_reboot")
 
+    def ack_at_once(self) -> None:
+        """Every route of this host with the option `quickack 1`: its TCP acknowledges each
+        segment in the softirq that received it, never from the delayed-ACK timer.
+
+        Why (the client programs' runs, lab/worker.py): a FIN that ends ESTABLISHED switches
+        its receiver to delayed ACKs (tcp_fin() enters pingpong mode, net/ipv4/tcp_input.c),
+        so a server slow to close (40 ms and more under load) sends a pure ACK from that
+        timer, then its own FIN from its process. Sent from two CPUs, the two crossed on the
+        way (each CPU drains its own backlog, enqueue_to_backlog(), net/core/dev.c): the
+        client, in TIME_WAIT, answered the stale ACK, and the server's listener reset that
+        answer. With the route's quickack (tcp_in_quickack_mode(): dst_quick_ack), the ACK
+        leaves with the FIN's own delivery, before the server's process can even lock its
+        socket to close it."""
+        # ip prints a route's rto_min as "rto_min lock 5s" but reads it back only as "rto_min 5s"
+        # (the lock is implied: iproute2's ip/iproute.c sets it for every rto_min)
+        routes = self.sh("ip", "-4", "-o", "route", "show").replace("rto_min lock ", "rto_min ").splitlines()
+        self.sh("ip", "-batch", "-", input="".join(f"route change {r.strip()} quickack 1\n" for r in routes))
+
     def sysctl(self, key: str, value: object) -> None:
         """Set a per-namespace sysctl on this host (net.* keys)."""
         path = "/proc/sys/" + key.replace(".", "/")

@@ -85,6 +85,8 @@ def run(scenario: Scenario, folder: Path) -> dict[str, Any]:
             lap("scenario")
             report["own_calls"] = len(transcript.entries)  # what came later is the programs' phase
             if scenario.runs_programs:
+                for h in built:  # no ACK from a timer to cross a FIN sent from a process (Host.ack_at_once)
+                    h.ack_at_once()
                 for program in clients.each(built[0]):  # each real program, as the client, in turn
                     scenario.module.each_program(program, *built)
                     for h in built:
