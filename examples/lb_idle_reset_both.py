@@ -26,14 +26,15 @@ IDLE_TIMEOUT = 0.3  # seconds of silence before the load balancer resets the flo
 PORT = 443
 
 
-def load_balancer(router, tap, client_ip, server_ip, idle_from=None):
+def load_balancer(router, tap, client_ip, server_ip, idle_from=None, timeout=5):
     """The load balancer's flow table for one flow: the next sequence number each side will
     send, and the time of its last segment; on idle timeout, a RST to each side.
-    idle_from: an event before which no silence counts (a program's first response sent)."""
+    idle_from: an event before which no silence counts (a program's first response sent);
+    timeout: how long the flow may take to go idle (a program's is its own time bound)."""
     next_seq = {}
     ports = None
-    tap.expect(flags="S", source=client_ip)  # wait for the flow to start (the SYN)
-    deadline = time.monotonic() + 5
+    tap.expect(flags="S", source=client_ip, timeout=timeout)  # wait for the flow to start (the SYN)
+    deadline = time.monotonic() + timeout
     # the flow's segments, in both directions, until it has been silent for IDLE_TIMEOUT
     seen = tap.expect(flags=None)  # the SYN-ACK (the SYN itself was read above)
     while True:
@@ -80,7 +81,7 @@ def each_program(program, client, router, server):
     # the load balancer's RST, in the client's name, ends the first connection while the server waits on it
     httpd = server.http_server(8080, answered, lost=ConnectionResetError)
     tap = router.wiretap()
-    lb = router.start(load_balancer, router, tap, client.ip, server.ip, answered)
+    lb = router.start(load_balancer, router, tap, client.ip, server.ip, answered, program.timeout)
     reset = client.expects("R", source=server)
     first = server.start(httpd.handle_request)
     url = f"http://{server.ip}:8080"
