@@ -215,18 +215,21 @@ class Host:
             self.nft("delete table ip silent_reboot")
 
     def ack_at_once(self) -> None:
-        """Every route of this host with the option `quickack 1`: its TCP acknowledges each
-        segment in the softirq that received it, never from the delayed-ACK timer.
+        """Every IPv4 route of this host's main table with the option `quickack 1`, which each
+        TCP socket reads when its route is set up (sk_setup_caps(), net/core/sock.c): it sends
+        each ACK as soon as it processes the segment (in the receiving softirq or, when its
+        process holds the socket, at release_sock()), never from the delayed-ACK timer
+        (tcp_in_quickack_mode(): dst_quick_ack, net/ipv4/tcp_input.c).
 
-        Why (the client programs' runs, lab/worker.py): a FIN that ends ESTABLISHED switches
-        its receiver to delayed ACKs (tcp_fin() enters pingpong mode, net/ipv4/tcp_input.c),
-        so a server slow to close (40 ms and more under load) sends a pure ACK from that
-        timer, then its own FIN from its process. Sent from two CPUs, the two crossed on the
-        way (each CPU drains its own backlog, enqueue_to_backlog(), net/core/dev.c): the
-        client, in TIME_WAIT, answered the stale ACK, and the server's listener reset that
-        answer. With the route's quickack (tcp_in_quickack_mode(): dst_quick_ack), the ACK
-        leaves with the FIN's own delivery, before the server's process can even lock its
-        socket to close it."""
+        Why: a FIN received in ESTABLISHED puts its receiver in pingpong mode (tcp_fin()),
+        which ends quick-ACK mode, so __tcp_ack_snd_check() leaves the FIN's ACK to the
+        delayed-ACK timer (at least 40 ms, TCP_DELACK_MIN). A server slow to close then sent
+        that pure ACK from the timer and its own FIN from its process, possibly on another
+        CPU; each CPU drains its own backlog (__netif_rx() -> enqueue_to_backlog(),
+        net/core/dev.c) and the two crossed: the client, in TIME_WAIT, answered the stale ACK
+        (tcp_timewait_state_process(), net/ipv4/tcp_minisocks.c) and the server's listener
+        reset that answer (TCP_FLAGS). With quickack the ACK leaves as the FIN is processed,
+        before the server's process can close."""
         # ip prints a route's rto_min as "rto_min lock 5s" but reads it back only as "rto_min 5s"
         # (the lock is implied: iproute2's ip/iproute.c sets it for every rto_min)
         routes = self.sh("ip", "-4", "-o", "route", "show").replace("rto_min lock ", "rto_min ").splitlines()
