@@ -30,6 +30,14 @@ PART = b"x" * 4096  # the client uploads 4 KiB at a time
 SIZE = 16 * len(PART)  # the 64 KiB upload the client announces
 
 
+TCP_FIN_WAIT2 = 5  # include/net/tcp_states.h
+
+
+def tcp_state(sock):
+    """The socket's TCP state: the first byte of its struct tcp_info (TCP_INFO)."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+
+
 def run(client, server):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -44,8 +52,17 @@ def run(client, server):
         def log_message(self, format, *args):  # http.server logs to stderr; keep the line
             server.note("log", format % args)
 
+    class Server(HTTPServer):
+        def shutdown_request(self, request):  # socketserver's: shutdown(SHUT_WR), then close()
+            request.shutdown(socket.SHUT_WR)  # the FIN...
+            # ...acknowledged before the close: a client ACK left to its delayed-ACK timer (40 ms)
+            # came before the RST or not, as the server was fast or slow to close
+            server.until("the client's kernel acknowledged the FIN", lambda: tcp_state(request) == TCP_FIN_WAIT2)
+            self.close_request(request)
+
+    client.ack_at_once()  # its ACK of the FIN at once, not after the delayed-ACK timer
     with server:
-        httpd = HTTPServer((server.ip, 8080), Handler)
+        httpd = Server((server.ip, 8080), Handler)
 
     # 1. http.client, as an application would use it for a streamed upload
     with client:
@@ -120,6 +137,8 @@ def claims(trace):
                    what="the client's kernel acknowledges the 413")
         fin = trace.next("server", "F.", name=f"{c}-server-fin",
                          what="the server closes: FIN first (http.server shuts down writing)...")
+        trace.next("client", ".", name=f"{c}-fin-ack", ack=fin.seq + 1,
+                   what="the client's kernel acknowledges the FIN (at once: its route's quickack)")
         rst = trace.next("server", "R.", name=f"{c}-server-rst", seq=fin.seq + 1, ack=last.ack,
                          what="...then [R.]: close() found body bytes it never read; the RST acknowledges them all")
         trace.check(f"connection {n}: a live socket's RST, with window and timestamp option",
