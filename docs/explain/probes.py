@@ -22,6 +22,7 @@ Standard library only: no import of the lab, so that `rst-explain` needs nothing
 from __future__ import annotations
 
 import errno
+import os
 import re
 import subprocess
 from collections.abc import Callable
@@ -348,3 +349,28 @@ def decode_live(fields: tuple[str, ...], extra: list[str], stack: list[str]) -> 
     if fields[0] == "tcp_receive_reset" and len(extra) >= 3:
         return {"bytes_received": int(extra[0]), "bytes_sent": int(extra[1]), "bytes_acked": int(extra[2])}
     return {}
+
+
+def recursion_misses(pid: int) -> int:
+    """How many times the kernel skipped one of bpftrace's programs (process pid) so far: a
+    tracepoint that fires while a kprobe or tracepoint BPF program already runs on the same CPU
+    (a softirq's packet drop on a timer tick that interrupted a probe in process context) is not
+    run, only counted (trace_call_bpf(), kernel/trace/bpf_trace.c: bpf_prog_active), in each
+    program's recursion_misses (/proc/PID/fdinfo of its file descriptor). Only kprobe and
+    perf-event tracepoint programs, such as bpftrace 0.17's `tracepoint:` probes, take
+    bpf_prog_active; the miss is counted for the programs of the tracepoint that was skipped."""
+    total = 0
+    try:
+        names = os.listdir(f"/proc/{pid}/fdinfo")
+    except OSError:
+        return 0
+    for name in names:
+        try:
+            with open(f"/proc/{pid}/fdinfo/{name}") as f:
+                info = f.read()
+        except OSError:
+            continue
+        if "prog_id:" in info:
+            found = re.search(r"^recursion_misses:\s+(\d+)", info, re.MULTILINE)
+            total += int(found.group(1)) if found else 0
+    return total
