@@ -41,7 +41,9 @@ from typing import IO, Any
 from . import probes, verdicts
 from .rules import KERNEL, KERNEL_POINTS, PAGES, TIES
 
-HOLD = 0.2               # seconds an event waits for its pair (a RST's send and its receipt)
+HOLD = 0.2               # seconds (the kernel's clock) between a RST's send and its receipt, at most
+WAIT_PAIR = 1.0          # seconds (ours) a RST's event waits for its pair once read from bpftrace
+GRACE = 0.1              # seconds (ours) a paired RST waits for what follows it (the errno, the drop)
 DROP_BEFORE = 5.0        # seconds before a RST in which a dropped segment of its flow is told
 SOCKETS = 65536          # sockets whose paths are kept (LRU)
 SUMMARY_KEYS = 1000      # keys per summary counter; more are counted as "(other)"
@@ -173,6 +175,8 @@ class Rst:
         self.receiver_path: list[str] = []
         self.errors: list[dict[str, Any]] = []
         self.dropped: dict[str, Any] | None = None
+        self.read_ns = time.monotonic_ns()   # when its first event was read (bpftrace may lag)
+        self.paired_ns: int | None = None
 
 
 class Live:
@@ -227,6 +231,7 @@ class Live:
             key = flow
             rst = self._pair(key, e["t_ns"], "sent")
             rst.sent = {**e, "ns": ns}
+            rst.paired_ns = time.monotonic_ns() if rst.received else None
             sock = self.sockets.get((ns, e["socket"])) if e["socket"] else None
             sock = sock or self.by_flow.get((ns, *flow))
             rst.sender_path = list(sock.path) if sock else []
@@ -234,6 +239,7 @@ class Live:
             key = (e["dst"], e["dport"], e["src"], e["sport"])
             rst = self._pair(key, e["t_ns"], "received")
             rst.received = {**e, "ns": ns}
+            rst.paired_ns = time.monotonic_ns() if rst.sent else None
             sock = self.sockets.get((ns, e["socket"]))
             rst.receiver_path = list(sock.path) if sock else []
 
@@ -249,11 +255,13 @@ class Live:
 
     # -- settling --------------------------------------------------------------------------
     def settle(self, now_ns: int, everything: bool = False) -> list[dict[str, Any]]:
-        """The documents of the RSTs whose pair has had HOLD seconds to come."""
+        """The documents of the RSTs paired GRACE seconds ago, or unpaired for WAIT_PAIR seconds
+        (now_ns: time.monotonic_ns())."""
         out = []
         for key in list(self.pending):
             rsts = self.pending[key]
-            ready = [r for r in rsts if everything or now_ns - r.t_ns > HOLD * 1e9]
+            ready = [r for r in rsts if everything or now_ns - r.read_ns > WAIT_PAIR * 1e9
+                     or r.paired_ns is not None and now_ns - r.paired_ns > GRACE * 1e9]
             if not ready:
                 continue
             for r in ready:
@@ -680,7 +688,8 @@ class Summary:
                             "peers": top(self.peers), "processes": top(self.processes)}}
 
 
-def run(args: Any, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> int:
+def run(args: Any, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
     try:
         watcher = Watcher(args.netns or [])
     except Unavailable as exc:
