@@ -1,4 +1,4 @@
-"""rst-explain --live on real RSTs: plain socket code (tests/live_causes.py, none of it an
+"""rst-explain --live on real RSTs: plain socket code (lab/live_causes.py, none of it an
 example) makes nine causes in two namespaces of its own while `rst-explain --live --json`
 watches them; each RST's first verdicts are the cause's page, with the kernel's reason. And the
 kernel's word in rules.KERNEL is what the lab recorded for each page's RST."""
@@ -7,12 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
-import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +15,7 @@ import pytest
 from rst_explain import live
 from rst_explain.rules import KERNEL, PAGES
 
-from live_causes import CAUSES, CLIENT, SERVER, make_pair
+from lab.live_causes import CAUSES, CLIENT, SERVER, Watching, make_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT / "build" / "traces"
@@ -42,57 +37,6 @@ def _can_trace() -> str:
 
 needs_tracing = pytest.mark.skipif(bool(_can_trace()) and not os.environ.get("CI"),
                                    reason=_can_trace() or "can trace")
-
-
-class Watching:
-    """`rst-explain --live --json` on the two namespaces, its objects through a queue."""
-
-    def __init__(self, paths: list[str], *extra: str) -> None:
-        argv = [sys.executable, "-m", "rst_explain", "--live", "--json", *extra]
-        for path in paths:
-            argv += ["--netns", path]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     pass_fds=(), start_new_session=True)
-        self.objects: queue.Queue = queue.Queue()
-        self.stderr: list[str] = []
-        self.attached = threading.Event()
-        threading.Thread(target=self._out, daemon=True).start()
-        threading.Thread(target=self._err, daemon=True).start()
-
-    def _out(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.objects.put(json.loads(line))
-        self.objects.put(None)
-
-    def _err(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr.append(line)
-            if line.startswith("watching"):
-                self.attached.set()
-        self.attached.set()
-
-    def next(self, timeout: float = 20.0) -> dict[str, Any]:
-        try:
-            item = self.objects.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no RST reported within {timeout} s; stderr: {''.join(self.stderr)}") from None
-        assert item is not None, f"the watcher ended: {''.join(self.stderr)}"
-        return item
-
-    def stop(self) -> dict[str, Any]:
-        self.proc.send_signal(signal.SIGINT)  # as Ctrl-C
-        self.proc.wait(timeout=30)
-        last = None
-        while (item := self.objects.get(timeout=5)) is not None:
-            last = item
-        return last or {}
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 @pytest.fixture

@@ -45,10 +45,11 @@ HOLD = 0.2               # seconds (the kernel's clock) between a RST's send and
 WAIT_PAIR = 1.0          # seconds (ours) a RST's event waits for its pair once read from bpftrace
 GRACE = 0.1              # seconds (ours) a paired RST waits for what follows it (the errno, the drop)
 DROP_BEFORE = 5.0        # seconds before a RST in which a dropped segment of its flow is told
-SOCKETS = 65536          # sockets whose paths are kept (LRU)
+SOCKETS = 16384          # sockets whose paths are kept, and RSTs waiting, at most (LRU)
 SUMMARY_KEYS = 1000      # keys per summary counter; more are counted as "(other)"
 QUEUE = 4096             # bpftrace's lines waiting to be read
 START_TIMEOUT = 60.0
+RING_PAGES = 1024        # bpftrace's perf ring per CPU, in pages (4 MiB)
 ACK, SYN, FIN, RST = 0x10, 0x02, 0x01, 0x04
 _libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNET, PR_SET_PDEATHSIG = 0x40000000, 1
@@ -156,6 +157,12 @@ def local_addresses() -> set[str]:
 
 
 # -- what the kernel said of one RST -------------------------------------------------------
+def _either_way(flow: tuple) -> tuple:
+    """A flow's key whichever way round it is seen."""
+    a, b = (flow[0], flow[1]), (flow[2], flow[3])
+    return (a, b) if a <= b else (b, a)
+
+
 class Sock:
     __slots__ = ("path", "flow", "ns")
 
@@ -177,6 +184,7 @@ class Rst:
         self.dropped: dict[str, Any] | None = None
         self.read_ns = time.monotonic_ns()   # when its first event was read (bpftrace may lag)
         self.paired_ns: int | None = None
+        self.settled = False
 
 
 class Live:
@@ -189,9 +197,11 @@ class Live:
         self.hosts, self.ports = set(hosts), set(ports)
         self.sockets: LRU = LRU(SOCKETS)
         self.by_flow: LRU = LRU(SOCKETS)          # (ns, src, sport, dst, dport) -> its last socket
-        self.pending: collections.OrderedDict = collections.OrderedDict()  # key -> [Rst]
-        self.drops: collections.deque = collections.deque(maxlen=4096)
-        self.errors: collections.deque = collections.deque(maxlen=4096)
+        self.pending: LRU = LRU(SOCKETS)             # the RST's four-tuple -> [Rst] not yet settled
+        self.unpaired: collections.deque = collections.deque()  # Rst in the order read
+        self.paired: collections.deque = collections.deque()    # Rst in the order paired
+        self.drops: LRU = LRU(SOCKETS)               # a flow, either way round -> its last drops
+        self.errors: LRU = LRU(SOCKETS)              # ... -> its last error reports
         self._locals_fn = locals_
         self._locals: set[str] = set()
         self._locals_at = 0.0
@@ -219,11 +229,12 @@ class Live:
                 self.by_flow.put((ns, *flow), sock)
             self.sockets.put(key, sock)
             return
-        if name == "inet_sk_error_report":
-            self.errors.append(e)
-            return
-        if name == "kfree_skb":
-            self.drops.append(e)
+        if name in ("inet_sk_error_report", "kfree_skb"):
+            table = self.errors if name == "inet_sk_error_report" else self.drops
+            key = _either_way(flow)
+            recent = table.get(key) or collections.deque(maxlen=4)
+            recent.append(e)
+            table.put(key, recent)
             return
         if not self._wanted(*flow):
             return
@@ -231,7 +242,7 @@ class Live:
             key = flow
             rst = self._pair(key, e["t_ns"], "sent")
             rst.sent = {**e, "ns": ns}
-            rst.paired_ns = time.monotonic_ns() if rst.received else None
+            self._paired(rst)
             sock = self.sockets.get((ns, e["socket"])) if e["socket"] else None
             sock = sock or self.by_flow.get((ns, *flow))
             rst.sender_path = list(sock.path) if sock else []
@@ -239,7 +250,7 @@ class Live:
             key = (e["dst"], e["dport"], e["src"], e["sport"])
             rst = self._pair(key, e["t_ns"], "received")
             rst.received = {**e, "ns": ns}
-            rst.paired_ns = time.monotonic_ns() if rst.sent else None
+            self._paired(rst)
             sock = self.sockets.get((ns, e["socket"]))
             rst.receiver_path = list(sock.path) if sock else []
 
@@ -248,27 +259,39 @@ class Live:
             if getattr(rst, side) is None and abs(rst.t_ns - t_ns) <= HOLD * 1e9:
                 return rst
         rst = Rst(key, t_ns)
-        self.pending.setdefault(key, []).append(rst)
-        if len(self.pending) > SOCKETS:
-            self.pending.popitem(last=False)
+        self.pending.put(key, [*self.pending.get(key, []), rst])
+        self.unpaired.append(rst)
         return rst
+
+    def _paired(self, rst: Rst) -> None:
+        if rst.sent and rst.received:
+            rst.paired_ns = time.monotonic_ns()
+            self.paired.append(rst)
 
     # -- settling --------------------------------------------------------------------------
     def settle(self, now_ns: int, everything: bool = False) -> list[dict[str, Any]]:
         """The documents of the RSTs paired GRACE seconds ago, or unpaired for WAIT_PAIR seconds
-        (now_ns: time.monotonic_ns())."""
+        (now_ns: time.monotonic_ns()); each queue is in time order, so only its ready head is
+        looked at."""
+        ready = []
+        # (past SOCKETS waiting, the oldest go at once: memory is bounded whatever the rate)
+        while self.paired and (everything or len(self.paired) > SOCKETS
+                               or now_ns - self.paired[0].paired_ns > GRACE * 1e9):
+            ready.append(self.paired.popleft())
+        while self.unpaired and (everything or len(self.unpaired) > SOCKETS
+                                 or now_ns - self.unpaired[0].read_ns > WAIT_PAIR * 1e9):
+            ready.append(self.unpaired.popleft())
         out = []
-        for key in list(self.pending):
-            rsts = self.pending[key]
-            ready = [r for r in rsts if everything or now_ns - r.read_ns > WAIT_PAIR * 1e9
-                     or r.paired_ns is not None and now_ns - r.paired_ns > GRACE * 1e9]
-            if not ready:
+        for rst in ready:
+            if rst.settled:
                 continue
-            for r in ready:
-                rsts.remove(r)
-                out.append(self.document(r))
-            if not rsts:
-                del self.pending[key]
+            rst.settled = True
+            rsts = [r for r in self.pending.get(rst.key, []) if r is not rst]
+            if rsts:
+                self.pending[rst.key] = rsts
+            else:
+                self.pending.pop(rst.key, None)
+            out.append(self.document(rst))
         out.sort(key=lambda d: d["t_ns"])
         return out
 
@@ -280,20 +303,18 @@ class Live:
             self._locals_at = time.monotonic()
         return address in self._locals
 
-    def _near(self, items: collections.deque, rst: Rst, before: float, after: float) -> list[dict[str, Any]]:
-        src, sport, dst, dport = rst.key
-        ends = {(src, sport, dst, dport), (dst, dport, src, sport)}
-        return [e for e in items if (e["src"], e["sport"], e["dst"], e["dport"]) in ends
-                and -before * 1e9 <= e["t_ns"] - rst.t_ns <= after * 1e9]
+    def _near(self, table: LRU, rst: Rst, before: float, after: float) -> list[dict[str, Any]]:
+        return [e for e in table.get(_either_way(rst.key), ())
+                if -before * 1e9 <= e["t_ns"] - rst.t_ns <= after * 1e9]
 
     def document(self, rst: Rst) -> dict[str, Any]:
         src, sport, dst, dport = rst.key
         sent, received = rst.sent, rst.received
         rst.errors = self._near(self.errors, rst, HOLD, HOLD)
         drops = self._near(self.drops, rst, DROP_BEFORE, HOLD)
-        # the segment the RST answers is dropped after the reply (tcp_v4_rcv() in
-        # net/ipv4/tcp_ipv4.c: tcp_v4_send_reset(), then kfree_skb_reason()): the drop
-        # nearest the RST, towards its sender
+        # the segment a RST answers is dropped after the reply (tcp_v4_rcv() in
+        # net/ipv4/tcp_ipv4.c calls tcp_v4_send_reset(), then drops it at discard_it): the drop
+        # nearest the RST, of a segment towards its sender
         toward = [d for d in drops if d["dst"] == src and d["dport"] == sport] or drops
         rst.dropped = min(toward, key=lambda d: abs(d["t_ns"] - rst.t_ns)) if toward else None
         stack = [f.split("+")[0] for f in (sent or {}).get("stack", [])]
@@ -518,6 +539,22 @@ def preflight() -> None:
                           "util-linux): `apt-get install bpftrace dwarves`")
 
 
+def _new_namespace() -> int:
+    """A fresh network namespace, held by the descriptor returned (the calling thread stays home)."""
+    fd: list[int] = []
+
+    def make() -> None:
+        if _libc.unshare(CLONE_NEWNET) == 0:  # this thread only, which ends here
+            fd.append(os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
+
+    thread = threading.Thread(target=make, daemon=True)
+    thread.start()
+    thread.join()
+    if not fd:
+        raise Unavailable(f"cannot make a network namespace: {os.strerror(ctypes.get_errno())}")
+    return fd[0]
+
+
 def _die_with_parent() -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
@@ -538,7 +575,13 @@ class Watcher:
             raise Unavailable("this kernel cannot be watched: " + "; ".join(found["missing"][e] for e in needed))
         self.found = found
         self.lacking_reason = "reason" in found.get("lacking", {}).get("tcp_send_reset", [])
-        only = []
+        # the marker's namespace, of this process's own (flush()): its sockets' events tell that
+        # bpftrace has printed everything before them
+        self.mark_fd = _new_namespace()
+        self.mark_ns = os.fstat(self.mark_fd).st_ino
+        self.marks: dict[int, int] = {}
+        self.marked = threading.Condition()
+        only = [self.mark_ns] if netns else []
         for path in netns:
             try:
                 only.append(os.stat(path).st_ino)
@@ -554,8 +597,12 @@ class Watcher:
         self.lines: queue.Queue = queue.Queue(QUEUE)
         self.ready = threading.Event()
         self.lost = 0
+        self.read: collections.Counter = collections.Counter()  # events read, by tracepoint
         self.stderr: collections.deque = collections.deque(maxlen=50)
-        self.proc = subprocess.Popen(probes.in_tracefs('exec bpftrace -e "$0"') + [self.script],
+        # a deeper ring than bpftrace's default 64 pages per CPU: a burst of RSTs waits there
+        # while this process is busy, rather than being lost (bpftrace counts what is lost)
+        env = {**os.environ, "BPFTRACE_PERF_RB_PAGES": os.environ.get("BPFTRACE_PERF_RB_PAGES", str(RING_PAGES))}
+        self.proc = subprocess.Popen(probes.in_tracefs('exec bpftrace -e "$0"') + [self.script], env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, errors="replace", start_new_session=True,
                                      preexec_fn=_die_with_parent)  # noqa: PLW1509 (before any thread of ours reads it)
@@ -578,6 +625,13 @@ class Watcher:
             kind, _, rest = line.partition(" ")
             if kind == "E":
                 fields, extra = probes.split(rest)
+                if int(fields[3]) == self.mark_ns:  # name, t, cpu, ns: the marker
+                    with self.marked:
+                        cpu = int(fields[2])
+                        self.marks[cpu] = max(self.marks.get(cpu, 0), int(fields[1]))
+                        self.marked.notify_all()
+                    continue
+                self.read[fields[0]] += 1
                 if fields[0] == "tcp_send_reset" and extra:
                     pending, stack = (fields, extra), []
                 else:
@@ -599,10 +653,37 @@ class Watcher:
     def misses(self) -> int:
         return probes.recursion_misses(self.proc.pid)
 
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until bpftrace has printed every event made until now: a socket set listening in
+        the marker's namespace on each CPU, whose inet_sock_set_state comes after every event that
+        CPU wrote before it (each CPU's buffer is read in order), as the lab's tracer does."""
+        until = time.monotonic_ns()
+        cpus = sorted(os.sched_getaffinity(0))
+
+        def mark() -> None:
+            if _libc.setns(self.mark_fd, CLONE_NEWNET) != 0:  # this thread only, which ends here
+                return
+            for cpu in cpus:
+                os.sched_setaffinity(0, {cpu})
+                with socket.socket() as marker:
+                    marker.listen()  # TCP_CLOSE -> TCP_LISTEN, on this CPU
+
+        thread = threading.Thread(target=mark, daemon=True)
+        thread.start()
+        thread.join()
+        deadline = time.monotonic() + timeout
+        with self.marked:
+            while not all(self.marks.get(c, 0) > until for c in cpus):
+                if self.proc.poll() is not None or not self.marked.wait(max(0.0, deadline - time.monotonic())):
+                    return False
+        return True
+
     def stop(self) -> None:
+        """bpftrace ends on SIGINT after printing what its buffers still hold (SIGKILL if it
+        takes more than 5 s)."""
         if self.proc.poll() is None:
             try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
+                os.killpg(self.proc.pid, signal.SIGINT)
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -679,11 +760,12 @@ class Summary:
         if doc["comm"]:
             self.processes.add(f"{doc['comm']} ({doc['pid']})")
 
-    def document(self, seconds: float, lost: int, misses: int) -> dict[str, Any]:
+    def document(self, seconds: float, lost: int, misses: int, read: dict[str, int] | None = None,
+                 ) -> dict[str, Any]:
         def top(c: Counter) -> dict[str, int]:
             return dict(sorted(c.items(), key=lambda kv: -kv[1]))
         return {"summary": {"rsts": self.rsts, "seconds": round(seconds, 3), "not_printed": self.not_printed,
-                            "lost_events": lost, "missed_probe_runs": misses,
+                            "lost_events": lost, "missed_probe_runs": misses, "events_read": read or {},
                             "reasons": top(self.reasons), "pages": top(self.pages),
                             "peers": top(self.peers), "processes": top(self.processes)}}
 
@@ -719,21 +801,28 @@ def run(args: Any, out: IO[str] | None = None, err: IO[str] | None = None) -> in
         suppressed_here = 0
         deadline = started + args.seconds if args.seconds else None
         done = False
+        draining = False  # stopped: bpftrace is gone, what it had printed is read to the end
+        misses = 0
         while not done:
             timeout = 0.05
-            if deadline is not None:
+            if deadline is not None and not draining:
                 timeout = max(0.0, min(timeout, deadline - time.monotonic()))
             try:
                 item = watcher.lines.get(timeout=timeout)
             except queue.Empty:
                 item = False
             if item is None:
-                if not stop.is_set():
+                if not stop.is_set() and not draining:
                     print("rst-explain --live: bpftrace ended: " + " / ".join(watcher.stderr)[-400:], file=err)
                 done = True
             elif item:
                 live.feed(*item)
-            ending = stop.is_set() or (deadline is not None and time.monotonic() >= deadline) or done
+            if not draining and (stop.is_set() or (deadline is not None and time.monotonic() >= deadline)):
+                misses = watcher.misses()
+                # everything bpftrace holds is read on (the reader goes on meanwhile), then it stops
+                flushing = threading.Thread(target=lambda: (watcher.flush(), watcher.stop()), daemon=True)
+                flushing.start()
+                draining = True
             now = time.monotonic()
             if now - window >= 1.0:
                 if suppressed_here:
@@ -741,7 +830,7 @@ def run(args: Any, out: IO[str] | None = None, err: IO[str] | None = None) -> in
                           f"{now - window:.1f} s (at most {args.rate}/s; all are in the summary)",
                           file=err if args.json else out, flush=True)
                 budget, window, suppressed_here = float(args.rate), now, 0
-            for doc in live.settle(time.monotonic_ns(), everything=ending):
+            for doc in live.settle(time.monotonic_ns(), everything=done):
                 summary.add(doc)
                 if budget >= 1:
                     budget -= 1
@@ -754,14 +843,13 @@ def run(args: Any, out: IO[str] | None = None, err: IO[str] | None = None) -> in
                     summary.not_printed += 1
                     suppressed_here += 1
                 if args.count and summary.rsts >= args.count:
-                    ending = True
+                    done = True
                     break
-            if ending:
-                done = True
-        lost, misses = watcher.lost, watcher.misses()
+        if not draining:
+            misses = watcher.misses()
         watcher.stop()
-        lost = max(lost, watcher.lost)
-        doc = summary.document(time.monotonic() - started, lost, misses)
+        lost = watcher.lost
+        doc = summary.document(time.monotonic() - started, lost, misses, dict(watcher.read))
         if args.json:
             out.write(json.dumps(doc) + "\n")
         else:

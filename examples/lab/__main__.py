@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="the known scenario slugs")
     bench = sub.add_parser("bench", help="measure the lab's own cost and the catalogue's")
     bench.add_argument("--rounds", type=int, default=20)
+    bench.add_argument("--live-only", action="store_true",
+                       help="only rst-explain --live under a storm of RSTs (build/bench/live.json)")
     bench.add_argument("--explain-only", action="store_true",
                        help="only rst-explain against tcpdump -r on a capture of 1 million packets")
     bench.add_argument("--kernels", action="store_true",

@@ -256,30 +256,8 @@ class Tracer:
         return True
 
     def misses(self) -> int:
-        """How many times the kernel skipped one of bpftrace's programs so far: a tracepoint that
-        fires while a kprobe or tracepoint BPF program already runs on the same CPU (a softirq's packet drop on a
-        timer tick that interrupted a probe in process context) is not run, only counted
-        (trace_call_bpf(), kernel/trace/bpf_trace.c: bpf_prog_active), in each program's
-        recursion_misses (/proc/PID/fdinfo of its file descriptor). Only kprobe and perf-event
-        tracepoint programs, such as bpftrace 0.17's `tracepoint:` probes, take bpf_prog_active;
-        the miss is counted for the programs of the tracepoint that was skipped."""
-        if self._proc is None:
-            return 0
-        total = 0
-        try:
-            names = os.listdir(f"/proc/{self._proc.pid}/fdinfo")
-        except OSError:
-            return 0
-        for name in names:
-            try:
-                with open(f"/proc/{self._proc.pid}/fdinfo/{name}") as f:
-                    info = f.read()
-            except OSError:
-                continue
-            if "prog_id:" in info:
-                found = re.search(r"^recursion_misses:\s+(\d+)", info, re.M)
-                total += int(found.group(1)) if found else 0
-        return total
+        """How many times the kernel skipped one of bpftrace's programs so far (probes.recursion_misses())."""
+        return probes.recursion_misses(self._proc.pid) if self._proc is not None else 0
 
     def collect(self, namespaces: dict[int, tuple[str, int]], until: int, misses_before: int = 0) -> dict[str, Any]:
         """The run's events: those in its namespaces (inode -> (host, made at ns)), from the

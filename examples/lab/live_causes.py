@@ -11,18 +11,23 @@ state in `ss`, data readable, a connect's error).
 from __future__ import annotations
 
 import errno
+import json
 import os
+import queue
 import select
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from lab import netns
+from . import netns
+from .process import die_with_parent
 
 CLIENT, SERVER, PREFIX = "203.0.113.10", "203.0.113.20", 24
 
@@ -228,6 +233,65 @@ def process_killed(pair: Pair, port: int) -> None:
     finally:
         server.kill()
         server.wait()
+
+
+class Watching:
+    """`rst-explain --live --json` (or without --json: text) on these namespaces, its objects
+    (or lines) through a queue; `attached` once it wrote its `watching` line."""
+
+    def __init__(self, paths: list[str], *extra: str, json_: bool = True, stdout: Any = subprocess.PIPE) -> None:
+        argv = [sys.executable, "-m", "rst_explain", "--live", *(["--json"] if json_ else []), *extra]
+        self.json = json_
+        for path in paths:
+            argv += ["--netns", path]
+        self.argv = argv
+        # its own session (a Ctrl-C at the terminal is for this process, which passes it on), and
+        # it ends with this process, however this one ends (it stops its bpftrace in turn)
+        self.proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGTERM))
+        self.objects: queue.Queue = queue.Queue()
+        self.stderr: list[str] = []
+        self.attached = threading.Event()
+        if stdout is subprocess.PIPE:
+            threading.Thread(target=self._out, daemon=True).start()
+        threading.Thread(target=self._err, daemon=True).start()
+
+    def _out(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.objects.put(json.loads(line) if self.json else line)
+        self.objects.put(None)
+
+    def _err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+            if line.startswith("watching"):
+                self.attached.set()
+        self.attached.set()
+
+    def next(self, timeout: float = 20.0) -> dict[str, Any]:
+        try:
+            item = self.objects.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no RST reported within {timeout} s; stderr: {''.join(self.stderr)}") from None
+        assert item is not None, f"the watcher ended: {''.join(self.stderr)}"
+        return item
+
+    def stop(self) -> dict[str, Any]:
+        self.proc.send_signal(signal.SIGINT)  # as Ctrl-C
+        self.proc.wait(timeout=30)
+        if not self.json or self.proc.stdout is None:
+            return {}
+        last = None
+        while (item := self.objects.get(timeout=5)) is not None:
+            last = item
+        return last or {}
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
 
 @dataclass(frozen=True)
