@@ -470,7 +470,7 @@ class Live:
             present = [fn for fn in k.not_via if fn in stack]
             if present:
                 return False, f"{present[0]}() was on the kernel's stack: not this page's way"
-        said = (f"reason {sent['reason']} in {sent['state']}" if not self.lacking_reason
+        said = (f"reason {sent['reason']}, state {sent['state']}" if not self.lacking_reason
                 else f"the socket's state {sent['state']}")
         via = [fn for fn in k.via if fn in stack]
         return True, said + (f", by {via[0]}()" if via else "") + ", as on this page's recording"

@@ -36,18 +36,29 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rst_explain import probes
-
 from . import netns
 from .process import SLOW, die_with_parent
 from .wire import tcpdump_flags
 
 SOCKET = "kernel.sock"  # in each run's folder: the worker's line to the runner's tracer
 START_TIMEOUT = 20.0 * SLOW
-# the probe program and its decoding are rst_explain.probes', shared with `rst-explain --live`
-EVENTS, TRACEFS, LAYOUT, OPTIONAL = probes.EVENTS, probes.TRACEFS, probes.LAYOUT, probes.OPTIONAL
-parse_pahole, declarations, symbols = probes.parse_pahole, probes.declarations, probes.symbols
-_in_tracefs = probes.in_tracefs
+# the probe program and its decoding are rst_explain.probes', shared with `rst-explain --live`;
+# imported where tracing begins, so that the lab without it (`PYTHONPATH=examples`, the lab run
+# by a user who cannot trace anyway) still runs: these names are probes' own
+_SHARED = {"EVENTS": "EVENTS", "TRACEFS": "TRACEFS", "LAYOUT": "LAYOUT", "OPTIONAL": "OPTIONAL",
+           "parse_pahole": "parse_pahole", "declarations": "declarations", "symbols": "symbols",
+           "_in_tracefs": "in_tracefs"}
+
+
+def _probes() -> Any:
+    from rst_explain import probes
+    return probes
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SHARED:
+        return getattr(_probes(), _SHARED[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def not_recorded(why: str) -> dict[str, Any]:
@@ -57,13 +68,14 @@ def not_recorded(why: str) -> dict[str, Any]:
 
 def offsets() -> dict[tuple[str, str], int]:
     """Each LAYOUT member's byte offset in this kernel, from its BTF (pahole)."""
-    return probes.offsets(LAYOUT, timeout=10 * SLOW)
+    probes = _probes()
+    return probes.offsets(probes.LAYOUT, timeout=10 * SLOW)
 
 
 def _script(events: list[str], home: int, layout: str, rx_sk: bool = True, rst_reason: bool = True) -> str:
     """rx_sk: kfree_skb has that field (the socket that dropped the packet; 6.12 and later);
     rst_reason: tcp_send_reset has its reason (6.10 and later)."""
-    return probes.script(events, home, layout, rx_sk=rx_sk, rst_reason=rst_reason)
+    return _probes().script(events, home, layout, rx_sk=rx_sk, rst_reason=rst_reason)
 
 
 def _tracer_child() -> None:
@@ -141,6 +153,7 @@ class Tracer:
         return ""
 
     def _launch(self) -> None:
+        probes = _probes()
         try:
             found = probes.kernel_formats(timeout=10 * SLOW)
         except probes.NoTracefs as exc:
@@ -156,12 +169,12 @@ class Tracer:
             raise RuntimeError("inet_sock_set_state, which the tracer's marker needs, cannot be used: "
                                + self.status["missing"]["inet_sock_set_state"])
         home = os.stat("/proc/self/ns/net").st_ino  # the machine's own traffic is never a run's
-        layout = declarations(offsets())
+        layout = probes.declarations(offsets())
         self._mark_fd = netns.new_namespace()
         self._mark_ns = str(os.fstat(self._mark_fd).st_ino)
         script = _script(events, home, layout, rx_sk="rx_sk" in fields["kfree_skb"],
                          rst_reason="reason" in fields["tcp_send_reset"])
-        self._proc = subprocess.Popen(_in_tracefs('exec bpftrace -e "$0"') + [script],
+        self._proc = subprocess.Popen(probes.in_tracefs('exec bpftrace -e "$0"') + [script],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True, start_new_session=True,
                                       preexec_fn=_tracer_child)
@@ -171,6 +184,7 @@ class Tracer:
 
     def _read(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
+        probes = _probes()
         for line in self._proc.stdout:
             kind, _, rest = line.rstrip("\n").partition(" ")
             with self._cond:
@@ -257,7 +271,7 @@ class Tracer:
 
     def misses(self) -> int:
         """How many times the kernel skipped one of bpftrace's programs so far (probes.recursion_misses())."""
-        return probes.recursion_misses(self._proc.pid) if self._proc is not None else 0
+        return _probes().recursion_misses(self._proc.pid) if self._proc is not None else 0
 
     def collect(self, namespaces: dict[int, tuple[str, int]], until: int, misses_before: int = 0) -> dict[str, Any]:
         """The run's events: those in its namespaces (inode -> (host, made at ns)), from the
@@ -281,7 +295,7 @@ class Tracer:
         return {"tracing": status, "events": events}
 
     def _decode(self, e: tuple[Any, ...], host: str) -> dict[str, Any]:
-        return probes.decode(e, self.names, host, flag_names=tcpdump_flags)
+        return _probes().decode(e, self.names, host, flag_names=tcpdump_flags)
 
 
 def attribute(everything: list[tuple[Any, ...]], namespaces: dict[int, tuple[str, int]], until: int) -> dict[int, str]:
