@@ -232,9 +232,11 @@ class Live:
         if name in ("inet_sk_error_report", "kfree_skb"):
             table = self.errors if name == "inet_sk_error_report" else self.drops
             key = _either_way(flow)
-            recent = table.get(key) or collections.deque(maxlen=4)
-            recent.append(e)
-            table.put(key, recent)
+            # only what a RST's document needs: these tables hold SOCKETS flows each
+            kept = {k: e[k] for k in ("t_ns", "src", "sport", "dst", "dport", "errno", "reason", "location",
+                                      "flags") if k in e}
+            recent = table.get(key) or []
+            table.put(key, [*recent[-3:], kept])
             return
         if not self._wanted(*flow):
             return
