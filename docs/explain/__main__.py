@@ -82,9 +82,31 @@ def main(argv: list[str] | None = None) -> int:
         prog="rst-explain",
         description="For each TCP RST in a capture (pcap, pcapng, or tcpdump's text; - for stdin), "
                     "the pages of the TCP Reset Field Guide that explain it, with the evidence.")
-    parser.add_argument("files", nargs="+", metavar="FILE")
-    parser.add_argument("--json", action="store_true", help="one JSON document per file")
+    parser.add_argument("files", nargs="*", metavar="FILE")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON document per file (--live: one JSON object per RST, then a summary)")
+    live = parser.add_argument_group("watching this machine (root, bpftrace)")
+    live.add_argument("--live", action="store_true",
+                      help="watch every network namespace of this machine and explain each RST as it happens, "
+                           "with the kernel's word (tracepoints tcp:tcp_send_reset and others)")
+    live.add_argument("--netns", action="append", metavar="PATH",
+                      help="only this network namespace (/run/netns/NAME, /proc/PID/ns/net; repeatable)")
+    live.add_argument("--port", action="append", type=int, metavar="P", help="only RSTs to or from this port")
+    live.add_argument("--host", action="append", metavar="ADDR", help="only RSTs to or from this IPv4 address")
+    live.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds")
+    live.add_argument("--count", type=int, metavar="N", help="stop after N RSTs")
+    live.add_argument("--rate", type=int, default=50, metavar="N",
+                      help="print at most N RSTs a second (default 50); the rest are counted in the summary")
     args = parser.parse_args(argv)
+    if args.live:
+        if args.files:
+            parser.error("--live reads no file")
+        from . import live as live_mode
+        return live_mode.run(args)
+    if not args.files:
+        parser.error("give a capture (FILE, or - for standard input), or --live")
+    if any(getattr(args, name) for name in ("netns", "port", "host", "seconds", "count")):
+        parser.error("--netns, --port, --host, --seconds and --count are for --live")
     # the tracker keeps many small objects alive (open and recently closed connections), and
     # the cycle collector's rescans of them cost up to half the run; rst_explain frees by
     # reference counts alone (it breaks its one cycle itself; tests/test_explain.py checks)

@@ -203,3 +203,59 @@ TIES: list[dict] = [
               "nstat: TcpExtTCPTimeouts and TcpRetransSegs",
               "capture on the other side of the load balancer: did the data get there?"]},
 ]
+
+
+# -- the kernel's word (rst-explain --live) ------------------------------------------------
+class Kernel(NamedTuple):
+    """What the kernel says of a page's RST (its claim `packet`), as the lab records it
+    (tcp:tcp_send_reset; tests/test_live.py checks each against the page's recording):
+    sent: a TCP stack of the machine sent it (False: nftables or a forged segment, no
+    tcp_send_reset event); reason and state: that event's; via: kernel functions that are on
+    the sending task's stack (live mode only: the lab records no stack); not_via: ... that are not."""
+    sent: bool
+    reason: str | None = None
+    state: str | None = None
+    via: tuple[str, ...] = ()
+    not_via: tuple[str, ...] = ()
+
+
+KERNEL_POINTS = 4  # a page whose kernel signature matches the RST's gains this; one that does not is ruled out
+_ABORTED = ("TCP_ABORT_ON_CLOSE", "TCP_CLOSE")   # __tcp_close() in net/ipv4/tcp.c: close() with unread data
+_TIME_WAIT = ("TCP_TIMEWAIT_SOCKET", "TCP_TIME_WAIT")  # tcp_v4_rcv() in net/ipv4/tcp_ipv4.c: TCP_TW_RST
+_DISCONNECT = ("TCP_STATE", "TCP_CLOSE")  # tcp_disconnect() in net/ipv4/tcp.c, once the state is TCP_CLOSE
+KERNEL: dict[str, Kernel] = {
+    "closed-port": Kernel(True, "NO_SOCKET", "UNKNOWN"),
+    "firewall-reject": Kernel(False),
+    "connect-timeout": Kernel(True, "NO_SOCKET", "UNKNOWN"),
+    "syn-sent-bad-ack": Kernel(True, "TCP_INVALID_ACK_SEQUENCE", "TCP_SYN_SENT"),
+    "backlog-overflow": Kernel(True, "INVALID_SYN", "TCP_LISTEN"),
+    "syn-flood-cookies": Kernel(True, "TCP_FLAGS", "TCP_LISTEN"),
+    "conntrack-invalid": Kernel(True, "NO_SOCKET", "UNKNOWN"),
+    "keepalive-probe-reset": Kernel(True, "NO_SOCKET", "UNKNOWN"),
+    "peer-lost-state": Kernel(True, "NO_SOCKET", "UNKNOWN"),
+    "idle-timeout-middlebox": Kernel(False),
+    "keepalive-race": Kernel(True, *_TIME_WAIT),
+    "proxy-keepalive-race": Kernel(True, *_TIME_WAIT),
+    "write-after-peer-close": Kernel(True, *_TIME_WAIT),
+    "time-wait-rst": Kernel(True, "TCP_FLAGS", "TCP_LISTEN"),
+    "lb-idle-reset-both": Kernel(False),
+    "rst-injection": Kernel(False),
+    "tls-clienthello-reset": Kernel(False),
+    # SO_LINGER 0: __tcp_close() calls tcp_disconnect() (net/ipv4/tcp.c)
+    "linger-zero": Kernel(True, *_DISCONNECT, not_via=("inet_csk_listen_stop",)),
+    "health-check-linger": Kernel(True, *_DISCONNECT, not_via=("inet_csk_listen_stop",)),
+    "proxy-upstream-reset": Kernel(True, *_DISCONNECT, not_via=("inet_csk_listen_stop",)),
+    # `ss -K`: tcp_abort() in net/ipv4/tcp.c resets before it moves the socket to TCP_CLOSE
+    "ss-kill": Kernel(True, "TCP_STATE", "TCP_ESTABLISHED", via=("tcp_abort",)),
+    # a listener closed with connections queued: inet_csk_listen_stop() in
+    # net/ipv4/inet_connection_sock.c, through inet_child_forget() and tcp_disconnect()
+    "listener-closed-queue": Kernel(True, *_DISCONNECT, via=("inet_csk_listen_stop",)),
+    # a process that dies closes its descriptors from do_exit() (kernel/exit.c)
+    "unread-data-close": Kernel(True, *_ABORTED, not_via=("do_exit",)),
+    "process-killed": Kernel(True, *_ABORTED, via=("do_exit",)),
+    "accepted-then-reset": Kernel(True, *_ABORTED, not_via=("do_exit",)),
+    "half-close-misread": Kernel(True, *_ABORTED, not_via=("do_exit",)),
+    "early-response-lost": Kernel(True, *_ABORTED, not_via=("do_exit",)),
+    # tcp_keepalive_timer() in net/ipv4/tcp_timer.c, its probes unanswered
+    "keepalive-timeout": Kernel(True, "TCP_KEEPALIVE_TIMEOUT", "TCP_ESTABLISHED", via=("tcp_keepalive_timer",)),
+}

@@ -27,7 +27,7 @@ import threading
 import time
 from typing import IO
 
-from lab.artifact import ROOT, TRACES
+from lab.artifact import CLIENT_TRACES, ROOT, TRACES
 from lab.process import die_with_parent
 
 from . import NO_PROGRAMS, PROGRAMS_ENV
@@ -39,12 +39,12 @@ FAILED = "failed: "  # the runner's last line on stderr when scenarios failed: t
 class Recording:
     """One run of the lab, its output passed on line by line (prefix: whose it is)."""
 
-    def __init__(self, name: str, argv: list[str], prefix: str) -> None:
+    def __init__(self, name: str, argv: list[str], prefix: str, command: str = "run") -> None:
         self.name, self.prefix = name, prefix
         self.locked = threading.Event()  # it holds its folder, or it ended without
         self.failed = ""  # the slugs it said failed, or its last line on stderr
         self.ended = 0.0
-        self.proc = subprocess.Popen([sys.executable, "-m", "lab", "run", *argv], stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "lab", command, *argv], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True,
                                      preexec_fn=lambda: die_with_parent(signal.SIGTERM))
         assert self.proc.stdout is not None and self.proc.stderr is not None
@@ -103,6 +103,12 @@ def _record_and_build(programs: bool, mkdocs_args: list[str], children: list[sub
         runs.append(Recording("the client session", ["--programs", "--after", str(TRACES)], "[clients] "))
         children.append(runs[1].proc)
         runs[1].locked.wait()
+    # rst-explain --live's own recording for docs/watch.md (lab/live_record.py), once the runs
+    # before it have ended (their timers are not shared with it): namespaces of its own, seconds
+    after = CLIENT_TRACES if programs else TRACES
+    runs.append(Recording("rst-explain --live's recording", ["--after", str(after)], "[live] ", command="live"))
+    children.append(runs[-1].proc)
+    runs[-1].locked.wait()
     build = None
     if all(run.proc.poll() is None or run.proc.returncode == 0 for run in runs):  # each holds its folder
         build = subprocess.Popen([sys.executable, "-m", "mkdocs", "build", "--strict", *mkdocs_args], cwd=ROOT,

@@ -375,6 +375,14 @@ def _capture_settings(ctx: Context, args: list[str]) -> str:
             f"# the text trace published beside the pcap (some scenarios add -v -K)\n{text}\n```\n")
 
 
+@placeholder("live_watch")
+def _live_watch(ctx: Context, args: list[str]) -> str:
+    """{{ live_watch }}, {{ live_watch json }}, {{ live_watch causes }}: `rst-explain --live` as
+    `python -m lab live` recorded it (watch.py)."""
+    from .watch import live_watch
+    return live_watch(args)
+
+
 @placeholder("recording_times")
 def _recording_times(ctx: Context, args: list[str]) -> str:
     """{{ recording_times }}: how long this build took to record each scenario, and why."""

@@ -9,6 +9,8 @@
     python -m lab run --keep-failed --out DIR              publish failed claims too, with RESULTS (lab/matrix.py)
     python -m lab matrix [--kernel NAME ...]               the catalogue on other kernels (build/traces/KERNEL/)
     python -m lab bench                                    timing figures (build/bench/)
+    python -m lab live [--after build/traces]              rst-explain --live watching causes of its own
+                                                           (build/live/, for docs/watch.md)
     python -m lab soak [N] [SLUG ...]                      N catalogue runs and N/3 client sessions, one CPU
                                                            busy; failures per scenario (build/soak.json)
 """
@@ -199,8 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     soak.add_argument("runs_and_slugs", nargs="*", metavar="[N] [SLUG]",
                       help="catalogue runs (default 10), then the scenarios (default: all)")
     sub.add_parser("list", help="the known scenario slugs")
+    live = sub.add_parser("live", help="record rst-explain --live watching the causes of lab/live_causes.py"
+                                       " (build/live/, the page docs/watch.md)")
+    live.add_argument("--out", type=Path, default=None, help="the folder (default build/live)")
+    live.add_argument("--after", type=Path, default=None, metavar="DIR",
+                      help="record once DIR's run has ended (its folder held meanwhile)")
     bench = sub.add_parser("bench", help="measure the lab's own cost and the catalogue's")
     bench.add_argument("--rounds", type=int, default=20)
+    bench.add_argument("--live-only", action="store_true",
+                       help="only rst-explain --live under a storm of RSTs (build/bench/live.json)")
     bench.add_argument("--explain-only", action="store_true",
                        help="only rst-explain against tcpdump -r on a capture of 1 million packets")
     bench.add_argument("--kernels", action="store_true",
@@ -222,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from .bench import main as bench_main
             return bench_main(args)
+        if args.command == "live":
+            from .live_record import LIVE, record
+            status = record(args.out or LIVE, args.after)
+            print("recorded" if status["recorded"] else f"not recorded: {status['why']}", flush=True)
+            return 0
         return cmd_run(args)
     except (UnknownScenario, BadInput) as exc:
         print(f"error: {exc}", file=sys.stderr)

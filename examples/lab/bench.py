@@ -14,6 +14,9 @@
 5. rst-explain against `tcpdump -r FILE -nn` printing the same capture of 1 million packets
    (bench_explain.py), side by side: target rst-explain <= 3 x tcpdump. Alone:
    `nox -s bench -- --explain-only`.
+7. `rst-explain --live` under a storm of RSTs made in namespaces (bench_live.py): the watcher's
+   CPU, the events bpftrace lost, its memory, what it printed and counted. Alone:
+   `nox -s bench -- --live-only`.
 4. The whole `nox -s docs` (the catalogue, the client session and `mkdocs build --strict`,
    overlapped), warm, against the target: <= 20 s on 2 CPUs; the client programs' CPU
    seconds in it, per program.
@@ -221,7 +224,20 @@ def measure_kernels(host_catalogue_s: float, boot: bool, nice: int = 15) -> dict
     return found
 
 
+def report_live() -> dict:
+    from . import bench_live
+    figures = bench_live.measure()
+    bench_live.report(figures)
+    return figures
+
+
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "live_only", False):
+        figures = report_live()
+        BENCH.mkdir(parents=True, exist_ok=True)
+        (BENCH / "live.json").write_text(json.dumps(figures, indent=1) + "\n")
+        print(f"written: {BENCH / 'live.json'}")
+        return 0
     if getattr(args, "explain_only", False):
         figures = report_explain()
         BENCH.mkdir(parents=True, exist_ok=True)
@@ -301,7 +317,7 @@ def main(args: argparse.Namespace) -> int:
                       "parallel_s": round(parallel_wall, 3), "parallel_runs_s": parallel_walls,
                       "slowest": slowest.slug, "slowest_s": round(_own(slowest), 3),
                       "target_s": round(target, 3), "target_met": parallel_wall <= target},
-        "docs": docs, "clients": clients, "tracer": tracer, "explain": report_explain(),
+        "docs": docs, "clients": clients, "tracer": tracer, "explain": report_explain(), "live": report_live(),
         "kernels": measure_kernels(parallel_wall, args.kernels, args.nice),
     }
     BENCH.mkdir(parents=True, exist_ok=True)

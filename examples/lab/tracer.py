@@ -23,7 +23,6 @@ says so and why.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
@@ -42,39 +41,24 @@ from .process import SLOW, die_with_parent
 from .wire import tcpdump_flags
 
 SOCKET = "kernel.sock"  # in each run's folder: the worker's line to the runner's tracer
-EVENTS = ("tcp_send_reset", "tcp_receive_reset", "inet_sock_set_state", "inet_sk_error_report", "kfree_skb")
-FORMATS = {"tcp_send_reset": "tcp/tcp_send_reset", "tcp_receive_reset": "tcp/tcp_receive_reset",
-           "inet_sock_set_state": "sock/inet_sock_set_state", "inet_sk_error_report": "sock/inet_sk_error_report",
-           "kfree_skb": "skb/kfree_skb"}
-TRACEFS = "/sys/kernel/tracing"
 START_TIMEOUT = 20.0 * SLOW
-PORT = "($P >> 8) | (($P & 0xff) << 8)"  # network to host order, in bpftrace
+# the probe program and its decoding are rst_explain.probes', shared with `rst-explain --live`;
+# imported where tracing begins, so that the lab without it (`PYTHONPATH=examples`, the lab run
+# by a user who cannot trace anyway) still runs: these names are probes' own
+_SHARED = {"EVENTS": "EVENTS", "TRACEFS": "TRACEFS", "LAYOUT": "LAYOUT", "OPTIONAL": "OPTIONAL",
+           "parse_pahole": "parse_pahole", "declarations": "declarations", "symbols": "symbols",
+           "_in_tracefs": "in_tracefs"}
 
-# The kernel structures the probes read, by the offsets this kernel's BTF gives (pahole,
-# Debian package dwarves): declared in the script, so bpftrace need not load the whole BTF
-# (that alone took 0.45 s of its 0.9 s start). (struct, member) -> (name in the script, C type)
-LAYOUT = {
-    ("sock_common", "skc_family"): ("fg_sock", "family", "unsigned short"),
-    ("sock_common", "skc_state"): ("fg_sock", "state", "unsigned char"),
-    ("sock_common", "skc_net"): ("fg_sock", "net", "struct fg_net *"),
-    ("net", "ns"): ("fg_net", "ns", "struct fg_ns"),
-    ("ns_common", "inum"): ("fg_ns", "inum", "unsigned int"),
-    ("sk_buff", "dev"): ("fg_skb", "dev", "struct fg_dev *"),
-    ("sk_buff", "sk"): ("fg_skb", "sk", "struct fg_sock *"),
-    ("sk_buff", "transport_header"): ("fg_skb", "transport_header", "unsigned short"),
-    ("sk_buff", "network_header"): ("fg_skb", "network_header", "unsigned short"),
-    ("sk_buff", "head"): ("fg_skb", "head", "unsigned char *"),
-    ("net_device", "nd_net"): ("fg_dev", "net", "struct fg_net *"),
-}
-# wire formats (RFC 791, RFC 9293) and struct sockaddr_in: the same on every kernel
-_WIRE = """
-struct fg_iphdr { unsigned char version_ihl; unsigned char tos; unsigned short len; unsigned short id;
-  unsigned short frag; unsigned char ttl; unsigned char protocol; unsigned short check; unsigned int saddr;
-  unsigned int daddr; };
-struct fg_tcphdr { unsigned short source; unsigned short dest; unsigned int seq; unsigned int ack;
-  unsigned char offset; unsigned char flags; };
-struct fg_sin { unsigned short family; unsigned short port; unsigned int addr; };
-"""
+
+def _probes() -> Any:
+    from rst_explain import probes
+    return probes
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SHARED:
+        return getattr(_probes(), _SHARED[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def not_recorded(why: str) -> dict[str, Any]:
@@ -84,122 +68,14 @@ def not_recorded(why: str) -> dict[str, Any]:
 
 def offsets() -> dict[tuple[str, str], int]:
     """Each LAYOUT member's byte offset in this kernel, from its BTF (pahole)."""
-    classes = sorted({c for c, _ in LAYOUT})
-    return parse_pahole(subprocess.run(["pahole", "-C", ",".join(classes), "/sys/kernel/btf/vmlinux"],
-                                       capture_output=True, text=True, timeout=10 * SLOW).stdout)
-
-
-def parse_pahole(out: str) -> dict[tuple[str, str], int]:
-    """LAYOUT's members' offsets in pahole's listing (`type name; /* offset size */`): the
-    first listing of a member counts (a union lists some twice)."""
-    found: dict[tuple[str, str], int] = {}
-    current = ""
-    for line in out.splitlines():
-        opening = re.match(r"^struct (\w+) \{", line)
-        if opening:
-            current = opening.group(1)
-            continue
-        member = re.search(r"[\s*](\w+)(?:\[\d+\])?;\s+/\*\s+(\d+)(?::\s*\d+)?\s+\d+\s+\*/", line)
-        if member and (current, member.group(1)) in LAYOUT:
-            found.setdefault((current, member.group(1)), int(member.group(2)))
-    missing = sorted(f"{c}.{m}" for c, m in LAYOUT if (c, m) not in found)
-    if missing:
-        raise RuntimeError(f"this kernel's BTF has no {', '.join(missing)} (pahole)")
-    return found
-
-
-def declarations(found: dict[tuple[str, str], int]) -> str:
-    """The script's structs: each LAYOUT member at its offset, padding before it."""
-    structs: dict[str, list[tuple[int, str, str]]] = {}
-    for key, (struct, name, ctype) in LAYOUT.items():
-        structs.setdefault(struct, []).append((found[key], name, ctype))
-    sizes = {"unsigned char": 1, "unsigned short": 2, "unsigned int": 4, "struct fg_ns": 0}  # fg_ns: last
-    text = []
-    for struct in ("fg_ns", "fg_net", "fg_sock", "fg_dev", "fg_skb"):  # each before its use
-        members, at = [], 0
-        for offset, name, ctype in sorted(structs[struct]):
-            if offset > at:
-                members.append(f"char _{at}[{offset - at}];")
-            members.append(f"{ctype}{'' if ctype.endswith('*') else ' '}{name};")
-            at = offset + (8 if ctype.endswith("*") else sizes[ctype])
-        text.append(f"struct {struct} {{ {' '.join(members)} }};")
-    return "\n".join(text) + _WIRE
-
-
-_PROBES = {
-    "tcp_send_reset": """
-tracepoint:tcp:tcp_send_reset {
-  $ns = args->skaddr != 0 ? SKNS(args->skaddr) : ((struct fg_skb *)args->skbaddr)->dev->net->ns.inum;
-  $sa = (struct fg_sin *)args->saddr; $da = (struct fg_sin *)args->daddr;
-  if ($ns != HOME) { printf("E tcp_send_reset %llu %d %u %llx %d %d %s %d %s %d\\n", nsecs, cpu, $ns, args->skaddr,
-    args->state, RSTREASON, ntop($sa->addr), PORT($sa->port), ntop($da->addr),
-    PORT($da->port)); }
-}""",
-    "tcp_receive_reset": """
-tracepoint:tcp:tcp_receive_reset {
-  $ns = SKNS(args->skaddr);
-  if ($ns != HOME) { printf("E tcp_receive_reset %llu %d %u %llx %d %s %d %s %d\\n", nsecs, cpu, $ns, args->skaddr,
-    ((struct fg_sock *)args->skaddr)->state, ntop(args->saddr), args->sport, ntop(args->daddr),
-    args->dport); }
-}""",
-    "inet_sock_set_state": """
-tracepoint:sock:inet_sock_set_state /args->protocol == 6/ {
-  $ns = SKNS(args->skaddr);
-  if ($ns != HOME) { printf("E inet_sock_set_state %llu %d %u %llx %d %d %s %d %s %d\\n", nsecs, cpu, $ns,
-    args->skaddr, args->oldstate, args->newstate, ntop(args->saddr), args->sport, ntop(args->daddr), args->dport); }
-}""",
-    "inet_sk_error_report": """
-tracepoint:sock:inet_sk_error_report /args->protocol == 6 && args->error != 0/ {
-  printf("E inet_sk_error_report %llu %d 0 0 %d %s %d %s %d\\n", nsecs, cpu, args->error, ntop(args->saddr),
-    args->sport, ntop(args->daddr), args->dport);
-}""",
-    "kfree_skb": """
-tracepoint:skb:kfree_skb /args->reason > 1 && args->protocol == 0x0800/ {
-  $skb = (struct fg_skb *)args->skbaddr;
-  $rx = (struct fg_sock *)RXSK;
-  $ns = $skb->dev != 0 ? $skb->dev->net->ns.inum : ($rx != 0 ? $rx->net->ns.inum
-        : ($skb->sk != 0 ? $skb->sk->net->ns.inum : 0));
-  $ip = (struct fg_iphdr *)($skb->head + $skb->network_header);
-  // 17, AF_PACKET: a copy held by a packet socket (tcpdump's, the lab's taps), not the stack's drop
-  $copy = $skb->sk != 0 ? $skb->sk->family == 17 : 0;
-  if ($ns != HOME && $ns != 0 && !$copy && $ip->protocol == 6) {
-    $th = (struct fg_tcphdr *)($skb->head + $skb->transport_header);
-    printf("E kfree_skb %llu %d %u 0 %d %s %d %s %d %d %u %s\\n", nsecs, cpu, $ns, args->reason, ntop($ip->saddr),
-      PORT($th->source), ntop($ip->daddr), PORT($th->dest), $th->flags,
-      $th->seq, ksym(args->location));
-  }
-}""",
-}
-# the fields each probe reads from its event (the kernel must have them)
-_NEEDS = {"tcp_send_reset": ("skbaddr", "skaddr", "state", "saddr", "daddr"),
-          "tcp_receive_reset": ("skaddr", "sport", "dport", "saddr", "daddr"),
-          "inet_sock_set_state": ("skaddr", "oldstate", "newstate", "protocol", "saddr", "daddr"),
-          "inet_sk_error_report": ("error", "protocol", "saddr", "daddr"),
-          "kfree_skb": ("skbaddr", "location", "protocol", "reason")}
-# fields read where the kernel has them; without one, its value is printed as -1 and decoded
-# as None, and the claims that need it are not applicable there (lab/trace.py)
-OPTIONAL = {"tcp_send_reset": ("reason",)}  # tcp_send_reset's reason: Linux 6.10 and later
-_HEAD = """
-BEGIN { printf("R ready\\n"); }
-"""
+    probes = _probes()
+    return probes.offsets(probes.LAYOUT, timeout=10 * SLOW)
 
 
 def _script(events: list[str], home: int, layout: str, rx_sk: bool = True, rst_reason: bool = True) -> str:
     """rx_sk: kfree_skb has that field (the socket that dropped the packet; 6.12 and later);
     rst_reason: tcp_send_reset has its reason (6.10 and later)."""
-    text = layout + _HEAD + "".join(_PROBES[e] for e in events)
-    text = text.replace("RXSK", "args->rx_sk" if rx_sk else "0")
-    text = text.replace("RSTREASON", "args->reason" if rst_reason else "-1")
-    text = re.sub(r"SKNS\(([^()]*)\)", r"((struct fg_sock *)\1)->net->ns.inum", text)
-    text = re.sub(r"PORT\(([^()]*)\)", lambda m: "(" + PORT.replace("$P", m.group(1)) + ")", text)
-    return text.replace("HOME", str(home))
-
-
-def _in_tracefs(command: str) -> list[str]:
-    """argv running a shell command with tracefs mounted, in a mount namespace of its own
-    (nothing is left mounted on the machine)."""
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-            f"mountpoint -q {TRACEFS} || mount -t tracefs nodev {TRACEFS} || exit 3; {command}"]
+    return _probes().script(events, home, layout, rx_sk=rx_sk, rst_reason=rst_reason)
 
 
 def _tracer_child() -> None:
@@ -207,18 +83,6 @@ def _tracer_child() -> None:
     probes ahead of the workers that wait for them (a negative nice value: root only)."""
     die_with_parent(signal.SIGKILL)
     os.nice(-10)
-
-
-def symbols(print_fmt: str) -> dict[str, dict[int, str]]:
-    """Each field's numbers -> names, from an event format's __print_symbolic() tables:
-    the names the kernel itself prints (TCP_LISTEN, NO_SOCKET, TCP_LISTEN_OVERFLOW...)."""
-    found: dict[str, dict[int, str]] = {}
-    for fieldname, table in re.findall(r"__print_symbolic\(REC->(\w+),((?:\s*\{\s*\d+,\s*\"[^\"]*\"\s*\},?)+)",
-                                       print_fmt):
-        found[fieldname] = {int(n): name for n, name in re.findall(r"\{\s*(\d+),\s*\"([^\"]*)\"\s*\}", table)}
-    if "REC->state ?" in print_fmt:  # tcp_send_reset prints a state of 0 (no socket) as UNKNOWN
-        found.setdefault("state", {})[0] = "UNKNOWN"
-    return found
 
 
 class Tracer:
@@ -289,45 +153,28 @@ class Tracer:
         return ""
 
     def _launch(self) -> None:
-        paths = " ".join(f"{TRACEFS}/events/{FORMATS[e]}/format" for e in EVENTS)
-        probe = subprocess.run(_in_tracefs(f"for f in {paths}; do echo \"== $f\"; cat \"$f\" 2>/dev/null; done"),
-                               capture_output=True, text=True, timeout=10 * SLOW)
-        if probe.returncode == 3:
-            raise RuntimeError(f"tracefs cannot be mounted: {probe.stderr.strip()}")
-        formats = dict(re.findall(r"== \S+/events/\w+/(\w+)/format\n(.*?)(?=\n== |\Z)", probe.stdout, re.S))
-        fields = {e: set(re.findall(r"field:[^;]*?(\w+)(?:\[\d+\])?;", formats.get(e, ""))) for e in EVENTS}
-        events = []
-        for event in EVENTS:
-            text = formats.get(event, "")
-            lacking = [f for f in _NEEDS[event] if f not in fields[event]]
-            if not text.strip():
-                self.status["missing"][event] = "this kernel has no such tracepoint"
-            elif lacking:
-                self.status["missing"][event] = f"this kernel's {event} has no field {', '.join(lacking)}"
-            else:
-                events.append(event)
-                self.names[event] = symbols(text.partition("print fmt:")[2])
-                absent = [f for f in OPTIONAL.get(event, ()) if f not in fields[event]]
-                if absent:
-                    self.status.setdefault("lacking", {})[event] = absent
+        probes = _probes()
+        try:
+            found = probes.kernel_formats(timeout=10 * SLOW)
+        except probes.NoTracefs as exc:
+            raise RuntimeError(str(exc)) from None
+        events, fields, self.names = found["events"], found["fields"], found["names"]
+        self.status["missing"].update(found["missing"])
+        if found.get("lacking"):
+            self.status["lacking"] = found["lacking"]
         # the reasons this kernel knows, by name (its own enums): a claim on a reason the
         # kernel does not have is not applicable there, rather than failed (lab/trace.py)
-        self.status["reasons"] = {e: sorted(set(self.names[e].get("reason", {}).values()))
-                                  for e in ("tcp_send_reset", "kfree_skb") if e in self.names
-                                  and "reason" not in self.status.get("lacking", {}).get(e, [])}
-        if "tcp_send_reset" in self.names:  # its states are printed by macro names: the numbers are these
-            states = self.names.get("inet_sock_set_state", {}).get("newstate", {})
-            self.names["tcp_send_reset"]["state"] = {**states, **self.names["tcp_send_reset"].get("state", {})}
+        self.status["reasons"] = found["reasons"]
         if "inet_sock_set_state" not in events:
             raise RuntimeError("inet_sock_set_state, which the tracer's marker needs, cannot be used: "
                                + self.status["missing"]["inet_sock_set_state"])
         home = os.stat("/proc/self/ns/net").st_ino  # the machine's own traffic is never a run's
-        layout = declarations(offsets())
+        layout = probes.declarations(offsets())
         self._mark_fd = netns.new_namespace()
         self._mark_ns = str(os.fstat(self._mark_fd).st_ino)
         script = _script(events, home, layout, rx_sk="rx_sk" in fields["kfree_skb"],
                          rst_reason="reason" in fields["tcp_send_reset"])
-        self._proc = subprocess.Popen(_in_tracefs('exec bpftrace -e "$0"') + [script],
+        self._proc = subprocess.Popen(probes.in_tracefs('exec bpftrace -e "$0"') + [script],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True, start_new_session=True,
                                       preexec_fn=_tracer_child)
@@ -337,11 +184,12 @@ class Tracer:
 
     def _read(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
+        probes = _probes()
         for line in self._proc.stdout:
             kind, _, rest = line.rstrip("\n").partition(" ")
             with self._cond:
                 if kind == "E":
-                    event = tuple(rest.split(" "))
+                    event, _ = probes.split(rest)
                     if event[3] == self._mark_ns:  # name, t, cpu, ns: the runner's own marker
                         cpu = int(event[2])
                         self._marks[cpu] = max(self._marks.get(cpu, 0), int(event[1]))
@@ -422,30 +270,8 @@ class Tracer:
         return True
 
     def misses(self) -> int:
-        """How many times the kernel skipped one of bpftrace's programs so far: a tracepoint that
-        fires while a kprobe or tracepoint BPF program already runs on the same CPU (a softirq's packet drop on a
-        timer tick that interrupted a probe in process context) is not run, only counted
-        (trace_call_bpf(), kernel/trace/bpf_trace.c: bpf_prog_active), in each program's
-        recursion_misses (/proc/PID/fdinfo of its file descriptor). Only kprobe and perf-event
-        tracepoint programs, such as bpftrace 0.17's `tracepoint:` probes, take bpf_prog_active;
-        the miss is counted for the programs of the tracepoint that was skipped."""
-        if self._proc is None:
-            return 0
-        total = 0
-        try:
-            names = os.listdir(f"/proc/{self._proc.pid}/fdinfo")
-        except OSError:
-            return 0
-        for name in names:
-            try:
-                with open(f"/proc/{self._proc.pid}/fdinfo/{name}") as f:
-                    info = f.read()
-            except OSError:
-                continue
-            if "prog_id:" in info:
-                found = re.search(r"^recursion_misses:\s+(\d+)", info, re.M)
-                total += int(found.group(1)) if found else 0
-        return total
+        """How many times the kernel skipped one of bpftrace's programs so far (probes.recursion_misses())."""
+        return _probes().recursion_misses(self._proc.pid) if self._proc is not None else 0
 
     def collect(self, namespaces: dict[int, tuple[str, int]], until: int, misses_before: int = 0) -> dict[str, Any]:
         """The run's events: those in its namespaces (inode -> (host, made at ns)), from the
@@ -469,36 +295,7 @@ class Tracer:
         return {"tracing": status, "events": events}
 
     def _decode(self, e: tuple[Any, ...], host: str) -> dict[str, Any]:
-        name, t, _cpu, _ns, sk, *rest = e
-        out: dict[str, Any] = {"event": name, "t_ns": int(t), "host": host}
-        names = self.names.get(name, {})
-
-        def named(fieldname: str, value: str) -> str:
-            return names.get(fieldname, {}).get(int(value), value)
-
-        if name == "tcp_send_reset":
-            state, reason, *flow = rest
-            out.update(socket=sk if sk != "0" else None, state=named("state", state),
-                       reason=None if reason == "-1" else named("reason", reason))
-        elif name == "tcp_receive_reset":
-            state, *flow = rest
-            states = self.names.get("inet_sock_set_state", {}).get("newstate", {})
-            out.update(socket=sk, state=states.get(int(state), state))
-        elif name == "inet_sock_set_state":
-            old, new, *flow = rest
-            out.update(socket=sk, oldstate=named("oldstate", old), newstate=named("newstate", new))
-        elif name == "inet_sk_error_report":
-            error, *flow = rest
-            out.update(error=int(error), errno=errno.errorcode.get(int(error), error))
-        else:  # kfree_skb
-            reason, *flow = rest
-            out.update(reason=named("reason", reason))
-            flow, extra = flow[:4], flow[4:]
-            out.update(flags=tcpdump_flags(int(extra[0])), seq=int.from_bytes(int(extra[1]).to_bytes(4, "little"), "big"),
-                       location=extra[2])
-        saddr, sport, daddr, dport = flow[:4]
-        out.update(src=saddr, sport=int(sport), dst=daddr, dport=int(dport))
-        return out
+        return _probes().decode(e, self.names, host, flag_names=tcpdump_flags)
 
 
 def attribute(everything: list[tuple[Any, ...]], namespaces: dict[int, tuple[str, int]], until: int) -> dict[int, str]:
