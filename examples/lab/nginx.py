@@ -94,7 +94,15 @@ class Nginx:
         and its next epoll_wait() returns all of it at once. kill() returns once the signal is
         queued: a worker not stopped yet can still take a segment arriving meanwhile from
         epoll_wait() and act on it alone after SIGCONT (nginx's debug log showed the event
-        without the EINTR a stopped worker's epoll_wait() returns; examples/proxy_upstream_reset.py)."""
+        without the EINTR a stopped worker's epoll_wait() returns; examples/proxy_upstream_reset.py).
+
+        First the worker is let go back to sleep in epoll_wait(), every event it was given handled:
+        an event still queued for it (epoll returns them in the order they came) would otherwise come
+        before what arrives while it is stopped. One such is a read event on a backend connection
+        whose last bytes nginx had already read with the first: stopped before it got to that event,
+        the worker later found it first, with the backend's FIN behind it, and closed the pooled
+        connection before reading the client's request (proxy-keepalive-race, under load)."""
+        self.host.until("nginx's worker waits for events", lambda: process.waits_in_epoll(self.worker))
         os.kill(self.worker, signal.SIGSTOP)
         self.host.until("nginx's worker is stopped", lambda: self.worker_state() == "T")
 
