@@ -149,7 +149,7 @@ def each_program(program, client, proxy, backend):
     nginx = start_nginx(proxy, backend)
     url = f"http://{proxy.ip}:{PORT}"
     seen = len(nginx.error_log())
-    nginx.serve(program, client, "GET", f"{url}/first")
+    nginx.serve(program, client, "GET", f"{url}/first", client_closes=True)
     for method, path, body, done in (("GET", "/second", 0, closed[0]), ("POST", "/order", 6, closed[1])):
         seen = note_new_lines(proxy, nginx, seen)
 
@@ -158,7 +158,7 @@ def each_program(program, client, proxy, backend):
                 opened[-1].shutdown(socket.SHUT_RD)  # idle: its handler reads the end, closes
             if not done.wait(5):  # the backend's socket is closed: nginx's request will draw a RST
                 raise TimeoutError("the backend did not close its idle connection within 5 s")
-        nginx.serve(program, client, method, f"{url}{path}", body, meanwhile=idle_timeout)
+        nginx.serve(program, client, method, f"{url}{path}", body, meanwhile=idle_timeout, client_closes=True)
     note_new_lines(proxy, nginx, seen)
     serving.join(5)
     httpd.server_close()
