@@ -44,6 +44,21 @@ server {{
 }}
 """
 
+# the client's close: nginx reads the client's FIN and closes at once, its FIN carrying the ACK;
+# but the proxy's kernel acknowledges a FIN by itself once its delayed-ACK timer (40 ms) fires,
+# and an nginx worker waiting longer than that for a CPU (a soak with one CPU busy, beside
+# another's: 2 client sessions in 12) let that pure ACK go first. While the client closes, a
+# pure ACK from nginx's port to the client never leaves the proxy: nginx's FIN is the answer,
+# however long nginx takes (short of the client's retransmission timeout, 200 ms at least)
+FIN_ANSWERED_BY_NGINX = """
+table ip fin_answered_by_nginx {{
+    chain out {{
+        type filter hook output priority 0; policy accept;
+        ip daddr {client} tcp sport {port} tcp flags == ack drop
+    }}
+}}
+"""
+
 
 def backend_handler(backend, idle_timeout, opened=None):
     """http.server's handler for the backend: 200 "done" to any GET or POST, on a connection
@@ -101,8 +116,10 @@ def run(client, proxy, backend):
     read_response(client, web, acked)
     _, acked = race(client, proxy, backend, nginx, web, retried, "POST", "/order", b"item=1")
     read_response(client, web, acked)
+    proxy.nft(FIN_ANSWERED_BY_NGINX.format(client=client.ip, port=PORT))
     with proxy.receives(".", source=client):  # the client acknowledges nginx's FIN
         web.close()
+    proxy.nft("delete table ip fin_answered_by_nginx")
     server_thread.join(5)
     httpd.server_close()
     for line in nginx.error_log():
@@ -132,7 +149,7 @@ def each_program(program, client, proxy, backend):
     nginx = start_nginx(proxy, backend)
     url = f"http://{proxy.ip}:{PORT}"
     seen = len(nginx.error_log())
-    nginx.serve(program, client, "GET", f"{url}/first")
+    nginx.serve(program, client, "GET", f"{url}/first", client_closes=True)
     for method, path, body, done in (("GET", "/second", 0, closed[0]), ("POST", "/order", 6, closed[1])):
         seen = note_new_lines(proxy, nginx, seen)
 
@@ -141,7 +158,7 @@ def each_program(program, client, proxy, backend):
                 opened[-1].shutdown(socket.SHUT_RD)  # idle: its handler reads the end, closes
             if not done.wait(5):  # the backend's socket is closed: nginx's request will draw a RST
                 raise TimeoutError("the backend did not close its idle connection within 5 s")
-        nginx.serve(program, client, method, f"{url}{path}", body, meanwhile=idle_timeout)
+        nginx.serve(program, client, method, f"{url}{path}", body, meanwhile=idle_timeout, client_closes=True)
     note_new_lines(proxy, nginx, seen)
     serving.join(5)
     httpd.server_close()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from typing import Any
 
 import pytest
 from lab.artifact import Packet, shape_of
-from lab.capture import _count_packets
+from lab.capture import _count_packets, read_packets, read_packets_scapy
 from lab.recording import Transcript, describe_error
 from lab.scenarios import UnknownScenario, all_slugs, check
 from lab.trace import Trace
@@ -280,3 +281,55 @@ def test_the_clock_offset_is_read_between_two_monotonic_readings(monkeypatch: py
     monkeypatch.setattr(kernel_events.time, "time_ns", lambda: next(walls))
     # first bracket: 5 ms wide, wall read just after its start; the others 1 us wide
     assert kernel_events.clock_offset_ns(samples=3) == 1_000_010_001_000 - 10_000_500
+
+
+def _frames() -> list[tuple[str, list[Any], int]]:
+    """Frames of the kinds read_packets() meets, and of kinds it leaves to scapy."""
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.layers.l2 import CookedLinux, Dot1Q, Ether
+    a, b = "192.0.2.1", "192.0.2.2"
+    tcp = [
+        Ether() / IP(src=a, dst=b, id=7, ttl=63) / TCP(sport=40000, dport=8080, flags="S", seq=1,
+                                                       options=[("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)),
+                                                                ("NOP", None), ("WScale", 7)]),
+        Ether() / IP(src=b, dst=a) / TCP(sport=8080, dport=40000, flags="SA", ack=2, options=[("MSS", 1460), ("EOL", None)]),
+        Ether() / IP(src=a, dst=b) / TCP(flags="PA", options=[("NOP", None), ("NOP", None), ("SAck", (1, 2))]) / (b"x" * 5),
+        Ether() / IP(src=a, dst=b) / TCP(flags="R", options=[(30, b"\x01\x02"), (253, b"ab"), ("UTO", 9)]),
+        Ether() / IP(src=a, dst=b) / TCP(flags="FA", dataofs=3) / b"data",  # a data offset below 5 words
+        Ether() / IP(src=a, dst=b) / TCP(flags="A", dataofs=15) / b"short",  # options past the segment's end
+        Ether() / IP(src=a, dst=b) / TCP(flags="A") / b"\x02\x00\x01",
+        Ether() / IP(src=a, dst=b, options=b"\x01\x01\x01\x00") / TCP(flags="A") / b"ip options",
+        Ether() / IP(src=a, dst=b, len=30) / TCP(flags="A") / b"shorter than the frame",
+        Ether() / IP(src=a, dst=b, len=10) / TCP(flags="A") / b"total length below the header",
+        Ether() / IP(src=b, dst=a) / ICMP(type=3, code=3) / IP(src=a, dst=b) / TCP(flags="S"),
+        Ether() / IP(src=a, dst=b) / UDP() / b"left out",
+        Ether() / IP(src=a, dst=b, frag=3) / b"a later fragment",
+        Ether() / IP(src=a, dst=b, flags="MF") / TCP(flags="S"),
+    ]
+    raw_options = Ether() / IP(src=a, dst=b) / TCP(flags="A", dataofs=7)  # malformed option lengths
+    malformed = bytes(raw_options)[:-0 or None] + b"\x05\x00\x08\x01\x00\x00\x01\x00"
+    return [
+        ("ethernet", tcp + [Ether(malformed)], 1),
+        ("cooked", [CookedLinux(proto=0x0800) / f[IP] for f in tcp[:4]], 113),
+        ("vlan", [Ether() / Dot1Q() / IP(src=a, dst=b) / TCP()], 1),  # scapy's
+        ("ip-in-ip", [Ether() / IP(src=a, dst=b) / IP(src=b, dst=a) / TCP()], 1),  # scapy's
+        ("truncated", [Ether() / IP(src=a, dst=b) / TCP(flags="S")], 1),  # scapy's
+    ]
+
+
+@pytest.mark.parametrize("kind", ["ethernet", "cooked", "vlan", "ip-in-ip", "truncated", "nanoseconds"])
+def test_the_pcap_reader_reads_what_scapy_dissects(tmp_path, kind: str) -> None:
+    """read_packets() (struct) gives exactly read_packets_scapy()'s packets, times included."""
+    from scapy.utils import PcapWriter
+    frames = dict((k, (f, lt)) for k, f, lt in _frames())
+    found, linktype = frames.get(kind, frames["ethernet"])
+    pcap = tmp_path / f"{kind}.pcap"
+    with PcapWriter(str(pcap), linktype=linktype, nano=kind == "nanoseconds", sync=True) as writer:
+        for i, frame in enumerate(found):
+            frame.time = 1765100000 + i * 0.1234567 + (0.000000321 if kind == "nanoseconds" else 0)
+            writer.write(frame)
+    if kind == "truncated":
+        pcap.write_bytes(pcap.read_bytes()[:-3])
+    hosts = {"client": ["192.0.2.1"], "server": ["192.0.2.2"]}
+    assert read_packets(pcap, hosts) == read_packets_scapy(pcap, hosts)
+    assert kind in ("vlan", "ip-in-ip", "truncated") or read_packets(pcap, hosts)

@@ -54,10 +54,27 @@ FIRST = "first request: "  # how a program with a second request prints the firs
 RUN_TIMEOUT = 30.0  # seconds a program may take for one request before it is killed (a JVM on a busy machine)
 # the JVM reserves a quarter of the machine's memory for its heap by default: more than the
 # sandbox's address-space limit (lab/sandbox.py); a request needs very little
-# a request is short: one compiler thread at its first tier, no perf data file in /tmp
+# a request is short: one compiler thread at its first tier, no perf data file in /tmp.
+# G1, with one thread of each kind: JDK 17 maps the JDK's archived heap objects and module
+# graph (classes.jsa) only with G1, and builds them anew with Serial (-Xlog:cds: "CDS heap
+# data is being ignored"): java-socket spent about 15 % less CPU, java-httpclient the same.
+# The archives mapped where they were made (ArchiveRelocationMode=0; 17.0.15 relocates them
+# by default, patching every pointer in them): about 5 ms less a start.
 JAVA = ["java", "-Xmx64m", "-Xss512k", "-XX:ReservedCodeCacheSize=32m", "-XX:CompressedClassSpaceSize=64m",
-        "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-XX:CICompilerCount=1", "-XX:-UsePerfData", "-Xshare:auto"]
+        "-XX:+UseG1GC", "-XX:ParallelGCThreads=1", "-XX:ConcGCThreads=1",
+        "-XX:TieredStopAtLevel=1", "-XX:CICompilerCount=1", "-XX:-UsePerfData", "-Xshare:auto",
+        "-XX:+UnlockDiagnosticVMOptions", "-XX:ArchiveRelocationMode=0"]
 JAVA_MAINS = {"java-httpclient": "HttpClientGet", "java-socket": "SocketGet"}
+# fetch()'s HTTP parser (undici's llhttp) is WebAssembly, which V8 compiles twice, with Liftoff
+# and then, on background threads, with TurboFan (about 60 ms of CPU a run): the baseline code
+# alone parses the same bytes the same way. (A V8 flag changes V8's flag hash, so Node.js's own
+# modules are compiled from source instead of from its embedded code cache: about 20 ms back.)
+NODE_FLAGS = {"node-http": [], "node-fetch": ["--liftoff-only"]}
+# Node.js 20 reads and parses the bundle NODE_EXTRA_CA_CERTS names at every start, before the
+# script runs (node::crypto::UseExtraCaCerts: half of its start-up's CPU): the machine's setting
+# (this project's machines set it), not the lab's. Without it, Node.js checks a certificate
+# against its own roots, its default; no scenario's server gets as far as sending one.
+NODE_ENV_DROPPED = ("NODE_EXTRA_CA_CERTS",)
 JAR = "clients.jar"  # class data sharing archives classes from a jar, not from a folder
 
 
@@ -86,7 +103,7 @@ class Program:
                     "--next", "-sS", "-o", "/dev/null", "file:///dev/stdin", "--next", *request, "-D", "-", then]
         if self.name.startswith("node-"):
             script = {"node-http": "http_get.js", "node-fetch": "fetch.js"}[self.name]
-            return ["node", str(SOURCES / script), method, url, *size, *second]
+            return ["node", *NODE_FLAGS[self.name], str(SOURCES / script), method, url, *size, *second]
         if self.name == "go-net-http":
             return [str(built / "go-client"), method, url, *size, *second]
         if self.name.startswith("java-"):
@@ -257,11 +274,21 @@ def _errno_named(lines: list[str]) -> str | None:
     return None
 
 
-def _room_for_wasm() -> None:
-    """The program's address-space limit up to the sandbox's hard limit (lab/sandbox.py): Node's
-    fetch() reserves about 10 GiB for WebAssembly and fails with "Out of memory" below it."""
+def with_room(argv: list[str]) -> list[str]:
+    """The argv that runs `argv` with its address-space limit raised to the sandbox's hard limit
+    (lab/sandbox.py): Node's fetch() reserves about 10 GiB for WebAssembly and fails with "Out of
+    memory" below it. prlimit(1) sets it and execs the program (a preexec_fn would make
+    subprocess fork the whole worker, page tables and all, instead of vfork()ing it)."""
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+    if hard == resource.RLIM_INFINITY:
+        return argv
+    return ["prlimit", f"--as={hard}:", "--", *argv]
+
+
+def program_env(program: Program) -> dict[str, str]:
+    """The program's environment: the lab's, Node.js's warnings off, NODE_ENV_DROPPED left out."""
+    env = {k: v for k, v in os.environ.items() if not (program.tool == "node" and k in NODE_ENV_DROPPED)}
+    return {**env, "NODE_NO_WARNINGS": "1"}
 
 
 # -- a server name resolved to the lab's server, each program its own normal way ------------
@@ -343,9 +370,11 @@ class Run:
             hosts = hosts_file(names or {})
             self._proc: Any = forks.spawn(argv, host.fd, str(hosts) if hosts else None, stdin_pipe=bool(then))
         else:
-            self._proc = _Popen(netns.command(host.fd, self.argv), stdin=subprocess.PIPE if then else subprocess.DEVNULL,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(host.fd,),
-                                          env={**os.environ, "NODE_NO_WARNINGS": "1"}, preexec_fn=_room_for_wasm)
+            # born in the host's network namespace: a new process starts in its creating thread's
+            # (no nsenter to exec first)
+            with netns.inside(host.fd):
+                self._proc = _Popen(with_room(self.argv), stdin=subprocess.PIPE if then else subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=program_env(program))
         self.pid = self._proc.pid
 
     def pause(self) -> None:

@@ -23,6 +23,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import process
 
@@ -45,6 +46,17 @@ http {{
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
 {http}
+}}
+"""
+
+
+# serve(client_closes=True): nginx's kernel's own acknowledgement of the program's FIN is dropped
+CLOSE_ANSWERED = """
+table ip lab_close_answered {{
+    chain out {{
+        type filter hook output priority 0; policy accept;
+        ip daddr {client} tcp sport {port} tcp flags == ack drop
+    }}
 }}
 """
 
@@ -94,7 +106,15 @@ class Nginx:
         and its next epoll_wait() returns all of it at once. kill() returns once the signal is
         queued: a worker not stopped yet can still take a segment arriving meanwhile from
         epoll_wait() and act on it alone after SIGCONT (nginx's debug log showed the event
-        without the EINTR a stopped worker's epoll_wait() returns; examples/proxy_upstream_reset.py)."""
+        without the EINTR a stopped worker's epoll_wait() returns; examples/proxy_upstream_reset.py).
+
+        First the worker is let go back to sleep in epoll_wait(), every event it was given handled:
+        an event still queued for it (epoll returns them in the order they came) would otherwise come
+        before what arrives while it is stopped. One such is a read event on a backend connection
+        whose last bytes nginx had already read with the first: stopped before it got to that event,
+        the worker later found it first, with the backend's FIN behind it, and closed the pooled
+        connection before reading the client's request (proxy-keepalive-race, under load)."""
+        self.host.until("nginx's worker waits for events", lambda: process.waits_in_epoll(self.worker))
         os.kill(self.worker, signal.SIGSTOP)
         self.host.until("nginx's worker is stopped", lambda: self.worker_state() == "T")
 
@@ -106,13 +126,22 @@ class Nginx:
         return process.state(self.worker)
 
     def serve(self, program: Any, client: Any, method: str, url: str, body_size: int = 0,
-              meanwhile: Callable[[], None] | None = None) -> dict[str, Any]:
+              meanwhile: Callable[[], None] | None = None, client_closes: bool = False) -> dict[str, Any]:
         """Run a real client program (lab/clients.py) through this nginx, its packets in one
         order: the worker is stopped until the program's whole request has arrived (and
         `meanwhile()` has run: what the scenario lets arrive behind it); the program is stopped
         from then until nginx has sent its response and gone back to waiting, closing the
         connection first if it does. A program that closes once it has read the status line
-        would otherwise race nginx's own close. Returns the program's recorded outcome."""
+        would otherwise race nginx's own close. Returns the program's recorded outcome.
+
+        client_closes: where nginx keeps the connection (it has not closed it once it has answered),
+        the program closes it (at its exit at the latest) and nginx's FIN answers the program's,
+        carrying the ACK. From the program's resuming
+        until nginx has closed, a bare ACK from nginx's port to the client never leaves this host:
+        otherwise, when nginx's worker waits more than 40 ms for a CPU, the kernel acknowledges
+        the program's FIN by itself first (its delayed-ACK timer; tcp_fin() puts the connection
+        in pingpong mode), and the packets after it vary (a soak: the client acknowledged nginx's
+        FIN twice, and the second ACK, reaching a closed socket, drew a RST)."""
         self.pause_worker()
         arrived = self.host.expects_request(client)
         running = program.start(method, url, body_size)
@@ -124,8 +153,20 @@ class Nginx:
         self.resume_worker()
         answered.wait(program.timeout)
         self.host.until("nginx's worker waits for events again", lambda: process.waits_in_epoll(self.worker))
+        port = urlsplit(url).port or 80
+
+        def kept_open() -> bool:  # a connection of nginx's port to the client that nginx has not closed
+            return bool(self.host.sh("ss", "-Htn", "state", "established", "state", "close-wait",
+                                     "sport", "=", f":{port}", "dst", client.ip).strip())
+        held = client_closes and kept_open()  # not when nginx closed first (the program's Connection: close)
+        if held:
+            self.host.nft(CLOSE_ANSWERED.format(client=client.ip, port=port))
         running.resume()
-        return running.wait()
+        outcome = running.wait()
+        if held:
+            self.host.until("nginx has answered the program's FIN", lambda: not kept_open(), timeout=program.timeout)
+            self.host.nft("delete table ip lab_close_answered")
+        return outcome
 
     def error_log(self) -> list[str]:
         """The lines this nginx wrote to its error log file (not an earlier one's), as written."""

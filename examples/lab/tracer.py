@@ -23,6 +23,7 @@ says so and why.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -76,6 +77,15 @@ def _script(events: list[str], home: int, layout: str, rx_sk: bool = True, rst_r
     """rx_sk: kfree_skb has that field (the socket that dropped the packet; 6.12 and later);
     rst_reason: tcp_send_reset has its reason (6.10 and later)."""
     return _probes().script(events, home, layout, rx_sk=rx_sk, rst_reason=rst_reason)
+
+
+# The probes see every network namespace of the machine: other runs' (another checkout's lab
+# at the same time) as well as this one's. When bpftrace, or the thread that reads its lines,
+# waits for a CPU, their events wait in its per-CPU perf buffers; at bpftrace's default of 64
+# pages (256 KiB a CPU) a soak beside another lab's lost 1176 events at once ("Lost N events":
+# the run is then incomplete, and its claims on those events fail). 512 pages: 2 MiB a CPU.
+TRACER_ENV = {"BPFTRACE_PERF_RB_PAGES": "512"}
+F_SETPIPE_SZ, PIPE_BYTES = 1031, 1 << 20  # fcntl(2); 1 MiB, /proc/sys/fs/pipe-max-size's default
 
 
 def _tracer_child() -> None:
@@ -177,7 +187,9 @@ class Tracer:
         self._proc = subprocess.Popen(probes.in_tracefs('exec bpftrace -e "$0"') + [script],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True, start_new_session=True,
-                                      preexec_fn=_tracer_child)
+                                      preexec_fn=_tracer_child, env={**os.environ, **TRACER_ENV})
+        with contextlib.suppress(OSError):  # a larger pipe to this process's reader: more slack still
+            fcntl.fcntl(self._proc.stdout.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
         self.status["events"] = events
         threading.Thread(target=self._read, daemon=True).start()
         threading.Thread(target=self._read_errors, daemon=True).start()

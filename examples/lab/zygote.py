@@ -43,7 +43,7 @@ def _warm(programs: bool = False) -> None:
     """Import the libraries the examples import (read from their source, not by running them):
     an example, and any module of the examples' own folder, is executed only in its worker,
     confined, so one that exits or loops at import fails its own run, not the zygote."""
-    import scapy.layers.inet  # noqa: F401  (the lab reads every capture with it)
+    import scapy.layers.inet  # noqa: F401  (the lab's raw peers and wiretaps: lab/peer.py, lab/wire.py)
 
     if programs:  # the client session: the Python client programs fork from the worker (lab/pyfork.py)
         from . import pyfork
