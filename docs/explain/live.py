@@ -6,7 +6,7 @@ namespace. Each RST is known by its tcp:tcp_send_reset (a TCP stack sent it: the
 the socket's state) and its tcp:tcp_receive_reset (a socket accepted it); the two are paired by
 the RST's four-tuple within HOLD seconds. A RST received with no send event was made by no TCP
 stack of this machine: if its source address is one of the machine's own (any namespace), a
-firewall or a forger made it in the stack's name; else a remote host sent it.
+firewall or a forger made it in the stack's name; else a remote host, or something on the path, sent it.
 
 Each RST's features are named as the capture's (connections.py) where the kernel tells the same
 thing, and ranked by the same rules (rules.py PAGES); then the kernel's word (rules.py KERNEL:
@@ -712,7 +712,7 @@ def text_lines(doc: dict[str, Any], offset_ns: int) -> list[str]:
         lines.append(kernel)
         who = (f"in process {doc['comm']} (pid {doc['pid']})" if doc["context"] == "process" else
                f"in softirq (it interrupted {doc['interrupted']['comm']}, pid {doc['interrupted']['pid']}: "
-               "not that process's doing)" if doc["context"] == "softirq" else "context unknown")
+               "often the sender of the segment it answers)" if doc["context"] == "softirq" else "context unknown")
         lines.append(f"  sent {who}, by {' < '.join(doc['via'][:3]) or '?'}")
         if doc["answered"]:
             lines.append(f"  answers [{doc['answered']['flags']}] with {doc['answered']['bytes']} bytes of data")
@@ -723,7 +723,7 @@ def text_lines(doc: dict[str, Any], offset_ns: int) -> list[str]:
         lines.append("  errno reported: " + ", ".join(f"{e['errno']} to {e['socket']}" for e in doc["errors"]))
     if doc["dropped"]:
         d = doc["dropped"]
-        lines.append(f"  dropped before it: [{d['flags']}] from {d['src']}, {d['reason']} in {d['location']}()")
+        lines.append(f"  dropped with it: [{d['flags']}] from {d['src']}, {d['reason']} in {d['location']}()")
     tie = doc["tie"]
     for rank, v in enumerate(doc["verdicts"][:4]):
         mark = "=" if len(tie) > 1 and v["slug"] in tie else " "

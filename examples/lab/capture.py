@@ -37,12 +37,13 @@ class CaptureError(RuntimeError):
     """tcpdump could not start, or did not deliver a complete capture."""
 
 
-# every packet written to the file as it arrives, whole. libpcap's ring (-B, KiB) has a 64 KiB
-# slot per packet on a veth link (offloads let a segment reach 64 KiB), so the default 2 MiB,
+# every packet written to the file as it arrives, whole. libpcap's ring (-B, KiB) has one slot of
+# just over 64 KiB per packet on a veth link (offloads let a segment reach 64 KiB), each in a
+# 128 KiB block of its own, so the kernel allocates and zeroes twice -B; the default 2 MiB,
 # 32 slots, dropped an upload's burst (about 30 segments and ACKs within 5 ms, early-response-lost)
-# while tcpdump waited for a CPU. 8 MiB: 128 slots, four such bursts. Not more: the kernel
+# while tcpdump waited for a CPU. 8 MiB: 128 slots in 16 MiB, four such bursts. Not more: the kernel
 # allocates and zeroes the whole ring for each capture, and on this project's machines (virtual,
-# their free memory handed back to the host) zeroing is slow: 32 MiB cost each run about 0.1 s
+# their free memory handed back to the host) zeroing is slow: 32 MiB (64 MiB zeroed) cost each run about 0.1 s
 # of CPU (clear_page_erms, the catalogue's largest share after the programs)
 CAPTURE_OPTIONS = ["-U", "--immediate-mode", "-s", "262144", "-B", "8192"]
 # the text trace: numbers instead of names, tcpdump's default time and relative seq/ack

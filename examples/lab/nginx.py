@@ -137,7 +137,7 @@ class Nginx:
         client_closes: where nginx keeps the connection (it has not closed it once it has answered),
         the program closes it (at its exit at the latest) and nginx's FIN answers the program's,
         carrying the ACK. From the program's resuming
-        until nginx has closed, a bare ACK from nginx's port to the client never leaves this host:
+        until nginx has closed, a segment with the ACK flag alone from nginx's port to the client never leaves this host:
         otherwise, when nginx's worker waits more than 40 ms for a CPU, the kernel acknowledges
         the program's FIN by itself first (its delayed-ACK timer; tcp_fin() puts the connection
         in pingpong mode), and the packets after it vary (a soak: the client acknowledged nginx's
