@@ -224,6 +224,13 @@ def measure_kernels(host_catalogue_s: float, boot: bool, nice: int = 15) -> dict
     return found
 
 
+def _publish(name: str, figures: dict, after_blank_line: bool = False) -> None:
+    """Write the figures to build/bench/NAME and say where."""
+    BENCH.mkdir(parents=True, exist_ok=True)
+    (BENCH / name).write_text(json.dumps(figures, indent=1) + "\n")
+    print(("\n" if after_blank_line else "") + f"written: {BENCH / name}")
+
+
 def report_live() -> dict:
     from . import bench_live
     figures = bench_live.measure()
@@ -234,15 +241,11 @@ def report_live() -> dict:
 def main(args: argparse.Namespace) -> int:
     if getattr(args, "live_only", False):
         figures = report_live()
-        BENCH.mkdir(parents=True, exist_ok=True)
-        (BENCH / "live.json").write_text(json.dumps(figures, indent=1) + "\n")
-        print(f"written: {BENCH / 'live.json'}")
+        _publish("live.json", figures)
         return 0
     if getattr(args, "explain_only", False):
         figures = report_explain()
-        BENCH.mkdir(parents=True, exist_ok=True)
-        (BENCH / "explain.json").write_text(json.dumps(figures, indent=1) + "\n")
-        print(f"written: {BENCH / 'explain.json'}")
+        _publish("explain.json", figures)
         return 0
     out = BENCH / "traces"
     slugs = scenarios.all_slugs()
@@ -257,9 +260,7 @@ def main(args: argparse.Namespace) -> int:
         figures = {"recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "kernel": platform.release(),
                    "catalogue": {"parallel_s": round(host, 3), "parallel_runs_s": walls},
                    "kernels": measure_kernels(host, args.kernels, args.nice)}
-        BENCH.mkdir(parents=True, exist_ok=True)
-        (BENCH / "kernels.json").write_text(json.dumps(figures, indent=1) + "\n")
-        print(f"\nwritten: {BENCH / 'kernels.json'}")
+        _publish("kernels.json", figures, after_blank_line=True)
         return 0
     overhead = measure_overhead(args.rounds, out)
     print(f"lab overhead (empty scenario, {args.rounds} rounds): median {overhead['median_s'] * 1000:.0f} ms"
@@ -320,7 +321,5 @@ def main(args: argparse.Namespace) -> int:
         "docs": docs, "clients": clients, "tracer": tracer, "explain": report_explain(), "live": report_live(),
         "kernels": measure_kernels(parallel_wall, args.kernels, args.nice),
     }
-    BENCH.mkdir(parents=True, exist_ok=True)
-    (BENCH / "bench.json").write_text(json.dumps(figures, indent=1) + "\n")
-    print(f"\nwritten: {BENCH / 'bench.json'}")
+    _publish("bench.json", figures, after_blank_line=True)
     return 0
