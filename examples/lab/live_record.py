@@ -57,10 +57,13 @@ def record(out: Path = LIVE, after: Path | None = None) -> dict:
 
 def _record(out: Path) -> dict:
     pair = live_causes.make_pair()
-    watch = None
+    watch = one = None
     try:
         paths = [pair.path(pair.client), pair.path(pair.server)]
         watch = live_causes.Watching(paths, json_=False)
+        # the --json example's watcher attaches meanwhile (bpftrace's compile and attach, about
+        # 1.2 s each, overlap); its port (--port 47101) is used only once `watch` has stopped
+        one = live_causes.Watching(paths, "--count", "1", "--port", "47101")
         if not watch.attached.wait(90) or watch.proc.poll() is not None:
             watch.proc.wait(timeout=30)
             return {"recorded": False, "why": "".join(watch.stderr).strip()}
@@ -81,15 +84,11 @@ def _record(out: Path) -> dict:
         watching = next(line for line in watch.stderr if line.startswith("watching")).strip()
         command = _shown(watch.argv)
 
-        one = live_causes.Watching(paths, "--count", "1", "--port", "47101")
-        try:
-            if not one.attached.wait(90):
-                raise RuntimeError("".join(one.stderr))
-            live_causes.closed_port(pair, 47101)
-            objects = [one.next(), one.next()]
-            one.proc.wait(timeout=30)
-        finally:
-            one.kill()
+        if not one.attached.wait(90):
+            raise RuntimeError("".join(one.stderr))
+        live_causes.closed_port(pair, 47101)
+        objects = [one.next(), one.next()]
+        one.proc.wait(timeout=30)
         (out / "watch.json").write_text("".join(json.dumps(o, indent=1) + "\n" for o in objects))
         version = subprocess.run(["bpftrace", "--version"], capture_output=True, text=True, check=False).stdout
         return {"recorded": True, "command": command, "json_command": _shown(one.argv),
@@ -97,6 +96,6 @@ def _record(out: Path) -> dict:
                 "causes": [{"name": c.name, "page": c.page, "port": c.port} for c in live_causes.CAUSES],
                 "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     finally:
-        if watch is not None:
-            watch.kill()
-        pair.close()
+        for watcher in (watch, one):
+            if watcher is not None:
+                watcher.kill()
