@@ -43,8 +43,22 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def built_site(recorded: Recorded, recorded_clients: Recorded, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The site built with `mkdocs build --strict` from both recordings; returns its folder.
+def recorded_live(recorded: Recorded, recorded_clients: Recorded) -> dict[str, Any]:
+    """rst-explain --live's recording for the watch page (build/live/, `python -m lab live`),
+    made after the other two, as `nox -s docs` makes it: its status.json."""
+    from lab.live_record import LIVE, record
+
+    try:
+        return record(LIVE)
+    except Exception as exc:  # noqa: BLE001  (the page's recording failed: every site test says so)
+        pytest.fail(f"rst-explain --live's recording (python -m lab live) failed: {type(exc).__name__}: {exc}",
+                    pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def built_site(recorded: Recorded, recorded_clients: Recorded, recorded_live: dict[str, Any],
+               tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site built with `mkdocs build --strict` from the three recordings; returns its folder.
     A failed recording fails it by name (mkdocs' own error would show only its symptom)."""
     require_every(recorded, recorded_clients, why="the site is built from every recording")
     out = tmp_path_factory.mktemp("site")

@@ -162,6 +162,24 @@ def _html_files(site: Path) -> list[Path]:
     return sorted(site.rglob("*.html"))
 
 
+def test_watch_page_shows_the_live_recording_of_this_build(built_site: Path, recorded_live: dict) -> None:
+    """The watch page's blocks are filled in as it is built (fieldguide/watch.py): the lines
+    rst-explain --live printed in this session's recording, its causes linked to their pages."""
+    from lab.live_record import LIVE
+
+    page = (built_site / "watch" / "index.html").read_text()
+    assert "fieldguide:live_watch" not in page  # no marker left unfilled
+    text = text_of(page)
+    if not recorded_live["recorded"]:
+        assert "Not recorded in this build" in text and recorded_live["why"].strip() in text
+        return
+    for line in (LIVE / "watch.txt").read_text().splitlines():
+        assert line.strip() in text, line
+    for cause in recorded_live["causes"]:
+        assert f'href="../scenarios/{cause["page"]}/"' in page
+        assert (built_site / "scenarios" / cause["page"] / "index.html").is_file()
+
+
 def test_internal_links_resolve(built_site: Path) -> None:
     # 404.html uses absolute links under site_url's path, since it is served from anywhere
     site_path = urlsplit(re.search(r"^site_url:\s*(\S+)", (ROOT / "mkdocs.yml").read_text(), re.M).group(1)).path

@@ -9,9 +9,11 @@ on_config: the notebook's kernel and sharkd (wireshark.py) start; the build wait
            put in the navigation, grouped by phase;
 on_files: each pcap (and its JSON) is published under /traces/, with the vendored Mermaid,
           and what the explain page runs: Pyodide and rst_explain's sources (explainer.py);
-          the census notebook, executing since on_config, is built last (notebook.py);
+          the watch page (its live recording's blocks) and the census notebook, executing
+          since on_config, are built last (watch.py, notebook.py);
 on_pre_page: the notebook's page waits for its execution;
 on_page_markdown: the page's placeholders are expanded (placeholders.py);
+on_page_context: the live recording's blocks are filled in, waiting for it (watch.py);
 on_post_page: the Mermaid script only on pages that draw a diagram (mermaid.py), the
               explain script only on the page that has its form (explainer.py);
 on_post_build / on_build_error: the recordings are let go.
@@ -24,9 +26,12 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
+import markdown
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.exceptions import PluginError
+from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
 from mkdocs.structure.pages import Page
 
@@ -34,11 +39,12 @@ from lab.artifact import CLIENT_TRACES, ArtifactError, Recording, key, locked
 
 from . import NO_PROGRAMS, PROGRAMS_ENV
 from . import chinese as zh
-from . import explainer, kernels, mermaid, notebook, programs, symptoms, vendor, wireshark
+from . import explainer, kernels, mermaid, notebook, programs, symptoms, vendor, watch, wireshark
 from .placeholders import PHASE_LABELS, Context, PageError, expand_page
 from .recordings import load_all, load_clients, stale
 
 log = logging.getLogger("mkdocs.hooks.fieldguide")
+WATCH_PAGE = "watch.md"  # its recorded blocks are filled in as it is built (watch.py)
 
 recordings: dict[str, Recording] = {}
 quoted: list = []
@@ -160,10 +166,13 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
         files.append(File.generated(config, path, abs_src_path=str(source)))
     pages = explainer.page_index(recordings)
     files.append(File.generated(config, explainer.MANIFEST, content=explainer.manifest(pyodide, python, pages)))
-    census_page = files.get_file_from_path(notebook.SOURCE)
-    if census_page is not None:  # built last: every other page is built while it executes
-        files.remove(census_page)
-        files.append(census_page)
+    # built last, in this order: every other page is built while the live recording (watch.py)
+    # and the notebook's execution run
+    for late in (WATCH_PAGE, notebook.SOURCE):
+        page_file = files.get_file_from_path(late)
+        if page_file is not None:
+            files.remove(page_file)
+            files.append(page_file)
     return files
 
 
@@ -191,6 +200,16 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
                                              clients[0] if clients else programs.Clients()), first_line)
     except PageError as exc:
         raise PluginError(str(exc)) from None
+
+
+@event_priority(50)  # before the search plugin's: it indexes the filled-in blocks
+def on_page_context(context: dict, page: Page, config: MkDocsConfig, nav: Any) -> dict:
+    if page.content and watch.has_markers(page.content):
+        def to_html(text: str) -> str:
+            return markdown.Markdown(extensions=config.markdown_extensions,
+                                     extension_configs=config.mdx_configs).convert(text)
+        page.content = watch.fill(page.content, page.url, to_html)
+    return context
 
 
 def on_post_page(output: str, page: Page, config: MkDocsConfig) -> str:

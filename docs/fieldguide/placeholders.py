@@ -378,9 +378,9 @@ def _capture_settings(ctx: Context, args: list[str]) -> str:
 @placeholder("live_watch")
 def _live_watch(ctx: Context, args: list[str]) -> str:
     """{{ live_watch }}, {{ live_watch json }}, {{ live_watch causes }}: `rst-explain --live` as
-    `python -m lab live` recorded it (watch.py)."""
-    from .watch import live_watch
-    return live_watch(args)
+    `python -m lab live` recorded it, filled in as the page is built (watch.py)."""
+    from .watch import marker
+    return marker(args)
 
 
 @placeholder("recording_times")

@@ -4,6 +4,7 @@ from fieldguide.hooks import (  # noqa: F401
     on_build_error,
     on_config,
     on_files,
+    on_page_context,
     on_page_markdown,
     on_post_build,
     on_post_page,
