@@ -286,13 +286,27 @@ class Lab:
 MOUNTS = Path("/proc/self/mounts")
 
 
+def witness_instances() -> list[str]:
+    """The ftrace instances the lab's witnesses made (lab/witness.py) that are still there:
+    tracefs is looked at in a mount namespace of its own, as the lab does."""
+    if os.geteuid() != 0:
+        return []
+    from rst_explain.probes import TRACEFS, in_tracefs
+
+    from lab.witness import PREFIX
+    listing = subprocess.run(in_tracefs(f"ls {TRACEFS}/instances"), capture_output=True, text=True).stdout
+    return [name for name in listing.split() if name.startswith(PREFIX)]
+
+
 @pytest.fixture
 def lab(tmp_path: Path, broken: Path):
     named_before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     mounts_before = MOUNTS.read_text()
+    instances_before = witness_instances()
     yield Lab(tmp_path, broken)
     assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout == named_before
     assert MOUNTS.read_text() == mounts_before
+    assert witness_instances() == instances_before  # also after Ctrl-C or a killed runner
 
 
 def test_a_passing_run_publishes_three_artifacts_and_nothing_else(lab: Lab) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+import threading
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from lab.recording import Transcript, describe_error
 from lab.scenarios import UnknownScenario, all_slugs, check
 from lab.trace import Trace
 from lab.wire import http_request_complete, tcp_payload, tcpdump_flags
+from lab.witness import Witness, parse
 from lab.worker import counter_deltas
 
 
@@ -333,3 +335,44 @@ def test_the_pcap_reader_reads_what_scapy_dissects(tmp_path, kind: str) -> None:
     hosts = {"client": ["192.0.2.1"], "server": ["192.0.2.2"]}
     assert read_packets(pcap, hosts) == read_packets_scapy(pcap, hosts)
     assert kind in ("vlan", "ip-in-ip", "truncated") or read_packets(pcap, hosts)
+
+
+# -- the ftrace witness (lab/witness.py) --------------------------------------------------
+_FTRACE = [
+    "  python-12414 [000] ..... 14550.672544: inet_sock_set_state: family=AF_INET protocol=IPPROTO_TCP"
+    " sport=37106 dport=8888 saddr=192.0.2.1 daddr=192.0.2.2 saddrv6=::ffff:192.0.2.1"
+    " daddrv6=::ffff:192.0.2.2 oldstate=TCP_SYN_SENT newstate=TCP_ESTABLISHED",
+    "  tokio-rt-worker-105 [000] ..s1. 15026.300074: tcp_send_reset: skbaddr=0000000000000000"
+    " skaddr=ffff8880041d8000 src=192.0.2.1:59834 dest=192.0.2.2:8888 state=TCP_ESTABLISHED"
+    " reason=TCP_KEEPALIVE_TIMEOUT",
+    "  <idle>-0 [001] ..s2. 15026.300090: kfree_skb: skbaddr=ffff888005a3c700 rx_sk=0000000000000000"
+    " protocol=2048 location=nft_do_chain+0x3c1/0x6b0 reason: NETFILTER_DROP",
+    "  python-1 [001] ..... 15026.400000: inet_sock_set_state: family=AF_INET protocol=IPPROTO_TCP"
+    " sport=5000 dport=40000 saddr=127.0.0.1 daddr=127.0.0.1 saddrv6=::1 daddrv6=::1"
+    " oldstate=TCP_ESTABLISHED newstate=TCP_CLOSE",
+]
+
+
+def test_the_witness_reads_ftraces_lines_as_bpftraces_keys() -> None:
+    state, reset, drop, _ = (parse(line) for line in _FTRACE)
+    assert state == ("inet_sock_set_state", 14550672544000, 0,
+                     ("192.0.2.1", 37106, "192.0.2.2", 8888, "TCP_SYN_SENT", "TCP_ESTABLISHED"))
+    assert reset == ("tcp_send_reset", 15026300074000, 0, ("192.0.2.1", 59834, "192.0.2.2", 8888))
+    assert drop == ("kfree_skb", 15026300090000, 1, (0xFFFF888005A3C700,))
+    assert parse("# tracer: nop") is None
+
+
+def test_an_event_ftrace_has_and_bpftrace_lacks_is_unseen_and_the_machines_own_are_not() -> None:
+    witness = Witness.__new__(Witness)  # its events only: no process
+    witness.events = [e for e in map(parse, _FTRACE) if e]
+    witness._cond = threading.Condition()
+    state, reset, drop, loopback = witness.events
+    everything = [(e[0], e[1] + 3000, e[3]) for e in (state, reset, drop)]
+    assert witness.unseen(everything, 0, 10**15) == {}
+    # bpftrace never got the RST: one unseen; the loopback close is the machine's own, not the lab's
+    assert witness.unseen([everything[0], everything[2]], 0, 10**15) == {"tcp_send_reset": 1}
+    # one event of bpftrace's answers one of ftrace's, and only near it in time
+    assert witness.unseen([everything[0], everything[2], (reset[0], reset[1] + 10**8, reset[3])],
+                          0, 10**15) == {"tcp_send_reset": 1}
+    # only the run's window counts: after the RST, the drop (the loopback close is not the lab's)
+    assert witness.unseen([], reset[1] + 1, 10**15) == {"kfree_skb": 1}

@@ -162,12 +162,15 @@ tracepoint:skb:kfree_skb /args->reason > 1 && args->protocol == 0x0800/ {
   $copy = $skb->sk != 0 ? $skb->sk->family == 17 : 0;
   if (WANTED && $ns != 0 && !$copy && $ip->protocol == 6) {
     $th = (struct fg_tcphdr *)($skb->head + $skb->transport_header);
-    printf("E kfree_skb %llu %d %u 0 %d %s %d %s %d %d %u %s\\n", nsecs, cpu, $ns, args->reason, ntop($ip->saddr),
-      PORT($th->source), ntop($ip->daddr), PORT($th->dest), $th->flags,
+    printf("E kfree_skb %llu %d %u %llx %d %s %d %s %d %d %u %s\\n", nsecs, cpu, $ns, args->skbaddr, args->reason,
+      ntop($ip->saddr), PORT($th->source), ntop($ip->daddr), PORT($th->dest), $th->flags,
       $th->seq, ksym(args->location));
-  }
+  }KFREE_ELSE
 }""",
 }
+# the lab's: every other drop the filter let through, by its address, for lab/witness.py to
+# match ftrace's record against (a drop bpftrace did not print is then one it was never given)
+_KFREE_ELSE = """ else { printf("K kfree_skb %llu %d %llx\\n", nsecs, cpu, args->skbaddr); }"""
 # the live mode's additions to tcp_send_reset: the segment a RST answers (tcp_v4_send_reset()
 # in net/ipv4/tcp_ipv4.c is given it; tcp_send_active_reset() in net/ipv4/tcp_output.c is not,
 # and its socket is a full one whose byte counts tell what the connection carried)
@@ -206,14 +209,15 @@ BEGIN { printf("R ready\\n"); }
 
 
 def script(events: list[str], home: int, layout: str, rx_sk: bool = True, rst_reason: bool = True,
-           live: bool = False, only: tuple[int, ...] = ()) -> str:
+           live: bool = False, only: tuple[int, ...] = (), witnessed: bool = False) -> str:
     """The bpftrace program for these events.
 
     home: the network namespace whose events are left out (the lab's machine itself), 0 for
     none; only: the namespaces watched, all when empty (live, --netns); rx_sk: kfree_skb has
     that field (the socket that dropped the packet; 6.12 and later); rst_reason: tcp_send_reset
     has its reason (6.10 and later); live: the live mode's additions (the layout must be
-    declarations(..., LIVE_LAYOUT))."""
+    declarations(..., LIVE_LAYOUT)); witnessed: a `K` line for each drop not printed as an
+    event (the lab's ftrace witness matches them, lab/witness.py)."""
     text = layout + _HEAD + "".join(_PROBES[e] for e in events)
     wanted = [f"$ns != {home}"] if home else []
     if only:
@@ -224,6 +228,7 @@ def script(events: list[str], home: int, layout: str, rx_sk: bool = True, rst_re
     for marker, (fmt, args) in (("SEND", _LIVE_SEND_TAIL), ("RECEIVE", _LIVE_RECEIVE_TAIL)):
         text = text.replace(f"{marker}_FMT", fmt if live else "").replace(f"{marker}_ARGS", args if live else "")
     text = text.replace("LIVE_SEND", _LIVE_SEND if live else "")
+    text = text.replace("KFREE_ELSE", _KFREE_ELSE if witnessed else "")
     text = re.sub(r"SKNS\(([^()]*)\)", r"((struct fg_sock *)\1)->net->ns.inum", text)
     return re.sub(r"PORT\(([^()]*)\)", lambda m: "(" + PORT.replace("$P", m.group(1)) + ")", text)
 

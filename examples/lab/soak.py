@@ -60,6 +60,11 @@ def soak(runs: int, slugs: list[str], busy: int, sessions: int | None = None, on
                     bound = entry.setdefault("timings", {}).setdefault(claim.get("name") or claim["claim"], {
                         **{k: v for k, v in claim["timing"].items() if k != "gap"}, "gaps": []})
                     bound["gaps"].append(claim["timing"]["gap"])
+            unchecked = [c for c in (r.recording.claims if r.recording else [])
+                         if c["passed"] is None and "not_applicable" not in c]
+            if unchecked and r.ok:  # judged neither way in this run, and why (the tracer lost the event)
+                entry.setdefault("not_checked", []).append({"run": round_, "claim": unchecked[0]["claim"],
+                                                            "detail": unchecked[0]["detail"]})
             if not r.ok:
                 entry["failed"] += 1
                 entry["failures"].append({"run": round_, "first_line": first_line(r.problem),
@@ -96,6 +101,9 @@ def summary(report: dict[str, Any]) -> list[str]:
                 if failure["first_line"] not in seen:
                     seen.add(failure["first_line"])
                     lines.append(f"       run {failure['run']}: {failure['first_line']}")
+            for unchecked in entry.get("not_checked", []):
+                lines.append(f"       run {unchecked['run']}: not checked: {unchecked['claim']}"
+                             f" -- {unchecked['detail'][:160]}")
     lines.append("timing bounds (seconds since the previous step): the largest gap measured, and its bound")
     for kind in ("catalogue", "client_session"):
         for slug, entry in report[kind].items():

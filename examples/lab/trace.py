@@ -98,12 +98,17 @@ class Trace:
         why = self._unchecked(event)
         lacking = self.not_applicable(event, reason)
         missed = self.tracing.get("missed", 0)
-        if not why and not lacking and missed and not ok():
-            # the event may be one the kernel did not let the tracer see (lab/tracer.py misses()):
-            # absent, it proves nothing either way
+        unseen = self.tracing.get("unseen", {}).get(event, 0)
+        if not why and not lacking and (missed or unseen) and not ok():
+            # the event may be one the kernel did not let the tracer see (lab/tracer.py misses(),
+            # lab/witness.py): absent, it proves nothing either way
             why = (f"not checked: the kernel skipped the tracer's probes {missed} time(s) during this run"
                    " (a tracepoint that fires while a kprobe or tracepoint BPF program runs on the same CPU is not run:"
-                   " trace_call_bpf() in kernel/trace/bpf_trace.c), and this event is not among those seen")
+                   " trace_call_bpf() in kernel/trace/bpf_trace.c), and this event is not among those seen"
+                   if missed else
+                   f"not checked: ftrace recorded {unseen} {event} event(s) during this run that never reached the"
+                   " tracer's BPF program (a tracepoint in a softirq on top of the guest agent's threads: lab/witness.py),"
+                   " and this event is not among those seen")
         if why or lacking:
             entry: dict[str, Any] = {"claim": text, "passed": None, "detail": why or f"not applicable: {lacking}"}
             if lacking:

@@ -39,6 +39,7 @@ from typing import Any
 
 from . import netns
 from .process import SLOW, die_with_parent
+from .witness import Witness
 from .wire import tcpdump_flags
 
 SOCKET = "kernel.sock"  # in each run's folder: the worker's line to the runner's tracer
@@ -75,8 +76,9 @@ def offsets() -> dict[tuple[str, str], int]:
 
 def _script(events: list[str], home: int, layout: str, rx_sk: bool = True, rst_reason: bool = True) -> str:
     """rx_sk: kfree_skb has that field (the socket that dropped the packet; 6.12 and later);
-    rst_reason: tcp_send_reset has its reason (6.10 and later)."""
-    return _probes().script(events, home, layout, rx_sk=rx_sk, rst_reason=rst_reason)
+    rst_reason: tcp_send_reset has its reason (6.10 and later). Every drop it does not print
+    as an event is printed as a `K` line, for the ftrace witness (lab/witness.py)."""
+    return _probes().script(events, home, layout, rx_sk=rx_sk, rst_reason=rst_reason, witnessed=True)
 
 
 # The probes see every network namespace of the machine: other runs' (another checkout's lab
@@ -104,6 +106,8 @@ class Tracer:
         self.names: dict[str, dict[str, dict[int, str]]] = {}
         self._proc: subprocess.Popen[str] | None = None
         self._events: list[tuple[Any, ...]] = []
+        self._other_drops: list[tuple[str, int, tuple[Any, ...]]] = []  # `K` lines: (event, t_ns, key)
+        self._witness: Witness | None = None  # ftrace's record of the same events (lab/witness.py)
         self._marks: dict[int, int] = {}
         self._lost = 0
         self._cond = threading.Condition()
@@ -144,6 +148,10 @@ class Tracer:
                 raise RuntimeError(f"bpftrace did not start: {self._failure or 'no answer'}\n{stderr}".strip())
             version = subprocess.run(["bpftrace", "--version"], capture_output=True, text=True).stdout.strip()
             self.status.update(recorded=True, by=version or "bpftrace")
+            if self._witness is not None and (not self._witness.ready.wait(START_TIMEOUT) or self._witness.failure):
+                self.status["witness"] = self._witness.failure or "the ftrace witness did not start"
+                self._witness.close()
+                self._witness = None
         except (OSError, RuntimeError) as exc:
             self._give_up(exc)
         self.attached.set()
@@ -192,6 +200,8 @@ class Tracer:
             fcntl.fcntl(self._proc.stdout.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
         self.status["events"] = events
         threading.Thread(target=self._read, daemon=True).start()
+        # started from this thread too: the witness dies with the thread that outlives the run
+        self._witness = Witness(probes.in_tracefs, probes.TRACEFS)
         threading.Thread(target=self._read_errors, daemon=True).start()
 
     def _read(self) -> None:
@@ -208,6 +218,9 @@ class Tracer:
                         self._cond.notify_all()
                     else:
                         self._events.append(event)
+                elif kind == "K":  # a drop left out of the events (another namespace, not TCP, a copy)
+                    name, t, _cpu, skb = rest.split(" ")
+                    self._other_drops.append((name, int(t), (int(skb, 16),)))
                 elif kind == "R":
                     self._ready.set()
                 elif "Lost" in line:  # bpftrace: "Lost N events"
@@ -241,6 +254,8 @@ class Tracer:
         self._stop()
 
     def _stop(self) -> None:
+        if self._witness is not None:
+            self._witness.close()
         if self._mark_fd is not None:
             os.close(self._mark_fd)
             self._mark_fd = None
@@ -294,6 +309,7 @@ class Tracer:
         with self._cond:
             everything = list(self._events)
             lost = self._lost
+            other_drops = list(self._other_drops)
         owner = attribute(everything, namespaces, until)
         events = [self._decode(everything[i], owner[i]) for i in sorted(owner, key=lambda i: int(everything[i][1]))]
         status = dict(self.status)
@@ -304,7 +320,33 @@ class Tracer:
         missed = self.misses() - misses_before
         if missed:  # claims on an event that is absent cannot then be judged (lab/trace.py)
             status["missed"] = missed
+        unseen = self._unseen(everything, other_drops, min((made for _, made in namespaces.values()), default=until),
+                              until)
+        if unseen:  # the same: events ftrace recorded and bpftrace was never given (lab/witness.py)
+            status["unseen"] = unseen
         return {"tracing": status, "events": events}
+
+    def _unseen(self, everything: list[tuple[Any, ...]], other_drops: list[tuple[str, int, tuple[Any, ...]]],
+                since: int, until: int) -> dict[str, int]:
+        """ftrace's events between since and until with no counterpart among bpftrace's, by
+        tracepoint ({} without a witness, or when ftrace did not confirm every event up to until)."""
+        witness = self._witness
+        if witness is None or not witness.through(until, sorted(os.sched_getaffinity(0)), 10.0):
+            return {}
+        states = self.names.get("inet_sock_set_state", {})
+
+        def key(e: tuple[Any, ...]) -> tuple[Any, ...]:
+            name, sk, rest = e[0], e[4], e[5:]
+            if name == "kfree_skb":
+                return (int(sk, 16),)
+            if name == "inet_sock_set_state":
+                old, new = (states.get(f, {}).get(int(v), v) for f, v in zip(("oldstate", "newstate"), rest[:2]))
+                return (rest[2], int(rest[3]), rest[4], int(rest[5]), old, new)
+            flow = rest[2:6] if name == "tcp_send_reset" else rest[1:5]
+            return (flow[0], int(flow[1]), flow[2], int(flow[3]))
+
+        theirs = [(e[0], int(e[1]), key(e)) for e in everything if e[0] != "inet_sk_error_report"]
+        return witness.unseen(theirs + other_drops, since, until)
 
     def _decode(self, e: tuple[Any, ...], host: str) -> dict[str, Any]:
         return _probes().decode(e, self.names, host, flag_names=tcpdump_flags)
