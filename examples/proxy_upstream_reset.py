@@ -11,9 +11,10 @@ it sees a 200 whose body ends early, which Python's http.client reports as
 IncompleteRead and curl as a transfer closed with bytes remaining. Whether the
 100 bytes of body reach the client depends on one thing: whether nginx's worker
 finds the response and the RST in the same wake-up (it relays them) or reads the
-response first (it drops them). The lab decides it, both ways: for Python's
-request nginx's worker is stopped while both arrive, for curl's it has read the
-response before the RST comes.
+response first (it drops them).
+
+The lab decides it, both ways: for Python's request nginx's worker is stopped
+while both arrive, for curl's it has read the response before the RST comes.
 """
 
 import http.client

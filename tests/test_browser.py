@@ -730,3 +730,58 @@ def test_chinese_is_legible_on_a_phone(browser: Any, site_url: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     settled_screenshot(page, SCREENSHOTS / "chinese-title-mobile.png")
     watched.close()
+
+
+# Where a scenario page's short answer ends (its last line is the fix), and where the section
+# "Fix or avoid" starts: px from the top of the page.
+WHERE_THE_FIX_IS = """() => {
+  const short = document.querySelector('article .admonition.abstract');
+  const fix = [...short.querySelectorAll('strong')].find(s => s.textContent === 'Fix');
+  const section = document.getElementById('fix-or-avoid');
+  const top = e => e.getBoundingClientRect().top + window.scrollY;
+  return {short_end: short.getBoundingClientRect().bottom + window.scrollY, fix: fix ? top(fix) : null,
+          section: top(section), link: fix ? fix.parentElement.querySelector('a[href="#fix-or-avoid"]') !== null : false};
+}"""
+
+
+def test_the_fix_is_in_the_short_answer_within_two_phone_screens(browser: Any, site_url: str) -> None:
+    """Every scenario page's short answer ends with the fix, linked to "Fix or avoid"; on a
+    phone (390 x 844) the whole short answer ends within its first two screens, on a desktop
+    within its first two. The figures go to build/fix-position.json (quoted in notes)."""
+    figures: dict[str, dict[str, float]] = {}
+    late = []
+    for viewport, name in ((MOBILE, "phone"), (DESKTOP, "desktop")):
+        watched = Watched(browser, viewport=viewport, color_scheme="light", is_mobile=viewport is MOBILE)
+        for slug in SLUGS:
+            page = open_page(watched, f"{site_url}scenarios/{slug}/")
+            seen = page.evaluate(WHERE_THE_FIX_IS)
+            page.close()
+            assert seen["fix"] is not None and seen["link"], f"{slug}: the short answer has no linked fix"
+            screens = seen["short_end"] / viewport["height"]
+            figures.setdefault(slug, {})[name] = round(seen["fix"] / viewport["height"], 2)
+            figures[slug][f"{name}_section"] = round(seen["section"] / viewport["height"], 2)
+            if screens > 2:
+                late.append(f"{slug} ({name}): the short answer ends {screens:.1f} screens down")
+        watched.close()
+    (ROOT / "build" / "fix-position.json").write_text(json.dumps(figures, indent=1) + "\n")
+    assert not late, "\n".join(late)
+
+
+def test_a_missing_page_gets_the_sites_404_with_working_links(browser: Any, site_url: str) -> None:
+    """Served for any missing path (as GitHub Pages serves 404.html), however deep, the 404
+    page is styled and its links land on the site's pages."""
+    watched = Watched(browser, viewport=DESKTOP, color_scheme="light")
+    page = watched.page()
+    response = page.goto(f"{site_url}scenarios/no-such-page/deeper/", wait_until="load")
+    assert response is not None and response.status == 404
+    assert page.evaluate("getComputedStyle(document.querySelector('.md-header')).position") in ("sticky", "fixed")
+    links = page.eval_on_selector_all("nav a[href]", "links => links.map(a => a.href)")
+    assert any(urlparse(link).path.endswith("/scenarios/closed-port/") for link in links), links
+    missing = urlparse(page.url).path
+    for link in dict.fromkeys(l.split("#")[0] for l in links if urlparse(l).path != missing):  # not its own #, ?q=
+        assert page.request.get(link).status == 200, f"404.html links to {link}, which is not there"
+    page.close()
+    # the one error a 404 logs is Chromium's for the document itself
+    assert watched.errors == ["console: Failed to load resource: the server responded with a status of 404 (Not Found)"]
+    watched.errors.clear()
+    watched.close()

@@ -107,6 +107,25 @@ def test_recorded_text_never_becomes_markup() -> None:
     assert all(row.count(" | ") == 3 for row in table.splitlines()[2:]), "a recorded pipe split a cell"
 
 
+def test_an_http_error_status_read_back_is_shown_as_that_status_not_as_success() -> None:
+    """A proxy's 502 raises nothing in the client: what it got is the status, not "no error"."""
+    calls = [{"call": "getresponse()", "returned": "<HTTPResponse>", "t_ms": 1.0},
+             {"call": "status line", "returned": "'HTTP/1.1 200 OK'", "t_ms": 2.0},
+             {"call": "status line", "returned": "'HTTP/1.1 502 Bad Gateway'", "t_ms": 3.0}]
+    client = render.what_apps_get(recording(outcomes={"client": calls}))
+    assert client == [f"**client**: {render.literal('status line')}: {render.literal('HTTP/1.1 502 Bad Gateway')}"
+                      " (an HTTP error status)"]
+    ok = render.what_apps_get(recording(outcomes={"client": calls[:2]}))
+    assert ok == ["**client**: no call raised an error"]
+    reads = [{"call": "recv(4096)", "returned": "b'GET / HTTP/1.1'", "t_ms": 1.0},
+             {"call": "recv(4096)", "returned": "b''", "t_ms": 2.0}]
+    assert render.what_apps_get(recording(outcomes={"server": reads[:1]})) == ["**server**: no call raised an error"]
+    assert render.what_apps_get(recording(outcomes={"server": reads})) == [
+        f"**server**: {render.literal('recv(4096)')} returned {render.literal(chr(98) + chr(39) * 2)}"]
+    assert render.http_error_status({"returned": "HTTP 404"}) == 404  # Node's form
+    assert render.http_error_status({"returned": "'HTTP/1.1 301 Moved Permanently'"}) is None
+
+
 def test_counters_put_tcp_first_and_fold_the_rest() -> None:
     table = render.counters_table(recording())
     assert table.index("TcpEstabResets") < table.index('??? note "IP counters (1)"') < table.index("IpInReceives")

@@ -181,8 +181,9 @@ def test_watch_page_shows_the_live_recording_of_this_build(built_site: Path, rec
 
 
 def test_internal_links_resolve(built_site: Path) -> None:
-    # 404.html uses absolute links under site_url's path, since it is served from anywhere
-    site_path = urlsplit(re.search(r"^site_url:\s*(\S+)", (ROOT / "mkdocs.yml").read_text(), re.M).group(1)).path
+    # 404.html uses absolute links under the site's path (FIELDGUIDE_SITE_URL's, else the
+    # server's root), since it is served for a missing page at any depth
+    site_path = urlsplit(os.environ.get("FIELDGUIDE_SITE_URL", "").rstrip("/") + "/").path
     ids: dict[Path, set[str]] = {}
     broken = []
     for page in _html_files(built_site):
@@ -339,17 +340,45 @@ def test_search_is_configured_for_english_and_chinese(built_site: Path) -> None:
 def test_expansion_rejects_numbers_and_unknown_names_with_the_line(recorded_traces: Path) -> None:
     recordings = {"closed-port": artifact.load("closed-port", recorded_traces)}
     ctx = Context("scenarios/closed-port.md", "closed-port", recordings, [])
-    page = "".join("{{ " + name + " }}\n" for name in REQUIRED)
+    page = "".join("{{ " + name + " }}\n" for name in REQUIRED) + FIX
+    lines = len(REQUIRED) + FIX.count("\n")
     assert "[client&#45;syn]" in expand_page(page + "{{ packet client-syn }}\n", ctx)
     for wrong in ("{{ packet 2 }}", "{{ packet nope }}", "{{ packet }}", "{{ tcpdump_line closed-port 1 }}"):
-        with pytest.raises(PageError, match=f"closed-port.md, line {len(REQUIRED) + 3}: "):
+        with pytest.raises(PageError, match=f"closed-port.md, line {lines + 3}: "):
             expand_page(page + "\n<!-- a comment\n-->" + wrong, ctx)
     with pytest.raises(PageError, match="lacks {{ provenance }}"):
         expand_page(page.replace("{{ provenance }}", ""), ctx)
-    with pytest.raises(PageError, match=f"closed-port.md, line {len(REQUIRED) + 5}: "):  # after 4 lines of front matter
+    with pytest.raises(PageError, match=f"closed-port.md, line {lines + 5}: "):  # after 4 lines of front matter
         expand_page(page + "{{ packet #1 }}", ctx, first_line=5)
     with pytest.raises(PageError, match="packet names server-rst are also section anchors"):
         expand_page(page + "## Server RST\n", ctx)
+
+
+FIX = "## Fix or avoid\n\n**In short:** Start the service before its clients.\n"
+
+
+def test_the_short_answer_ends_with_the_pages_own_fix_and_a_page_without_one_fails(recorded_traces: Path) -> None:
+    recordings = {"closed-port": artifact.load("closed-port", recorded_traces)}
+    ctx = Context("scenarios/closed-port.md", "closed-port", recordings, [])
+    page = "".join("{{ " + name + " }}\n" for name in REQUIRED)
+    out = expand_page(page + FIX, ctx)
+    short = out[out.index('!!! abstract "The short answer"'):out.index("\n\n", out.index("**Fix**"))]
+    assert short.rstrip().endswith("**Fix**: Start the service before its clients."
+                                   " [How to fix or avoid it](#fix-or-avoid)")
+    for wrong in ("", "## Fix or avoid\n\nStart the service.\n", "## Fix or avoid\n\n- **In short:** Start it.\n"):
+        with pytest.raises(PageError, match="must begin with a paragraph of one line, `\\*\\*In short:"):
+            expand_page(page + wrong, ctx)
+
+
+def test_every_scenario_page_has_its_fix_in_the_short_answer_above_the_fold(built_site: Path) -> None:
+    """The short answer (the first block of every scenario page) ends with the fix, linked to
+    the section, whose anchor exists on the page."""
+    for slug in all_slugs():
+        html = (built_site / "scenarios" / slug / "index.html").read_text()
+        start = html.index("The short answer")
+        end = html.index("</div>", html.index("<strong>Fix</strong>", start))
+        assert 'href="#fix-or-avoid"' in html[start:end], slug
+        assert 'id="fix-or-avoid"' in html, slug
 
 
 def test_the_baseline_page_describes_every_packet(recorded_traces: Path) -> None:
@@ -397,6 +426,17 @@ def test_no_list_collapses_into_a_paragraph(built_site: Path) -> None:
             if re.search(r"\n\s*[-*+] \S", paragraph):
                 collapsed.append(f"{page.relative_to(built_site)}: {paragraph[:120]!r}")
     assert not collapsed, "\n".join(collapsed)
+
+
+def test_no_page_names_a_placeholder_host(built_site: Path) -> None:
+    """The address is one setting (FIELDGUIDE_SITE_URL, mkdocs.yml); unset, no canonical link
+    and an empty sitemap, never a made-up host."""
+    if os.environ.get("FIELDGUIDE_SITE_URL"):
+        pytest.skip("FIELDGUIDE_SITE_URL is set: the pages name that address")
+    for page in [*built_site.rglob("*.html"), built_site / "sitemap.xml"]:
+        text = page.read_text()
+        assert "example.org" not in text and 'rel="canonical"' not in text, page
+        assert "<loc>" not in text, page
 
 
 def test_no_edit_link_points_nowhere(built_site: Path) -> None:

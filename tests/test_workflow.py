@@ -70,8 +70,25 @@ def test_it_publishes_only_what_passed_the_tests_ci_runs(workflow: dict[Any, Any
         "recording again after the tests would publish a recording nobody checked")
 
 
+class _MkDocsLoader(yaml.SafeLoader):
+    """mkdocs.yml's `!ENV [NAME, default]` read as its list (the test reads settings, not values)."""
+
+
+_MkDocsLoader.add_constructor("!ENV", lambda loader, node: loader.construct_sequence(node))
+
+
+def test_the_sites_address_is_one_setting_the_workflow_gives(workflow: dict[Any, Any]) -> None:
+    mkdocs = yaml.load((ROOT / "mkdocs.yml").read_text().split("\nmarkdown_extensions:")[0], _MkDocsLoader)
+    assert mkdocs["site_url"] == ["FIELDGUIDE_SITE_URL", None], "unset, no page may name a placeholder host"
+    build = steps(workflow, "build")
+    pages = next(s for s in build if s.get("uses", "").startswith("actions/configure-pages@"))
+    site = next(s for s in build if "nox -s site" in s.get("run", ""))
+    assert site["env"]["FIELDGUIDE_SITE_URL"] == "${{ steps.%s.outputs.base_url }}" % pages["id"]
+    assert build.index(pages) < build.index(site)
+
+
 def test_it_deploys_the_built_site_to_pages(workflow: dict[Any, Any]) -> None:
-    mkdocs = yaml.safe_load((ROOT / "mkdocs.yml").read_text().split("\nmarkdown_extensions:")[0])
+    mkdocs = yaml.load((ROOT / "mkdocs.yml").read_text().split("\nmarkdown_extensions:")[0], _MkDocsLoader)
     site_dir = mkdocs.get("site_dir", "site").rstrip("/") + "/"
     upload = next(s for s in steps(workflow, "build") if s.get("uses", "").startswith("actions/upload-pages-artifact@"))
     assert upload["with"]["path"] == site_dir

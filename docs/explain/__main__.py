@@ -12,7 +12,14 @@ from typing import IO, Iterator
 
 from . import ExplainError, explain_stream
 
-SITE = "https://example.org/tcp-reset-field-guide/"
+
+
+def _site() -> str:
+    """Where the pages are: the site's address, the one setting the site is built with
+    (FIELDGUIDE_SITE_URL, mkdocs.yml); unset, a page's path from the site's root, never a
+    made-up host."""
+    address = os.environ.get("FIELDGUIDE_SITE_URL", "").strip()
+    return address.rstrip("/") + "/" if address else ""
 
 
 def _packet_numbers() -> dict[str, dict[str, int]]:
@@ -32,7 +39,7 @@ def _packet_numbers() -> dict[str, dict[str, int]]:
 
 def _link(slug: str, packet_name: str | None, numbers: dict[str, dict[str, int]]) -> str:
     number = numbers.get(slug, {}).get(packet_name or "")
-    return f"{SITE}scenarios/{slug}/" + (f"#packet-{number}" if number else "")
+    return f"{_site()}scenarios/{slug}/" + (f"#packet-{number}" if number else "")
 
 
 def _print_text(items: Iterator[dict], name: str, out: IO[str], numbers: dict) -> None:

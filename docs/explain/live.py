@@ -515,9 +515,6 @@ class Live:
         return ranked, apart, notes
 
 
-SITE = "https://example.org/tcp-reset-field-guide/"
-
-
 def url(slug: str, packet_name: str | None) -> str:
     from .__main__ import _link, _packet_numbers
     global _NUMBERS

@@ -7,15 +7,15 @@ How to write a scenario page
    name every packet in its claims(), and record it: `nox -s examples -- --update SLUG`
    (the first recording commits its shape, `examples/shapes/SLUG.txt`). Its TITLE becomes
    the page title, its PHASE the navigation group, the first paragraph of its docstring
-   the one-line cause in the home page's index, and the rest of the docstring the "Why"
-   of the short answer.
+   the one-line cause in the home page's index, and its second paragraph the "Why" of
+   the short answer (a third, how the lab decides a race, is read with the code).
 2. Copy `docs/scenarios/closed-port.md` to `docs/scenarios/SLUG.md` and replace the prose.
    Do not write an H1: the title comes from TITLE. Do not touch mkdocs.yml: the page
    appears in the navigation and in the home page's index by itself.
 3. Keep every placeholder below, each on a line of its own, in this order; the build
    fails if one is missing or unknown:
 
-       {{ short_answer }}     what you see, who sends the RST, why, what each app got
+       {{ short_answer }}     what you see, who sends the RST, why, what each app got, the fix
        {{ trace }}            tcpdump's text, each line anchored by number (#packet-N)
                               and by name (#client-syn), and the claims the build checked
        {{ diagram }}          Mermaid sequenceDiagram generated from the packets
@@ -43,7 +43,9 @@ How to write a scenario page
 5. Sections every page has, under these headings: "The trace", "The exchange",
    "What each application saw", "Which counters moved", "Why Linux does this",
    "Spot it in production", "Fix or avoid", "The example", "Provenance"; "You may have
-   seen" is added at the end.
+   seen" is added at the end. "Fix or avoid" begins with one line, `**In short:** what to
+   change` (a summary of the section, nothing it does not say): the short answer ends with
+   it, linked to the section (#fix-or-avoid).
 
 Every scenario page also gets a "Kernels" section (#kernels, kernels.py): how the scenario
 went on the other kernels `nox -s matrix` recorded, explained from kernel_notes.yml.

@@ -9,6 +9,7 @@ the line.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +58,9 @@ class Context:
     matrix: kernels.Matrix = field(default_factory=lambda: kernels.Matrix([], {}))
     # the client session's recordings (`nox -s clients`), or why the build has none (programs.py)
     clients: programs.Clients = field(default_factory=programs.Clients)
+    # a scenario page's fix in a line or two: its "Fix or avoid" section's first paragraph
+    # ("**In short:** ..."), shown again at the end of the short answer
+    fix: str = ""
 
     @property
     def own(self) -> Recording:
@@ -110,6 +114,7 @@ def expand_page(markdown: str, ctx: Context, first_line: int = 1) -> str:
         if missing:
             raise PageError(f"scenario {ctx.slug}: docs/{ctx.src} lacks "
                             + ", ".join("{{ " + m + " }}" for m in missing))
+        ctx = dataclasses.replace(ctx, fix=_fix_in_short(markdown, ctx))
 
     def expand(match: re.Match[str]) -> str:
         name, args = match.group(1), match.group(2).split()
@@ -154,6 +159,19 @@ def _programs_only(markdown: str, shown: bool, at: Callable[[int], str]) -> str:
     if opened is not None:
         raise PageError(f"{at(opened.start())}: {{{{ if_programs }}}} without its {{{{ end_if_programs }}}}")
     return "".join(out) + markdown[done:]
+
+
+FIX_HEADING = "## Fix or avoid"  # its anchor, #fix-or-avoid, is cited: stable
+IN_SHORT = re.compile(r"^## Fix or avoid[ \t]*\n[ \t]*\n\*\*In short:\*\*[ \t]+(\S.*)$", re.MULTILINE)
+
+
+def _fix_in_short(markdown: str, ctx: Context) -> str:
+    """The first paragraph of the page's "Fix or avoid", one line: `**In short:** ...`."""
+    found = IN_SHORT.search(markdown)
+    if found is None:
+        raise PageError(f"scenario {ctx.slug}: docs/{ctx.src}: the section '{FIX_HEADING}' must begin with a"
+                        " paragraph of one line, `**In short:** what to change`: the short answer ends with it")
+    return found.group(1).strip()
 
 
 WIRESHARK_HEADING = "## In Wireshark { #wireshark }"
@@ -242,7 +260,7 @@ def _tabs(own: Recording, other: Recording, draw: Callable[[Recording, bool], st
 
 @placeholder("short_answer")
 def _short_answer(ctx: Context, args: list[str]) -> str:
-    return render.short_answer(ctx.own, example_why(ctx.own.slug))
+    return render.short_answer(ctx.own, example_why(ctx.own.slug), ctx.fix)
 
 
 @placeholder("trace")

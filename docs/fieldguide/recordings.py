@@ -21,9 +21,11 @@ from . import NO_PROGRAMS
 from .render import check_anchors, records
 
 def example_why(slug: str) -> str:
-    """The example docstring after its first paragraph: the mechanism, in the author's words."""
+    """The example docstring's second paragraph: the mechanism, in the author's words (a third,
+    how the lab decides a race, stays with the example's code)."""
     doc = ast.get_docstring(ast.parse(scenarios.path_of(slug).read_text())) or ""
-    return " ".join(" ".join(doc.split("\n\n")[1:]).split())
+    paragraphs = doc.split("\n\n")
+    return " ".join(paragraphs[1].split()) if len(paragraphs) > 1 else ""
 
 
 CLIENTS_COMMAND = "nox -s clients"  # records the client session (lab/clients.py), build/client-traces/

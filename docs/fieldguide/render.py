@@ -150,6 +150,8 @@ def describe_outcome(entry: dict[str, Any]) -> str:
     if "raised" in entry:
         errno = f" ({plain(entry['errno'])})" if entry.get("errno") else ""
         return f"{literal(entry['call'])} raised {literal(entry['raised'] + ': ' + entry['message'])}{errno}"
+    if http_error_status(entry):
+        return f"{literal(entry['call'])}: {literal(entry['returned'].strip(chr(39)))} (an HTTP error status)"
     return f"{literal(entry['call'])} returned {literal(entry['returned'])}"
 
 
@@ -159,17 +161,31 @@ def own_calls(rec: Recording) -> dict[str, list[dict[str, Any]]]:
     return {host: [e for e in entries if e.get("phase") != "programs"] for host, entries in rec.outcomes.items()}
 
 
+# a response's status line as a client shows it ("HTTP/1.1 502 Bad Gateway", curl's and
+# Python's; "HTTP 502", Node's): group 1 is the status code
+HTTP_STATUS_LINE = re.compile(r"^HTTP(?:/\d(?:\.\d)?)? ([1-5]\d\d)\b")
+
+
+def http_error_status(entry: dict[str, Any]) -> int | None:
+    """The 4xx or 5xx status a call returned as a status line (RFC 9110, section 15: the
+    request failed, though no call raised), else None."""
+    found = HTTP_STATUS_LINE.match(str(entry.get("returned", "")).strip("'\""))
+    return int(found.group(1)) if found and int(found.group(1)) >= 400 else None
+
+
 def what_apps_get(rec: Recording) -> list[str]:
-    """Per host: the calls that failed, else what its reads returned."""
+    """Per host: the calls that failed (raised, or read back an HTTP error status), else the
+    reads that returned end of stream (b''); a read of data says nothing in a short answer
+    (the outcomes table has every call)."""
     lines = []
     for host, entries in own_calls(rec).items():
         if not entries:
             lines.append(f"**{plain(host)}**: no application made a call on this host")
             continue
-        failed = [e for e in entries if "raised" in e]
-        shown = failed or [e for e in entries if e["call"].startswith("recv")]
+        failed = [e for e in entries if "raised" in e or http_error_status(e)]
+        shown = failed or [e for e in entries if e["call"].startswith("recv") and e.get("returned") == "b''"]
         if not shown:
-            lines.append(f"**{plain(host)}**: every call succeeded")
+            lines.append(f"**{plain(host)}**: no call raised an error")
             continue
         lines.append(f"**{plain(host)}**: " + "; ".join(describe_outcome(e) for e in shown))
     return lines
@@ -246,13 +262,17 @@ def indent(text: str, spaces: int = 4) -> str:
     return "\n".join(pad + line if line.strip() else "" for line in text.splitlines())
 
 
-def short_answer(rec: Recording, why: str) -> str:
+def short_answer(rec: Recording, why: str, fix: str = "") -> str:
+    """What you see, who sends the RST, why, what the applications get, and last the fix (the
+    page's own "In short", linked to its section): the reader's answer in the first screens."""
     resets = who_resets(rec) or ["**nobody**: no RST in this capture"]
     body = [f"**What you see**: {rec.summary}", ""]
     body += ["**Who sends the RST**:", ""] + [f"- {line}" for line in resets] + [""]
     if why:
         body += [f"**Why**: {why}", ""]
     body += ["**What the applications get**:", ""] + [f"- {line}" for line in what_apps_get(rec)]
+    if fix:
+        body += ["", f"**Fix**: {fix} [How to fix or avoid it](#fix-or-avoid)"]
     return '!!! abstract "The short answer"\n\n' + indent("\n".join(body)) + "\n"
 
 

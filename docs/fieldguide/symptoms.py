@@ -43,7 +43,7 @@ from typing import Any
 import yaml
 from lab.artifact import Packet, Recording
 
-from .render import capture_of, literal, name_id, plain
+from .render import HTTP_STATUS_LINE, capture_of, literal, name_id, plain
 
 OWN_WORDING = "本指南用语"  # "this guide's wording": beside a name that is ours, not glibc's
 
@@ -57,9 +57,6 @@ _EXCEPTION_IN_LOG = re.compile(r"\b[A-Z]\w*(?:Error|Exception)\b")
 # src/http/ngx_http_request.c). The message is what a reader searches for; the rest is this run's.
 _NGINX_ERROR = re.compile(r"^\S+ \S+ \[(?:error|crit|alert|emerg)\] \d+#\d+: (?:\*\d+ )?(?P<message>.+?)(?:, client: .*)?$")
 _NGINX_ERRNO = re.compile(r"\((\d+): [^)]*\)")  # "(104: Connection reset by peer)": the kernel's errno
-# a response's status line as a client shows it ("HTTP/1.1 502 Bad Gateway", "HTTP 502"): a
-# 5xx is a failure a proxy answers with when its upstream failed (the error is on its other leg)
-_HTTP_ERROR = re.compile(r"^HTTP(?:/\d(?:\.\d)?)? (5\d\d)\b")
 
 # (direction, flag) of the packet that explains a failure, tried in order
 _EXPLAINED_BY: dict[str, list[tuple[str, str]]] = {
@@ -139,8 +136,8 @@ def http_error(line: str) -> str | None:
     """A 5xx status line's key: "HTTP 502 Bad Gateway" (the reason phrase is RFC 9110's, read
     from Python's http.HTTPStatus, so that curl's "HTTP/1.1 502 Bad Gateway" and Node's
     "HTTP 502" meet in one group)."""
-    found = _HTTP_ERROR.match(line.strip())
-    if not found:
+    found = HTTP_STATUS_LINE.match(line.strip())
+    if not found or not found.group(1).startswith("5"):  # a 5xx: what a proxy answers when its upstream failed
         return None
     code = int(found.group(1))
     try:
