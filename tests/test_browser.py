@@ -17,14 +17,15 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import pytest
-from lab.artifact import TRACES
+from lab.artifact import CLIENT_TRACES, TRACES
 from lab.scenarios import all_slugs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,14 +125,20 @@ def search_ready(page: Any) -> None:
                            " === 'Type to start searching'", timeout=15000)
 
 
-def search(page: Any, query: str) -> list[str]:
-    """The result links for `query`, typed into an emptied box. Material searches on keyup:
+def search(page: Any, query: str, pasted: bool = False) -> list[str]:
+    """The result links for `query`, typed into an emptied box (pasted: as the browser fills
+    it on a paste, an input event of inputType insertFromPaste). Material searches on keyup:
     typing character by character would race its searches for each prefix."""
     box = page.locator("input.md-search__input")
     box.fill("")
     box.press("End")
     page.wait_for_function("document.querySelectorAll('.md-search-result__item').length === 0")
-    box.fill(query)
+    if pasted:
+        box.focus()
+        box.evaluate("(box, text) => { box.value = text; box.dispatchEvent(new InputEvent('input',"
+                     " {inputType: 'insertFromPaste', data: text, bubbles: true})); }", query)
+    else:
+        box.fill(query)
     box.press("End")
     page.wait_for_function("document.querySelectorAll('.md-search-result__item').length > 0", timeout=15000)
     return page.locator(".md-search-result__item > a").evaluate_all("links => links.map(a => a.href)")
@@ -784,4 +791,39 @@ def test_a_missing_page_gets_the_sites_404_with_working_links(browser: Any, site
     # the one error a 404 logs is Chromium's for the document itself
     assert watched.errors == ["console: Failed to load resource: the server responded with a status of 404 (Not Found)"]
     watched.errors.clear()
+    watched.close()
+
+
+def program_lines() -> dict[str, str]:
+    """Per client program, one failure line it printed in this build's client session (the
+    most common), and nginx's most common error message (lab/nginx.py reads its log)."""
+    counts: dict[str, dict[str, int]] = {}
+    for path in sorted(CLIENT_TRACES.glob("*.json")):
+        for entries in json.loads(path.read_text())["outcomes"].values():
+            for e in entries:
+                if "program" in e and "raised" in e:
+                    line = counts.setdefault(e["program"]["id"], {})
+                    line[e["raised"]] = line.get(e["raised"], 0) + 1
+    for path in sorted(TRACES.glob("*.json")):
+        for e in json.loads(path.read_text())["outcomes"].get("proxy", []):
+            if e["call"] == "nginx error.log":
+                found = re.search(r"\[error\] \d+#\d+: \*\d+ (.+?), client: ", e["returned"])
+                if found:
+                    line = counts.setdefault("nginx", {})
+                    line[found.group(1)] = line.get(found.group(1), 0) + 1
+    return {program: max(lines, key=lambda t: (lines[t], t)) for program, lines in counts.items()}
+
+
+def test_a_pasted_program_line_is_searched_word_for_word(browser: Any, site_url: str) -> None:
+    """A reader pastes the line their program printed: a word before a colon ("curl:") is
+    searched, not read as a lunr field, and a line with quotes and addresses (Go's) finds
+    pages instead of nothing (assets/search-lines.js). The lines are this build's."""
+    lines = program_lines()
+    watched = Watched(browser, viewport=DESKTOP, color_scheme="light")
+    page = open_page(watched, site_url)
+    search_ready(page)
+    curl = search(page, lines["curl"], pasted=True)  # curl: (56) Recv failure: ...
+    assert "curl" in parse_qs(urlparse(curl[0]).query)["h"][0].split(" "), curl[0]
+    assert search(page, lines["go-net-http"], pasted=True)  # Get "http://...": read tcp ...: read: ...
+    assert not page.input_value("input.md-search__input").count(":")
     watched.close()

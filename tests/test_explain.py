@@ -4,6 +4,7 @@ printed by real tcpdump with the flags people use; bad input refused cleanly."""
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import random
@@ -207,6 +208,23 @@ def test_stdin_reads_pasted_text(recorded: Recorded) -> None:
     pasted = _tcpdump(TRACES / "keepalive-race.pcap", "")
     proc = subprocess.run([*EXPLAIN, "-"], input=pasted, capture_output=True, check=True)
     assert b"keepalive-race" in proc.stdout and b"write-after-peer-close" in proc.stdout
+
+
+def test_a_rst_is_placed_at_the_time_its_capture_gave(recorded: Recorded) -> None:
+    """Pasted text: the time as tcpdump printed it; a capture file: its time on a UTC clock
+    (the number of seconds stays in "time")."""
+    recorded.require("closed-port")
+    pasted = (TRACES / "closed-port.txt").read_text()
+    rst = rst_explain.explain(pasted.encode())["rsts"][0]
+    line = next(line for line in pasted.splitlines() if "Flags [R" in line)
+    assert rst["at"] == line.split(" ")[0]
+    text = subprocess.run([*EXPLAIN, "-"], input=pasted, capture_output=True, text=True, check=True).stdout
+    assert f"at {rst['at']}" in text and "t=" not in text
+    from_file = rst_explain.explain((TRACES / "closed-port.pcap").read_bytes())["rsts"][0]
+    stamp = datetime.datetime.fromtimestamp(from_file["time"], datetime.timezone.utc)
+    assert from_file["at"] == stamp.strftime("%Y-%m-%d %H:%M:%S.%f UTC")
+    local = datetime.datetime.fromtimestamp(from_file["time"]).strftime("%H:%M:%S.%f")
+    assert local == rst["at"]  # the same RST: tcpdump printed the text on the local clock
 
 
 def _udp_only() -> bytes:

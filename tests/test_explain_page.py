@@ -95,7 +95,7 @@ def expected(data: bytes, name: str, site_url: str) -> dict[str, Any]:
 
     return {
         "rsts": [{"packet": rst["packet"], "time": rst["time"],
-                  "heading": f"RST {i + 1}: packet {rst['packet']}, [{rst['flags']}] at t={rst['time']:.6f}",
+                  "heading": f"RST {i + 1}: packet {rst['packet']}, [{rst['flags']}] at {rst['at']}",
                   "flow": [rst["src"], rst["dst"]], "verdicts": verdicts(rst["verdicts"], rst["tie"]),
                   "next": rst["next"]} for i, rst in enumerate(result["rsts"])],
         "notes": [{"text": note["text"] + (f" (packet {note['packet']})" if note["packet"] else ""),
@@ -173,6 +173,23 @@ def test_a_verdict_links_to_the_page_and_the_packet(browser: Any, site_url: str)
     page.wait_for_url(f"**{href.path}*")
     if href.fragment:  # the packet the page names, highlighted on its trace
         assert page.locator(f".fg-trace #{href.fragment}").count() == 1
+    watched.close()
+
+
+def test_controls_look_disabled_while_loading_and_points_are_explained(browser: Any, site_url: str) -> None:
+    """Disabled (as they are until the explainer has loaded), the button and the file chooser
+    look it; a verdict's number says what it is, in words."""
+    watched = Watched(browser, viewport=DESKTOP, color_scheme="light")
+    page = open_explain(watched, site_url)
+    controls = "#fg-explain .fg-explain-actions .md-button"
+    looks = f"[...document.querySelectorAll('{controls}')].map(b => getComputedStyle(b).opacity)"
+    assert page.evaluate(looks) == ["1", "1"]
+    page.evaluate("document.querySelectorAll('#fg-explain button, #fg-explain input').forEach(c => c.disabled = true)")
+    assert all(float(opacity) < 0.5 for opacity in page.evaluate(looks))
+    page.evaluate("document.querySelectorAll('#fg-explain button, #fg-explain input').forEach(c => c.disabled = false)")
+    explain_file(page, TRACES / "closed-port.pcap")
+    assert "only their order, and ties, mean anything" in page.locator("#fg-explain .fg-explain-points").first.inner_text()
+    assert page.locator("#fg-explain .fg-verdict-score").first.inner_text().split(" ")[1].startswith("point")
     watched.close()
 
 

@@ -90,6 +90,10 @@ The RST: {{ packet client-rst }}.
 
 {{ counters }}
 
+## Fix or avoid
+
+**In short:** Read what the peer sent before closing.
+
 ## The example
 
 {{ example }}

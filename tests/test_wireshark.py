@@ -253,8 +253,8 @@ def test_a_filter_that_shows_packets_it_claims_to_exclude_fails_and_so_does_an_u
     rec = artifact.load("closed-port", recorded_traces)
     ctx = Context("scenarios/closed-port.md", "closed-port", {"closed-port": rec}, [],
                   wireshark=lambda slug: closed_port_view)
-    page = ("".join("{{ " + name + " }}\n" for name in REQUIRED) + "## The exchange\n"
-            + "## Fix or avoid\n\n**In short:** Open the port.\n")
+    fix = "## Fix or avoid\n\n**In short:** Open the port.\n"  # every scenario page's (placeholders.py)
+    page = "".join("{{ " + name + " }}\n" for name in REQUIRED) + "## The exchange\n" + fix
     fine = page + '`tcp.flags.reset == 1 || tcp.flags.syn == 1`{ .wireshark-filter shows="client-syn server-rst" }\n'
     assert "(in this capture: [1](#packet-1) client&#45;syn, [2](#packet-2) server&#45;rst)" in expand_page(fine, ctx)
     wrong = {
@@ -269,7 +269,7 @@ def test_a_filter_that_shows_packets_it_claims_to_exclude_fails_and_so_does_an_u
         '`tcp.flags.reset == 1`{ .wireshark-filter shows="server-rst" }': "was not asked of Wireshark",
     }
     for marker, message in wrong.items():
-        with pytest.raises(PageError, match=re.escape(f"closed-port.md, line {len(REQUIRED) + 3}: ") + ".*"
+        with pytest.raises(PageError, match=re.escape(f"closed-port.md, line {len(REQUIRED) + 3 + fix.count(chr(10))}: ") + ".*"
                            + re.escape(message)):
             expand_page(page + "\n" + marker + "\n", ctx)
     with pytest.raises(PageError, match=re.escape("docs/symptoms.md, line 1: `tcp`: a marked Wireshark filter")):

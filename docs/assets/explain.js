@@ -99,10 +99,14 @@ function list(items, className) {
   return element("ul", {class: className}, ...items.map((item) => element("li", {}, String(item))));
 }
 
+// what a verdict's number means (rst_explain/rules.py: each page's required and weighed features)
+const POINTS = "points for the features of that page this RST shows on the wire; only their order, and ties, mean anything";
+
 function verdictItem(manifest, verdict, first, tied) {
   const item = element("li", {class: "fg-verdict", "data-slug": verdict.slug,
                               "data-score": JSON.stringify(verdict.score)},
-    element("span", {class: "fg-verdict-score"}, `score ${verdict.score}${tied ? ", tied for first" : ""}: `),
+    element("span", {class: "fg-verdict-score", title: POINTS},
+            `${verdict.score} point${verdict.score === 1 ? "" : "s"}${tied ? ", tied for first" : ""}: `),
     ...pageLink(manifest, verdict));
   const why = [];
   if (verdict.evidence.length) why.push(list(verdict.evidence, "fg-evidence"));
@@ -125,10 +129,11 @@ function verdictList(manifest, verdicts, tie) {
 function rstSection(manifest, rst, index) {
   const section = element("section", {class: "fg-explain-rst", "data-packet": JSON.stringify(rst.packet),
                                       "data-time": JSON.stringify(rst.time)},
-    element("h3", {}, `RST ${index + 1}: packet ${rst.packet}, [${rst.flags}] at t=${rst.time.toFixed(6)}`),
+    element("h3", {}, `RST ${index + 1}: packet ${rst.packet}, [${rst.flags}] at ${rst.at}`),
     element("p", {class: "fg-explain-flow"}, "from ", element("code", {}, rst.src), " to ", element("code", {}, rst.dst)));
   if (rst.verdicts.length) {
-    section.append(verdictList(manifest, rst.verdicts, rst.tie));
+    section.append(element("p", {class: "fg-explain-points"}, `The pages that fit, best first, with their ${POINTS}:`),
+                   verdictList(manifest, rst.verdicts, rst.tie));
   } else {
     section.append(element("p", {}, "No page of this guide matches this RST."));
   }

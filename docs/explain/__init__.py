@@ -9,6 +9,8 @@ Interface
 
         {"rsts": [{"packet": 12,             # number in the capture (1-based, as tcpdump -# counts)
                    "time": 1.018,            # seconds as the capture gives them
+                   "at": "1970-01-01 00:00:01.018000 UTC",  # the same on a clock (UTC), or as
+                                                            # pasted text printed it: "22:18:34.089114"
                    "src": "192.0.2.2.8888",  # address.port of the RST's sender, as tcpdump writes it
                    "dst": "192.0.2.1.40001",
                    "flags": "R",             # tcpdump's spelling: R or R.
@@ -48,6 +50,7 @@ The command line: ``rst-explain FILE...`` (``python -m rst_explain``), ``--json`
 
 from __future__ import annotations
 
+import datetime
 import heapq
 import io
 from typing import IO, Iterator
@@ -123,9 +126,15 @@ def _rst_document(f: Finding) -> dict:
                       "record the kernel's reason (tracepoint tcp:tcp_send_reset)"]
     else:
         next_steps = _next_steps(tie)
-    return {"packet": seg.number, "time": seg.time, "src": f"{seg.src}.{seg.sport}",
+    return {"packet": seg.number, "time": seg.time, "at": seg.at or clock(seg.time), "src": f"{seg.src}.{seg.sport}",
             "dst": f"{seg.dst}.{seg.dport}", "flags": flag_text(seg.flags), "verdicts": found,
             "tie": tie, "next": next_steps, "features": sorted(f.features)}
+
+
+def clock(seconds: float) -> str:
+    """A capture file's time (seconds since the epoch) as a reader's clock shows it, in UTC."""
+    when = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    return when.strftime("%Y-%m-%d %H:%M:%S.%f UTC")
 
 
 def _notes(tracker: Tracker) -> list[dict]:

@@ -55,7 +55,7 @@ def _print_text(items: Iterator[dict], name: str, out: IO[str], numbers: dict) -
                     add(f"    {v['slug']:<28} {v['score']:>3}  {_link(v['slug'], v['packet_name'], numbers)}")
             out.write("".join(line + "\n" for line in lines))
             continue
-        add(f"packet {item['packet']}  {item['src']} > {item['dst']}  [{item['flags']}]  t={item['time']:.6f}")
+        add(f"packet {item['packet']}  {item['src']} > {item['dst']}  [{item['flags']}]  at {item['at']}")
         if not item["verdicts"]:
             add("    no page matches")
         tie = item["tie"]

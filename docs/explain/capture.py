@@ -34,6 +34,7 @@ class Segment(NamedTuple):
     ip_id: int | None    # IPv4 ID; None for IPv6 or when the text does not say
     options: object      # raw option bytes (pcap) or a tuple of names (text); see option_names()
     relative: bool = False  # text only: seq/ack as tcpdump printed them relative to the flow
+    at: str = ""         # text only: the time as the text printed it ("22:18:34.089114")
 
 
 def flag_text(flags: int) -> str:
@@ -262,7 +263,7 @@ def _pcap(stream: IO[bytes], head: bytes, name: str) -> Iterator[Segment]:
                     pairs[hosts] = pair = (addr(hosts[:4]), addr(hosts[4:]))
                 yield new(Segment, (number, sec + frac * scale, pair[0], pair[1], sport, dport, flags, seq,
                                     ack, win, length if length > 0 else 0, ttl, ip_id,
-                                    buf[tcp + 20:options_end] if options_end > tcp + 20 else b"", False))
+                                    buf[tcp + 20:options_end] if options_end > tcp + 20 else b"", False, ""))
                 at = end
                 continue
         decode.number = number
@@ -482,7 +483,7 @@ def _text_segment(number: int, head: re.Match[str], rest: str) -> Segment | None
                    _port(flow["dport"]), flags, -1 if seq is None else seq,
                    int(ack_match[1]) if ack_match else 0, int(win_match[1]) if win_match else 0,
                    length, int(ttl[1]) if ttl else None, int(ip_id[1]) if ip_id else None, names,
-                   relative=True)
+                   relative=True, at=head["time"])
 
 
 class _Absolute:

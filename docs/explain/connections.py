@@ -118,7 +118,7 @@ class Tracker:
     # -- per packet ----------------------------------------------------------------------
 
     def add(self, seg: Segment) -> None:
-        number, t, src, dst, sport, dport, flags, seq, ack, win, length, ttl, _, _, _ = seg
+        number, t, src, dst, sport, dport, flags, seq, ack, win, length, ttl, *_ = seg
         self.segments += 1
         key = (src, sport, dst, dport)
         entry = self.conns.get(key)

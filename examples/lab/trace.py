@@ -107,8 +107,8 @@ class Trace:
                    " trace_call_bpf() in kernel/trace/bpf_trace.c), and this event is not among those seen"
                    if missed else
                    f"not checked: ftrace recorded {unseen} {event} event(s) during this run that never reached the"
-                   " tracer's BPF program (a tracepoint in a softirq on top of the guest agent's threads: lab/witness.py),"
-                   " and this event is not among those seen")
+                   " tracer's BPF program (measured on this project's machine: a tracepoint in a softirq on"
+                   " top of the guest agent's threads; lab/witness.py), and this event is not among those seen")
         if why or lacking:
             entry: dict[str, Any] = {"claim": text, "passed": None, "detail": why or f"not applicable: {lacking}"}
             if lacking:
