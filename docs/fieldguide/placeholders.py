@@ -162,7 +162,7 @@ def _programs_only(markdown: str, shown: bool, at: Callable[[int], str]) -> str:
 
 
 FIX_HEADING = "## Fix or avoid"  # its anchor, #fix-or-avoid, is cited: stable
-IN_SHORT = re.compile(r"^## Fix or avoid[ \t]*\n[ \t]*\n\*\*In short:\*\*[ \t]+(\S.*)$", re.MULTILINE)
+IN_SHORT = re.compile("^" + re.escape(FIX_HEADING) + r"[ \t]*\n[ \t]*\n\*\*In short:\*\*[ \t]+(\S.*)$", re.MULTILINE)
 
 
 def _fix_in_short(markdown: str, ctx: Context) -> str:
